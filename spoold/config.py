@@ -1,0 +1,322 @@
+"""Configuration: TOML file, environment and embedded defaults, resolved once.
+
+Lookup order (SPEC "Configuration"): ``--config PATH``, ``$SPOOLD_CONFIG``,
+``./spoold.toml``, ``/etc/spoold/spoold.toml``; with none of them, embedded
+defaults under ``$STATE_DIRECTORY`` (systemd) or ``$XDG_STATE_HOME/spoold``.
+Everything is validated here, at load time, so a typo fails before any row
+moves: unknown keys, bad types and bad table identifiers are refused with one
+line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spoold.errors import ConfigError, UsageError
+
+COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
+SOURCE_FORMATS = ("jsonl", "transcript")
+DEFAULT_KEY = "part_id"
+DEFAULT_LEGACY_KEY = ("message_id", "part_index")
+SYSTEM_CONFIG = Path("/etc/spoold/spoold.toml")
+
+_IDENT_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+")
+_TRANSFORM_RE = re.compile(
+    r"(?:(?P<fn>identity|year|month|day|hour|void)\((?P<col>\w+)\)"
+    r"|(?P<pfn>bucket|truncate)\[(?P<n>[1-9][0-9]*)\]\((?P<pcol>\w+)\)"
+    r"|(?P<bare>\w+))"
+)
+
+
+def validate_identifier(ident: str) -> str:
+    """Return ``ident`` if it is ``namespace.name`` with parts of ``[A-Za-z0-9_]+``.
+
+    Anything else is refused, never rewritten, so two identifiers can never
+    map to one spool directory and nothing lands outside the spool root.
+    """
+    if not isinstance(ident, str) or not _IDENT_RE.fullmatch(ident):
+        raise UsageError(
+            f"bad table identifier {ident!r}: expected namespace.name, each part of [A-Za-z0-9_]+"
+        )
+    return ident
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionField:
+    transform: str  # identity, year, month, day, hour, void, bucket, truncate
+    column: str
+    param: int | None = None
+
+    def __str__(self) -> str:
+        if self.param is not None:
+            return f"{self.transform}[{self.param}]({self.column})"
+        return f"{self.transform}({self.column})"
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """What spoold knows of a table before it looks at the catalog."""
+
+    identifier: str
+    key: str = DEFAULT_KEY
+    legacy_key: tuple[str, ...] = DEFAULT_LEGACY_KEY
+    partition_by: tuple[PartitionField, ...] = ()
+    columns: tuple[Column, ...] = ()  # empty: inferred from the first envelopes
+    declared: bool = False
+
+    def column_types(self) -> dict[str, str]:
+        return {c.name: c.type for c in self.columns}
+
+    def required(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns if c.required)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    table: str
+    path: str
+    format: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSettings:
+    debounce_s: float = 120.0
+    max_delay_s: float = 600.0
+    max_rows: int = 100_000
+    chunk_rows: int = 100_000
+    shutdown_timeout_s: float = 30.0
+    retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration; frozen, so it can be shared freely."""
+
+    path: Path | None
+    state_dir: Path
+    spool_root: Path
+    spool_group: str | None
+    catalog_name: str
+    catalog_props: Mapping[str, str]
+    flush: FlushSettings = field(default_factory=FlushSettings)
+    tables: Mapping[str, TableSpec] = field(default_factory=dict)
+    sources: tuple[SourceSpec, ...] = ()
+
+    def table(self, identifier: str) -> TableSpec:
+        """The declared spec of ``identifier``, or the default (inferred) one."""
+        validate_identifier(identifier)
+        spec = self.tables.get(identifier)
+        return spec if spec is not None else TableSpec(identifier=identifier)
+
+
+def _default_state_dir() -> Path:
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "spoold"
+
+
+def _default_config_path(arg: str | os.PathLike[str] | None) -> Path | None:
+    if arg is not None:
+        path = Path(arg)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    env = os.environ.get("SPOOLD_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (from $SPOOLD_CONFIG)")
+        return path
+    for candidate in (Path("spoold.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Find, read and validate the configuration (see the module docstring)."""
+    cfg_path = _default_config_path(path)
+    data: dict[str, Any] = {}
+    if cfg_path is not None:
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config {cfg_path}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config {cfg_path}: invalid TOML: {e}") from e
+    return parse_config(data, path=cfg_path)
+
+
+def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document into a :class:`Config`."""
+    _only_keys(data, "", {"spool", "catalog", "flush", "tables", "sources"})
+    base = path.parent if path is not None else Path.cwd()
+    state_dir = _default_state_dir()
+
+    spool = _table(data, "spool")
+    _only_keys(spool, "spool.", {"root", "group"})
+    root = _path(spool, "spool.root", base) or state_dir / "spool"
+    group = _opt(spool, "spool.group", str)
+
+    catalog = dict(_table(data, "catalog"))
+    name = catalog.pop("name", "spoold")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("catalog.name: expected a non-empty string")
+    if not catalog:
+        catalog = {
+            "type": "sql",
+            "uri": f"sqlite:///{state_dir / 'catalog.db'}",
+            "warehouse": f"file://{state_dir / 'warehouse'}",
+        }
+    props = {}
+    for k, v in catalog.items():
+        if isinstance(v, (dict, list)):
+            raise ConfigError(f"catalog.{k}: expected a scalar value")
+        props[k] = str(v).lower() if isinstance(v, bool) else str(v)
+
+    flush = _parse_flush(_table(data, "flush"))
+    tables = {ident: _parse_table(ident, t) for ident, t in _table(data, "tables").items()}
+    sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
+    return Config(
+        path=path,
+        state_dir=state_dir,
+        spool_root=root,
+        spool_group=group,
+        catalog_name=name,
+        catalog_props=props,
+        flush=flush,
+        tables=tables,
+        sources=sources,
+    )
+
+
+def _parse_flush(t: Mapping[str, Any]) -> FlushSettings:
+    d = FlushSettings()
+    _only_keys(t, "flush.", set(FlushSettings.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    for k, v in t.items():
+        want = type(getattr(d, k))
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if want is int:
+            ok = ok and isinstance(v, int)
+        if not ok or v <= 0:
+            raise ConfigError(f"flush.{k}: expected a positive {'integer' if want is int else 'number'}")
+        values[k] = want(v)
+    result = FlushSettings(**values)
+    if result.debounce_s > result.max_delay_s:
+        raise ConfigError("flush.debounce_s: must not exceed flush.max_delay_s")
+    return result
+
+
+def _parse_table(ident: str, t: Any) -> TableSpec:
+    where = f"tables.{ident!r}"
+    try:
+        validate_identifier(ident)
+    except UsageError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not isinstance(t, Mapping):
+        raise ConfigError(f"{where}: expected a table")
+    _only_keys(t, f"{where}.", {"key", "legacy_key", "partition_by", "columns"})
+    key = _opt(t, f"{where}.key", str) or DEFAULT_KEY
+    legacy = t.get("legacy_key", list(DEFAULT_LEGACY_KEY))
+    if not isinstance(legacy, list) or not all(isinstance(x, str) and x for x in legacy):
+        raise ConfigError(f"{where}.legacy_key: expected a list of column names")
+    columns = []
+    for name, typ in _table(t, "columns").items():
+        if not isinstance(typ, str) or typ.rstrip("!") not in COLUMN_TYPES:
+            raise ConfigError(
+                f"{where}.columns.{name}: expected one of {', '.join(COLUMN_TYPES)} (optionally with '!')"
+            )
+        columns.append(Column(name, typ.rstrip("!"), typ.endswith("!")))
+    types = {c.name: c.type for c in columns}
+    if columns and key not in types:
+        raise ConfigError(f"{where}.key: key column {key!r} is not among the declared columns")
+    if types.get(key, "string") != "string":
+        raise ConfigError(f"{where}.columns.{key}: the key column must be a string")
+    parts = []
+    for expr in _opt(t, f"{where}.partition_by", list) or []:
+        m = _TRANSFORM_RE.fullmatch(expr) if isinstance(expr, str) else None
+        if m is None:
+            raise ConfigError(f"{where}.partition_by: bad transform {expr!r} (e.g. 'day(ts)', 'bucket[16](id)')")
+        if m["bare"]:
+            parts.append(PartitionField("identity", m["bare"]))
+        elif m["fn"]:
+            parts.append(PartitionField(m["fn"], m["col"]))
+        else:
+            parts.append(PartitionField(m["pfn"], m["pcol"], int(m["n"])))
+    for p in parts:
+        if columns and p.column not in types:
+            raise ConfigError(f"{where}.partition_by: {p} names an undeclared column {p.column!r}")
+    return TableSpec(ident, key, tuple(legacy), tuple(parts), tuple(columns), declared=True)
+
+
+def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:
+    where = f"sources[{i}]"
+    if not isinstance(s, Mapping):
+        raise ConfigError(f"{where}: expected a table")
+    _only_keys(s, f"{where}.", {"table", "path", "format"})
+    table = _opt(s, f"{where}.table", str)
+    path = _opt(s, f"{where}.path", str)
+    fmt = _opt(s, f"{where}.format", str) or "jsonl"
+    if not table or not path:
+        raise ConfigError(f"{where}: 'table' and 'path' are required")
+    try:
+        validate_identifier(table)
+    except UsageError as e:
+        raise ConfigError(f"{where}.table: {e}") from None
+    if fmt not in SOURCE_FORMATS:
+        raise ConfigError(f"{where}.format: expected one of {', '.join(SOURCE_FORMATS)}")
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = str(base / path)
+    return SourceSpec(table, path, fmt)
+
+
+def _only_keys(t: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
+    for k in t:
+        if k not in allowed:
+            raise ConfigError(f"unknown config key {prefix}{k} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _table(t: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    v = t.get(key, {})
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{key}: expected a table")
+    return v
+
+
+def _list(t: Mapping[str, Any], key: str) -> list[Any]:
+    v = t.get(key, [])
+    if not isinstance(v, list):
+        raise ConfigError(f"{key}: expected an array of tables ([[{key}]])")
+    return v
+
+
+def _opt(t: Mapping[str, Any], where: str, typ: type) -> Any:
+    v = t.get(where.rsplit(".", 1)[-1])
+    if v is not None and not isinstance(v, typ):
+        raise ConfigError(f"{where}: expected a {typ.__name__}")
+    return v
+
+
+def _path(t: Mapping[str, Any], where: str, base: Path) -> Path | None:
+    v = _opt(t, where, str)
+    if not v:
+        return None
+    p = Path(os.path.expanduser(v))
+    return p if p.is_absolute() else base / p

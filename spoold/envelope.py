@@ -1,0 +1,280 @@
+"""THE envelope rules: encode, decode and validate one spool line (pure, no I/O).
+
+Flush, backfill and status all read the spool through :class:`Validator`, so a
+line that flush would quarantine is never counted as "already captured" by
+backfill. Validation is column-wise with fast paths: a column whose values are
+all of the expected JSON type is accepted in one pass at C speed; only a column
+with an odd value is walked value by value to find the rows to reject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from spoold.config import TableSpec
+
+VERSION = 1
+_NONE = type(None)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+_US = timedelta(microseconds=1)
+_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+_FAST_TYPES: dict[str, frozenset[type]] = {
+    "string": frozenset({str, _NONE}),
+    "int": frozenset({int, _NONE}),
+    "long": frozenset({int, _NONE}),
+    "double": frozenset({float, int, _NONE}),
+    "boolean": frozenset({bool, _NONE}),
+}
+_INFERRED = {str: "string", bool: "boolean", int: "long", float: "double", dict: "string", list: "string"}
+
+
+def encode(columns: Sequence[str], rows: Iterable[Sequence[Any]], **extra: Any) -> bytes:
+    """One envelope line, ``\\n``-terminated; ``extra`` keys ride along (readers ignore them)."""
+    return orjson.dumps({"version": VERSION, "columns": list(columns), "rows": list(rows), **extra}) + b"\n"
+
+
+def infer_type(value: Any) -> str | None:
+    """The column type a JSON value implies for an undeclared column (None for null)."""
+    return _INFERRED.get(type(value))
+
+
+@dataclass(frozen=True, slots=True)
+class RowReject:
+    index: int  # position of the row in the envelope's "rows"
+    reason: str
+    row: Any
+
+
+@dataclass(slots=True)
+class LineResult:
+    """Verdict on one spool line: a line-level ``error``, or valid rows plus row rejects."""
+
+    error: str | None = None
+    columns: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    values: dict[str, list[Any]] = field(default_factory=dict)  # cast, aligned with keys
+    rejects: list[RowReject] = field(default_factory=list)
+
+
+def parse_envelope(raw: bytes, terminated: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+    """Line-level rules only: returns ``(envelope, None)`` or ``(None, reason)``."""
+    if not terminated:
+        return None, "torn write: last line of a rotated file has no trailing newline"
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return None, f"not valid UTF-8 JSON: {e}"
+    if type(obj) is not dict:
+        return None, f"not a JSON object (got {type(obj).__name__})"
+    version = obj.get("version")
+    if type(version) is not int or version != VERSION:  # True == 1 in Python: check the type
+        return None, f"version must be the integer 1 (got {orjson.dumps(version).decode()})"
+    cols = obj.get("columns")
+    if (
+        type(cols) is not list
+        or not cols
+        or not all(type(c) is str and c for c in cols)
+        or len(set(cols)) != len(cols)
+    ):
+        return None, "columns must be a non-empty list of unique non-empty strings"
+    if type(obj.get("rows")) is not list:
+        return None, "rows must be a list"
+    return obj, None
+
+
+class Validator:
+    """Validates envelopes for one table; remembers types it infers for new columns.
+
+    ``table_types`` are the column types the Iceberg table already has (they
+    are pinned, like declared columns); a column neither declared nor in the
+    table gets the type of its first non-null value, and an inferred ``long``
+    widens to ``double`` if a float arrives before it is committed.
+    """
+
+    def __init__(
+        self,
+        spec: TableSpec,
+        table_types: Mapping[str, str] | None = None,
+        table_required: frozenset[str] = frozenset(),
+    ) -> None:
+        self.spec = spec
+        self.types: dict[str, str] = {**(table_types or {}), **spec.column_types()}
+        self.pinned = frozenset(self.types)
+        self.types.setdefault(spec.key, "string")  # keys are strings, never inferred as numbers
+        self.required = (spec.required() | table_required) - {spec.key}  # the key has its own rule
+
+    def inferred(self) -> dict[str, str]:
+        """Columns this validator has seen that the table does not have yet."""
+        return {c: t for c, t in self.types.items() if c not in self.pinned}
+
+    def line(self, raw: bytes, terminated: bool = True) -> LineResult:
+        """Apply every line-level and row-level rule to one spool line."""
+        env, error = parse_envelope(raw, terminated)
+        if env is None:
+            return LineResult(error=error)
+        return self.rows(env["columns"], env["rows"])
+
+    def rows(self, columns: list[str], rows: list[Any]) -> LineResult:
+        """Row-level rules for an envelope that passed the line-level ones."""
+        ncols = len(columns)
+        rejects: list[RowReject] = []
+        if all(type(r) is list and len(r) == ncols for r in rows):
+            shaped, index = rows, None
+        else:
+            shaped, index = [], []
+            for i, r in enumerate(rows):
+                if type(r) is not list:
+                    rejects.append(RowReject(i, f"row is not a list (got {type(r).__name__})", r))
+                elif len(r) != ncols:
+                    rejects.append(RowReject(i, f"row has {len(r)} values for {ncols} columns", r))
+                else:
+                    shaped.append(r)
+                    index.append(i)
+        n = len(shaped)
+        cols: dict[str, list[Any]] = dict(zip(columns, map(list, zip(*shaped)))) if n else {}
+        out: dict[str, list[Any]] = {}
+        row_bad: dict[int, str] = {}
+        for name, vals in cols.items():
+            cast = self._cast(name, vals, row_bad)
+            if cast is not None:
+                out[name] = cast
+        keys = self._keys(out, n, row_bad)
+        for name in self.required:
+            vals = out.get(name)
+            if vals is None:
+                for pos in range(n):
+                    row_bad.setdefault(pos, f"required column {name!r} is missing")
+            elif None in vals:
+                for pos, v in enumerate(vals):
+                    if v is None:
+                        row_bad.setdefault(pos, f"required column {name!r} is null")
+        if row_bad:
+            for pos, reason in sorted(row_bad.items()):
+                orig = index[pos] if index is not None else pos
+                rejects.append(RowReject(orig, reason, rows[orig]))
+            keep = [p for p in range(n) if p not in row_bad]
+            keys = [keys[p] for p in keep]
+            out = {c: [v[p] for p in keep] for c, v in out.items()}
+        rejects.sort(key=lambda r: r.index)
+        return LineResult(columns=list(out), keys=keys, values=out, rejects=rejects)
+
+    def _cast(self, name: str, vals: list[Any], row_bad: dict[int, str]) -> list[Any] | None:
+        typ = self.types.get(name)
+        seen = set(map(type, vals))
+        if typ is None:
+            first = next((v for v in vals if v is not None), None)
+            if first is None:
+                return None  # all null and untyped: nothing to store
+            typ = self.types[name] = _INFERRED[type(first)]
+        if typ == "long" and name not in self.pinned and float in seen and seen <= _FAST_TYPES["double"]:
+            typ = self.types[name] = "double"  # not committed yet: widen rather than reject
+        fast = _FAST_TYPES.get(typ)
+        if fast is not None and seen <= fast:
+            if typ in _INT_RANGE and seen != {_NONE}:
+                lo, hi = _INT_RANGE[typ]
+                ints = [v for v in vals if v is not None] if _NONE in seen else vals
+                if lo <= min(ints) and max(ints) <= hi:
+                    return vals
+            else:
+                return vals
+        caster = _CASTERS[typ]
+        out: list[Any] = []
+        for pos, v in enumerate(vals):
+            if v is None:
+                out.append(None)
+                continue
+            try:
+                out.append(caster(v))
+            except (TypeError, ValueError, OverflowError):
+                row_bad.setdefault(pos, f"column {name!r}: cannot cast {_show(v)} to {typ}")
+                out.append(None)
+        return out
+
+    def _keys(self, out: dict[str, list[Any]], n: int, row_bad: dict[int, str]) -> list[str]:
+        key = self.spec.key
+        kv = out.get(key)
+        if kv is not None and all(type(k) is str and k for k in kv):
+            return kv
+        legacy = [out.get(c) for c in self.spec.legacy_key]
+        keys: list[str] = []
+        for pos in range(n):
+            k = kv[pos] if kv is not None else None
+            if k is None and legacy and all(col is not None for col in legacy):
+                parts = [col[pos] for col in legacy]  # type: ignore[index]
+                if all((type(p) is str and p) or type(p) is int for p in parts):
+                    k = ":".join(map(str, parts))
+            if type(k) is str and k:
+                keys.append(k)
+            else:
+                keys.append("")
+                row_bad.setdefault(pos, f"no usable key: {key!r} is not a non-empty string")
+        out[key] = keys
+        return keys
+
+
+def _show(v: Any) -> str:
+    text = orjson.dumps(v).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _to_string(v: Any) -> str:
+    if type(v) is str:
+        return v
+    if type(v) in (dict, list):
+        return orjson.dumps(v).decode()  # objects and arrays are stored as their JSON text
+    raise TypeError
+
+
+def _to_int(lo: int, hi: int) -> Any:
+    def cast(v: Any) -> int:
+        if type(v) is not int or not lo <= v <= hi:
+            raise TypeError
+        return v
+
+    return cast
+
+
+def _to_double(v: Any) -> float:
+    if type(v) not in (int, float):
+        raise TypeError
+    return float(v)
+
+
+def _to_bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise TypeError
+    return v
+
+
+def _to_timestamptz(v: Any) -> int:
+    """ISO-8601 string → microseconds since the epoch, UTC (no offset means UTC)."""
+    if type(v) is not str:
+        raise TypeError
+    dt = datetime.fromisoformat(v)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _US
+
+
+def _to_date(v: Any) -> int:
+    """``YYYY-MM-DD`` → days since the epoch."""
+    if type(v) is not str or len(v) != 10 or v[4] != "-" or v[7] != "-":
+        raise TypeError
+    return date.fromisoformat(v).toordinal() - _EPOCH_DAY
+
+
+_CASTERS = {
+    "string": _to_string,
+    "int": _to_int(*_INT_RANGE["int"]),
+    "long": _to_int(*_INT_RANGE["long"]),
+    "double": _to_double,
+    "boolean": _to_bool,
+    "timestamptz": _to_timestamptz,
+    "date": _to_date,
+}

@@ -1,0 +1,43 @@
+"""One error root for spoold; each error says whether retrying can help."""
+
+from __future__ import annotations
+
+
+class SpooldError(Exception):
+    """Root of every error spoold raises on purpose.
+
+    ``retryable`` tells the daemon loop whether backing off and trying again
+    can succeed (catalog down, commit conflict) or not (bad config, bad input).
+    ``exit_code`` is what the CLI exits with when this error reaches it.
+    """
+
+    retryable: bool = False
+    exit_code: int = 1
+
+
+class UsageError(SpooldError):
+    """Bad command-line usage, bad input or a bad configuration (exit 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The configuration file is missing a key, has an unknown one, or a bad value."""
+
+
+class InputError(UsageError):
+    """Input rows or files handed to the CLI are malformed; nothing was written."""
+
+
+class SpoolError(SpooldError):
+    """The spool on disk could not be read or written."""
+
+
+class CatalogError(SpooldError):
+    """The Iceberg catalog could not be reached or refused an operation."""
+
+    retryable = True
+
+
+class CommitConflict(CatalogError):
+    """Another committer changed the table; refresh, settle again, retry."""

@@ -1,0 +1,150 @@
+"""Flush: rotate → read with THE rules → quarantine → settle (committed only) → commit → clean up.
+
+Large spools go in chunks of ``flush.chunk_rows`` rows, one commit each, so
+memory stays bounded. A flush file is deleted only after every row it holds
+is in a durable commit (or quarantined); if we die between commit and
+cleanup, the next flush finds those keys committed, commits nothing new and
+deletes the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoold.config import Config
+from spoold.envelope import Validator
+from spoold.errors import SpooldError
+from spoold.schema import table_types
+from spoold.settle import Batch
+from spoold.sink import Sink
+from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
+
+log = logging.getLogger(__name__)
+LAST_FLUSH = ".last-flush.json"
+
+
+@dataclass
+class FlushResult:
+    committed: int = 0
+    deduplicated: int = 0
+    quarantined: int = 0
+    files: int = 0
+    snapshot_id: int | None = None
+
+    def summary(self) -> dict[str, int]:
+        return {"committed": self.committed, "deduplicated": self.deduplicated, "quarantined": self.quarantined}
+
+
+@dataclass
+class _Chunk:
+    batch: Batch = field(default_factory=Batch)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    reject_name: str | None = None
+    files_done: list[Path] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate: bool = True) -> FlushResult:
+    """Commit everything pending for ``table`` once. Never raises on bad spool lines."""
+    spec = config.table(table)
+    result = FlushResult()
+    started = time.time()
+    try:
+        with spool.flush_lock(table):
+            if rotate:
+                spool.rotate(table)
+            files = spool.flush_files(table)
+            result.files = len(files)
+            if files:
+                _flush_files(config, spool, sink, table, files, result)
+    except SpooldError as e:
+        _record(spool, table, started, result, f"error: {e}")
+        raise
+    if result.files:
+        _record(spool, table, started, result, "ok")
+    return result
+
+
+def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: list[Path], result: FlushResult) -> None:
+    spec = config.table(table)
+    tbl = sink.load(spec)
+    types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
+    validator = Validator(spec, types, required)
+    chunk = _Chunk()
+
+    def commit() -> None:
+        nonlocal chunk
+        if chunk.rejects:
+            spool.quarantine(table, chunk.reject_name or "flush", chunk.rejects)
+            result.quarantined += len(chunk.rejects)
+            log.warning("table %s: quarantined %d bad line(s)/row(s), first: %s", table,
+                        len(chunk.rejects), chunk.rejects[0]["reason"])
+        if len(chunk.batch):
+            props = {"spoold.files": ",".join(chunk.names)}
+            out = sink.commit(spec, chunk.batch, validator.types, props)
+            result.committed += out.committed
+            result.deduplicated += out.deduplicated
+            result.snapshot_id = out.snapshot_id or result.snapshot_id
+        spool.remove(chunk.files_done)
+        done = {p.stem for p in chunk.files_done}
+        chunk = _Chunk(names=[n for n in chunk.names[-1:] if n not in done])  # a file split across chunks
+
+    for path in files:
+        chunk.names.append(path.stem)
+        for lineno, raw, verdict in read_validated(path, validator):
+            if verdict.error is not None:
+                _reject(chunk, path, lineno, quarantine_record(verdict.error, path.name, lineno, raw))
+                continue
+            columns = _columns(raw) if verdict.rejects else None
+            for rej in verdict.rejects:
+                rec = quarantine_record(
+                    rej.reason, path.name, lineno, row_index=rej.index, columns=columns, row=rej.row
+                )
+                _reject(chunk, path, lineno, rec)
+            chunk.batch.add(verdict)
+            if len(chunk.batch) >= config.flush.chunk_rows:
+                commit()
+        chunk.files_done.append(path)
+    commit()
+
+
+def _reject(chunk: _Chunk, path: Path, lineno: int, rec: dict[str, Any]) -> None:
+    if chunk.reject_name is None:  # deterministic, so a retried flush replaces rather than doubles
+        chunk.reject_name = f"{path.stem}-{lineno:010d}"
+    chunk.rejects.append(rec)
+
+
+def _columns(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw).get("columns")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+def _record(spool: Spool, table: str, started: float, result: FlushResult, outcome: str) -> None:
+    """Remember the last flush of ``table`` for ``spoold status``."""
+    d = spool.table_dir(table)
+    if d.is_dir():
+        info = {"at": started, "duration_s": round(time.time() - started, 3), "result": outcome, **asdict(result)}
+        write_atomic(d / LAST_FLUSH, orjson.dumps(info))
+
+
+def flush_all(
+    config: Config, spool: Spool, sink: Sink, tables: list[str] | None = None
+) -> tuple[dict[str, FlushResult], dict[str, SpooldError]]:
+    """Flush each table (all spooled tables by default); one table's failure doesn't stop the others."""
+    results: dict[str, FlushResult] = {}
+    errors: dict[str, SpooldError] = {}
+    for table in tables if tables is not None else spool.tables():
+        try:
+            results[table] = flush_table(config, spool, sink, table)
+        except SpooldError as e:
+            log.error("table %s: flush failed: %s", table, e)
+            errors[table] = e
+    return results, errors

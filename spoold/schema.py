@@ -1,0 +1,125 @@
+"""Table specs and validated columns → Iceberg schemas, partition specs and Arrow tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.partitioning import PartitionField as IcebergPartitionField
+from pyiceberg.partitioning import PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import (
+    BucketTransform,
+    DayTransform,
+    HourTransform,
+    IdentityTransform,
+    MonthTransform,
+    Transform,
+    TruncateTransform,
+    VoidTransform,
+    YearTransform,
+)
+from pyiceberg.types import (
+    BooleanType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from spoold.config import TableSpec
+from spoold.errors import ConfigError
+
+ICEBERG_TYPES: dict[str, IcebergType] = {
+    "string": StringType(),
+    "int": IntegerType(),
+    "long": LongType(),
+    "double": DoubleType(),
+    "boolean": BooleanType(),
+    "timestamptz": TimestamptzType(),
+    "date": DateType(),
+}
+_NAMES = {type(t): name for name, t in ICEBERG_TYPES.items()} | {FloatType: "double"}
+
+
+def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
+    """Column types (spoold's names) and required columns of an existing table.
+
+    Columns of types spoold does not write (nested, decimal, ...) are left out:
+    envelopes cannot fill them, and Arrow nulls them.
+    """
+    types = {f.name: _NAMES[type(f.field_type)] for f in schema.fields if type(f.field_type) in _NAMES}
+    required = frozenset(f.name for f in schema.fields if f.required)
+    return types, required
+
+
+def new_schema(spec: TableSpec, types: Mapping[str, str]) -> Schema:
+    """The schema a table is created with: declared columns first, then inferred ones."""
+    fields = []
+    declared = {c.name: c for c in spec.columns}
+    names = list(declared) + [n for n in types if n not in declared]
+    for i, name in enumerate(names, 1):
+        col = declared.get(name)
+        typ = col.type if col else types[name]
+        required = col.required if col else name == spec.key
+        fields.append(NestedField(i, name, ICEBERG_TYPES[typ], required=required))
+    return Schema(*fields)
+
+
+def partition_spec(spec: TableSpec, schema: Schema) -> PartitionSpec:
+    """``partition_by`` (e.g. ``day(ts)``) as an Iceberg partition spec."""
+    fields = []
+    for i, p in enumerate(spec.partition_by):
+        try:
+            source = schema.find_field(p.column)
+        except ValueError:
+            raise ConfigError(
+                f"tables.{spec.identifier!r}.partition_by: {p} names column {p.column!r}, which the table lacks"
+            ) from None
+        name = p.column if p.transform == "identity" else f"{p.column}_{p.transform}"
+        fields.append(IcebergPartitionField(source.field_id, 1000 + i, _transform(p.transform, p.param), name))
+    return PartitionSpec(*fields)
+
+
+def _transform(name: str, param: int | None) -> Transform[Any, Any]:
+    simple = {
+        "identity": IdentityTransform,
+        "year": YearTransform,
+        "month": MonthTransform,
+        "day": DayTransform,
+        "hour": HourTransform,
+        "void": VoidTransform,
+    }
+    if name in simple:
+        return simple[name]()
+    if name == "bucket":
+        return BucketTransform(num_buckets=param or 1)
+    return TruncateTransform(width=param or 1)
+
+
+def to_arrow(values: Mapping[str, list[Any]], nrows: int, schema: Schema) -> pa.Table:
+    """Validated, cast column values → an Arrow table shaped exactly like ``schema``.
+
+    Timestamps arrive as epoch microseconds and dates as epoch days (what the
+    validator casts them to), which Arrow takes without parsing again.
+    """
+    arrow_schema = schema_to_pyarrow(schema, include_field_ids=False)
+    arrays = []
+    for field in arrow_schema:
+        col = values.get(field.name)
+        if col is None:
+            arrays.append(pa.nulls(nrows, field.type))
+            continue
+        try:
+            arrays.append(pa.array(col, type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            # Only reachable when another writer changed a column's type under us.
+            arrays.append(pa.array(col).cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema)

@@ -1,0 +1,276 @@
+"""The Iceberg seam: catalog, tables, committed keys, and the settle-and-commit loop.
+
+pyiceberg 0.12 retries a conflicting append by itself, rebasing it onto the
+other committer's snapshot without looking at keys, which can double a key.
+spoold owns the retry instead: pyiceberg's is switched off for our commits,
+and on a conflict we refresh, settle again against what the other committer
+added, rebuild the Arrow data and commit again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchPropertyException,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.table import Table, TableProperties
+from pyiceberg.table.snapshots import Operation
+
+from spoold.config import Config, TableSpec
+from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
+from spoold.keyindex import KeyIndex, fingerprints
+from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow
+from spoold.settle import Batch, settle
+from spoold.spool import write_atomic
+
+log = logging.getLogger(__name__)
+COMMIT_ATTEMPTS = 10
+_SCAN_BATCH = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    committed: int
+    deduplicated: int
+    snapshot_id: int | None
+
+
+class TableSink(Protocol):
+    """What flush and backfill need from Iceberg (a fake can stand in for tests)."""
+
+    def load(self, spec: TableSpec) -> Table | None: ...
+
+    def committed(self, spec: TableSpec, table: Table) -> KeyIndex: ...
+
+    def commit(
+        self, spec: TableSpec, batch: Batch, types: Mapping[str, str], props: Mapping[str, str]
+    ) -> CommitOutcome: ...
+
+
+@contextmanager
+def catalog_errors(what: str) -> Iterator[None]:
+    """Turn whatever the catalog stack raises into spoold's retryable CatalogError."""
+    try:
+        yield
+    except SpooldError:
+        raise
+    except CommitFailedException as e:
+        raise CommitConflict(f"{what}: {e}") from e
+    except NoSuchPropertyException as e:
+        raise ConfigError(f"catalog: {e}") from e
+    except Exception as e:  # the catalog stack (SQLAlchemy, HTTP, S3, OS) has no common root
+        raise CatalogError(f"{what}: {type(e).__name__}: {e}".splitlines()[0]) from e
+
+
+class Sink:
+    """One catalog connection plus a committed-key index per table."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._catalog: Catalog | None = None
+        self._indexes: dict[str, KeyIndex] = {}
+        self.host = socket.gethostname()
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            for attempt in range(5):  # several processes may create the catalog's own tables at once
+                try:
+                    with catalog_errors("cannot open catalog"):
+                        self._catalog = load_catalog(self.config.catalog_name, **self.config.catalog_props)
+                    break
+                except CatalogError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05 * 2**attempt + random.random() * 0.05)
+        assert self._catalog is not None
+        return self._catalog
+
+    # -- tables -----------------------------------------------------------------
+    def load(self, spec: TableSpec) -> Table | None:
+        """The table, or None when it does not exist yet."""
+        with catalog_errors(f"cannot load {spec.identifier}"):
+            try:
+                tbl = self.catalog().load_table(spec.identifier)
+            except NoSuchTableError:
+                self._check_not_vanished(spec)
+                return None
+        self._check_uuid(spec, tbl)
+        return tbl
+
+    def ensure(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
+        """Load or create the table, then add any of ``types``' columns it lacks."""
+        tbl = self.load(spec)
+        if tbl is None:
+            tbl = self._create(spec, types)
+        missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
+        if missing:
+            with catalog_errors(f"cannot evolve {spec.identifier}"):
+                with tbl.update_schema() as update:
+                    for name, typ in missing.items():
+                        update.add_column(name, ICEBERG_TYPES[typ])
+            log.info("table %s: added columns %s", spec.identifier, ", ".join(f"{c} {t}" for c, t in missing.items()))
+        return tbl
+
+    def _create(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
+        schema = new_schema(spec, types)
+        cat = self.catalog()
+        ns = spec.identifier.rsplit(".", 1)[0]
+        with catalog_errors(f"cannot create {spec.identifier}"):
+            try:
+                cat.create_namespace(ns)
+            except NamespaceAlreadyExistsError:
+                pass
+            try:
+                tbl = cat.create_table(
+                    spec.identifier,
+                    schema=schema,
+                    partition_spec=partition_spec(spec, schema),
+                    properties={"spoold.key": spec.key},
+                )
+                log.info("table %s: created", spec.identifier)
+            except TableAlreadyExistsError:  # another process won the race
+                tbl = cat.load_table(spec.identifier)
+        self._check_uuid(spec, tbl)
+        return tbl
+
+    def _uuid_file(self, spec: TableSpec) -> Any:
+        return self.config.spool_root / spec.identifier / ".table-uuid"
+
+    def _check_not_vanished(self, spec: TableSpec) -> None:
+        path = self._uuid_file(spec)
+        if path.exists():
+            raise CatalogError(
+                f"table {spec.identifier} (uuid {path.read_text().strip()}) has vanished from the catalog; "
+                f"not re-creating it (is the catalog the right one? delete {path} to start a new table)"
+            )
+
+    def _check_uuid(self, spec: TableSpec, tbl: Table) -> None:
+        """Refuse to write into a different table than the one this spool committed to."""
+        path = self._uuid_file(spec)
+        uuid = str(tbl.metadata.table_uuid)
+        try:
+            known = path.read_text().strip()
+        except FileNotFoundError:
+            if path.parent.is_dir():
+                write_atomic(path, uuid.encode())
+            return
+        if known != uuid:
+            raise CatalogError(
+                f"table {spec.identifier} was replaced (uuid {uuid}, this spool committed to {known}); "
+                f"delete {path} to accept the new table"
+            )
+
+    # -- committed keys ---------------------------------------------------------
+    def committed(self, spec: TableSpec, table: Table) -> KeyIndex:
+        """The committed-key index, advanced to ``table``'s current snapshot.
+
+        Only the snapshots appended since the index last looked are read (key
+        column only); a rewrite, a rollback or a new table rebuilds it.
+        """
+        idx = self._indexes.setdefault(spec.identifier, KeyIndex())
+        uuid = str(table.metadata.table_uuid)
+        snap = table.current_snapshot()
+        target = snap.snapshot_id if snap else None
+        if idx.table_uuid != uuid:
+            idx.clear(uuid)
+        elif idx.built and idx.snapshot_id == target:
+            return idx
+        key = spec.key
+        with catalog_errors(f"cannot read committed keys of {spec.identifier}"):
+            if snap is None:
+                idx.clear(uuid)
+            elif idx.built and self._appends_only(table, idx.snapshot_id):
+                scan = table.incremental_append_scan(
+                    from_snapshot_id_exclusive=idx.snapshot_id,
+                    to_snapshot_id_inclusive=target,
+                    selected_fields=(key,),
+                )
+                self._add_scan(idx, scan.to_arrow_batch_reader())
+            else:
+                idx.clear(uuid)
+                if key in table.schema().column_names:
+                    self._add_scan(idx, table.scan(selected_fields=(key,)).to_arrow_batch_reader())
+        idx.snapshot_id = target
+        idx.built = True
+        return idx
+
+    @staticmethod
+    def _appends_only(table: Table, since: int | None) -> bool:
+        """True if the snapshots after ``since`` up to the current one are all appends."""
+        if since is None:
+            return False
+        snap = table.current_snapshot()
+        while snap is not None and snap.snapshot_id != since:
+            if snap.summary is None or snap.summary.operation != Operation.APPEND:
+                return False
+            snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+        return snap is not None
+
+    @staticmethod
+    def _add_scan(idx: KeyIndex, reader: Any) -> None:
+        for rb in reader:
+            keys = [k for k in rb.column(0).to_pylist() if k is not None]
+            idx.add(keys)
+
+    # -- commit -----------------------------------------------------------------
+    def commit(
+        self, spec: TableSpec, batch: Batch, types: Mapping[str, str], props: Mapping[str, str]
+    ) -> CommitOutcome:
+        """Settle ``batch`` against committed keys and append what is new, in one snapshot.
+
+        On a conflict: refresh, settle again (the other committer may have
+        added some of these keys), rebuild the data, try again with backoff.
+        """
+        if not len(batch):
+            return CommitOutcome(0, 0, None)
+        fh, fl = fingerprints(batch.keys)
+        for attempt in range(COMMIT_ATTEMPTS):
+            tbl = self.ensure(spec, types)
+            idx = self.committed(spec, tbl)
+            keep = settle(batch.keys, idx.contains_fingerprints(fh, fl))
+            dups = len(batch) - len(keep)
+            if not keep:
+                return CommitOutcome(0, dups, idx.snapshot_id)
+            data = to_arrow(batch.values, len(batch), tbl.schema())  # rebuilt on every attempt
+            if len(keep) < len(batch):
+                data = data.take(keep)
+            summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
+            try:
+                with catalog_errors(f"cannot commit to {spec.identifier}"):
+                    new = _without_auto_retry(tbl)
+                    new.append(data, snapshot_properties=summary)
+            except CommitConflict as e:
+                wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
+                log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
+                time.sleep(wait)
+                continue
+            snap = new.current_snapshot()
+            assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
+            idx.add_fingerprints(fh[keep], fl[keep])
+            idx.snapshot_id = snap.snapshot_id
+            return CommitOutcome(len(keep), dups, snap.snapshot_id)
+        raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
+
+
+def _without_auto_retry(tbl: Table) -> Table:
+    """A view of ``tbl`` whose commits fail on conflict instead of rebasing blindly.
+
+    The retry count is read from the table's properties; we override it in our
+    local copy of the metadata only (the catalog's copy is untouched).
+    """
+    props = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    metadata = tbl.metadata.model_copy(update={"properties": props})
+    return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog)

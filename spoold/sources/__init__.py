@@ -1,0 +1,32 @@
+"""Source formats: turn one line of a source file into table rows.
+
+One reader per format, shared by ``spoold backfill`` and the daemon's live
+tailing, so a given source line always materializes to the same rows with
+the same keys, whichever path reads it.
+"""
+
+from __future__ import annotations
+
+
+class SourceLineError(ValueError):
+    """A source line cannot be materialized; the message says why in a few words."""
+
+
+# The format modules import SourceLineError from this package, so it must be
+# defined before they are imported.
+from spoold.sources.reader import (  # noqa: E402
+    FORMATS,
+    SourceLine,
+    expand_sources,
+    materializer,
+    read_lines,
+)
+
+__all__ = [
+    "FORMATS",
+    "SourceLine",
+    "SourceLineError",
+    "expand_sources",
+    "materializer",
+    "read_lines",
+]

@@ -1,0 +1,39 @@
+"""The ``jsonl`` source format: each line is one JSON object, which is one row.
+
+The object's keys are column names and its values are kept exactly as
+parsed; checking them against the table is the envelope rules' job.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from spoold.sources import SourceLineError
+
+
+def parse_object(line: bytes) -> dict[str, object]:
+    """Parse ``line`` as one JSON object, or raise SourceLineError saying why not."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise SourceLineError(f"not valid JSON: {e}") from e
+    if type(obj) is not dict:
+        raise SourceLineError(f"not a JSON object (got {_json_type(obj)})")
+    return obj
+
+
+def materialize(line: bytes) -> list[dict[str, object]]:
+    """Return the single row held by ``line``; raise SourceLineError for a bad line."""
+    return [parse_object(line)]
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"

@@ -1,0 +1,154 @@
+"""Read a source file line by line from a byte offset and materialize each line.
+
+Backfill and live tailing both go through ``read_lines``, so a line gives
+the same rows whichever of them reads it. Offsets are byte positions: the
+``end`` of a yielded line is where reading resumes for the next one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spoold.sources import SourceLineError, jsonl, transcript
+
+Materializer = Callable[[bytes], list[dict[str, object]]]
+
+FORMATS = ("jsonl", "transcript")
+_MATERIALIZERS: dict[str, Materializer] = {
+    "jsonl": jsonl.materialize,
+    "transcript": transcript.materialize,
+}
+_BLOCK = 1 << 20  # large reads, split in memory: per-line reads would dominate backfill time
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLine:
+    """One line of a source file and what it materialized to.
+
+    ``start``/``end`` are byte offsets; ``end`` is just past the line's
+    ``b"\\n"`` (or the end of file for a partial last line). ``rows`` is empty
+    when ``error`` is set or the line holds no rows.
+    """
+
+    path: str
+    lineno: int
+    start: int
+    end: int
+    rows: list[dict[str, object]]
+    error: str | None
+
+
+def expand_sources(patterns: Sequence[str]) -> list[Path]:
+    """Expand source patterns into a sorted, de-duplicated list of absolute file paths.
+
+    Each pattern (``~`` expanded) is a file, a directory (every ``*.jsonl``
+    under it, recursively) or a glob (``**`` crosses directories; a directory
+    it matches counts as a directory pattern). A pattern that matches no file
+    raises FileNotFoundError naming it, so a typo never passes as "no data".
+    """
+    found: set[str] = set()
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        hits = glob.glob(expanded, recursive=True) if _has_magic(expanded) else [expanded]
+        files: list[str] = []
+        for hit in hits:
+            if os.path.isdir(hit):
+                files += [f for f in glob.glob(_jsonl_under(hit), recursive=True) if os.path.isfile(f)]
+            elif os.path.isfile(hit):
+                files.append(hit)
+        if not files:
+            raise FileNotFoundError(f"source {pattern!r} matches no files")
+        found.update(os.path.abspath(f) for f in files)
+    return [Path(f) for f in sorted(found)]
+
+
+def _has_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _jsonl_under(directory: str) -> str:
+    return os.path.join(glob.escape(directory), "**", "*.jsonl")
+
+
+def materializer(fmt: str) -> Materializer:
+    """Return the ``materialize(line) -> rows`` function of source format ``fmt``."""
+    try:
+        return _MATERIALIZERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown source format {fmt!r}; expected one of: {', '.join(FORMATS)}") from None
+
+
+def read_lines(
+    path: str | os.PathLike[str],
+    fmt: str,
+    offset: int = 0,
+    *,
+    lineno: int = 1,
+    include_partial: bool = False,
+) -> Iterator[SourceLine]:
+    """Yield each complete line of ``path`` from byte ``offset`` on, materialized as ``fmt``.
+
+    ``lineno`` is the 1-based number of the line starting at ``offset``.
+    Blank lines are skipped but counted. A last line without ``b"\\n"`` is
+    yielded only with ``include_partial`` (history files are finished; a
+    live file's last line may still be being written). A bad line comes back
+    with ``error`` set and reading goes on; only I/O errors raise.
+    """
+    # Not a generator itself, so an unknown format fails at the call, not at the first next().
+    return _read(materializer(fmt), os.fspath(path), offset, lineno, include_partial)
+
+
+def _read(
+    materialize: Materializer, name: str, offset: int, lineno: int, include_partial: bool
+) -> Iterator[SourceLine]:
+    with open(name, "rb", buffering=0) as f:
+        f.seek(offset)
+        pos = offset  # byte offset of the next unconsumed byte
+        pending: list[bytes] = []  # pieces of a line that spans blocks
+        while block := f.read(_BLOCK):
+            if pending:
+                nl = block.find(b"\n")
+                if nl < 0:
+                    pending.append(block)
+                    continue
+                pending.append(block[: nl + 1])
+                line = b"".join(pending)
+                pending = []
+                if (item := _source_line(materialize, name, lineno, pos, line)) is not None:
+                    yield item
+                pos += len(line)
+                lineno += 1
+                block = block[nl + 1 :]
+            lines = block.split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                end = pos + len(line) + 1
+                if line and not line.isspace():
+                    try:
+                        rows, error = materialize(line), None
+                    except SourceLineError as e:
+                        rows, error = [], str(e)
+                    yield SourceLine(name, lineno, pos, end, rows, error)
+                pos = end
+                lineno += 1
+            if tail:
+                pending.append(tail)
+        if pending and include_partial:
+            if (item := _source_line(materialize, name, lineno, pos, b"".join(pending))) is not None:
+                yield item
+
+
+def _source_line(materialize: Materializer, name: str, lineno: int, start: int, line: bytes) -> SourceLine | None:
+    """Materialize one line read in pieces; None for a blank line (as in the block loop)."""
+    end = start + len(line)
+    content = line.rstrip(b"\n")
+    if not content or content.isspace():
+        return None
+    try:
+        return SourceLine(name, lineno, start, end, materialize(content), None)
+    except SourceLineError as e:
+        return SourceLine(name, lineno, start, end, [], str(e))

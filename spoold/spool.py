@@ -1,0 +1,339 @@
+"""The on-disk spool: locked, fsync'd appends; atomic rotation; read-only listing.
+
+Layout per table (SPEC "On-disk spool layout")::
+
+    <root>/<table>/active.jsonl          producers append here, under .lock
+    <root>/<table>/flush-<seq>.jsonl     rotated, immutable
+    <root>/<table>/quarantine/*.jsonl    rejected lines/rows with their reason
+    <root>/<table>/.lock, .seq           the append/rotate lock, the sequence counter
+
+Appends and rotation take one exclusive lock, so a rotated flush file can never
+receive a late write. Only ``append``, ``rotate``, ``quarantine`` and
+``remove`` change anything; listing and reading never lock producers out.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import grp
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoold.config import Config, validate_identifier
+from spoold.envelope import LineResult, Validator, encode
+from spoold.errors import SpoolError
+
+ACTIVE = "active.jsonl"
+QUARANTINE = "quarantine"
+_FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
+MAX_ENVELOPE_ROWS = 1000
+MAX_ENVELOPE_BYTES = 1 << 20
+_READ_BLOCK = 1 << 20
+
+
+def flush_name(seq: int) -> str:
+    return f"flush-{seq:020d}.jsonl"
+
+
+def flush_seq(path: Path) -> int | None:
+    m = _FLUSH_RE.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Publish ``data`` at ``path``: write a temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data) if len(data) < (1 << 30) else _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield ``(lineno, line without newline, terminated)`` for every line of ``path``."""
+    with open(path, "rb", buffering=_READ_BLOCK) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.endswith(b"\n"):
+                yield lineno, line[:-1], True
+            else:
+                yield lineno, line, False
+
+
+def read_validated(path: Path, validator: Validator) -> Iterator[tuple[int, bytes, LineResult]]:
+    """Every line of a pending spool file with THE verdict of the envelope rules.
+
+    An unterminated last line of a *rotated* file is a torn write (rejected);
+    in ``active.jsonl`` it may be a write still in progress, so it is skipped.
+    """
+    active = path.name == ACTIVE
+    for lineno, raw, terminated in iter_lines(path):
+        if not terminated and active:
+            return
+        yield lineno, raw, validator.line(raw, terminated)
+
+
+def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
+    """A quarantine entry: why, where from, and the raw bytes (base64 if not UTF-8)."""
+    rec: dict[str, Any] = {"reason": reason, "file": file, "line": line, **extra}
+    if raw is not None:
+        try:
+            rec["raw"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rec["raw_b64"] = base64.b64encode(raw).decode("ascii")
+    rec["at"] = time.time()
+    return rec
+
+
+class Spool:
+    """Producers' and flushers' handle on a spool root (thread-safe)."""
+
+    def __init__(self, root: str | os.PathLike[str], group: str | None = None) -> None:
+        self.root = Path(root)
+        self._gid = _group_id(group) if group else None
+        self._dir_mode = 0o2770 if group else 0o700
+        self._file_mode = 0o660 if group else 0o600
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._guard = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Spool:
+        return cls(config.spool_root, config.spool_group)
+
+    # -- layout -----------------------------------------------------------------
+    def table_dir(self, table: str, *, create: bool = False) -> Path:
+        path = self.root / validate_identifier(table)
+        if create and not path.is_dir():
+            self._mkdir(self.root)
+            self._mkdir(path)
+        return path
+
+    def tables(self) -> list[str]:
+        """Tables that have a spool directory (valid identifiers only)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if p.is_dir() and not p.name.startswith(".") and "." in p.name:
+                out.append(p.name)
+        return out
+
+    def flush_files(self, table: str) -> list[Path]:
+        """Rotated files awaiting a flush, oldest first."""
+        d = self.table_dir(table)
+        if not d.is_dir():
+            return []
+        files = [p for p in d.iterdir() if _FLUSH_RE.fullmatch(p.name)]
+        return sorted(files, key=lambda p: p.name)
+
+    def pending(self, table: str) -> list[Path]:
+        """Flush files oldest first, then ``active.jsonl`` if it has bytes."""
+        files = self.flush_files(table)
+        active = self.table_dir(table) / ACTIVE
+        try:
+            if active.stat().st_size > 0:
+                files.append(active)
+        except FileNotFoundError:
+            pass
+        return files
+
+    # -- writing ----------------------------------------------------------------
+    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append row objects (column → value); durable (fsync'd) when this returns."""
+        lines = list(envelopes(rows))
+        self.append_lines(table, lines)
+        return sum(n for _, n in lines)
+
+    def append_lines(self, table: str, lines: Iterable[tuple[bytes, int] | bytes]) -> None:
+        """Append pre-encoded envelope lines: one write each, one fsync for the call."""
+        payloads = [x[0] if isinstance(x, tuple) else x for x in lines]
+        if not payloads:
+            return
+        with self._locked(table) as d:
+            fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+            try:
+                self._chown(fd)
+                self._repair_tail(table, fd)
+                for data in payloads:
+                    _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def rotate(self, table: str) -> Path | None:
+        """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
+        d = self.table_dir(table)
+        if not (d / ACTIVE).exists():
+            return None
+        with self._locked(table) as d:
+            active = d / ACTIVE
+            try:
+                fd = os.open(active, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                return None
+            try:
+                self._repair_tail(table, fd)
+                empty = os.fstat(fd).st_size == 0
+            finally:
+                os.close(fd)
+            if empty:
+                return None
+            seq = self._next_seq(d)
+            target = d / flush_name(seq)
+            os.rename(active, target)
+            fsync_dir(d)
+            return target
+
+    def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
+        """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
+        if not records:
+            return None
+        qdir = self.table_dir(table, create=True) / QUARANTINE
+        self._mkdir(qdir)
+        path = qdir / f"{name}.jsonl"
+        write_atomic(path, b"".join(orjson.dumps(r, default=str) + b"\n" for r in records), self._file_mode)
+        return path
+
+    def remove(self, paths: Iterable[Path]) -> None:
+        """Delete flush files whose rows are durably committed."""
+        dirs = set()
+        for p in paths:
+            try:
+                p.unlink()
+                dirs.add(p.parent)
+            except FileNotFoundError:
+                pass
+        for d in dirs:
+            fsync_dir(d)
+
+    @contextmanager
+    def flush_lock(self, table: str) -> Iterator[Path]:
+        """Held while flushing ``table``, so two flushers of one spool don't do the work twice.
+
+        Correctness never depends on it (keys do that); producers never wait on it.
+        """
+        with self._locked(table, ".flush-lock") as d:
+            yield d
+
+    # -- internals --------------------------------------------------------------
+    @contextmanager
+    def _locked(self, table: str, name: str = ".lock") -> Iterator[Path]:
+        d = self.table_dir(table, create=True)
+        with self._guard:
+            entry = self._locks.get(table + "/" + name)
+            if entry is None:
+                fd = os.open(d / name, os.O_RDWR | os.O_CREAT, self._file_mode)
+                entry = self._locks[table + "/" + name] = (threading.Lock(), fd)
+        tlock, fd = entry
+        with tlock:  # flock is per open file; threads of this process need their own lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield d
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _repair_tail(self, table: str, fd: int) -> None:
+        """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        pos = size
+        while pos > 0:
+            start = max(0, pos - _READ_BLOCK)
+            block = os.pread(fd, pos - start, start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                pos = start + nl + 1
+                break
+            pos = start
+        tail = os.pread(fd, size - pos, pos)
+        rec = quarantine_record("torn write: unterminated last line of active.jsonl", ACTIVE, -1, tail, offset=pos)
+        self.quarantine(table, f"torn-{time.time_ns()}", [rec])
+        os.ftruncate(fd, pos)
+        os.fsync(fd)
+
+    def _next_seq(self, d: Path) -> int:
+        seq_file = d / ".seq"
+        try:
+            last = int(seq_file.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            last = 0
+        existing = [flush_seq(p) or 0 for p in d.iterdir() if _FLUSH_RE.fullmatch(p.name)]
+        seq = max([last, *existing]) + 1
+        write_atomic(seq_file, str(seq).encode(), self._file_mode)
+        return seq
+
+    def _mkdir(self, path: Path) -> None:
+        try:
+            path.mkdir(mode=self._dir_mode, parents=True)
+        except FileExistsError:
+            return
+        if self._gid is not None:
+            os.chown(path, -1, self._gid)
+            os.chmod(path, self._dir_mode)  # mkdir's mode is masked by the umask
+
+    def _chown(self, fd: int) -> None:
+        if self._gid is not None and os.fstat(fd).st_gid != self._gid:
+            os.fchown(fd, -1, self._gid)
+            os.fchmod(fd, self._file_mode)
+
+
+def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+    """Group row objects into envelopes of at most MAX_ENVELOPE_ROWS rows / ~1 MiB.
+
+    An envelope's columns are the union of its rows' keys (first-seen order);
+    a row without a column gets null there, which the rules read as absent.
+    """
+    cols: dict[str, int] = {}
+    batch: list[Mapping[str, Any]] = []
+    size = 0
+    for row in rows:
+        if not isinstance(row, Mapping):
+            raise SpoolError(f"a row must be a mapping of column to value, got {type(row).__name__}")
+        batch.append(row)
+        for k in row:
+            cols.setdefault(k, len(cols))
+        size += 16 + sum(len(str(v)) for v in row.values()) if size < MAX_ENVELOPE_BYTES else 0
+        if len(batch) >= MAX_ENVELOPE_ROWS or size >= MAX_ENVELOPE_BYTES:
+            yield _encode_batch(cols, batch), len(batch)
+            cols, batch, size = {}, [], 0
+    if batch:
+        yield _encode_batch(cols, batch), len(batch)
+
+
+def _encode_batch(cols: dict[str, int], batch: list[Mapping[str, Any]]) -> bytes:
+    names = list(cols)
+    return encode(names, ([row.get(c) for c in names] for row in batch), at=round(time.time(), 3))
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise SpoolError(f"spool.group: no such group {name!r}") from None

@@ -1,0 +1,121 @@
+"""``spoold status``: what is spooled, quarantined and committed, per table.
+
+The spool side is read with the line-level envelope rules and never changes
+anything; the catalog side is optional: when it cannot be reached the
+committed fields are null and ``catalog_error`` says why.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoold.config import Config
+from spoold.envelope import parse_envelope
+from spoold.errors import SpooldError
+from spoold.spool import QUARANTINE, Spool, iter_lines
+
+LAST_FLUSH = ".last-flush.json"
+DAEMON_STATE = ".daemon.json"
+
+
+def _first_written(path: Path) -> float | None:
+    """When the oldest row of a pending file was written (its envelope's ``at``, else mtime)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+        at = orjson.loads(first).get("at") if first.endswith(b"\n") else None
+        if isinstance(at, (int, float)) and not isinstance(at, bool):
+            return float(at)
+        return path.stat().st_mtime
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return None
+
+
+def oldest_pending(spool: Spool, table: str) -> float | None:
+    """Epoch seconds of the oldest pending row of ``table``, or None if nothing is pending."""
+    times = [t for t in (_first_written(p) for p in spool.pending(table)) if t is not None]
+    return min(times) if times else None
+
+
+def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    rows = 0
+    files = spool.pending(table)
+    for path in files:
+        try:
+            for _, raw, terminated in iter_lines(path):
+                env, _ = parse_envelope(raw, terminated)
+                if env is not None:
+                    rows += len(env["rows"])
+        except FileNotFoundError:  # flushed while we looked
+            continue
+    oldest = oldest_pending(spool, table)
+    quarantined = 0
+    qdir = spool.table_dir(table) / QUARANTINE
+    if qdir.is_dir():
+        for q in qdir.glob("*.jsonl"):
+            with open(q, "rb") as f:
+                quarantined += sum(1 for _ in f)
+    out: dict[str, Any] = {
+        "spooled_rows": rows,
+        "spooled_files": len(files),
+        "oldest_pending_s": round(now - oldest, 3) if oldest is not None else None,
+        "quarantined": quarantined,
+    }
+    last = spool.table_dir(table) / LAST_FLUSH
+    try:
+        out["last_flush"] = orjson.loads(last.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        out["last_flush"] = None
+    return out
+
+
+def status(config: Config, tables: list[str] | None = None, *, catalog: bool = True) -> dict[str, Any]:
+    """The ``spoold status --json`` document."""
+    spool = Spool.from_config(config)
+    names = tables if tables else sorted(set(spool.tables()) | set(config.tables))
+    result: dict[str, Any] = {"tables": {t: spool_status(spool, t) for t in names}}
+    daemon = _daemon_state(spool)
+    for t, info in result["tables"].items():
+        info["committed_rows"] = None
+        info["snapshot_id"] = None
+        if daemon:
+            info["backoff_s"] = daemon.get("backoff", {}).get(t)
+    if daemon:
+        result["daemon"] = daemon
+    if catalog and names:
+        _add_committed(config, result)
+    return result
+
+
+def _daemon_state(spool: Spool) -> dict[str, Any] | None:
+    try:
+        state = orjson.loads((spool.root / DAEMON_STATE).read_bytes())
+        return state if isinstance(state, dict) else None
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _add_committed(config: Config, result: dict[str, Any]) -> None:
+    from spoold.sink import Sink  # only now: the spool half of status needs no pyiceberg
+
+    try:
+        sink = Sink(config)
+        for t, info in result["tables"].items():
+            tbl = sink.load(config.table(t))
+            snap = tbl.current_snapshot() if tbl is not None else None
+            info["snapshot_id"] = snap.snapshot_id if snap else None
+            total = snap.summary.additional_properties.get("total-records") if snap and snap.summary else None
+            info["committed_rows"] = int(total) if total is not None else 0
+    except SpooldError as e:
+        result["catalog_error"] = str(e)
+        for info in result["tables"].values():
+            info["committed_rows"] = None
+            info["snapshot_id"] = None
