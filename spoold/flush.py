@@ -24,9 +24,9 @@ from spoold.schema import table_types
 from spoold.settle import Batch
 from spoold.sink import Sink
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
+from spoold.status import LAST_FLUSH
 
 log = logging.getLogger(__name__)
-LAST_FLUSH = ".last-flush.json"
 
 
 @dataclass
@@ -52,9 +52,11 @@ class _Chunk:
 
 def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate: bool = True) -> FlushResult:
     """Commit everything pending for ``table`` once. Never raises on bad spool lines."""
-    spec = config.table(table)
+    config.table(table)  # validates the identifier before anything is touched
     result = FlushResult()
     started = time.time()
+    if not spool.table_dir(table).is_dir():
+        return result  # nothing was ever spooled for it
     try:
         with spool.flush_lock(table):
             if rotate:

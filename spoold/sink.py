@@ -238,17 +238,17 @@ class Sink:
             return CommitOutcome(0, 0, None)
         fh, fl = fingerprints(batch.keys)
         for attempt in range(COMMIT_ATTEMPTS):
-            tbl = self.ensure(spec, types)
-            idx = self.committed(spec, tbl)
-            keep = settle(batch.keys, idx.contains_fingerprints(fh, fl))
-            dups = len(batch) - len(keep)
-            if not keep:
-                return CommitOutcome(0, dups, idx.snapshot_id)
-            data = to_arrow(batch.values, len(batch), tbl.schema())  # rebuilt on every attempt
-            if len(keep) < len(batch):
-                data = data.take(keep)
-            summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
             try:
+                tbl = self.ensure(spec, types)  # a schema change can conflict too
+                idx = self.committed(spec, tbl)
+                keep = settle(batch.keys, idx.contains_fingerprints(fh, fl))
+                dups = len(batch) - len(keep)
+                if not keep:
+                    return CommitOutcome(0, dups, idx.snapshot_id)
+                data = to_arrow(batch.values, len(batch), tbl.schema())  # rebuilt on every attempt
+                if len(keep) < len(batch):
+                    data = data.take(keep)
+                summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
                     new = _without_auto_retry(tbl)
                     new.append(data, snapshot_properties=summary)
