@@ -30,6 +30,8 @@ def read_rows(data: bytes, validator: Validator) -> list[dict[str, Any]]:
             raise InputError(f"line {lineno}: not valid JSON: {e}") from None
         if type(row) is not dict:
             raise InputError(f"line {lineno}: expected a JSON object (one row), got {type(row).__name__}")
+        if "" in row:  # an envelope with an empty column name is rejected whole by flush, with its siblings
+            raise InputError(f"line {lineno}: empty column name")
         verdict = validator.rows(list(row), [list(row.values())]) if row else None
         if verdict is None:
             raise InputError(f"line {lineno}: empty object, no columns")

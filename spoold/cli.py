@@ -120,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpooldError as e:
         print(f"spoold: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the spool's disk: full, read-only, a file where a directory should be
+        print(f"spoold: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("spoold: interrupted", file=sys.stderr)
         return 130
@@ -168,7 +171,7 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
 
 
 def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    from spoold.status import status
+    from spoold.status import daemon_lines, status
 
     for t in args.tables:
         validate_identifier(t)
@@ -182,6 +185,7 @@ def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:
             f"{t}: spooled {s['spooled_rows']} row(s) in {s['spooled_files']} file(s), oldest {age}; "
             f"quarantined {s['quarantined']}; committed {committed}; last flush {last.get('result', '-')}"
         )
+    lines += daemon_lines(doc)
     if "catalog_error" in doc:
         lines.append(f"catalog unreachable: {doc['catalog_error']}")
     _emit(doc, as_json, "\n".join(lines) or "no tables")

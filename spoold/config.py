@@ -238,11 +238,11 @@ def _parse_table(ident: str, t: Any) -> TableSpec:
         raise ConfigError(f"{where}.legacy_key: expected a list of column names")
     columns = []
     for name, typ in _table(t, "columns").items():
-        if not isinstance(typ, str) or typ.rstrip("!") not in COLUMN_TYPES:
+        if not isinstance(typ, str) or typ.removesuffix("!") not in COLUMN_TYPES:  # one "!", not "string!!"
             raise ConfigError(
                 f"{where}.columns.{name}: expected one of {', '.join(COLUMN_TYPES)} (optionally with '!')"
             )
-        columns.append(Column(name, typ.rstrip("!"), typ.endswith("!")))
+        columns.append(Column(name, typ.removesuffix("!"), typ.endswith("!")))
     types = {c.name: c.type for c in columns}
     if columns and key not in types:
         raise ConfigError(f"{where}.key: key column {key!r} is not among the declared columns")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -58,6 +58,21 @@ def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
     types = {f.name: _NAMES[type(f.field_type)] for f in schema.fields if type(f.field_type) in _NAMES}
     required = frozenset(f.name for f in schema.fields if f.required)
     return types, required
+
+
+def type_conflicts(types: Mapping[str, str], columns: Iterable[str], schema: Schema) -> dict[str, tuple[str, str]]:
+    """Columns validated as one type that the table holds as another: ``{column: (validated, table)}``.
+
+    Such values must not reach Arrow: ``pa.array([2.5], type=pa.int64())``
+    silently truncates to 2. Only an ``int`` into a ``long`` column is safe.
+    """
+    have, _ = table_types(schema)
+    out = {}
+    for c in columns:
+        mine, theirs = types.get(c), have.get(c)
+        if mine is not None and theirs is not None and mine != theirs and (mine, theirs) != ("int", "long"):
+            out[c] = (mine, theirs)
+    return out
 
 
 def new_schema(spec: TableSpec, types: Mapping[str, str]) -> Schema:
@@ -120,6 +135,10 @@ def to_arrow(values: Mapping[str, list[Any]], nrows: int, schema: Schema) -> pa.
         try:
             arrays.append(pa.array(col, type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            if pa.types.is_floating(field.type):
+                # an inferred long widened to double by a later line: its earlier big ints must become floats
+                arrays.append(pa.array([v if v is None else float(v) for v in col], type=field.type))
+                continue
             # Only reachable when another writer changed a column's type under us.
             arrays.append(pa.array(col).cast(field.type))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)

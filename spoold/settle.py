@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from spoold.envelope import LineResult
 
 
@@ -37,19 +39,18 @@ class Batch:
         self.add(LineResult(columns=list(values), keys=list(keys), values=values))
 
 
-def settle(keys: Sequence[str], seen: Sequence[bool]) -> list[int]:
+def settle(keys: Sequence[str], seen: Sequence[bool] | np.ndarray) -> list[int]:
     """Positions to commit: the first occurrence of each key whose ``seen`` flag is false.
 
     ``seen[i]`` says whether ``keys[i]`` is already committed (flush) or already
     committed or spooled (backfill). Flush must pass committed keys only: its
     batch *is* the spool, so spooled keys would match every row and drop it.
     """
-    keep: list[int] = []
-    taken: set[str] = set()
-    add = taken.add
-    for i, k in enumerate(keys):
-        if seen[i] or k in taken:
-            continue
-        add(k)
-        keep.append(i)
-    return keep
+    unseen = np.flatnonzero(~np.asarray(seen, dtype=bool)).tolist()
+    everyone = len(unseen) == len(keys)
+    cand = keys if everyone else [keys[i] for i in unseen]
+    m = len(cand)
+    # Built from the back, so each key ends up mapped to its first position (C speed, no Python loop).
+    first = dict(zip(reversed(cand), range(m - 1, -1, -1)))
+    pos = range(m) if len(first) == m else sorted(first.values())
+    return list(pos) if everyone else [unseen[p] for p in pos]

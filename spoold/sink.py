@@ -32,7 +32,7 @@ from pyiceberg.table.snapshots import Operation
 from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
 from spoold.keyindex import KeyIndex, fingerprints
-from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow
+from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow, type_conflicts
 from spoold.settle import Batch, settle
 from spoold.spool import write_atomic
 
@@ -72,7 +72,25 @@ def catalog_errors(what: str) -> Iterator[None]:
     except NoSuchPropertyException as e:
         raise ConfigError(f"catalog: {e}") from e
     except Exception as e:  # the catalog stack (SQLAlchemy, HTTP, S3, OS) has no common root
-        raise CatalogError(f"{what}: {type(e).__name__}: {e}".splitlines()[0]) from e
+        message = f"{what}: {type(e).__name__}: {e}".splitlines()[0]
+        if _contended(e):  # another committer holds the catalog's lock: refresh and retry as on a conflict
+            raise CommitConflict(message) from e
+        raise CatalogError(message) from e
+
+
+def _contended(e: BaseException | None) -> bool:
+    """True for SQLite's "database is locked": another process is committing right now.
+
+    SQLite answers a writer that would deadlock with another at once, without
+    waiting out its busy timeout, so two flushers racing on one catalog see this
+    routinely; it is as transient as a commit conflict.
+    """
+    while e is not None:
+        text = str(e)
+        if "database is locked" in text or "database table is locked" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class Sink:
@@ -133,6 +151,9 @@ class Sink:
                 cat.create_namespace(ns)
             except NamespaceAlreadyExistsError:
                 pass
+            except Exception:
+                if not cat.namespace_exists(ns):  # else another process created it between check and insert
+                    raise
             try:
                 tbl = cat.create_table(
                     spec.identifier,
@@ -240,6 +261,12 @@ class Sink:
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 tbl = self.ensure(spec, types)  # a schema change can conflict too
+                conflicts = type_conflicts(types, batch.values, tbl.schema())
+                if conflicts:  # fail rather than let Arrow truncate; the next flush validates anew
+                    raise CatalogError(f"table {spec.identifier}: " + ", ".join(
+                        f"column {c!r} is {t} in the table but was validated as {v}"
+                        for c, (v, t) in conflicts.items()) + " (schema changed by another writer, or the config "
+                        "disagrees with the table)")
                 idx = self.committed(spec, tbl)
                 keep = settle(batch.keys, idx.contains_fingerprints(fh, fl))
                 dups = len(batch) - len(keep)

@@ -19,10 +19,12 @@ import fcntl
 import grp
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import orjson
 
 from spoold.config import Config, validate_identifier
 from spoold.envelope import LineResult, Validator, encode
-from spoold.errors import SpoolError
+from spoold.errors import SpoolError, UsageError
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
@@ -59,9 +61,10 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Publish ``data`` at ``path``: write a temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per thread too
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
         os.write(fd, data) if len(data) < (1 << 30) else _write_all(fd, data)
         os.fsync(fd)
     finally:
@@ -119,7 +122,7 @@ class Spool:
         self._gid = _group_id(group) if group else None
         self._dir_mode = 0o2770 if group else 0o700
         self._file_mode = 0o660 if group else 0o600
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._locks: dict[str, tuple[threading.Lock, int, int]] = {}  # name -> (lock, fd, pid that opened fd)
         self._guard = threading.Lock()
 
     @classmethod
@@ -140,8 +143,11 @@ class Spool:
             return []
         out = []
         for p in sorted(self.root.iterdir()):
-            if p.is_dir() and not p.name.startswith(".") and "." in p.name:
-                out.append(p.name)
+            if p.is_dir():
+                try:
+                    out.append(validate_identifier(p.name))
+                except UsageError:
+                    continue  # not a table's directory (spoold never creates such names)
         return out
 
     def flush_files(self, table: str) -> list[Path]:
@@ -245,12 +251,18 @@ class Spool:
     @contextmanager
     def _locked(self, table: str, name: str = ".lock") -> Iterator[Path]:
         d = self.table_dir(table, create=True)
+        pid = os.getpid()
         with self._guard:
             entry = self._locks.get(table + "/" + name)
-            if entry is None:
+            if entry is None or entry[2] != pid:
+                # flock belongs to the open file, which a forked child shares with its parent:
+                # a child must open its own, or parent and child would not exclude each other
+                if entry is not None:
+                    os.close(entry[1])
                 fd = os.open(d / name, os.O_RDWR | os.O_CREAT, self._file_mode)
-                entry = self._locks[table + "/" + name] = (threading.Lock(), fd)
-        tlock, fd = entry
+                self._chown(fd)
+                entry = self._locks[table + "/" + name] = (threading.Lock(), fd, pid)
+        tlock, fd, _ = entry
         with tlock:  # flock is per open file; threads of this process need their own lock
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -299,9 +311,15 @@ class Spool:
             os.chmod(path, self._dir_mode)  # mkdir's mode is masked by the umask
 
     def _chown(self, fd: int) -> None:
-        if self._gid is not None and os.fstat(fd).st_gid != self._gid:
+        if self._gid is None:
+            return
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return  # its owner, another producer, set it up; only the owner may change it
+        if st.st_gid != self._gid:
             os.fchown(fd, -1, self._gid)
-            os.fchmod(fd, self._file_mode)
+        if stat.S_IMODE(st.st_mode) != self._file_mode:
+            os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
 
 
 def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
@@ -310,26 +328,55 @@ def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
     An envelope's columns are the union of its rows' keys (first-seen order);
     a row without a column gets null there, which the rules read as absent.
     """
-    cols: dict[str, int] = {}
     batch: list[Mapping[str, Any]] = []
-    size = 0
     for row in rows:
         if not isinstance(row, Mapping):
             raise SpoolError(f"a row must be a mapping of column to value, got {type(row).__name__}")
         batch.append(row)
-        for k in row:
-            cols.setdefault(k, len(cols))
-        size += 16 + sum(len(str(v)) for v in row.values()) if size < MAX_ENVELOPE_BYTES else 0
-        if len(batch) >= MAX_ENVELOPE_ROWS or size >= MAX_ENVELOPE_BYTES:
-            yield _encode_batch(cols, batch), len(batch)
-            cols, batch, size = {}, [], 0
+        if len(batch) >= MAX_ENVELOPE_ROWS:
+            yield from _encode_bounded(batch)
+            batch = []
     if batch:
-        yield _encode_batch(cols, batch), len(batch)
+        yield from _encode_bounded(batch)
 
 
-def _encode_batch(cols: dict[str, int], batch: list[Mapping[str, Any]]) -> bytes:
+def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+    # Measuring the encoded line beats estimating every value's size up front
+    # (append's hot path); an oversized envelope is split in halves. A single
+    # row larger than the bound still goes as one envelope: rows are never cut.
+    line = _encode_batch(batch)
+    if len(line) <= MAX_ENVELOPE_BYTES or len(batch) == 1:
+        yield line, len(batch)
+        return
+    mid = len(batch) // 2
+    yield from _encode_bounded(batch[:mid])
+    yield from _encode_bounded(batch[mid:])
+
+
+def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
+    cols: dict[Any, None] = {}
+    last: Any = None
+    for row in batch:
+        keys = row.keys()
+        if keys != last:  # a producer's rows usually share their keys: skip the union then
+            cols.update(dict.fromkeys(keys))
+            last = keys
     names = list(cols)
-    return encode(names, ([row.get(c) for c in names] for row in batch), at=round(time.time(), 3))
+    if not names:
+        raise SpoolError("a row must have at least one column, got only empty rows")
+    if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too
+        bad = next(c for c in names if type(c) is not str or not c)
+        raise SpoolError(f"column names must be non-empty strings, got {bad!r}")
+    values: list[Any]
+    if len(names) > 1:
+        get = itemgetter(*names)
+        try:
+            values = list(map(get, batch))  # every row has every column: tuples, at C speed
+        except KeyError:
+            values = [[row.get(c) for c in names] for row in batch]
+    else:
+        values = [[row.get(names[0])] for row in batch]
+    return encode(names, values, at=round(time.time(), 3))
 
 
 def _group_id(name: str) -> int:

@@ -7,6 +7,7 @@ committed fields are null and ``catalog_error`` says why.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -83,16 +84,49 @@ def status(config: Config, tables: list[str] | None = None, *, catalog: bool = T
     names = tables if tables else sorted(set(spool.tables()) | set(config.tables))
     result: dict[str, Any] = {"tables": {t: spool_status(spool, t) for t in names}}
     daemon = _daemon_state(spool)
+    live = bool(daemon and daemon.get("running", True) and _alive(daemon.get("pid")))
     for t, info in result["tables"].items():
         info["committed_rows"] = None
         info["snapshot_id"] = None
         if daemon:
-            info["backoff_s"] = daemon.get("backoff", {}).get(t)
+            # A dead daemon's backoff is history, not a wait anyone is in.
+            info["backoff_s"] = daemon.get("backoff", {}).get(t) if live else None
+            info["last_error"] = (daemon.get("tables", {}).get(t) or {}).get("last_error") if live else None
     if daemon:
+        daemon["running"] = live
         result["daemon"] = daemon
+        # Per source: files tailed and bytes not yet read (offset lag), as of the daemon's last look.
+        result["sources"] = daemon.get("sources", [])
     if catalog and names:
         _add_committed(config, result)
     return result
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user (e.g. the systemd DynamicUser)
+        return True
+    return True
+
+
+def daemon_lines(doc: dict[str, Any]) -> list[str]:
+    """Text lines for ``spoold status``: the daemon, per-table backoff and per-source offset lag."""
+    daemon = doc.get("daemon")
+    if not daemon:
+        return []
+    lines = [f"daemon: {'running, pid ' + str(daemon.get('pid')) if daemon.get('running') else 'not running'}"]
+    for t, info in doc.get("tables", {}).items():
+        if info.get("backoff_s"):
+            lines.append(f"{t}: backing off {info['backoff_s']}s after: {info.get('last_error') or '?'}")
+    for src in doc.get("sources", []):
+        lines.append(f"source {src.get('path')} -> {src.get('table')}: {src.get('files')} file(s), "
+                     f"{src.get('lag_bytes')} byte(s) not yet read")
+    return lines
 
 
 def _daemon_state(spool: Spool) -> dict[str, Any] | None:

@@ -1,0 +1,154 @@
+"""Append throughput and CLI cold start (issue 2, acceptance 6).
+
+1. In-process appends of 100-row envelopes, fsync per envelope, through
+   ``Spool.append`` (rows -> envelope -> locked write -> fsync) and
+   ``Spool.append_lines`` (pre-encoded envelope -> locked write -> fsync),
+   next to a raw ``os.write`` + ``os.fsync`` loop of the same bytes, in the
+   same run, interleaved envelope by envelope so that the disk's mood
+   affects all three alike. Target: spool >= 85% of raw.
+2. Cold start of ``spoold append TABLE`` of one row via the installed
+   console script: median wall time of N runs. Target: < 150 ms.
+
+Usage: python bench/append.py [--rows N] [--cold-runs N] [--dir DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from spoold.spool import ACTIVE, Spool, envelopes
+
+TABLE = "bench.events"
+ENVELOPE_ROWS = 100
+
+
+def make_rows(n: int, start: int = 0) -> list[dict[str, object]]:
+    """Rows shaped like agent-transcript parts (~200 bytes each as JSON)."""
+    return [
+        {
+            "part_id": f"msg-{i // 4:08d}:{i % 4}",
+            "message_id": f"msg-{i // 4:08d}",
+            "part_index": i % 4,
+            "ts": "2026-01-01T00:00:00.000000Z",
+            "role": "assistant" if i % 2 else "user",
+            "kind": "text",
+            "text": f"row {i}: the quick brown fox jumps over the lazy dog " * 2,
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def throughput(rows: int, workdir: Path) -> None:
+    n = max(1, rows // ENVELOPE_ROWS)
+    batches = [make_rows(ENVELOPE_ROWS, i * ENVELOPE_ROWS) for i in range(n)]
+    lines = [line for rows_ in batches for line, _ in envelopes(rows_)]  # the very bytes the spool writes
+    assert len(lines) == n
+    print(f"throughput: {n * ENVELOPE_ROWS} rows per mode ({n} envelopes of {ENVELOPE_ROWS} rows, "
+          f"{sum(map(len, lines)) / n / 1024:.1f} KiB each), fsync per envelope, in {workdir}")
+    raw_fd = os.open(workdir / "raw.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    spool_a, spool_l = Spool(workdir / "spool-a"), Spool(workdir / "spool-l")
+
+    def raw(i: int) -> None:
+        os.write(raw_fd, lines[i])
+        os.fsync(raw_fd)
+
+    ops: list[tuple[str, Callable[[int], object]]] = [
+        ("raw", raw),
+        ("append", lambda i: spool_a.append(TABLE, batches[i])),  # encodes, locks, writes, fsyncs
+        ("append_lines", lambda i: spool_l.append_lines(TABLE, [lines[i]])),  # locks, writes, fsyncs
+    ]
+    times = dict.fromkeys((name for name, _ in ops), 0.0)
+    clock = time.perf_counter
+    try:
+        for i in range(n):  # interleaved envelope by envelope, who goes first rotating: the disk's mood is shared
+            k = i % len(ops)
+            for name, op in ops[k:] + ops[:k]:
+                t0 = clock()
+                op(i)
+                times[name] += clock() - t0
+    finally:
+        os.close(raw_fd)
+    for d in (workdir / "spool-a", workdir / "spool-l"):
+        written = (d / TABLE / ACTIVE).read_bytes().count(b"\n")
+        assert written == n, f"{d.name}: {written} envelopes written, expected {n}"
+    total = n * ENVELOPE_ROWS
+    raw_rate = total / times["raw"]
+    print(f"  raw os.write+fsync      {raw_rate:>10,.0f} rows/s  {times['raw'] / n * 1e3:.3f} ms/envelope")
+    for name, label in (("append", "Spool.append (encodes)"), ("append_lines", "Spool.append_lines")):
+        rate = total / times[name]
+        print(f"  {label:<23} {rate:>10,.0f} rows/s  {times[name] / n * 1e3:.3f} ms/envelope  "
+              f"= {rate / raw_rate:.1%} of raw (target >= 85%)")
+
+
+def cold_start(runs: int, workdir: Path) -> None:
+    script = shutil.which("spoold", path=str(Path(sys.executable).parent)) or shutil.which("spoold")
+    if script is None:
+        print("cold start: no 'spoold' console script installed; skipped")
+        return
+    cfg = workdir / "cold.toml"
+    cfg.write_text(f'[spool]\nroot = "{workdir / "cold-spool"}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPOOLD_", "PYICEBERG_"))}
+    row = b'{"part_id": "cold", "text": "one row"}\n'
+
+    def timed(cmd: list[str], stdin: bytes | None = None) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, input=stdin, check=True, capture_output=True, env=env)
+        return time.perf_counter() - t0
+
+    timed([script, "append", TABLE, "--config", str(cfg)], row)  # warm the page cache, compile .pyc
+    walls = [timed([script, "append", TABLE, "--config", str(cfg)], row) for _ in range(runs)]
+    bare = [timed([sys.executable, "-c", "pass"]) for _ in range(runs)]
+    lines = (workdir / "cold-spool" / TABLE / ACTIVE).read_bytes().count(b"\n")
+    assert lines == runs + 1, "every cold append should have spooled its row"  # (before the RSS probe below)
+    med = statistics.median(walls)
+    print(f"cold start: `spoold append {TABLE}` of one row via {script}, {runs} runs")
+    print(f"  median {med * 1e3:.1f} ms (min {min(walls) * 1e3:.1f}, max {max(walls) * 1e3:.1f}) "
+          f"(target < 150 ms); bare `python -c pass` median {statistics.median(bare) * 1e3:.1f} ms")
+    probe = (f"import resource, sys; from spoold.cli import main; rc = main(['append', {TABLE!r}, '--config', "
+             f"{str(cfg)!r}]); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", probe], input=row, capture_output=True, env=env, check=True)
+    print(f"  peak RSS of one `spoold append`: {int(r.stderr.splitlines()[-1]) / 1024:.0f} MB")
+    if med >= 0.150:
+        print("  over target: top imports by cumulative time (python -X importtime):")
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "spoold", "append", TABLE, "--config",
+                            str(cfg)], input=row, capture_output=True, env=env)
+        stats = []
+        for line in r.stderr.decode().splitlines():
+            if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+                _, cum, name = (x.strip() for x in line[len("import time:"):].split("|"))
+                stats.append((int(cum), name))
+        for cum, name in sorted(stats, reverse=True)[:15]:
+            print(f"    {cum / 1000:8.1f} ms  {name}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=100_000, help="rows per mode in total (default 100000)")
+    p.add_argument("--cold-runs", type=int, default=11, help="cold starts to time (default 11)")
+    p.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 6000 rows, 3 cold starts")
+    args = p.parse_args()
+    if args.quick:
+        args.rows, args.cold_runs = 6000, 3
+    workdir = Path(tempfile.mkdtemp(prefix="spoold-bench-append-", dir=args.dir))
+    try:
+        throughput(args.rows, workdir)
+        cold_start(args.cold_runs, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the bench process (holds every test row in memory): {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Daemon latency and idle memory: one row appended to an idle `spoold run`, time until committed.
+
+Prints, for each round, the time from the append's return to the end of the
+commit that holds the row (taken from the flush's own record), minus
+``debounce_s`` (target: at most 1 s), and the daemon's resident memory
+(VmRSS from /proc) idle at start-up and idle after flushing (target: at most
+120 MB). The daemon imports pyarrow/pyiceberg only once rows are pending
+(while they wait out their debounce), so start-up stays small.
+
+    .venv/bin/python bench/latency.py            # 5 rounds, debounce 2 s
+    .venv/bin/python bench/latency.py --quick    # 2 rounds, debounce 0.5 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from spoold.config import load_config
+from spoold.spool import Spool
+
+TABLE = "bench.latency"
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found for pid {pid}")
+
+
+def last_flush(spool_root: Path) -> dict[str, object] | None:
+    try:
+        return orjson.loads((spool_root / TABLE / ".last-flush.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def wait_until(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--debounce", type=float, default=2.0)
+    ap.add_argument("--idle", type=float, default=3.0, help="seconds idle before each append / RSS sample")
+    ap.add_argument("--quick", action="store_true", help="2 rounds, debounce 0.5 s, 1 s idle")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.debounce, args.idle = 2, 0.5, 1.0
+
+    with tempfile.TemporaryDirectory(prefix="spoold-latency-") as tmp:
+        root = Path(tmp)
+        cfg = root / "spoold.toml"
+        cfg.write_text(
+            f'[spool]\nroot = "{root / "spool"}"\n\n'
+            f'[catalog]\ntype = "sql"\nuri = "sqlite:///{root / "catalog.db"}"\n'
+            f'warehouse = "file://{root / "warehouse"}"\n\n'
+            f"[flush]\ndebounce_s = {args.debounce}\nmax_delay_s = {max(60.0, args.debounce * 10)}\n"
+        )
+        config = load_config(cfg)
+        spool = Spool.from_config(config)
+        log = open(root / "daemon.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        t_start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(lambda: "spoold running" in (root / "daemon.log").read_text(), 60, "daemon start-up")
+            startup_s = time.monotonic() - t_start
+            time.sleep(args.idle)
+            rss_start = rss_mb(proc.pid)
+
+            latencies = []
+            for i in range(args.rounds):
+                before = last_flush(config.spool_root)
+                spool.append(TABLE, [{"part_id": f"row-{i}", "ts": time.time(), "text": "hello"}])
+                appended = time.time()
+                rec = wait_until(lambda b=before: (lf := last_flush(config.spool_root)) != b and lf, 120, "commit")
+                done = float(rec["at"]) + float(rec["duration_s"])  # type: ignore[arg-type]
+                latencies.append(done - appended - args.debounce)
+                label = "first flush: opens the catalog, creates the table" if i == 0 else "warm"
+                print(f"round {i + 1}: committed {rec['committed']} row, "
+                      f"latency - debounce = {latencies[-1]:.3f} s  [{label}]", flush=True)
+                time.sleep(args.idle)
+            rss_idle = rss_mb(proc.pid)
+            anon, file_backed = rss_mb(proc.pid, "RssAnon"), rss_mb(proc.pid, "RssFile")
+            hwm = rss_mb(proc.pid, "VmHWM")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+            log.close()
+
+        warm = latencies[1:] or latencies
+        print(f"daemon start-up to READY:            {startup_s:.2f} s")
+        print(f"latency - debounce_s ({args.debounce} s), warm:  "
+              f"median {sorted(warm)[len(warm) // 2]:.3f} s, max {max(warm):.3f} s (target <= 1 s)")
+        print(f"latency - debounce_s, first flush:   {latencies[0]:.3f} s")
+        print(f"idle RSS at start-up:                {rss_start:.1f} MB")
+        print(f"idle RSS after flushing:             {rss_idle:.1f} MB (target <= 120 MB); peak {hwm:.1f} MB")
+        print(f"  of which anonymous {anon:.1f} MB, file-backed (shared library pages) {file_backed:.1f} MB")
+        print(f"daemon exit code after SIGTERM:      {code}")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Backfill: source rows → dedupe against committed ∪ spooled keys → the same commit path as flush.
+
+The seen-set is the union of the keys committed to the table and the keys
+waiting in the spool. Spooled keys are read with flush's own reader
+(``spool.read_validated``) and a fresh :class:`Validator`, exactly as a flush
+starting now would read them, so a line or row that flush would quarantine is
+never "already captured": its row gets backfilled. The scan is read-only
+(no rotation, no lock). A spool file that cannot be read counts as not seen:
+a dedupe miss is harmless (the commit re-settles by key), a dropped row is not.
+
+Rows that survive go through ``Sink.commit`` in chunks of ``flush.chunk_rows``,
+which settles again against committed keys and owns conflict retries, so a
+concurrent flush or a second backfill can never double a key.
+
+Counts (each materialized row lands in exactly one of them)::
+
+    materialized = written + skipped_committed + skipped_spooled
+                   + duplicates_in_source + quarantined      (+ would_write in a dry run)
+
+A key that appears twice in the sources is kept once; the repeats count in
+``duplicates_in_source``. Rows another committer added between our pre-check
+and our commit count in ``skipped_committed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import sys
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from hashlib import blake2b
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from spoold.config import Config, TableSpec
+from spoold.envelope import Validator
+from spoold.errors import InputError
+from spoold.keyindex import KeyIndex, fingerprints
+from spoold.progress import Progress, StopOnInterrupt
+from spoold.schema import table_types
+from spoold.settle import Batch, settle
+from spoold.sink import Sink
+from spoold.sources import SourceLine, expand_sources, materializer, read_lines
+from spoold.spool import Spool, quarantine_record, read_validated
+
+log = logging.getLogger(__name__)
+GROUP_ROWS = 4096  # rows validated and looked up together: amortises per-call costs, bounds memory
+SAMPLE_KEYS = 10
+MAX_REPORTED_LINES = 50  # bad source lines named on stderr; the rest are only counted
+COMMIT_PROPS = {"spoold.backfill": "1"}
+
+
+@dataclass
+class BackfillSummary:
+    """What a run did; ``as_dict`` is the ``--json`` document (SPEC fields first)."""
+
+    scanned: int = 0  # non-blank source lines read
+    materialized: int = 0  # rows those lines gave (at most --limit)
+    skipped_committed: int = 0
+    skipped_spooled: int = 0
+    written: int = 0
+    quarantined: int = 0
+    failed: int = 0  # source lines that are not valid input (reported on stderr)
+    dry_run: bool = False
+    table: str = ""
+    duplicates_in_source: int = 0
+    would_write: int = 0  # rows that passed the seen-set (written, or to be written in a dry run)
+    interrupted: bool = False
+    unreadable_spool_files: int = 0
+    unreadable_sources: int = 0
+    seen_set_s: float = 0.0  # reading committed and spooled keys
+    elapsed_s: float = 0.0
+    sample_keys: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        if not self.dry_run:
+            del doc["sample_keys"]
+        return doc
+
+
+def spooled_keys(spool: Spool, spec: TableSpec, validator: Validator) -> Iterator[tuple[Path, list[str] | None]]:
+    """``(file, keys)`` for each pending spool file, keys as flush's reader sees them.
+
+    Only rows that pass every envelope rule give keys. Read-only. A file that
+    vanishes (flushed or rotated meanwhile) is skipped and the listing taken
+    again, so rows moved from ``active.jsonl`` to a new flush file are still
+    read. A file that cannot be read gives ``None``: its keys count as not seen.
+    """
+    done: set[str] = set()
+    while True:
+        todo = [p for p in spool.pending(spec.identifier) if p.name not in done]
+        if not todo:
+            return
+        for path in todo:
+            done.add(path.name)
+            keys: list[str] = []
+            try:
+                for _lineno, _raw, verdict in read_validated(path, validator):
+                    keys.extend(verdict.keys)
+            except FileNotFoundError:
+                continue  # committed and removed by a flush, or rotated: the next listing shows it
+            except OSError as e:
+                log.warning("spool file %s unreadable, its keys count as not seen: %s", path, e.strerror or e)
+                yield path, None
+                continue
+            yield path, keys
+
+
+def _spool_index(spool: Spool, spec: TableSpec, validator: Validator, summary: BackfillSummary) -> KeyIndex:
+    index = KeyIndex()
+    for _path, keys in spooled_keys(spool, spec, validator):
+        if keys is None:
+            summary.unreadable_spool_files += 1
+        else:
+            index.add(keys)
+    return index
+
+
+def _envelope(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Row objects → envelope ``columns`` and ``rows`` (a column absent from a row is null)."""
+    first = rows[0]
+    cols = list(first)
+    n = len(cols)
+    if n > 1:  # the usual case: every row has the same columns (transcripts always do)
+        try:  # same length and every column present: the same columns (C-speed checks)
+            if set(map(len, rows)) == {n}:
+                return cols, list(map(list, map(itemgetter(*cols), rows)))
+        except KeyError:
+            pass
+    union = list(dict.fromkeys(c for r in rows for c in r))
+    return union, [[r.get(c) for c in union] for r in rows]
+
+
+def _picker(positions: list[int]) -> Callable[[list[Any]], list[Any]]:
+    """``pick(values)`` → ``[values[i] for i in positions]``, at C speed."""
+    if len(positions) == 1:
+        i = positions[0]
+        return lambda values: [values[i]]
+    get = itemgetter(*positions)
+    return lambda values: list(get(values))
+
+
+class _Run:
+    """One backfill run: the seen-set, the chunk being filled, the counts."""
+
+    def __init__(
+        self, config: Config, spec: TableSpec, sink: Sink, spool: Spool, dry_run: bool, summary: BackfillSummary
+    ) -> None:
+        self.config, self.spec, self.sink, self.spool = config, spec, sink, spool
+        self.dry_run = dry_run
+        self.s = summary
+        tbl = sink.load(spec)
+        types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
+        self.required = required
+        # A fresh validator, as a flush starting now would make, so verdicts match flush's.
+        self.spooled = _spool_index(spool, spec, Validator(spec, types, required), summary)
+        tbl = sink.load(spec)  # after the spool scan: rows flushed meanwhile are committed now
+        if tbl is not None:
+            types, self.required = table_types(tbl.schema())
+        self.committed = sink.committed(spec, tbl) if tbl is not None else KeyIndex()
+        self.validator = Validator(spec, types, self.required)
+        # Keys this run has kept, so later copies count as duplicates in the source: the
+        # current chunk's as a set (cheap lookups), earlier chunks' as fingerprints (16 B a key).
+        self.taken = KeyIndex()
+        self.chunk_keys: set[str] = set()
+        self.chunk_fps: list[tuple[np.ndarray, np.ndarray]] = []
+        self.batch = Batch()
+        self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
+        self.rows: list[dict[str, Any]] = []
+        self.lines: list[SourceLine] = []  # the lines of ``rows``; lines[i] starts at rows[starts[i]]
+        self.starts: list[int] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.reject_name: str | None = None
+
+    def reject(self, line: SourceLine, reason: str, row: Any) -> None:
+        self.s.quarantined += 1
+        if self.dry_run:
+            return
+        if self.reject_name is None:  # deterministic, so re-running the same backfill replaces, not doubles
+            tag = blake2b(line.path.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+            self.reject_name = f"backfill-{Path(line.path).stem[:40]}-{tag}-{line.lineno:010d}"
+        self.rejects.append(quarantine_record(reason, line.path, line.lineno, row=row, source="backfill"))
+
+    def settle_group(self) -> None:
+        """Validate the gathered rows, drop those already seen, add the rest to the chunk."""
+        rows, lines, starts = self.rows, self.lines, self.starts
+        self.rows, self.lines, self.starts = [], [], []
+        if not rows:
+            return
+        cols, matrix = _envelope(rows)
+        index = None
+        if "" in cols:  # flush rejects an envelope with an empty column name: reject those rows
+            index = [i for i, r in enumerate(rows) if "" not in r]
+            for i, r in enumerate(rows):
+                if "" in r:
+                    self.reject(lines[bisect_right(starts, i) - 1], "empty column name", r)
+            cols, matrix = _envelope([rows[i] for i in index]) if index else ([], [])
+        verdict = self.validator.rows(cols, matrix)
+        for rej in verdict.rejects:
+            i = index[rej.index] if index is not None else rej.index
+            self.reject(lines[bisect_right(starts, i) - 1], rej.reason, rows[i])
+        keys = verdict.keys
+        if not keys:
+            return
+        fh, fl = fingerprints(keys)
+        # Look up in sorted order: binary searches for ascending keys walk the index's
+        # arrays forward and stay in cache (measured 2.5x faster on a 1M-key index).
+        order = np.argsort(fh)
+        sh, sl = fh[order], fl[order]
+        found = np.empty((3, len(keys)), dtype=bool)
+        found[0, order] = self.taken.contains_fingerprints(sh, sl)
+        found[1, order] = self.committed.contains_fingerprints(sh, sl)
+        found[2, order] = self.spooled.contains_fingerprints(sh, sl)
+        dup = found[0]
+        chunk = self.chunk_keys
+        if chunk and not chunk.isdisjoint(keys):
+            dup |= np.fromiter((k in chunk for k in keys), dtype=bool, count=len(keys))
+        com = found[1] & ~dup
+        spo = found[2] & ~dup & ~com
+        seen = dup | com | spo
+        if len(set(keys)) == len(keys):  # no key twice in the group: no need to walk it in Python
+            keep = np.flatnonzero(~seen).tolist()
+        else:
+            keep = settle(keys, seen.tolist())
+        ncom, nspo = int(com.sum()), int(spo.sum())
+        self.s.skipped_committed += ncom
+        self.s.skipped_spooled += nspo
+        self.s.duplicates_in_source += len(keys) - len(keep) - ncom - nspo
+        self.s.would_write += len(keep)
+        if not keep:
+            return
+        whole = len(keep) == len(keys)
+        pick = None if whole else _picker(keep)
+        kept = keys if pick is None else pick(keys)
+        chunk.update(kept)
+        self.chunk_fps.append((fh, fl) if whole else (fh[keep], fl[keep]))
+        if self.dry_run:
+            self.s.sample_keys.extend(kept[: SAMPLE_KEYS - len(self.s.sample_keys)])
+            if len(chunk) >= self.config.flush.chunk_rows:
+                self.roll()
+            return
+        if pick is None:
+            self.batch.add(verdict)
+        else:
+            self.batch.add_rows(kept, {c: pick(v) for c, v in verdict.values.items()})
+        if len(self.batch) >= self.config.flush.chunk_rows:
+            self.commit()
+
+    def roll(self) -> None:
+        """Move the chunk's keys into ``taken`` (one sorted run per chunk, not per group)."""
+        if self.chunk_fps:
+            self.taken.add_fingerprints(np.concatenate([h for h, _ in self.chunk_fps]),
+                                        np.concatenate([lo for _, lo in self.chunk_fps]))
+        self.chunk_keys, self.chunk_fps = set(), []
+
+    def commit(self) -> None:
+        """Quarantine the chunk's rejects, then settle and commit its rows (one snapshot)."""
+        if self.rejects:
+            self.spool.quarantine(self.spec.identifier, self.reject_name or "backfill", self.rejects)
+            log.warning("table %s: quarantined %d bad source row(s), first: %s",
+                        self.spec.identifier, len(self.rejects), self.rejects[0]["reason"])
+            self.rejects, self.reject_name = [], None
+        if not len(self.batch):
+            return
+        batch, self.batch = self.batch, Batch()
+        self.roll()
+        out = self.sink.commit(self.spec, batch, self.validator.types, COMMIT_PROPS)
+        self.s.written += out.committed
+        self.s.skipped_committed += out.deduplicated  # another committer got there first
+        # The table now has the columns this run inferred: pin their types, and follow the
+        # committed index the sink advanced (it also holds what other committers added).
+        if self.validator.inferred():
+            self.validator = Validator(self.spec, self.validator.types, self.required)
+        tbl = self.sink.load(self.spec)
+        if tbl is not None:
+            self.committed = self.sink.committed(self.spec, tbl)
+        gc.collect(1)  # the young cycles a commit leaves (the caller's loop runs with GC off)
+
+
+def backfill(
+    config: Config,
+    table: str,
+    sources: Sequence[str],
+    fmt: str = "jsonl",
+    limit: int | None = 1000,
+    dry_run: bool = False,
+    *,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+    sink: Sink | None = None,
+) -> BackfillSummary:
+    """Write the source rows of ``table`` whose keys are neither committed nor spooled.
+
+    ``limit``: consider at most this many materialized rows (None: all).
+    ``stop()`` is polled between groups of rows; once true, what is gathered
+    is committed and the run ends (``interrupted``). Raises InputError for a
+    missing source, SpooldError (exit 1) when the catalog fails.
+    """
+    started = time.monotonic()
+    try:
+        materializer(fmt)
+        files = expand_sources(sources)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e.args[0] if e.args else e)) from None
+    sizes = []
+    for p in files:
+        try:
+            sizes.append(p.stat().st_size)
+        except OSError:
+            sizes.append(0)  # reading it will report the error
+    total_bytes = sum(sizes)
+    summary = BackfillSummary(dry_run=dry_run, table=table)
+    spec = config.table(table)
+    run = _Run(config, spec, sink or Sink(config), Spool.from_config(config), dry_run, summary)
+    summary.seen_set_s = round(time.monotonic() - started, 3)
+    log.info("backfill %s: %d source file(s), %.1f MB; seen-set: %d committed + %d spooled key(s)",
+             table, len(files), total_bytes / 1e6, len(run.committed), len(run.spooled))
+    done_bytes = 0
+    stopped = False
+    # The loop makes millions of short-lived dicts and lists and no reference cycles; the
+    # cyclic GC would keep re-walking the chunk being filled (measured: 2-3x slower).
+    # It is collected after each commit instead, and re-enabled when the run ends.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for path, size in zip(files, sizes):
+            if stop is not None and stop():
+                stopped = True
+                break
+            try:
+                stopped = _read_file(run, path, fmt, limit, done_bytes, total_bytes, progress, stop)
+            except OSError as e:
+                summary.unreadable_sources += 1
+                _warn(progress, "cannot read source %s: %s", path, e.strerror or e)
+            done_bytes += size
+            if stopped or (limit is not None and summary.materialized >= limit):
+                break
+        run.settle_group()
+        run.commit()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if progress is not None:
+        progress.clear()
+    summary.interrupted = stopped
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    if summary.failed > MAX_REPORTED_LINES:
+        log.warning("%d bad source line(s) in all; only the first %d were named", summary.failed, MAX_REPORTED_LINES)
+    return summary
+
+
+def _read_file(
+    run: _Run,
+    path: Path,
+    fmt: str,
+    limit: int | None,
+    done_bytes: int,
+    total_bytes: int,
+    progress: Progress | None,
+    stop: Callable[[], bool] | None,
+) -> bool:
+    """Feed one source file to the run; True if ``stop()`` asked to end the run."""
+    s = run.s
+    # The per-line path is the hot loop of a backfill: locals only, no calls but the reader's.
+    rows_buf, lines_buf, starts = run.rows, run.lines, run.starts
+    group_rows = run.group_rows
+    for line in read_lines(path, fmt, include_partial=True):
+        s.scanned += 1
+        if line.error is not None:
+            s.failed += 1
+            if s.failed <= MAX_REPORTED_LINES:
+                _warn(progress, "%s:%d: %s", line.path, line.lineno, line.error)
+            continue
+        rows = line.rows
+        if not rows:
+            continue
+        at_limit = False
+        if limit is not None and s.materialized + len(rows) >= limit:
+            rows, at_limit = rows[: limit - s.materialized], True
+        s.materialized += len(rows)
+        starts.append(len(rows_buf))
+        lines_buf.append(line)
+        rows_buf += rows
+        if at_limit:
+            return False
+        if len(rows_buf) >= group_rows:
+            run.settle_group()
+            rows_buf, lines_buf, starts = run.rows, run.lines, run.starts
+            if progress is not None:
+                progress.update(s.materialized, _fraction(done_bytes + line.end, total_bytes, s, limit))
+            if stop is not None and stop():
+                return True
+    return False
+
+
+def _fraction(done: int, total: int, s: BackfillSummary, limit: int | None) -> float | None:
+    parts = [done / total] if total else []
+    if limit is not None:
+        parts.append(s.materialized / limit)
+    return max(parts) if parts else None
+
+
+def _warn(progress: Progress | None, msg: str, *args: Any) -> None:
+    if progress is not None:
+        progress.clear()
+    log.warning(msg, *args)
+
+
+# -- command line -------------------------------------------------------------
+
+
+def run_backfill(config: Config, args: argparse.Namespace, as_json: bool) -> int:
+    """``spoold backfill``: run, print the summary; exit 0, or 130 when interrupted by Ctrl-C."""
+    with StopOnInterrupt("stopping after the current chunk (Ctrl-C again to abort)") as stop:
+        summary = backfill(
+            config,
+            args.table,
+            args.source,
+            args.format,
+            None if args.all else args.limit,
+            args.dry_run,
+            progress=Progress(sys.stderr, f"backfill {args.table}"),
+            stop=stop,
+        )
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")
+    else:
+        print(_human(summary))
+    sys.stdout.flush()
+    if summary.interrupted:
+        return 130
+    return 1 if summary.unreadable_sources else 0
+
+
+def _human(s: BackfillSummary) -> str:
+    verb = "would write" if s.dry_run else "wrote"
+    n = s.would_write if s.dry_run else s.written
+    lines = [
+        f"{s.table}: scanned {s.scanned} line(s), materialized {s.materialized} row(s); {verb} {n}; "
+        f"skipped {s.skipped_committed} committed, {s.skipped_spooled} spooled, "
+        f"{s.duplicates_in_source} duplicate(s) in the sources; quarantined {s.quarantined}; "
+        f"{s.failed} bad source line(s)"
+    ]
+    if s.dry_run and s.sample_keys:
+        lines.append("sample keys: " + ", ".join(s.sample_keys))
+    if s.unreadable_spool_files or s.unreadable_sources:
+        lines.append(f"unreadable: {s.unreadable_spool_files} spool file(s), {s.unreadable_sources} source(s)")
+    if s.interrupted:
+        lines.append("interrupted: committed chunks stay; re-run to continue (keys prevent doubles)")
+    return "\n".join(lines)
+
+
+__all__ = ["BackfillSummary", "backfill", "run_backfill", "spooled_keys"]

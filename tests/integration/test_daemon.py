@@ -1,0 +1,421 @@
+"""The real daemon (``python -m spoold run``) against a temp spool and a real SQLite catalog.
+
+Every wait polls until a deadline; the deadlines are generous so a loaded
+machine only makes the tests slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import run_spoold, write_config
+
+from spoold.config import load_config
+from spoold.spool import Spool
+
+TABLE = "ev.rows"
+DEADLINE_S = 90.0
+
+
+class DaemonProc:
+    """A ``spoold run`` subprocess; its stderr goes to a file the test can read."""
+
+    def __init__(self, cfg: Path, env: dict[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.log_path = cfg.parent / f"daemon-{uuid.uuid4().hex[:8]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        wait_for(lambda: "spoold running" in self.log() or self.proc.poll() is not None, "daemon start-up")
+        assert self.proc.poll() is None, self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = DEADLINE_S) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProc]]:
+    started: list[DaemonProc] = []
+
+    def start(cfg: Path, env: dict[str, str] | None = None) -> DaemonProc:
+        d = DaemonProc(cfg, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()
+
+
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def config(tmp_path: Path, debounce: float = 0.5, max_delay: float = 3.0, extra: str = "") -> Path:
+    return write_config(tmp_path, f"[flush]\ndebounce_s = {debounce}\nmax_delay_s = {max_delay}\n"
+                                  f"retry_max_s = 2\n{extra}")
+
+
+def table(cfg: Path, name: str = TABLE) -> Any:
+    """The committed table, or None while it does not exist."""
+    from spoold.sink import Sink
+
+    c = load_config(cfg)
+    return Sink(c).load(c.table(name))
+
+
+def committed(cfg: Path, name: str = TABLE) -> list[str]:
+    tbl = table(cfg, name)
+    return [] if tbl is None else tbl.scan(selected_fields=("part_id",)).to_arrow().column("part_id").to_pylist()
+
+
+def has_all(cfg: Path, keys: set[str], name: str = TABLE) -> Callable[[], bool]:
+    return lambda: keys <= set(committed(cfg, name))
+
+
+def append(cfg: Path, keys: list[str], name: str = TABLE) -> None:
+    Spool.from_config(load_config(cfg)).append(name, [{"part_id": k, "n": i} for i, k in enumerate(keys)])
+
+
+def status(cfg: Path) -> dict[str, Any]:
+    out = run_spoold("status", "--json", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    return orjson.loads(out.stdout)
+
+
+# --- 1. debounce and max_delay ------------------------------------------------------------------
+
+
+def test_rows_commit_after_the_debounce_of_quiet(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
+    cfg = config(tmp_path, debounce=1.0, max_delay=30.0)
+    d = daemons(cfg)
+    t0 = time.time()
+    append(cfg, ["a1", "a2", "a3"])
+    wait_for(has_all(cfg, {"a1", "a2", "a3"}), "rows committed")
+    snaps = table(cfg).snapshots()
+    assert len(snaps) == 1
+    # Not before a quiet debounce_s (and not at max_delay either: it came well before 30 s).
+    assert snaps[0].timestamp_ms / 1000 >= t0 + 1.0 - 0.05
+    assert sorted(committed(cfg)) == ["a1", "a2", "a3"]
+    assert status(cfg)["tables"][TABLE]["spooled_rows"] == 0
+    assert d.stop() == 0
+
+
+@pytest.mark.slow  # an 8 s trickle is the point of the test
+def test_a_steady_trickle_lands_within_max_delay(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
+    cfg = config(tmp_path, debounce=1.0, max_delay=3.0)
+    daemons(cfg)
+    append(cfg, ["warm"])  # the first flush loads pyiceberg; keep that out of the measured window
+    wait_for(has_all(cfg, {"warm"}), "warm-up row committed")
+    keys = []
+    start = time.time()
+    while time.time() - start < 8.0:  # a row every 0.2 s: never a quiet second, for 8 s
+        keys.append(f"t{len(keys)}")
+        append(cfg, [keys[-1]])
+        time.sleep(0.2)
+    trickle_end = time.time()
+    wait_for(has_all(cfg, set(keys)), "all trickled rows committed")
+    assert sorted(committed(cfg)) == sorted(["warm", *keys])
+    # The first trickled rows landed while the trickle was still going (at ~max_delay_s), not
+    # after it stopped and a debounce passed. Slack: 5 s beyond max_delay_s.
+    tbl = table(cfg)
+    during = [s for s in tbl.snapshots() if start < s.timestamp_ms / 1000 < trickle_end]
+    assert during, "nothing was committed during a never-quiet 8 s trickle (max_delay_s = 3)"
+    first = tbl.scan(snapshot_id=during[0].snapshot_id).to_arrow().column("part_id").to_pylist()
+    assert "t0" in first
+
+
+def test_max_delay_counts_from_rows_spooled_before_start(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    from spoold.envelope import encode
+
+    cfg = config(tmp_path, debounce=20.0, max_delay=20.0)
+    spool = Spool.from_config(load_config(cfg))
+    hour_ago = time.time() - 3600  # spooled an hour ago, while no daemon ran
+    with open(spool.table_dir(TABLE, create=True) / "active.jsonl", "wb") as f:
+        f.write(encode(["part_id"], [["old1"], ["old2"]], at=hour_ago))
+    started = time.time()
+    d = daemons(cfg)
+    wait_for(has_all(cfg, {"old1", "old2"}), "overdue rows committed")
+    # Overdue at start-up: flushed at once, not max_delay_s (20 s) after the daemon first saw them.
+    assert table(cfg).snapshots()[0].timestamp_ms / 1000 < started + 15.0
+    assert d.stop() == 0
+
+
+# --- 2. signals and crashes ------------------------------------------------------------------------
+
+
+def test_sigterm_commits_pending_rows_then_exits_0(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
+    cfg = config(tmp_path, debounce=300.0, max_delay=600.0)
+    d = daemons(cfg)
+    keys = [f"k{i}" for i in range(500)]
+    append(cfg, keys)
+    wait_for(lambda: status(cfg)["tables"].get(TABLE, {}).get("spooled_rows") == 500, "rows spooled")
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.log()
+    assert sorted(committed(cfg)) == sorted(keys)
+    assert status(cfg)["tables"][TABLE]["spooled_rows"] == 0
+    assert "flushing 1 table(s)" in d.log()
+
+
+@pytest.mark.slow  # crash test: three daemon lifetimes
+def test_sigkill_then_restart_loses_nothing_doubles_nothing(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    cfg = config(tmp_path, debounce=0.3, max_delay=2.0)
+    rng = random.Random(5)
+    all_keys: set[str] = set()
+    for rnd in range(3):
+        d = daemons(cfg)
+        batch = [f"r{rnd}-{i}" for i in range(2000)]
+        append(cfg, batch + rng.sample(sorted(all_keys), min(50, len(all_keys))))  # plus some re-sent keys
+        all_keys.update(batch)
+        time.sleep(rng.uniform(0.0, 1.5))  # the kill lands before, during or after a flush
+        d.kill()
+    d = daemons(cfg)
+    wait_for(has_all(cfg, all_keys), "every key committed after the last restart")
+    got = committed(cfg)
+    assert len(got) == len(set(got)) == len(all_keys)
+    assert d.stop() == 0
+
+
+def test_second_signal_exits_at_once_and_loses_nothing(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    cfg = config(tmp_path, debounce=300.0, max_delay=600.0)
+    append(cfg, ["seed"])
+    assert run_spoold("flush", "--config", str(cfg)).returncode == 0  # the table exists
+    d = daemons(cfg)
+    append(cfg, ["p1", "p2"])
+    db = sqlite3.connect(tmp_path / "state" / "catalog.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # the shutdown flush now hangs on the catalog
+    try:
+        d.signal(signal.SIGTERM)
+        wait_for(lambda: "flushing 1 table(s)" in d.log(), "shutdown flush started")
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 128 + signal.SIGTERM, d.log()
+        assert "second signal" in d.log()
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert run_spoold("flush", "--config", str(cfg)).returncode == 0
+    assert sorted(committed(cfg)) == ["p1", "p2", "seed"]
+
+
+def test_sighup_reloads_the_config_and_keeps_the_old_one_if_bad(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    cfg = config(tmp_path, debounce=300.0, max_delay=600.0)
+    d = daemons(cfg)
+    good = cfg.read_text()
+    cfg.write_text(good + "\n[bogus]\nx = 1\n")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in d.log(), "bad reload refused")
+    assert d.proc.poll() is None
+    cfg.write_text(good.replace("debounce_s = 300.0", "debounce_s = 0.3"))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded configuration" in d.log(), "reload")
+    append(cfg, ["h1"])
+    wait_for(has_all(cfg, {"h1"}), "row committed on the reloaded 0.3 s debounce")
+    assert d.stop() == 0
+
+
+def test_size_threshold_flushes_without_waiting(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
+    cfg = config(tmp_path, debounce=300.0, max_delay=600.0, extra="max_rows = 200\n")
+    d = daemons(cfg)
+    append(cfg, [f"m{i}" for i in range(1000)])
+    wait_for(has_all(cfg, {f"m{i}" for i in range(1000)}), "rows over max_rows committed long before the debounce")
+    assert d.stop() == 0
+
+
+def test_bad_spool_lines_are_quarantined_and_the_daemon_runs_on(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    cfg = config(tmp_path, debounce=0.3, max_delay=2.0)
+    d = daemons(cfg)
+    append(cfg, ["g1"])
+    active = tmp_path / "state" / "spool" / TABLE / "active.jsonl"
+    with open(active, "ab") as f:
+        f.write(b"{this is not json\n")
+        f.write(b'{"version": 1, "columns": ["part_id"], "rows": [["g2"], [null], "x"]}\n')
+    wait_for(has_all(cfg, {"g1", "g2"}), "good rows committed")
+    doc = wait_for(lambda: (s := status(cfg))["tables"][TABLE]["quarantined"] >= 3 and s, "quarantine")
+    assert doc["tables"][TABLE]["spooled_rows"] == 0
+    append(cfg, ["g3"])
+    wait_for(has_all(cfg, {"g3"}), "the daemon keeps going")
+    assert d.proc.poll() is None
+    assert sorted(committed(cfg)) == ["g1", "g2", "g3"]
+    assert d.stop() == 0
+
+
+# --- 3. tailing --------------------------------------------------------------------------------------
+
+
+def line(key: str) -> bytes:
+    return orjson.dumps({"part_id": key, "src": "tail"}) + b"\n"
+
+
+def test_tailing_captures_every_line_once(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    a = src / "a.jsonl"
+    a.write_bytes(line("a1") + line("a2"))
+    source = f'\n[[sources]]\ntable = "{TABLE}"\npath = "{src}/**/*.jsonl"\nformat = "jsonl"\n'
+    cfg = config(tmp_path, debounce=0.2, max_delay=1.0, extra=source)
+    d = daemons(cfg)
+    wait_for(has_all(cfg, {"a1", "a2"}), "lines present at start")
+
+    with open(a, "ab") as f:  # appended later, plus a partial line
+        f.write(line("a3") + line("a4")[:9])
+    wait_for(has_all(cfg, {"a3"}), "appended line")
+    time.sleep(1.0)  # five debounces: a captured partial line would have been committed by now
+    assert "a4" not in committed(cfg)
+    with open(a, "ab") as f:
+        f.write(line("a4")[9:])
+    wait_for(has_all(cfg, {"a4"}), "completed line")
+
+    (src / "later").mkdir()  # a new file in a new directory
+    (src / "later" / "b.jsonl").write_bytes(line("b1"))
+    wait_for(has_all(cfg, {"b1"}), "line of a file created later")
+
+    a.write_bytes(line("c1"))  # truncated below its offset
+    wait_for(has_all(cfg, {"c1"}), "line written after truncation")
+    expected = ["a1", "a2", "a3", "a4", "b1", "c1"]
+    assert sorted(committed(cfg)) == expected
+    assert d.stop() == 0
+
+    last_flush = (tmp_path / "state" / "spool" / TABLE / ".last-flush.json").read_bytes()
+    d = daemons(cfg)  # a restart must not spool anything again
+    wait_for(lambda: _state(tmp_path).get("pid") == d.proc.pid, "restarted daemon state")
+    doc = status(cfg)
+    assert doc["tables"][TABLE]["spooled_rows"] == 0
+    assert [s["lag_bytes"] for s in doc["sources"]] == [0]
+    time.sleep(1.0)
+    assert (tmp_path / "state" / "spool" / TABLE / ".last-flush.json").read_bytes() == last_flush
+    assert d.stop() == 0
+    assert sorted(committed(cfg)) == expected
+
+    out = run_spoold("backfill", TABLE, "--source", str(src), "--all", "--json", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stdout)["written"] == 0
+
+
+def _state(tmp_path: Path) -> dict[str, Any]:
+    try:
+        return orjson.loads((tmp_path / "state" / "spool" / ".daemon.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+
+
+# --- 4. catalog outage ---------------------------------------------------------------------------------
+
+
+def test_catalog_outage_backs_off_and_commits_everything_after(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    cfg = config(tmp_path, debounce=0.3, max_delay=2.0)
+    d = daemons(cfg)
+    append(cfg, ["before"])
+    wait_for(has_all(cfg, {"before"}), "first commit")
+
+    db = tmp_path / "state" / "catalog.db"
+    away = tmp_path / "catalog.db.away"
+    shutil.move(db, away)
+    db.mkdir()  # the catalog cannot be opened at all
+    try:
+        append(cfg, ["o1", "o2"])
+        doc = wait_for(lambda: (s := status(cfg))["tables"][TABLE].get("backoff_s") and s, "backoff shown")
+        assert "catalog_error" in doc  # status answers without the catalog
+        assert doc["tables"][TABLE]["spooled_rows"] >= 2
+        append(cfg, ["o3"])  # producers keep spooling during the outage
+        wait_for(lambda: _state(tmp_path).get("tables", {}).get(TABLE, {}).get("failures", 0) >= 2,
+                 "more than one retry")
+        assert d.proc.poll() is None
+    finally:
+        db.rmdir()
+        shutil.move(away, db)
+    wait_for(has_all(cfg, {"before", "o1", "o2", "o3"}), "commit after recovery")
+    assert sorted(committed(cfg)) == ["before", "o1", "o2", "o3"]
+    wait_for(lambda: status(cfg)["tables"][TABLE].get("backoff_s") is None, "backoff cleared")
+    log = d.log()
+    assert "flush failed" in log and "succeeded again" in log
+    assert d.stop() == 0
+
+
+# --- 5. systemd notify ------------------------------------------------------------------------------------
+
+
+def test_notify_socket_gets_ready_watchdog_and_stopping(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
+    cfg = config(tmp_path)
+    name = f"spoold-test-{uuid.uuid4().hex}"
+    messages: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)  # abstract: no path length limit, nothing to clean up
+        sock.settimeout(0.2)
+        done = threading.Event()
+
+        def receive() -> None:
+            while not done.is_set():
+                try:
+                    messages.append(sock.recv(65536).decode())
+                except TimeoutError:
+                    continue
+
+        rx = threading.Thread(target=receive)
+        rx.start()
+        try:
+            d = daemons(cfg, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "400000"})
+            wait_for(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 3, "watchdog pings")
+            assert d.stop() == 0
+            wait_for(lambda: any(m.startswith("STOPPING=1") for m in messages), "STOPPING=1")
+        finally:
+            done.set()
+            rx.join()
+    fields = [f for m in messages for f in m.split("\n")]
+    assert fields.index("READY=1") < fields.index("WATCHDOG=1") < fields.index("STOPPING=1")
+    assert any(f.startswith("STATUS=") and "pending" in f for f in fields)
