@@ -483,6 +483,27 @@ def _release(sink: Any) -> None:
             engine.dispose()
     except Exception as e:  # best effort: the next flush reconnects anyway
         log.debug("releasing catalog connections: %s", e)
+    _trim_memory()
+
+
+def _trim_memory() -> None:
+    """Hand a flush's freed buffers back to the OS, so an idle daemon stays small.
+
+    Arrow's pool and glibc's malloc both keep freed memory for reuse; between
+    flushes (minutes apart) that is just resident weight.
+    """
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except Exception as e:
+        log.debug("releasing Arrow memory: %s", e)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _one_line(e: BaseException) -> str:

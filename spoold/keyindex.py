@@ -48,10 +48,26 @@ def blake2b_fingerprints(keys: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _sorted_run(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Ordered by the high half only: lookups compare the low half of every entry
-    # sharing a high half. A stable sort (timsort) merges two concatenated sorted
-    # runs in linear time, where lexsort would sort them from scratch (~50x slower).
+    # sharing a high half, so no lexsort on both halves is needed (~50x slower).
     order = np.argsort(hi, kind="stable")
     return hi[order], lo[order]
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs as one, in one pass and without a full-size index array.
+
+    Concatenating and re-sorting would hold ~3 copies of the merged run at once
+    (about +500 MB at 10M keys); this holds the output plus a mask.
+    """
+    (h1, l1), (h2, l2) = a, b
+    at = np.searchsorted(h1, h2) + np.arange(len(h2))  # where each of b's entries lands in the output
+    hi = np.empty(len(h1) + len(h2), dtype=h1.dtype)
+    lo = np.empty_like(hi)
+    from_a = np.ones(len(hi), dtype=bool)
+    from_a[at] = False
+    hi[at], lo[at] = h2, l2
+    hi[from_a], lo[from_a] = h1, l1
+    return hi, lo
 
 
 class KeyIndex:
@@ -90,8 +106,8 @@ class KeyIndex:
         while len(self._runs) > 1 and (
             len(self._runs[-1][0]) * 2 >= len(self._runs[-2][0]) or len(self._runs[-2][0]) < _MIN_RUN
         ):
-            (h2, l2), (h1, l1) = self._runs.pop(), self._runs.pop()
-            self._runs.append(_sorted_run(np.concatenate((h1, h2)), np.concatenate((l1, l2))))
+            newer, older = self._runs.pop(), self._runs.pop()
+            self._runs.append(_merge(older, newer))
 
     def contains(self, keys: Sequence[str]) -> np.ndarray:
         """A bool array: which of ``keys`` are in the index."""

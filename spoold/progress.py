@@ -69,6 +69,11 @@ class Progress:
         self._next = self.started + self.interval
         self._drawn = False
 
+    def start(self) -> None:
+        """(Re)start the clock that rows/s and the ETA are measured from."""
+        self.started = self.clock()
+        self._next = self.started + self.interval
+
     def update(self, rows: int, fraction: float | None) -> None:
         now = self.clock()
         if now < self._next:
@@ -88,6 +93,11 @@ class Progress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._drawn = False
+
+    def filter(self, record: object) -> bool:
+        """A logging filter: erase the bar before a log line is written under it."""
+        self.clear()
+        return True
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from pyiceberg.catalog import Catalog, load_catalog
@@ -104,6 +105,10 @@ class Sink:
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            uri = self.config.catalog_props.get("uri", "")
+            if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent == self.config.state_dir:
+                # spoold's own state directory (embedded defaults): ours to create on first use
+                self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             for attempt in range(5):  # several processes may create the catalog's own tables at once
                 try:
                     with catalog_errors("cannot open catalog"):

@@ -76,3 +76,21 @@ def test_first_sigint_sets_the_flag_second_aborts_and_the_handler_is_restored(
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
     assert "stopping soon" in capsys.readouterr().err
+
+
+def test_a_log_line_erases_the_bar_first() -> None:
+    import logging
+
+    out, clock = io.StringIO(), _Clock()
+    p = Progress(out, "bf", tty=True, clock=clock)
+    handler = logging.StreamHandler(out)
+    handler.addFilter(p)
+    log = logging.getLogger("test-progress-filter")
+    log.addHandler(handler)
+    try:
+        clock.now += 1
+        p.update(5, 0.5)
+        log.warning("hello")
+    finally:
+        log.removeHandler(handler)
+    assert out.getvalue().endswith("\r\x1b[Khello\n")  # the bar is gone before the log line

@@ -132,6 +132,10 @@ def test_rows_with_different_columns_share_an_envelope(tmp_path: Path) -> None:
     env = orjson.loads(line)
     assert env["columns"] == ["part_id", "x", "y"]
     assert env["rows"] == [["a", 1, None], ["b", 2, None], ["c", None, True], ["d", None, None]]
+    spool.rotate(T)
+    spool.append(T, [{"part_id": "e", "x": 1}, {"x": 2, "part_id": "f"}])  # same columns, another order
+    (line,) = (spool.table_dir(T) / ACTIVE).read_bytes().splitlines()
+    assert orjson.loads(line)["rows"] == [["e", 1], ["f", 2]]
 
 
 @pytest.mark.parametrize("ident", ["../x", "a", ".a.b", "a..b", "a/b", "a.b/../../c", "", "a.b\n"])

@@ -542,3 +542,20 @@ def test_limit_cuts_a_multi_part_line(tmp_path: Path) -> None:
 def test_unknown_format_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="csv"):
         backfill(load_config(write_config(tmp_path)), "t.rows", [str(_source(tmp_path, 1))], "csv")
+
+
+def test_duplicates_across_chunks_are_counted_as_duplicates_in_a_run_and_a_dry_run(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "[flush]\nchunk_rows = 5\n")
+    config = load_config(cfg)
+    _append(cfg, "t.rows", [{"part_id": "k:0"}, {"part_id": "k:1"}])
+    _flush(cfg)  # k:0 and k:1 are committed
+    rows = [{"part_id": f"k:{i}"} for i in range(20)]
+    src = _write_jsonl(tmp_path / "src.jsonl", rows + rows[::-1] + rows[5:8])  # repeats land in later chunks
+    dry = backfill(config, "t.rows", [str(src)], "jsonl", None, True)
+    real = backfill(config, "t.rows", [str(src)], "jsonl", None)
+    for s in (dry, real):
+        assert (s.materialized, s.skipped_committed, s.duplicates_in_source) == (43, 4, 21), s
+        _balanced(s.as_dict())
+    assert (dry.would_write, dry.written, real.written) == (18, 0, 18)
+    keys = _keys(cfg, "t.rows")
+    assert len(keys) == len(set(keys)) == 20
