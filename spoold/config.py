@@ -99,6 +99,9 @@ class FlushSettings:
     chunk_rows: int = 100_000
     shutdown_timeout_s: float = 30.0
     retry_max_s: float = 300.0
+    # Expire snapshots past the table's own history.expire.* properties after a commit:
+    # every flush adds one, and pyiceberg's commit cost grows with the snapshots kept.
+    expire_snapshots: bool = True
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,11 @@ def _parse_flush(t: Mapping[str, Any]) -> FlushSettings:
     values: dict[str, Any] = {}
     for k, v in t.items():
         want = type(getattr(d, k))
+        if want is bool:
+            if not isinstance(v, bool):
+                raise ConfigError(f"flush.{k}: expected true or false")
+            values[k] = v
+            continue
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if want is int:
             ok = ok and isinstance(v, int)

@@ -29,6 +29,7 @@ from pyiceberg.exceptions import (
 )
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Operation
+from pyiceberg.utils.properties import property_as_int
 
 from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
@@ -293,8 +294,41 @@ class Sink:
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
+            if self.config.flush.expire_snapshots:
+                expire_snapshots(new)
             return CommitOutcome(len(keep), dups, snap.snapshot_id)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
+
+
+def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
+    """Expire snapshots as the table's ``history.expire.*`` properties say; returns how many.
+
+    Iceberg's defaults: older than 5 days, keeping at least one. Branch and tag
+    heads are never expired, and no data file is deleted: in an append-only table
+    every data file is still referenced by the current snapshot. Best effort: a
+    conflict or a catalog error just leaves the history for the next commit.
+    """
+    props = tbl.metadata.properties
+    max_age = property_as_int(props, TableProperties.MAX_SNAPSHOT_AGE_MS, TableProperties.MAX_SNAPSHOT_AGE_MS_DEFAULT)
+    keep = property_as_int(
+        props, TableProperties.MIN_SNAPSHOTS_TO_KEEP, TableProperties.MIN_SNAPSHOTS_TO_KEEP_DEFAULT
+    )
+    cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - (max_age or 0)
+    protected = {ref.snapshot_id for ref in tbl.metadata.refs.values()}
+    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms)
+    old = [s.snapshot_id for s in snaps[: max(0, len(snaps) - max(1, keep or 1))]
+           if s.timestamp_ms < cutoff and s.snapshot_id not in protected]
+    if not old:
+        return 0
+    try:
+        with catalog_errors(f"cannot expire snapshots of {tbl.name()}"):
+            tbl.maintenance.expire_snapshots().by_ids(old).commit()
+    except SpooldError as e:
+        log.debug("%s", e)
+        return 0
+    log.info("table %s: expired %d snapshot(s) older than %.1f h", ".".join(tbl.name()), len(old),
+             (max_age or 0) / 3_600_000)
+    return len(old)
 
 
 def _without_auto_retry(tbl: Table) -> Table:

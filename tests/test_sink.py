@@ -280,3 +280,38 @@ def test_index_is_rebuilt_after_a_delete_so_deleted_keys_can_land_again(config: 
     out = sink.commit(spec, batch(["a", "b"]), TYPES, {})
     assert (out.committed, out.deduplicated) == (1, 1)
     assert table_keys(config) == Counter("abc")
+
+
+# -- snapshot expiry -------------------------------------------------------------------------------------------
+def test_commits_expire_snapshots_past_the_tables_own_history_properties(config: Config) -> None:
+    spec = config.table("app.events")
+    sink = Sink(config)
+    for i in range(4):
+        sink.commit(spec, batch([f"k{i}"]), TYPES, {})
+    tbl = sink.load(spec)
+    assert tbl is not None and len(tbl.snapshots()) == 4  # default: 5 days, nothing that old yet
+    with tbl.transaction() as tx:  # the table's owner shortens its history
+        tx.set_properties({"history.expire.max-snapshot-age-ms": "1", "history.expire.min-snapshots-to-keep": "2"})
+    time.sleep(0.01)
+    sink.commit(spec, batch(["k4"]), TYPES, {})
+    tbl = sink.load(spec)
+    assert tbl is not None and len(tbl.snapshots()) == 2  # the newest two kept, the head among them
+    assert table_keys(config) == Counter(f"k{i}" for i in range(5))  # no data lost with the history
+    sink2 = Sink(config)  # a fresh index is rebuilt from the current snapshot: the keys still dedupe
+    assert sink2.commit(spec, batch(["k0", "k4"]), TYPES, {}).committed == 0
+
+
+def test_snapshot_expiry_can_be_switched_off(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, TABLE + "\n[flush]\nexpire_snapshots = false\n"))
+    (cfg.spool_root / "app.events").mkdir(parents=True, exist_ok=True)
+    spec = cfg.table("app.events")
+    sink = Sink(cfg)
+    sink.commit(spec, batch(["a"]), TYPES, {})
+    tbl = sink.load(spec)
+    assert tbl is not None
+    with tbl.transaction() as tx:
+        tx.set_properties({"history.expire.max-snapshot-age-ms": "1"})
+    time.sleep(0.01)
+    sink.commit(spec, batch(["b"]), TYPES, {})
+    tbl = sink.load(spec)
+    assert tbl is not None and len(tbl.snapshots()) == 2
