@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from spoold.config import Config
 from spoold.envelope import Validator
 from spoold.errors import InputError
+from spoold.sources import SourceLineError
+from spoold.sources.jsonl import parse_object
 from spoold.spool import Spool
 
 
@@ -25,11 +25,9 @@ def read_rows(data: bytes, validator: Validator) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise InputError(f"line {lineno}: not valid JSON: {e}") from None
-        if type(row) is not dict:
-            raise InputError(f"line {lineno}: expected a JSON object (one row), got {type(row).__name__}")
+            row = parse_object(line)  # the jsonl source format's rule: one object, one row
+        except SourceLineError as e:
+            raise InputError(f"line {lineno}: {e}") from None
         if "" in row:  # an envelope with an empty column name is rejected whole by flush, with its siblings
             raise InputError(f"line {lineno}: empty column name")
         verdict = validator.rows(list(row), [list(row.values())]) if row else None

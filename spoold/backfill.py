@@ -42,7 +42,7 @@ import numpy as np
 import orjson
 
 from spoold.config import Config, TableSpec
-from spoold.envelope import Validator
+from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.progress import Progress, StopOnInterrupt
@@ -126,21 +126,6 @@ def _spool_index(spool: Spool, spec: TableSpec, validator: Validator, summary: B
     return index
 
 
-def _envelope(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Row objects → envelope ``columns`` and ``rows`` (a column absent from a row is null)."""
-    first = rows[0]
-    cols = list(first)
-    n = len(cols)
-    if n > 1:  # the usual case: every row has the same columns (transcripts always do)
-        try:  # same length and every column present: the same columns (C-speed checks)
-            if set(map(len, rows)) == {n}:
-                return cols, list(map(list, map(itemgetter(*cols), rows)))
-        except KeyError:
-            pass
-    union = list(dict.fromkeys(c for r in rows for c in r))
-    return union, [[r.get(c) for c in union] for r in rows]
-
-
 def _picker(positions: list[int]) -> Callable[[list[Any]], list[Any]]:
     """``pick(values)`` → ``[values[i] for i in positions]``, at C speed."""
     if len(positions) == 1:
@@ -202,14 +187,14 @@ class _Run:
                 starts.extend(accumulate((len(line.rows) for line in lines[:-1]), initial=0))
             return lines[bisect_right(starts, i) - 1]
 
-        cols, matrix = _envelope(rows)
+        cols, matrix = columnize(rows)
         index = None
         if "" in cols:  # flush rejects an envelope with an empty column name: reject those rows
             index = [i for i, r in enumerate(rows) if "" not in r]
             for i, r in enumerate(rows):
                 if "" in r:
                     self.reject(origin(i), "empty column name", r)
-            cols, matrix = _envelope([rows[i] for i in index]) if index else ([], [])
+            cols, matrix = columnize([rows[i] for i in index]) if index else ([], [])
         verdict = self.validator.rows(cols, matrix)
         for rej in verdict.rejects:
             i = index[rej.index] if index is not None else rej.index

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -37,6 +38,23 @@ _INFERRED = {str: "string", bool: "boolean", int: "long", float: "double", dict:
 def encode(columns: Sequence[str], rows: Iterable[Sequence[Any]], **extra: Any) -> bytes:
     """One envelope line, ``\\n``-terminated; ``extra`` keys ride along (readers ignore them)."""
     return orjson.dumps({"version": VERSION, "columns": list(columns), "rows": list(rows), **extra}) + b"\n"
+
+
+def columnize(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Row objects → an envelope's ``columns`` and ``rows`` (a column absent from a row is null).
+
+    Columns are the union of the rows' keys in first-seen order.
+    """
+    first = rows[0]
+    cols = list(first)
+    n = len(cols)
+    if n > 1 and set(map(len, rows)) == {n}:
+        try:  # the usual case, rows of one shape: C-speed tuples, no union of keys needed
+            return cols, list(map(list, map(itemgetter(*cols), rows)))
+        except KeyError:
+            pass
+    union = list(dict.fromkeys(c for r in rows for c in r))
+    return union, [[r.get(c) for c in union] for r in rows]
 
 
 def infer_type(value: Any) -> str | None:

@@ -24,14 +24,13 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from spoold.config import Config, validate_identifier
-from spoold.envelope import LineResult, Validator, encode
+from spoold.envelope import LineResult, Validator, columnize, encode
 from spoold.errors import SpoolError, UsageError
 
 ACTIVE = "active.jsonl"
@@ -354,21 +353,7 @@ def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int
 
 
 def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
-    names = list(batch[0])
-    values: Any = None
-    if len(names) > 1 and set(map(len, batch)) == {len(names)}:
-        try:
-            # the usual case, rows of one shape: tuples at C speed; each row has every
-            # column of the first row and no more, so no union of keys is needed
-            values = list(map(itemgetter(*names), batch))
-        except KeyError:
-            pass
-    if values is None:
-        cols = dict.fromkeys(names)
-        for row in batch:
-            cols.update(dict.fromkeys(row))
-        names = list(cols)
-        values = [[row.get(c) for c in names] for row in batch]
+    names, values = columnize(batch)
     if not names:
         raise SpoolError("a row must have at least one column, got only empty rows")
     if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too

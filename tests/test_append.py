@@ -88,10 +88,10 @@ def test_a_big_input_is_spooled_whole(cfg: Path) -> None:
 
 BAD_INPUTS = [
     (b'{"part_id": "a"}\n{"part_id": "b"\n{"part_id": "c"}\n', "line 2: not valid JSON"),
-    (b'{"part_id": "a"}\n\n{"part_id": "b"}\n[1, 2]\n', "line 4: expected a JSON object"),
-    (b'"just a string"\n', "line 1: expected a JSON object"),
-    (b'{"part_id": "a"}\nnull\n', "line 2: expected a JSON object"),
-    (b'{"part_id": "a"}\n42\n', "line 2: expected a JSON object"),
+    (b'{"part_id": "a"}\n\n{"part_id": "b"}\n[1, 2]\n', "line 4: not a JSON object"),
+    (b'"just a string"\n', "line 1: not a JSON object"),
+    (b'{"part_id": "a"}\nnull\n', "line 2: not a JSON object"),
+    (b'{"part_id": "a"}\n42\n', "line 2: not a JSON object"),
     (b'{"part_id": "a"}\n{"part_id": "\xff"}\n', "line 2: not valid JSON"),
     (b'{"part_id": "a"}\n{}\n', "line 2: empty object"),
     (b'{"text": "no key"}\n', "line 1: no usable key"),

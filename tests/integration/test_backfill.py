@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
 
-from spoold.backfill import _envelope, backfill, spooled_keys
+from spoold.backfill import backfill, spooled_keys
 from spoold.config import load_config
-from spoold.envelope import Validator
+from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.flush import flush_table
 from spoold.settle import Batch
@@ -488,7 +488,7 @@ def test_backfill_command_does_not_leave_the_sigint_handler_installed() -> None:
 
 def test_envelope_of_rows_with_the_same_columns_keeps_their_order() -> None:
     rows = [{"part_id": "a", "n": 1, "t": "x"}, {"part_id": "b", "n": 2, "t": None}]
-    assert _envelope(rows) == (["part_id", "n", "t"], [["a", 1, "x"], ["b", 2, None]])
+    assert columnize(rows) == (["part_id", "n", "t"], [["a", 1, "x"], ["b", 2, None]])
 
 
 @pytest.mark.parametrize("rows", [
@@ -497,7 +497,7 @@ def test_envelope_of_rows_with_the_same_columns_keeps_their_order() -> None:
     [{"part_id": "a"}, {"part_id": "b", "n": 2}],  # a column absent from a row
 ])
 def test_envelope_of_mixed_rows_is_the_union_with_nulls(rows: list[dict[str, object]]) -> None:
-    cols, values = _envelope(rows)
+    cols, values = columnize(rows)
     assert len(set(cols)) == len(cols)
     assert set(cols) == {c for r in rows for c in r}
     for row, vals in zip(rows, values):
