@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -31,10 +30,10 @@ from watchfiles import Change, watch
 
 from spoold import systemd
 from spoold.config import Config, load_config, validate_identifier
-from spoold.errors import SpooldError, SpoolError, UsageError
+from spoold.errors import SpooldError, UsageError
 from spoold.scheduler import LogLimiter, TableState, after_failure, after_success, due_tables, observe
 from spoold.sources.tail import Tailer
-from spoold.spool import QUARANTINE, Spool, write_atomic
+from spoold.spool import QUARANTINE, Spool, first_envelope, write_atomic
 
 log = logging.getLogger("spoold.daemon")
 
@@ -76,7 +75,7 @@ class Daemon:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.spool = Spool.from_config(config)
-        _make_root(self.spool.root, config.spool_group)
+        self.spool.make_root()
         self.root = str(self.spool.root.resolve())
         self.tailer = Tailer(self.spool, config.sources)
         self.states = {}
@@ -92,7 +91,7 @@ class Daemon:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             new = load_config(self.config_path)
-            _make_root(new.spool_root, new.spool_group)
+            Spool.from_config(new).make_root()
         except SpooldError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
         else:
@@ -122,7 +121,7 @@ class Daemon:
         self._rewatch = False
         self._scan = True  # whatever changed before this watcher existed is found by a full look
         try:
-            _make_root(self.spool.root, self.config.spool_group)
+            self.spool.make_root()
             self._root_id = _file_id(self.root)
             paths = [self.root, *(str(p) for p in self.tailer.watch_paths())]
             self._watched = paths
@@ -221,7 +220,7 @@ class Daemon:
         self._scan = False
         self._last_rescan = mono
         now = time.time()
-        for table in _valid_tables(self.spool):
+        for table in self.spool.tables():
             if table not in self.states and table not in self._touched:
                 # Real oldest-pending time from the spool, so max_delay holds across restarts.
                 self._observe(table, now, changed=False)
@@ -267,8 +266,9 @@ class Daemon:
             seen.add(key)
             probe = self._probes.get(key)
             if probe is None:
-                probe = _probe_file(path, st.st_mtime)
-                if probe[1] != _DEFAULT_RATIO:
+                found = first_envelope(path)
+                probe = found if found is not None else (st.st_mtime, _DEFAULT_RATIO)
+                if found is not None:
                     self._probes[key] = probe
             at, ratio = probe
             first = at if first is None else min(first, at)
@@ -384,7 +384,7 @@ class Daemon:
         """Flush everything pending within shutdown_timeout_s, then report exit 0."""
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "stop"
         timeout = self.config.flush.shutdown_timeout_s
-        tables = [t for t in _valid_tables(self.spool) if self.spool.pending(t)]
+        tables = [t for t in self.spool.tables() if self.spool.pending(t)]
         systemd.notify("STOPPING=1", f"STATUS=stopping: flushing {len(tables)} table(s)")
         log.info("%s: flushing %d table(s) before exit (at most %ss)", name, len(tables), timeout)
         worker = threading.Thread(target=self._flush_all, args=(tables,), name="spoold-shutdown", daemon=True)
@@ -424,43 +424,6 @@ def _import_flush_stack() -> None:
         import spoold.sink  # noqa: F401
     except Exception as e:  # the flush itself will report it
         log.debug("preloading the flush stack: %s", e)
-
-
-def _valid_tables(spool: Spool) -> list[str]:
-    out = []
-    for t in spool.tables():
-        try:
-            out.append(validate_identifier(t))
-        except UsageError:
-            continue  # not a table directory spoold made; never flushed, never rewritten
-    return out
-
-
-def _probe_file(path: Path, mtime: float) -> tuple[float, float]:
-    """(write time of the first envelope, rows per byte of it); mtime and a default ratio if unreadable."""
-    try:
-        with open(path, "rb") as f:
-            first = f.readline()
-        env = orjson.loads(first) if first.endswith(b"\n") else None
-        at = env.get("at") if isinstance(env, dict) else None
-        rows = env.get("rows") if isinstance(env, dict) else None
-        if isinstance(at, (int, float)) and not isinstance(at, bool) and isinstance(rows, list) and rows:
-            return float(at), len(rows) / len(first)
-    except (OSError, orjson.JSONDecodeError):
-        pass
-    return mtime, _DEFAULT_RATIO
-
-
-def _make_root(root: Path, group: str | None) -> None:
-    if root.is_dir():
-        return
-    try:
-        root.mkdir(mode=0o2770 if group else 0o700, parents=True, exist_ok=True)
-        if group:
-            shutil.chown(root, group=group)
-            root.chmod(0o2770)
-    except OSError as e:
-        raise SpoolError(f"cannot create the spool root {root}: {e}") from e
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

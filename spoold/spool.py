@@ -101,6 +101,25 @@ def read_validated(path: Path, validator: Validator) -> Iterator[tuple[int, byte
         yield lineno, raw, validator.line(raw, terminated)
 
 
+def first_envelope(path: Path) -> tuple[float, float] | None:
+    """(write time, rows per byte) of a pending file's first envelope; None if it has none readable.
+
+    Envelopes carry ``at`` (when they were written), so the first one dates the
+    file's oldest row; its size gives a cheap estimate of the file's row count.
+    """
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+        env = orjson.loads(first) if first.endswith(b"\n") else None
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    at = env.get("at") if isinstance(env, dict) else None
+    rows = env.get("rows") if isinstance(env, dict) else None
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and isinstance(rows, list) and rows:
+        return float(at), len(rows) / len(first)
+    return None
+
+
 def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
     """A quarantine entry: why, where from, and the raw bytes (base64 if not UTF-8)."""
     rec: dict[str, Any] = {"reason": reason, "file": file, "line": line, **extra}
@@ -135,6 +154,13 @@ class Spool:
             self._mkdir(self.root)
             self._mkdir(path)
         return path
+
+    def make_root(self) -> None:
+        """Create the spool root (0700, or 2770 for a producer group) if it is missing."""
+        try:
+            self._mkdir(self.root)
+        except OSError as e:
+            raise SpoolError(f"cannot create the spool root {self.root}: {e}") from e
 
     def tables(self) -> list[str]:
         """Tables that have a spool directory (valid identifiers only)."""

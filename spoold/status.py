@@ -17,26 +17,21 @@ import orjson
 from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError
-from spoold.spool import QUARANTINE, Spool, iter_lines
+from spoold.spool import QUARANTINE, Spool, first_envelope, iter_lines
 
 LAST_FLUSH = ".last-flush.json"
 DAEMON_STATE = ".daemon.json"
 
 
 def _first_written(path: Path) -> float | None:
-    """When the oldest row of a pending file was written (its envelope's ``at``, else mtime)."""
+    """When the oldest row of a pending file was written (its first envelope's ``at``, else mtime)."""
+    probe = first_envelope(path)
+    if probe is not None:
+        return probe[0]
     try:
-        with open(path, "rb") as f:
-            first = f.readline()
-        at = orjson.loads(first).get("at") if first.endswith(b"\n") else None
-        if isinstance(at, (int, float)) and not isinstance(at, bool):
-            return float(at)
         return path.stat().st_mtime
-    except (OSError, orjson.JSONDecodeError, AttributeError):
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return None
+    except OSError:
+        return None
 
 
 def oldest_pending(spool: Spool, table: str) -> float | None:
