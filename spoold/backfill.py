@@ -31,6 +31,7 @@ import sys
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from hashlib import blake2b
 from itertools import accumulate
@@ -48,7 +49,7 @@ from spoold.keyindex import KeyIndex, fingerprints
 from spoold.progress import Progress, StopOnInterrupt
 from spoold.schema import table_types
 from spoold.settle import Batch, settle
-from spoold.sink import Sink
+from spoold.sink import CommitOutcome, Sink
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
 from spoold.spool import Spool, quarantine_record, read_validated
 
@@ -151,7 +152,7 @@ class _Run:
         tbl = sink.load(spec)  # after the spool scan: rows flushed meanwhile are committed now
         if tbl is not None:
             types, self.required = table_types(tbl.schema())
-        self.committed = sink.committed(spec, tbl) if tbl is not None else KeyIndex()
+        self.committed = sink.committed(spec, tbl) if tbl is not None else sink.index(spec)
         self.validator = Validator(spec, types, self.required)
         # Keys this run has kept, so later copies count as duplicates in the source: the
         # current chunk's as a set (cheap lookups), earlier chunks' as fingerprints (16 B a key).
@@ -159,6 +160,10 @@ class _Run:
         self.chunk_keys: set[str] = set()
         self.chunk_fps: list[tuple[np.ndarray, np.ndarray]] = []
         self.batch = Batch()
+        # ``self.committed`` is the sink's own index, which each commit advances; while a
+        # commit runs, lookups may miss its newest keys, which that commit settles anyway.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
+        self.inflight: Future[CommitOutcome] | None = None
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
         self.rows: list[dict[str, Any]] = []
         self.lines: list[SourceLine] = []  # the lines ``rows`` came from, in order
@@ -205,7 +210,7 @@ class _Run:
         n = len(keys)
         fh, fl = fingerprints(keys)
         com = self.committed.contains_fingerprints(fh, fl)
-        if self.dry_run:
+        if self.dry_run or self.inflight is not None:  # earlier chunks' keys may not be in ``com`` yet
             dup = self.taken.contains_fingerprints(fh, fl)
         else:  # earlier chunks are committed by now: only a committed key can be one we kept before
             dup = np.zeros(n, dtype=bool)
@@ -256,27 +261,42 @@ class _Run:
                                         np.concatenate([lo for _, lo in self.chunk_fps]))
         self.chunk_keys, self.chunk_fps = set(), []
 
-    def commit(self) -> None:
-        """Quarantine the chunk's rejects, then settle and commit its rows (one snapshot)."""
+    def commit(self, *, wait: bool = False) -> None:
+        """Quarantine the chunk's rejects, then settle and commit its rows (one snapshot).
+
+        The commit runs on a worker thread while the next chunk is read and
+        validated (Parquet encoding releases the GIL); at most one is in flight,
+        so memory stays near two chunks and an error surfaces at the next chunk.
+        A chunk that brings new columns commits in the foreground: the table must
+        have them, and their types be pinned, before later rows are validated.
+        """
         if self.rejects:
             self.spool.quarantine(self.spec.identifier, self.reject_name or "backfill", self.rejects)
             log.warning("table %s: quarantined %d bad source row(s), first: %s",
                         self.spec.identifier, len(self.rejects), self.rejects[0]["reason"])
             self.rejects, self.reject_name = [], None
-        if not len(self.batch):
-            return
-        batch, self.batch = self.batch, Batch()
-        self.roll()
-        out = self.sink.commit(self.spec, batch, self.validator.types, COMMIT_PROPS)
+        if len(self.batch):
+            batch, self.batch = self.batch, Batch()
+            self.roll()
+            self.join()
+            if self.validator.inferred():
+                self._count(self.sink.commit(self.spec, batch, self.validator.types, COMMIT_PROPS))
+                # The table has the columns this run inferred now: pin their types.
+                self.validator = Validator(self.spec, self.validator.types, self.required)
+            else:
+                self.inflight = self.pool.submit(self.sink.commit, self.spec, batch, self.validator.types, COMMIT_PROPS)
+        if wait:
+            self.join()
+
+    def join(self) -> None:
+        """Wait for the commit in flight, if any, and count it (its errors are raised here)."""
+        if self.inflight is not None:
+            future, self.inflight = self.inflight, None
+            self._count(future.result())
+
+    def _count(self, out: CommitOutcome) -> None:
         self.s.written += out.committed
         self.s.skipped_committed += out.deduplicated  # another committer got there first
-        # The table now has the columns this run inferred: pin their types, and follow the
-        # committed index the sink advanced (it also holds what other committers added).
-        if self.validator.inferred():
-            self.validator = Validator(self.spec, self.validator.types, self.required)
-        tbl = self.sink.load(self.spec)
-        if tbl is not None:
-            self.committed = self.sink.committed(self.spec, tbl)
         gc.collect(1)  # the young cycles a commit leaves (the caller's loop runs with GC off)
 
 
@@ -342,8 +362,9 @@ def backfill(
             if stopped or (limit is not None and summary.materialized >= limit):
                 break
         run.settle_group()
-        run.commit()
+        run.commit(wait=True)
     finally:
+        run.pool.shutdown(wait=True)  # a commit in flight finishes (it is safe either way)
         if gc_was_enabled:
             gc.enable()
     if progress is not None:

@@ -201,13 +201,17 @@ class Sink:
             )
 
     # -- committed keys ---------------------------------------------------------
+    def index(self, spec: TableSpec) -> KeyIndex:
+        """The committed-key index of ``spec``'s table as it stands (each commit advances it)."""
+        return self._indexes.setdefault(spec.identifier, KeyIndex())
+
     def committed(self, spec: TableSpec, table: Table) -> KeyIndex:
         """The committed-key index, advanced to ``table``'s current snapshot.
 
         Only the snapshots appended since the index last looked are read (key
         column only); a rewrite, a rollback or a new table rebuilds it.
         """
-        idx = self._indexes.setdefault(spec.identifier, KeyIndex())
+        idx = self.index(spec)
         uuid = str(table.metadata.table_uuid)
         snap = table.current_snapshot()
         target = snap.snapshot_id if snap else None
