@@ -28,11 +28,7 @@ def read_rows(data: bytes, validator: Validator) -> list[dict[str, Any]]:
             row = parse_object(line)  # the jsonl source format's rule: one object, one row
         except SourceLineError as e:
             raise InputError(f"line {lineno}: {e}") from None
-        if "" in row:  # an envelope with an empty column name is rejected whole by flush, with its siblings
-            raise InputError(f"line {lineno}: empty column name")
-        verdict = validator.rows(list(row), [list(row.values())]) if row else None
-        if verdict is None:
-            raise InputError(f"line {lineno}: empty object, no columns")
+        verdict = validator.rows(list(row), [list(row.values())])
         if verdict.rejects:
             raise InputError(f"line {lineno}: {verdict.rejects[0].reason}")
         rows.append(row)

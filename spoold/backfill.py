@@ -192,18 +192,10 @@ class _Run:
                 starts.extend(accumulate((len(line.rows) for line in lines[:-1]), initial=0))
             return lines[bisect_right(starts, i) - 1]
 
-        cols, matrix = columnize(rows)
-        index = None
-        if "" in cols:  # flush rejects an envelope with an empty column name: reject those rows
-            index = [i for i, r in enumerate(rows) if "" not in r]
-            for i, r in enumerate(rows):
-                if "" in r:
-                    self.reject(origin(i), "empty column name", r)
-            cols, matrix = columnize([rows[i] for i in index]) if index else ([], [])
+        cols, matrix = columnize(rows)  # the readers never give an empty row or column name
         verdict = self.validator.rows(cols, matrix)
         for rej in verdict.rejects:
-            i = index[rej.index] if index is not None else rej.index
-            self.reject(origin(i), rej.reason, rows[i])
+            self.reject(origin(rej.index), rej.reason, rows[rej.index])
         keys = verdict.keys
         if not keys:
             return
@@ -284,7 +276,9 @@ class _Run:
                 # The table has the columns this run inferred now: pin their types.
                 self.validator = Validator(self.spec, self.validator.types, self.required)
             else:
-                self.inflight = self.pool.submit(self.sink.commit, self.spec, batch, self.validator.types, COMMIT_PROPS)
+                # a copy: this thread goes on adding the types of new columns while the worker commits
+                types = dict(self.validator.types)
+                self.inflight = self.pool.submit(self.sink.commit, self.spec, batch, types, COMMIT_PROPS)
         if wait:
             self.join()
 

@@ -111,8 +111,11 @@ class Validator:
 
     ``table_types`` are the column types the Iceberg table already has (they
     are pinned, like declared columns); a column neither declared nor in the
-    table gets the type of its first non-null value, and an inferred ``long``
-    widens to ``double`` if a float arrives before it is committed.
+    table gets the type of its first non-null value (in spool order, the same
+    for flush and backfill), and later values must cast to it: ``1`` then
+    ``1.5`` makes a ``long`` column and rejects the second row, whatever the
+    chunking. Table columns of types spoold does not write (lists, structs,
+    decimals...) accept only null.
     """
 
     def __init__(
@@ -162,7 +165,7 @@ class Validator:
             cast = self._cast(name, vals, row_bad)
             if cast is not None:
                 out[name] = cast
-        keys = self._keys(out, n, row_bad)
+        keys = self._keys(cols, out, n, row_bad)
         for name in self.required:
             vals = out.get(name)
             if vals is None:
@@ -190,8 +193,6 @@ class Validator:
             if first is None:
                 return None  # all null and untyped: nothing to store
             typ = self.types[name] = _INFERRED[type(first)]
-        if typ == "long" and name not in self.pinned and float in seen and seen <= _FAST_TYPES["double"]:
-            typ = self.types[name] = "double"  # not committed yet: widen rather than reject
         fast = _FAST_TYPES.get(typ)
         if fast is not None and seen <= fast:
             if typ in _INT_RANGE and seen != {_NONE}:
@@ -210,7 +211,7 @@ class Validator:
             parsed = _timestamps_vectorized(vals)
             if parsed is not None:
                 return parsed
-        caster = _CASTERS[typ]
+        caster = _CASTERS.get(typ, _unsupported)  # a table column of a type spoold does not write
         out: list[Any] = []
         for pos, v in enumerate(vals):
             if v is None:
@@ -223,12 +224,15 @@ class Validator:
                 out.append(None)
         return out
 
-    def _keys(self, out: dict[str, list[Any]], n: int, row_bad: dict[int, str]) -> list[str]:
+    def _keys(
+        self, raw: dict[str, list[Any]], out: dict[str, list[Any]], n: int, row_bad: dict[int, str]
+    ) -> list[str]:
+        """Keys from the raw JSON values: a key is a string, never an object's JSON text."""
         key = self.spec.key
-        kv = out.get(key)
+        kv = raw.get(key)
         if kv is not None and all(type(k) is str and k for k in kv):
             return kv
-        legacy = [out.get(c) for c in self.spec.legacy_key]
+        legacy = [raw.get(c) for c in self.spec.legacy_key]
         keys: list[str] = []
         for pos in range(n):
             k = kv[pos] if kv is not None else None
@@ -277,6 +281,10 @@ def _to_bool(v: Any) -> bool:
     if type(v) is not bool:
         raise TypeError
     return v
+
+
+def _unsupported(v: Any) -> Any:
+    raise TypeError  # list, map, struct, decimal...: no JSON value is cast into them
 
 
 def _to_timestamptz(v: Any) -> int:

@@ -52,10 +52,11 @@ _NAMES = {type(t): name for name, t in ICEBERG_TYPES.items()} | {FloatType: "dou
 def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
     """Column types (spoold's names) and required columns of an existing table.
 
-    Columns of types spoold does not write (nested, decimal, ...) are left out:
-    envelopes cannot fill them, and Arrow nulls them.
+    A column of a type spoold does not write (nested, decimal, timestamp
+    without zone...) gets its Iceberg type's name, which no value casts to:
+    the validator rejects any non-null value for it instead of guessing.
     """
-    types = {f.name: _NAMES[type(f.field_type)] for f in schema.fields if type(f.field_type) in _NAMES}
+    types = {f.name: _NAMES.get(type(f.field_type), str(f.field_type)) for f in schema.fields}
     required = frozenset(f.name for f in schema.fields if f.required)
     return types, required
 
@@ -135,10 +136,6 @@ def to_arrow(values: Mapping[str, list[Any]], nrows: int, schema: Schema) -> pa.
         try:
             arrays.append(pa.array(col, type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            if pa.types.is_floating(field.type):
-                # an inferred long widened to double by a later line: its earlier big ints must become floats
-                arrays.append(pa.array([v if v is None else float(v) for v in col], type=field.type))
-                continue
             # Only reachable when another writer changed a column's type under us.
             arrays.append(pa.array(col).cast(field.type))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)

@@ -10,6 +10,7 @@ added, rebuild the Arrow data and commit again.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import time
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
 
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
@@ -36,7 +38,7 @@ from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow, type_conflicts
 from spoold.settle import Batch, settle
-from spoold.spool import write_atomic
+from spoold.spool import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10
@@ -145,6 +147,7 @@ class Sink:
                 with tbl.update_schema() as update:
                     for name, typ in missing.items():
                         update.add_column(name, ICEBERG_TYPES[typ])
+                sync_local_files([tbl.metadata_location])
             log.info("table %s: added columns %s", spec.identifier, ", ".join(f"{c} {t}" for c, t in missing.items()))
         return tbl
 
@@ -167,6 +170,7 @@ class Sink:
                     partition_spec=partition_spec(spec, schema),
                     properties={"spoold.key": spec.key},
                 )
+                sync_local_files([tbl.metadata_location])
                 log.info("table %s: created", spec.identifier)
             except TableAlreadyExistsError:  # another process won the race
                 tbl = cat.load_table(spec.identifier)
@@ -296,6 +300,8 @@ class Sink:
                 continue
             snap = new.current_snapshot()
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
+            with catalog_errors(f"cannot sync the files of {spec.identifier}'s new snapshot"):
+                sync_local_files(_snapshot_files(new))  # before flush deletes the spool copy
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
             if self.config.flush.expire_snapshots:
@@ -333,6 +339,43 @@ def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
     log.info("table %s: expired %d snapshot(s) older than %.1f h", ".".join(tbl.name()), len(old),
              (max_age or 0) / 3_600_000)
     return len(old)
+
+
+def _snapshot_files(tbl: Table) -> list[str]:
+    """Every file the current snapshot added: data files, manifests, manifest list, metadata."""
+    snap = tbl.current_snapshot()
+    if snap is None:
+        return [tbl.metadata_location]
+    paths = [tbl.metadata_location, snap.manifest_list]
+    for manifest in snap.manifests(tbl.io):
+        if manifest.added_snapshot_id == snap.snapshot_id:
+            paths.append(manifest.manifest_path)
+            paths += [e.data_file.file_path for e in manifest.fetch_manifest_entry(tbl.io, discard_deleted=True)
+                      if e.snapshot_id == snap.snapshot_id]
+    return paths
+
+
+def sync_local_files(paths: list[str]) -> None:
+    """fsync local files and their directories (pyiceberg writes local files without it).
+
+    The catalog (SQLite) commits durably; without this a power cut right after
+    a flush could leave it pointing at files the page cache never wrote, with
+    the spool copy already deleted. Object stores are durable on upload.
+    """
+    dirs: set[str] = set()
+    for path in paths:
+        parsed = urlparse(path)
+        if parsed.scheme not in ("", "file"):
+            continue
+        local = unquote(parsed.path)
+        fd = os.open(local, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(os.path.dirname(local))
+    for d in dirs:
+        fsync_dir(Path(d))
 
 
 def _without_auto_retry(tbl: Table) -> Table:

@@ -207,13 +207,20 @@ class Spool:
         if not payloads:
             return
         with self._locked(table) as d:
-            fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+            created = False
+            try:
+                fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+                created = True
             try:
                 self._chown(fd)
                 self._repair_tail(table, fd)
                 for data in payloads:
                     _write_all(fd, data)
                 os.fsync(fd)
+                if created:  # a new file's name is durable only once its directory is synced
+                    fsync_dir(d)
             finally:
                 os.close(fd)
 
@@ -331,6 +338,7 @@ class Spool:
             path.mkdir(mode=self._dir_mode, parents=True)
         except FileExistsError:
             return
+        fsync_dir(path.parent)
         if self._gid is not None:
             os.chown(path, -1, self._gid)
             os.chmod(path, self._dir_mode)  # mkdir's mode is masked by the umask

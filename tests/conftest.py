@@ -41,7 +41,7 @@ def write_config(tmp_path: Path, body: str = "", *, name: str = "spoold.toml", c
                  spool: str | None = None) -> Path:
     """A config with spool and SQLite catalog under ``tmp_path``, plus ``body`` (TOML)."""
     state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
     head = f'[spool]\nroot = "{spool or state / "spool"}"\n\n'
     head += catalog if catalog is not None else (
         f'[catalog]\ntype = "sql"\nuri = "sqlite:///{state / "catalog.db"}"\n'

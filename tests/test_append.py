@@ -121,7 +121,7 @@ def test_every_line_of_good_append_input_is_accepted_by_flush_rules(cfg: Path) -
     data = b"\n".join([
         b'{"part_id": "a", "extra": {"nested": [1, 2]}}',
         b'{"part_id": "b", "extra": null, "n": 1}',
-        b'{"message_id": "m", "part_index": 3, "n": 2.5}',
+        b'{"message_id": "m", "part_index": 3, "n": 3}',
         b'{"part_id": "c", "ts": "2026-01-01T00:00:00+02:00", "flag": true}',
     ])
     r = run_spoold("append", T, "--config", str(cfg), input=data)

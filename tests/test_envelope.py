@@ -330,25 +330,36 @@ def test_big_integers_in_a_double_column_become_floats_flush_can_write() -> None
     from spoold.schema import new_schema, to_arrow
 
     v = Validator(UNDECLARED)
-    res = v.line(encode(["part_id", "x"], [["a", 2**53 + 1], ["b", 0.5], ["c", 2**64 - 1]])[:-1])
-    assert res.keys == ["a", "b", "c"] and v.types["x"] == "double"
+    res = v.line(encode(["part_id", "x"], [["b", 0.5], ["a", 2**53 + 1], ["c", 2**64 - 1]])[:-1])
+    assert res.keys == ["b", "a", "c"] and v.types["x"] == "double"
     table = to_arrow(res.values, 3, new_schema(UNDECLARED, v.types))
-    assert table.column("x").to_pylist() == [float(2**53 + 1), 0.5, float(2**64 - 1)]
+    assert table.column("x").to_pylist() == [0.5, float(2**53 + 1), float(2**64 - 1)]
 
 
-def test_an_inferred_long_widened_to_double_by_a_later_line_still_commits() -> None:
-    """Flush batches several lines; an earlier line's big ints must still fit the widened column."""
-    from spoold.schema import new_schema, to_arrow
-    from spoold.settle import Batch
-
+def test_an_inferred_column_keeps_its_first_values_type_across_lines() -> None:
+    """1 then 1.5: long, and the 1.5 row is rejected (SPEC: integer -> long), so the verdict
+    on a line never depends on which other lines share its flush chunk."""
     v = Validator(UNDECLARED)
-    batch = Batch()
-    batch.add(v.line(encode(["part_id", "x"], [["a", 2**60 + 1]])[:-1]))
-    assert v.types["x"] == "long"
-    batch.add(v.line(encode(["part_id", "x"], [["b", 1.5]])[:-1]))
-    assert v.types["x"] == "double"
-    table = to_arrow(batch.values, len(batch), new_schema(UNDECLARED, v.types))
-    assert table.column("x").to_pylist() == [float(2**60 + 1), 1.5]
+    assert v.line(encode(["part_id", "x"], [["a", 1]])[:-1]).keys == ["a"]
+    res = v.line(encode(["part_id", "x"], [["b", 1.5], ["c", 2]])[:-1])
+    assert v.types["x"] == "long" and res.keys == ["c"]
+    assert res.rejects[0].reason == "column 'x': cannot cast 1.5 to long"
+
+
+def test_an_object_is_never_a_key() -> None:
+    """Objects go into string columns as JSON text, but a key must be a JSON string."""
+    v = Validator(UNDECLARED)
+    res = v.line(encode(["part_id", "message_id", "part_index"], [[{"k": 1}, None, None], [None, ["m"], 0]])[:-1])
+    no_key = "no usable key: 'part_id' is not a non-empty string"
+    assert res.keys == [] and [r.reason for r in res.rejects] == [no_key] * 2
+
+
+def test_a_table_column_of_a_type_spoold_cannot_write_takes_only_null() -> None:
+    v = Validator(UNDECLARED, {"part_id": "string", "tags": "list<string>"})
+    res = v.line(encode(["part_id", "tags"], [["a", None], ["b", ["x"]], ["c", "x"]])[:-1])
+    assert res.keys == ["a"]
+    assert [r.reason for r in res.rejects] == ["column 'tags': cannot cast [\"x\"] to list<string>",
+                                              "column 'tags': cannot cast \"x\" to list<string>"]
 
 
 def test_key_column_is_a_string_even_when_inferred() -> None:

@@ -254,3 +254,22 @@ def test_a_glob_reaching_into_the_spool_never_tails_it(spool: Spool, tmp_path: P
     drain(t)
     assert spooled_keys(spool) == ["m1"]
     assert t.lag()[0]["files"] == 1
+
+
+def test_a_row_with_an_empty_column_name_is_skipped_not_blocking_the_file(tmp_path: Path) -> None:
+    """One bad line must not hold back the lines after it (the offset moves past it)."""
+    from spoold.spool import Spool, iter_lines
+
+    src = tmp_path / "src" / "a.jsonl"
+    src.parent.mkdir()
+    src.write_bytes(b'{"part_id": "a1"}\n{"": 1, "part_id": "bad"}\n{}\n{"part_id": "a3"}\n')
+    spool = Spool(tmp_path / "spool")
+    tailer = Tailer(spool, (SourceSpec("t.rows", str(src.parent / "*.jsonl"), "jsonl"),))
+    tailer.discover()
+    while tailer.has_work():
+        tailer.run_pass()
+    keys = []
+    for path in spool.pending("t.rows"):
+        for _, raw, _ in iter_lines(path):
+            keys += [r[0] for r in orjson.loads(raw)["rows"]]
+    assert keys == ["a1", "a3"]

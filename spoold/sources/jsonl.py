@@ -19,6 +19,10 @@ def parse_object(line: bytes) -> dict[str, object]:
         raise SourceLineError(f"not valid JSON: {e}") from e
     if type(obj) is not dict:
         raise SourceLineError(f"not a JSON object (got {_json_type(obj)})")
+    if not obj:
+        raise SourceLineError("empty object: a row needs at least one column")
+    if "" in obj:  # no envelope can carry it: the rules reject an empty column name
+        raise SourceLineError("empty column name")
     return obj
 
 
