@@ -24,10 +24,8 @@ and our commit count in ``skipped_committed``.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
-import sys
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
@@ -40,13 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.keyindex import KeyIndex, fingerprints
-from spoold.progress import Progress, StopOnInterrupt
+from spoold.progress import Progress
 from spoold.schema import table_types
 from spoold.settle import Batch, settle
 from spoold.sink import CommitOutcome, Sink
@@ -439,45 +436,4 @@ def _warn(progress: Progress | None, msg: str, *args: Any) -> None:
 # -- command line -------------------------------------------------------------
 
 
-def run_backfill(config: Config, args: argparse.Namespace, as_json: bool) -> int:
-    """``spoold backfill``: run, print the summary; exit 0, or 130 when interrupted by Ctrl-C."""
-    progress = Progress(sys.stderr, f"backfill {args.table}")
-    handlers = logging.getLogger().handlers
-    for h in handlers:
-        h.addFilter(progress)  # log lines (to stderr) erase the bar first
-    try:
-        with StopOnInterrupt("stopping after the current chunk (Ctrl-C again to abort)") as stop:
-            summary = backfill(config, args.table, args.source, args.format, None if args.all else args.limit,
-                               args.dry_run, progress=progress, stop=stop)
-    finally:
-        for h in handlers:
-            h.removeFilter(progress)
-    if as_json:
-        sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")
-    else:
-        print(_human(summary))
-    sys.stdout.flush()
-    if summary.interrupted:
-        return 130
-    return 1 if summary.unreadable_sources else 0
-
-
-def _human(s: BackfillSummary) -> str:
-    verb = "would write" if s.dry_run else "wrote"
-    n = s.would_write if s.dry_run else s.written
-    lines = [
-        f"{s.table}: scanned {s.scanned} line(s), materialized {s.materialized} row(s); {verb} {n}; "
-        f"skipped {s.skipped_committed} committed, {s.skipped_spooled} spooled, "
-        f"{s.duplicates_in_source} duplicate(s) in the sources; quarantined {s.quarantined}; "
-        f"{s.failed} bad source line(s)"
-    ]
-    if s.dry_run and s.sample_keys:
-        lines.append("sample keys: " + ", ".join(s.sample_keys))
-    if s.unreadable_spool_files or s.unreadable_sources:
-        lines.append(f"unreadable: {s.unreadable_spool_files} spool file(s), {s.unreadable_sources} source(s)")
-    if s.interrupted:
-        lines.append("interrupted: committed chunks stay; re-run to continue (keys prevent doubles)")
-    return "\n".join(lines)
-
-
-__all__ = ["BackfillSummary", "backfill", "run_backfill", "spooled_keys"]
+__all__ = ["BackfillSummary", "backfill", "spooled_keys"]

@@ -164,10 +164,40 @@ def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    from spoold.backfill import run_backfill
+    """Run, print the summary; exit 0, 1 if a source was unreadable, 130 when stopped by Ctrl-C."""
+    from spoold.backfill import backfill
+    from spoold.progress import Progress, StopOnInterrupt
 
     validate_identifier(args.table)
-    return run_backfill(config, args, as_json)
+    progress = Progress(sys.stderr, f"backfill {args.table}")
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(progress)  # log lines (to stderr) erase the bar first
+    try:
+        with StopOnInterrupt("stopping after the current chunk (Ctrl-C again to abort)") as stop:
+            s = backfill(config, args.table, args.source, args.format, None if args.all else args.limit,
+                         args.dry_run, progress=progress, stop=stop)
+    finally:
+        for h in handlers:
+            h.removeFilter(progress)
+    verb = "would write" if s.dry_run else "wrote"
+    lines = [
+        f"{s.table}: scanned {s.scanned} line(s), materialized {s.materialized} row(s); "
+        f"{verb} {s.would_write if s.dry_run else s.written}; skipped {s.skipped_committed} committed, "
+        f"{s.skipped_spooled} spooled, {s.duplicates_in_source} duplicate(s) in the sources; "
+        f"quarantined {s.quarantined}; {s.failed} bad source line(s)"
+    ]
+    if s.dry_run and s.sample_keys:
+        lines.append("sample keys: " + ", ".join(s.sample_keys))
+    if s.unreadable_spool_files or s.unreadable_sources:
+        lines.append(f"unreadable: {s.unreadable_spool_files} spool file(s), {s.unreadable_sources} source(s)")
+    if s.interrupted:
+        lines.append("interrupted: committed chunks stay; re-run to continue (keys prevent doubles)")
+    _emit(s.as_dict(), as_json, "\n".join(lines))
+    sys.stdout.flush()
+    if s.interrupted:
+        return 130
+    return 1 if s.unreadable_sources else 0
 
 
 def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:

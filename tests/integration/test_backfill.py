@@ -465,13 +465,11 @@ def test_sigint_stops_after_a_chunk_and_a_rerun_completes_without_doubles(tmp_pa
 def test_backfill_command_does_not_leave_the_sigint_handler_installed() -> None:
     """The library restores the previous SIGINT handler, so embedding it doesn't swallow Ctrl-C."""
     code = (
-        "import signal, argparse, sys\n"
-        "from spoold.backfill import run_backfill\n"
-        "from spoold.config import load_config\n"
+        "import signal, sys\n"
+        "from spoold.cli import main\n"
         "before = signal.getsignal(signal.SIGINT)\n"
-        "args = argparse.Namespace(table='chat.parts', source=[sys.argv[1]], format='jsonl', limit=5,\n"
-        "                          all=False, dry_run=True)\n"
-        "rc = run_backfill(load_config(sys.argv[2]), args, True)\n"
+        "rc = main(['backfill', 'chat.parts', '--source', sys.argv[1], '--limit', '5', '--dry-run',\n"
+        "           '--json', '--config', sys.argv[2]])\n"
         "assert signal.getsignal(signal.SIGINT) is before, signal.getsignal(signal.SIGINT)\n"
         "sys.exit(rc)\n"
     )
