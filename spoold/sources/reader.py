@@ -53,11 +53,11 @@ def expand_sources(patterns: Sequence[str]) -> list[Path]:
     found: set[str] = set()
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
-        hits = glob.glob(expanded, recursive=True) if _has_magic(expanded) else [expanded]
+        hits = glob.glob(expanded, recursive=True) if has_magic(expanded) else [expanded]
         files: list[str] = []
         for hit in hits:
             if os.path.isdir(hit):
-                files += [f for f in glob.glob(_jsonl_under(hit), recursive=True) if os.path.isfile(f)]
+                files += [f for f in glob.glob(jsonl_under(hit), recursive=True) if os.path.isfile(f)]
             elif os.path.isfile(hit):
                 files.append(hit)
         if not files:
@@ -66,11 +66,13 @@ def expand_sources(patterns: Sequence[str]) -> list[Path]:
     return [Path(f) for f in sorted(found)]
 
 
-def _has_magic(pattern: str) -> bool:
+def has_magic(pattern: str) -> bool:
+    """True if ``pattern`` is a glob (has ``*``, ``?`` or ``[``)."""
     return any(c in pattern for c in "*?[")
 
 
-def _jsonl_under(directory: str) -> str:
+def jsonl_under(directory: str) -> str:
+    """The glob for every ``*.jsonl`` file under ``directory`` (what a directory source means)."""
     return os.path.join(glob.escape(directory), "**", "*.jsonl")
 
 

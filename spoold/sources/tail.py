@@ -31,7 +31,7 @@ import orjson
 from spoold.config import SourceSpec
 from spoold.errors import SpooldError
 from spoold.scheduler import LogLimiter
-from spoold.sources.reader import read_lines
+from spoold.sources.reader import has_magic, jsonl_under, read_lines
 from spoold.spool import Spool, write_atomic
 
 log = logging.getLogger(__name__)
@@ -320,20 +320,16 @@ def _under(path: str, base: Path) -> bool:
 
 def _source(spec: SourceSpec) -> _Source:
     pattern = os.path.abspath(os.path.expanduser(spec.path))
-    if not _has_magic(pattern) and os.path.isdir(pattern):
-        pattern = os.path.join(glob.escape(pattern), "**", "*.jsonl")  # as backfill reads a directory
+    if not has_magic(pattern) and os.path.isdir(pattern):
+        pattern = jsonl_under(pattern)  # as backfill reads a directory
     parts = pattern.split("/")
     fixed = []
     for part in parts[:-1]:
-        if _has_magic(part):
+        if has_magic(part):
             break
         fixed.append(part)
     base = Path("/".join(fixed) or "/")
     return _Source(spec, pattern, base, _glob_regex(pattern))
-
-
-def _has_magic(s: str) -> bool:
-    return any(c in s for c in "*?[")
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -350,7 +346,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 def _component_regex(part: str) -> str:
-    if not _has_magic(part):
+    if not has_magic(part):
         return re.escape(part)
     out = [r"(?!\.)"] if part[0] in "*?[" else []
     i = 0
