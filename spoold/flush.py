@@ -69,6 +69,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
         return result  # nothing was ever spooled for it
     try:
         with spool.flush_lock(table):
+            spool.sweep_temp(table)
             if rotate:
                 spool.rotate(table)
             files = spool.flush_files(table)

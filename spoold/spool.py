@@ -64,7 +64,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
-        os.write(fd, data) if len(data) < (1 << 30) else _write_all(fd, data)
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -269,6 +269,23 @@ class Spool:
                 pass
         for d in dirs:
             fsync_dir(d)
+
+    def sweep_temp(self, table: str, older_than_s: float = 3600.0) -> int:
+        """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.
+
+        Only old ones: a live writer renames its temp file within moments.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        d = self.table_dir(table)
+        for tmp in [*d.glob(".*.tmp"), *(d / QUARANTINE).glob(".*.tmp")]:
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     @contextmanager
     def flush_lock(self, table: str) -> Iterator[Path]:

@@ -544,3 +544,19 @@ def test_sigkill_of_a_producer_mid_append_never_corrupts_other_rows(tmp_path: Pa
         assert q["raw"].startswith('{"version":1,"columns":["part_id","blob"],"rows":[["big-')
     print(f"{rounds} kills, {len(big_acked)} big envelopes acknowledged, {torn_seen} torn tails seen, "
           f"{len(torn)} quarantined, {len(small_keys)} small rows")
+
+
+def test_old_temp_files_of_a_killed_writer_are_swept_recent_ones_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append("t.rows", [{"part_id": "a"}])
+    d = spool.table_dir("t.rows")
+    (d / "quarantine").mkdir()
+    old = [d / ".seq.123.456.tmp", d / "quarantine" / ".x.jsonl.9.9.tmp"]
+    fresh = d / ".last-flush.json.1.1.tmp"
+    for p in [*old, fresh]:
+        p.write_bytes(b"partial")
+    for p in old:
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    assert spool.sweep_temp("t.rows") == 2
+    assert not any(p.exists() for p in old) and fresh.exists()
+    assert (d / "active.jsonl").exists()
