@@ -40,17 +40,19 @@ def encode(columns: Sequence[str], rows: Iterable[Sequence[Any]], **extra: Any) 
     return orjson.dumps({"version": VERSION, "columns": list(columns), "rows": list(rows), **extra}) + b"\n"
 
 
-def columnize(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def columnize(rows: Sequence[Mapping[str, Any]], *, lists: bool = True) -> tuple[list[str], list[Any]]:
     """Row objects → an envelope's ``columns`` and ``rows`` (a column absent from a row is null).
 
-    Columns are the union of the rows' keys in first-seen order.
+    Columns are the union of the rows' keys in first-seen order. ``lists=False``
+    may give tuples (fine for encoding, cheaper; the validator wants lists).
     """
     first = rows[0]
     cols = list(first)
     n = len(cols)
     if n > 1 and set(map(len, rows)) == {n}:
         try:  # the usual case, rows of one shape: C-speed tuples, no union of keys needed
-            return cols, list(map(list, map(itemgetter(*cols), rows)))
+            values = map(itemgetter(*cols), rows)
+            return cols, list(map(list, values)) if lists else list(values)
         except KeyError:
             pass
     union = list(dict.fromkeys(c for r in rows for c in r))

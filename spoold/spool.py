@@ -140,6 +140,7 @@ class Spool:
         self._gid = _group_id(group) if group else None
         self._dir_mode = 0o2770 if group else 0o700
         self._file_mode = 0o660 if group else 0o600
+        self._dirs: dict[str, Path] = {}
         self._locks: dict[str, tuple[threading.Lock, int, int]] = {}  # name -> (lock, fd, pid that opened fd)
         self._guard = threading.Lock()
 
@@ -299,7 +300,11 @@ class Spool:
     # -- internals --------------------------------------------------------------
     @contextmanager
     def _locked(self, table: str, name: str = ".lock") -> Iterator[Path]:
-        d = self.table_dir(table, create=True)
+        d = self._dirs.get(table)
+        if d is None:
+            d = self._dirs[table] = self.table_dir(table)  # validated once per table
+        if not os.path.isdir(d):
+            self.table_dir(table, create=True)
         pid = os.getpid()
         with self._guard:
             entry = self._locks.get(table + "/" + name)
@@ -378,7 +383,7 @@ def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
     An envelope's columns are the union of its rows' keys (first-seen order);
     a row without a column gets null there, which the rules read as absent.
     """
-    if type(rows) is list and all(type(r) is dict for r in rows):  # the usual call: slice, no per-row loop
+    if type(rows) is list and set(map(type, rows)) <= {dict}:  # the usual call: slice, no per-row loop
         for i in range(0, len(rows), MAX_ENVELOPE_ROWS):
             yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS])
         return
@@ -408,7 +413,7 @@ def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int
 
 
 def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
-    names, values = columnize(batch)
+    names, values = columnize(batch, lists=False)
     if not names:
         raise SpoolError("a row must have at least one column, got only empty rows")
     if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too
