@@ -87,12 +87,6 @@ def due_tables(states: Mapping[str, TableState], now: float, settings: FlushSett
     return [t for _, t in sorted(due, key=lambda x: (x[0], x[1]))]
 
 
-def next_wakeup(states: Mapping[str, TableState], settings: FlushSettings) -> float | None:
-    """The earliest time any table becomes due; None when nothing is pending."""
-    times = [w for w in (due_at(s, settings) for s in states.values()) if w is not None]
-    return min(times) if times else None
-
-
 def after_success(state: TableState, now: float, first_pending: float | None, pending_rows: int) -> TableState:
     """State after a successful flush; rows that arrived meanwhile start a fresh wait."""
     if first_pending is None:
@@ -116,11 +110,6 @@ def after_failure(state: TableState, now: float, settings: FlushSettings, error:
     failures = state.failures + 1
     delay = backoff_delay(failures, settings, jitter)
     return replace(state, failures=failures, backoff_s=round(delay, 3), retry_at=now + delay, last_error=error)
-
-
-def reset_backoff(state: TableState) -> TableState:
-    """Forget the backoff (e.g. on a config reload, which may have fixed the catalog)."""
-    return replace(state, failures=0, backoff_s=0.0, retry_at=None, last_error=None)
 
 
 class LogLimiter:

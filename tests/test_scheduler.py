@@ -14,9 +14,7 @@ from spoold.scheduler import (
     due_at,
     due_tables,
     is_due,
-    next_wakeup,
     observe,
-    reset_backoff,
 )
 
 S = FlushSettings(debounce_s=10.0, max_delay_s=60.0, max_rows=1000, retry_max_s=40.0)
@@ -30,15 +28,12 @@ def pending(first: float = T0, last: float | None = None, rows: int = 1) -> Tabl
 def test_nothing_pending_is_never_due() -> None:
     assert due_at(TableState(), S) is None
     assert not is_due(TableState(), T0 + 10_000, S)
-    assert next_wakeup({}, S) is None
-    assert next_wakeup({"a.b": TableState()}, S) is None
 
 
 def test_flushes_after_debounce_of_quiet() -> None:
     st = pending(T0)
     assert not is_due(st, T0 + 9.9, S)
     assert is_due(st, T0 + 10.0, S)
-    assert next_wakeup({"a.b": st}, S) == T0 + 10.0
 
 
 def test_each_change_restarts_the_quiet_period() -> None:
@@ -119,16 +114,9 @@ def test_backoff_overrides_traffic_size_and_max_delay() -> None:
     assert st == TableState()
 
 
-def test_reset_backoff_makes_the_table_due_on_its_normal_schedule() -> None:
-    st = reset_backoff(after_failure(pending(T0), T0 + 10, S, "x", 0.5))
-    assert st.failures == 0 and st.retry_at is None and st.last_error is None
-    assert is_due(st, T0 + 10, S)
-
-
-def test_due_tables_oldest_first_and_next_wakeup_is_the_earliest() -> None:
+def test_due_tables_oldest_first() -> None:
     states = {"a.late": pending(T0 + 5), "a.early": pending(T0), "a.later": pending(T0 + 50)}
     assert due_tables(states, T0 + 16, S) == ["a.early", "a.late"]
-    assert next_wakeup(states, S) == T0 + 10
 
 
 def test_log_limiter_first_then_once_a_minute_with_a_count() -> None:
