@@ -59,11 +59,6 @@ def columnize(rows: Sequence[Mapping[str, Any]], *, lists: bool = True) -> tuple
     return union, [[r.get(c) for c in union] for r in rows]
 
 
-def infer_type(value: Any) -> str | None:
-    """The column type a JSON value implies for an undeclared column (None for null)."""
-    return _INFERRED.get(type(value))
-
-
 @dataclass(frozen=True, slots=True)
 class RowReject:
     index: int  # position of the row in the envelope's "rows"
