@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="spoold", description=_DESCRIPTION, parents=[common],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from spoold import __version__
+
+    p.add_argument("--version", action="version", version=f"spoold {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 

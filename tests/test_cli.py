@@ -133,3 +133,10 @@ def test_main_is_callable_in_process(config_path: Callable[..., Path], capsys: p
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_version_prints_the_package_version() -> None:
+    import spoold
+
+    r = run_spoold("--version")
+    assert r.returncode == 0 and r.stdout.decode().strip() == f"spoold {spoold.__version__}"
