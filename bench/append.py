@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spoold.spool import ACTIVE, Spool, envelopes
+from spoold.envelope import envelopes
+from spoold.spool import ACTIVE, Spool
 
 TABLE = "bench.events"
 ENVELOPE_ROWS = 100

@@ -9,7 +9,8 @@ with an odd value is walked value by value to find the rows to reject.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
@@ -18,8 +19,11 @@ from typing import Any
 import orjson
 
 from spoold.config import TableSpec
+from spoold.errors import SpoolError
 
 VERSION = 1
+MAX_ENVELOPE_ROWS = 1000
+MAX_ENVELOPE_BYTES = 1 << 20  # an envelope is split below this, unless one row is larger
 _NONE = type(None)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
@@ -57,6 +61,51 @@ def columnize(rows: Sequence[Mapping[str, Any]], *, lists: bool = True) -> tuple
             pass
     union = list(dict.fromkeys(c for r in rows for c in r))
     return union, [[r.get(c) for c in union] for r in rows]
+
+
+def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+    """Group row objects into envelopes of at most MAX_ENVELOPE_ROWS rows / ~1 MiB.
+
+    An envelope's columns are the union of its rows' keys (first-seen order);
+    a row without a column gets null there, which the rules read as absent.
+    """
+    if type(rows) is list and set(map(type, rows)) <= {dict}:  # the usual call: slice, no per-row loop
+        for i in range(0, len(rows), MAX_ENVELOPE_ROWS):
+            yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS])
+        return
+    batch: list[Mapping[str, Any]] = []
+    for row in rows:
+        if type(row) is not dict and not isinstance(row, Mapping):  # the ABC check is slow; dicts skip it
+            raise SpoolError(f"a row must be a mapping of column to value, got {type(row).__name__}")
+        batch.append(row)
+        if len(batch) >= MAX_ENVELOPE_ROWS:
+            yield from _encode_bounded(batch)
+            batch = []
+    if batch:
+        yield from _encode_bounded(batch)
+
+
+def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+    # Measuring the encoded line beats estimating every value's size up front
+    # (append's hot path); an oversized envelope is split in halves. A single
+    # row larger than the bound still goes as one envelope: rows are never cut.
+    line = _encode_batch(batch)
+    if len(line) <= MAX_ENVELOPE_BYTES or len(batch) == 1:
+        yield line, len(batch)
+        return
+    mid = len(batch) // 2
+    yield from _encode_bounded(batch[:mid])
+    yield from _encode_bounded(batch[mid:])
+
+
+def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
+    names, values = columnize(batch, lists=False)
+    if not names:
+        raise SpoolError("a row must have at least one column, got only empty rows")
+    if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too
+        bad = next(c for c in names if type(c) is not str or not c)
+        raise SpoolError(f"column names must be non-empty strings, got {bad!r}")
+    return encode(names, values, at=round(time.time(), 3))
 
 
 @dataclass(frozen=True, slots=True)

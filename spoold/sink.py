@@ -1,4 +1,4 @@
-"""The Iceberg seam: catalog, tables, committed keys, and the settle-and-commit loop.
+"""The Iceberg seam: tables, committed keys, and the settle-and-commit loop.
 
 pyiceberg 0.12 retries a conflicting append by itself, rebasing it onto the
 other committer's snapshot without looking at keys, which can double a key.
@@ -10,35 +10,26 @@ added, rebuild the Arrow data and commit again.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import socket
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
-from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import (
-    CommitFailedException,
-    NamespaceAlreadyExistsError,
-    NoSuchPropertyException,
-    NoSuchTableError,
-    TableAlreadyExistsError,
-)
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Operation
-from pyiceberg.utils.properties import property_as_int
 
+from spoold.catalog import catalog_errors, open_catalog
 from spoold.config import Config, TableSpec
-from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
+from spoold.errors import CatalogError, CommitConflict
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow, type_conflicts
 from spoold.settle import Batch, settle
-from spoold.spool import fsync_dir, write_atomic
+from spoold.snapshots import expire_snapshots, snapshot_files, sync_local_files
+from spoold.spool import write_atomic
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10
@@ -64,39 +55,6 @@ class TableSink(Protocol):
     ) -> CommitOutcome: ...
 
 
-@contextmanager
-def catalog_errors(what: str) -> Iterator[None]:
-    """Turn whatever the catalog stack raises into spoold's retryable CatalogError."""
-    try:
-        yield
-    except SpooldError:
-        raise
-    except CommitFailedException as e:
-        raise CommitConflict(f"{what}: {e}") from e
-    except NoSuchPropertyException as e:
-        raise ConfigError(f"catalog: {e}") from e
-    except Exception as e:  # the catalog stack (SQLAlchemy, HTTP, S3, OS) has no common root
-        message = f"{what}: {type(e).__name__}: {e}".splitlines()[0]
-        if _contended(e):  # another committer holds the catalog's lock: refresh and retry as on a conflict
-            raise CommitConflict(message) from e
-        raise CatalogError(message) from e
-
-
-def _contended(e: BaseException | None) -> bool:
-    """True for SQLite's "database is locked": another process is committing right now.
-
-    SQLite answers a writer that would deadlock with another at once, without
-    waiting out its busy timeout, so two flushers racing on one catalog see this
-    routinely; it is as transient as a commit conflict.
-    """
-    while e is not None:
-        text = str(e)
-        if "database is locked" in text or "database table is locked" in text:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 class Sink:
     """One catalog connection plus a committed-key index per table."""
 
@@ -108,20 +66,7 @@ class Sink:
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            uri = self.config.catalog_props.get("uri", "")
-            if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent == self.config.state_dir:
-                # spoold's own state directory (embedded defaults): ours to create on first use
-                self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for attempt in range(5):  # several processes may create the catalog's own tables at once
-                try:
-                    with catalog_errors("cannot open catalog"):
-                        self._catalog = load_catalog(self.config.catalog_name, **self.config.catalog_props)
-                    break
-                except CatalogError:
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.05 * 2**attempt + random.random() * 0.05)
-        assert self._catalog is not None
+            self._catalog = open_catalog(self.config)
         return self._catalog
 
     # -- tables -----------------------------------------------------------------
@@ -301,81 +246,13 @@ class Sink:
             snap = new.current_snapshot()
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
             with catalog_errors(f"cannot sync the files of {spec.identifier}'s new snapshot"):
-                sync_local_files(_snapshot_files(new))  # before flush deletes the spool copy
+                sync_local_files(snapshot_files(new))  # before flush deletes the spool copy
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
             if self.config.flush.expire_snapshots:
                 expire_snapshots(new)
             return CommitOutcome(len(keep), dups, snap.snapshot_id)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
-
-
-def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
-    """Expire snapshots as the table's ``history.expire.*`` properties say; returns how many.
-
-    Iceberg's defaults: older than 5 days, keeping at least one. Branch and tag
-    heads are never expired, and no data file is deleted: in an append-only table
-    every data file is still referenced by the current snapshot. Best effort: a
-    conflict or a catalog error just leaves the history for the next commit.
-    """
-    props = tbl.metadata.properties
-    max_age = property_as_int(props, TableProperties.MAX_SNAPSHOT_AGE_MS, TableProperties.MAX_SNAPSHOT_AGE_MS_DEFAULT)
-    keep = property_as_int(
-        props, TableProperties.MIN_SNAPSHOTS_TO_KEEP, TableProperties.MIN_SNAPSHOTS_TO_KEEP_DEFAULT
-    )
-    cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - (max_age or 0)
-    protected = {ref.snapshot_id for ref in tbl.metadata.refs.values()}
-    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms)
-    old = [s.snapshot_id for s in snaps[: max(0, len(snaps) - max(1, keep or 1))]
-           if s.timestamp_ms < cutoff and s.snapshot_id not in protected]
-    if not old:
-        return 0
-    try:
-        with catalog_errors(f"cannot expire snapshots of {tbl.name()}"):
-            tbl.maintenance.expire_snapshots().by_ids(old).commit()
-    except SpooldError as e:
-        log.debug("%s", e)
-        return 0
-    log.info("table %s: expired %d snapshot(s) older than %.1f h", ".".join(tbl.name()), len(old),
-             (max_age or 0) / 3_600_000)
-    return len(old)
-
-
-def _snapshot_files(tbl: Table) -> list[str]:
-    """Every file the current snapshot added: data files, manifests, manifest list, metadata."""
-    snap = tbl.current_snapshot()
-    if snap is None:
-        return [tbl.metadata_location]
-    paths = [tbl.metadata_location, snap.manifest_list]
-    for manifest in snap.manifests(tbl.io):
-        if manifest.added_snapshot_id == snap.snapshot_id:
-            paths.append(manifest.manifest_path)
-            paths += [e.data_file.file_path for e in manifest.fetch_manifest_entry(tbl.io, discard_deleted=True)
-                      if e.snapshot_id == snap.snapshot_id]
-    return paths
-
-
-def sync_local_files(paths: list[str]) -> None:
-    """fsync local files and their directories (pyiceberg writes local files without it).
-
-    The catalog (SQLite) commits durably; without this a power cut right after
-    a flush could leave it pointing at files the page cache never wrote, with
-    the spool copy already deleted. Object stores are durable on upload.
-    """
-    dirs: set[str] = set()
-    for path in paths:
-        parsed = urlparse(path)
-        if parsed.scheme not in ("", "file"):
-            continue
-        local = unquote(parsed.path)
-        fd = os.open(local, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dirs.add(os.path.dirname(local))
-    for d in dirs:
-        fsync_dir(Path(d))
 
 
 def _without_auto_retry(tbl: Table) -> Table:

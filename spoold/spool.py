@@ -30,14 +30,12 @@ from typing import Any
 import orjson
 
 from spoold.config import Config, validate_identifier
-from spoold.envelope import LineResult, Validator, columnize, encode
+from spoold.envelope import LineResult, Validator, envelopes
 from spoold.errors import SpoolError, UsageError
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
 _FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
-MAX_ENVELOPE_ROWS = 1000
-MAX_ENVELOPE_BYTES = 1 << 20
 _READ_BLOCK = 1 << 20
 
 
@@ -375,51 +373,6 @@ class Spool:
             os.fchown(fd, -1, self._gid)
         if stat.S_IMODE(st.st_mode) != self._file_mode:
             os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
-
-
-def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
-    """Group row objects into envelopes of at most MAX_ENVELOPE_ROWS rows / ~1 MiB.
-
-    An envelope's columns are the union of its rows' keys (first-seen order);
-    a row without a column gets null there, which the rules read as absent.
-    """
-    if type(rows) is list and set(map(type, rows)) <= {dict}:  # the usual call: slice, no per-row loop
-        for i in range(0, len(rows), MAX_ENVELOPE_ROWS):
-            yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS])
-        return
-    batch: list[Mapping[str, Any]] = []
-    for row in rows:
-        if type(row) is not dict and not isinstance(row, Mapping):  # the ABC check is slow; dicts skip it
-            raise SpoolError(f"a row must be a mapping of column to value, got {type(row).__name__}")
-        batch.append(row)
-        if len(batch) >= MAX_ENVELOPE_ROWS:
-            yield from _encode_bounded(batch)
-            batch = []
-    if batch:
-        yield from _encode_bounded(batch)
-
-
-def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
-    # Measuring the encoded line beats estimating every value's size up front
-    # (append's hot path); an oversized envelope is split in halves. A single
-    # row larger than the bound still goes as one envelope: rows are never cut.
-    line = _encode_batch(batch)
-    if len(line) <= MAX_ENVELOPE_BYTES or len(batch) == 1:
-        yield line, len(batch)
-        return
-    mid = len(batch) // 2
-    yield from _encode_bounded(batch[:mid])
-    yield from _encode_bounded(batch[mid:])
-
-
-def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
-    names, values = columnize(batch, lists=False)
-    if not names:
-        raise SpoolError("a row must have at least one column, got only empty rows")
-    if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too
-        bad = next(c for c in names if type(c) is not str or not c)
-        raise SpoolError(f"column names must be non-empty strings, got {bad!r}")
-    return encode(names, values, at=round(time.time(), 3))
 
 
 def _group_id(name: str) -> int:

@@ -22,12 +22,13 @@ from conftest import write_config
 from pyiceberg.exceptions import CommitFailedException
 
 import spoold.sink
+from spoold.catalog import catalog_errors
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError, CommitConflict
 from spoold.keyindex import KeyIndex
 from spoold.schema import new_schema
 from spoold.settle import Batch
-from spoold.sink import Sink, _without_auto_retry, catalog_errors
+from spoold.sink import Sink, _without_auto_retry
 
 TABLE = """
 [tables."app.events"]

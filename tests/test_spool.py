@@ -21,11 +21,10 @@ import orjson
 import pytest
 
 from spoold.config import TableSpec
-from spoold.envelope import Validator, encode
+from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, encode
 from spoold.errors import SpoolError, UsageError
 from spoold.spool import (
     ACTIVE,
-    MAX_ENVELOPE_ROWS,
     QUARANTINE,
     Spool,
     iter_lines,

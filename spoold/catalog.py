@@ -1,0 +1,71 @@
+"""The catalog connection and what its failures mean to spoold.
+
+``load_catalog`` is given the config's ``[catalog]`` table as-is, so every
+pyiceberg catalog works (sql/sqlite, sql/postgres, rest, glue...). Whatever
+the catalog stack raises (SQLAlchemy, HTTP, S3, OS) becomes a retryable
+:class:`CatalogError`, or a :class:`CommitConflict` when another committer won.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchPropertyException
+
+from spoold.config import Config
+from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
+
+
+def open_catalog(config: Config) -> Catalog:
+    """Load the configured catalog, retrying a few times: several processes may create its tables at once."""
+    uri = config.catalog_props.get("uri", "")
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent == config.state_dir:
+        # spoold's own state directory (embedded defaults): ours to create on first use
+        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for attempt in range(5):
+        try:
+            with catalog_errors("cannot open catalog"):
+                return load_catalog(config.catalog_name, **config.catalog_props)
+        except CatalogError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * 2**attempt + random.random() * 0.05)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def catalog_errors(what: str) -> Iterator[None]:
+    """Turn whatever the catalog stack raises into spoold's retryable CatalogError."""
+    try:
+        yield
+    except SpooldError:
+        raise
+    except CommitFailedException as e:
+        raise CommitConflict(f"{what}: {e}") from e
+    except NoSuchPropertyException as e:
+        raise ConfigError(f"catalog: {e}") from e
+    except Exception as e:  # the catalog stack (SQLAlchemy, HTTP, S3, OS) has no common root
+        message = f"{what}: {type(e).__name__}: {e}".splitlines()[0]
+        if _contended(e):  # another committer holds the catalog's lock: refresh and retry as on a conflict
+            raise CommitConflict(message) from e
+        raise CatalogError(message) from e
+
+
+def _contended(e: BaseException | None) -> bool:
+    """True for SQLite's "database is locked": another process is committing right now.
+
+    SQLite answers a writer that would deadlock with another at once, without
+    waiting out its busy timeout, so two flushers racing on one catalog see this
+    routinely; it is as transient as a commit conflict.
+    """
+    while e is not None:
+        text = str(e)
+        if "database is locked" in text or "database table is locked" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -1,0 +1,86 @@
+"""Housekeeping of a table's snapshots after spoold commits: make them durable, trim history."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pyiceberg.table import Table, TableProperties
+from pyiceberg.utils.properties import property_as_int
+
+from spoold.catalog import catalog_errors
+from spoold.errors import SpooldError
+from spoold.spool import fsync_dir
+
+log = logging.getLogger(__name__)
+
+
+def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
+    """Expire snapshots as the table's ``history.expire.*`` properties say; returns how many.
+
+    Iceberg's defaults: older than 5 days, keeping at least one. Branch and tag
+    heads are never expired, and no data file is deleted: in an append-only table
+    every data file is still referenced by the current snapshot. Best effort: a
+    conflict or a catalog error just leaves the history for the next commit.
+    """
+    props = tbl.metadata.properties
+    max_age = property_as_int(props, TableProperties.MAX_SNAPSHOT_AGE_MS, TableProperties.MAX_SNAPSHOT_AGE_MS_DEFAULT)
+    keep = property_as_int(
+        props, TableProperties.MIN_SNAPSHOTS_TO_KEEP, TableProperties.MIN_SNAPSHOTS_TO_KEEP_DEFAULT
+    )
+    cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - (max_age or 0)
+    protected = {ref.snapshot_id for ref in tbl.metadata.refs.values()}
+    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms)
+    old = [s.snapshot_id for s in snaps[: max(0, len(snaps) - max(1, keep or 1))]
+           if s.timestamp_ms < cutoff and s.snapshot_id not in protected]
+    if not old:
+        return 0
+    try:
+        with catalog_errors(f"cannot expire snapshots of {tbl.name()}"):
+            tbl.maintenance.expire_snapshots().by_ids(old).commit()
+    except SpooldError as e:
+        log.debug("%s", e)
+        return 0
+    log.info("table %s: expired %d snapshot(s) older than %.1f h", ".".join(tbl.name()), len(old),
+             (max_age or 0) / 3_600_000)
+    return len(old)
+
+
+def snapshot_files(tbl: Table) -> list[str]:
+    """Every file the current snapshot added: data files, manifests, manifest list, metadata."""
+    snap = tbl.current_snapshot()
+    if snap is None:
+        return [tbl.metadata_location]
+    paths = [tbl.metadata_location, snap.manifest_list]
+    for manifest in snap.manifests(tbl.io):
+        if manifest.added_snapshot_id == snap.snapshot_id:
+            paths.append(manifest.manifest_path)
+            paths += [e.data_file.file_path for e in manifest.fetch_manifest_entry(tbl.io, discard_deleted=True)
+                      if e.snapshot_id == snap.snapshot_id]
+    return paths
+
+
+def sync_local_files(paths: list[str]) -> None:
+    """fsync local files and their directories (pyiceberg writes local files without it).
+
+    The catalog (SQLite) commits durably; without this a power cut right after
+    a flush could leave it pointing at files the page cache never wrote, with
+    the spool copy already deleted. Object stores are durable on upload.
+    """
+    dirs: set[str] = set()
+    for path in paths:
+        parsed = urlparse(path)
+        if parsed.scheme not in ("", "file"):
+            continue
+        local = unquote(parsed.path)
+        fd = os.open(local, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(os.path.dirname(local))
+    for d in dirs:
+        fsync_dir(Path(d))
