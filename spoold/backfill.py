@@ -1,12 +1,8 @@
 """Backfill: source rows → dedupe against committed ∪ spooled keys → the same commit path as flush.
 
-The seen-set is the union of the keys committed to the table and the keys
-waiting in the spool. Spooled keys are read with flush's own reader
-(``spool.read_validated``) and a fresh :class:`Validator`, exactly as a flush
-starting now would read them, so a line or row that flush would quarantine is
-never "already captured": its row gets backfilled. The scan is read-only
-(no rotation, no lock). A spool file that cannot be read counts as not seen:
-a dedupe miss is harmless (the commit re-settles by key), a dropped row is not.
+The seen-set (:mod:`spoold.seen`) is the union of the keys committed to the
+table and the keys waiting in the spool, read as a flush starting now would
+read them, so a row that flush would quarantine is never "already captured".
 
 Rows that survive go through ``Sink.commit`` in chunks of ``flush.chunk_rows``,
 which settles again against committed keys and owns conflict retries, so a
@@ -42,13 +38,13 @@ import numpy as np
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
-from spoold.keyindex import KeyIndex, fingerprints
+from spoold.keyindex import fingerprints
 from spoold.progress import Progress
-from spoold.schema import table_types
+from spoold.seen import SeenSet
 from spoold.settle import Batch, settle
 from spoold.sink import CommitOutcome, Sink
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
-from spoold.spool import Spool, quarantine_record, read_validated
+from spoold.spool import Spool, quarantine_record
 
 log = logging.getLogger(__name__)
 GROUP_ROWS = 4096  # rows validated and looked up together: amortises per-call costs, bounds memory
@@ -86,44 +82,6 @@ class BackfillSummary:
         return doc
 
 
-def spooled_keys(spool: Spool, spec: TableSpec, validator: Validator) -> Iterator[tuple[Path, list[str] | None]]:
-    """``(file, keys)`` for each pending spool file, keys as flush's reader sees them.
-
-    Only rows that pass every envelope rule give keys. Read-only. A file that
-    vanishes (flushed or rotated meanwhile) is skipped and the listing taken
-    again, so rows moved from ``active.jsonl`` to a new flush file are still
-    read. A file that cannot be read gives ``None``: its keys count as not seen.
-    """
-    done: set[str] = set()
-    while True:
-        todo = [p for p in spool.pending(spec.identifier) if p.name not in done]
-        if not todo:
-            return
-        for path in todo:
-            done.add(path.name)
-            keys: list[str] = []
-            try:
-                for _lineno, _raw, verdict in read_validated(path, validator):
-                    keys.extend(verdict.keys)
-            except FileNotFoundError:
-                continue  # committed and removed by a flush, or rotated: the next listing shows it
-            except OSError as e:
-                log.warning("spool file %s unreadable, its keys count as not seen: %s", path, e.strerror or e)
-                yield path, None
-                continue
-            yield path, keys
-
-
-def _spool_index(spool: Spool, spec: TableSpec, validator: Validator, summary: BackfillSummary) -> KeyIndex:
-    index = KeyIndex()
-    for _path, keys in spooled_keys(spool, spec, validator):
-        if keys is None:
-            summary.unreadable_spool_files += 1
-        else:
-            index.add(keys)
-    return index
-
-
 def _picker(positions: list[int]) -> Callable[[list[Any]], list[Any]]:
     """``pick(values)`` → ``[values[i] for i in positions]``, at C speed."""
     if len(positions) == 1:
@@ -141,24 +99,11 @@ class _Run:
         self.config, self.spec, self.sink, self.s = config, spec, sink, summary
         self.spool = spool = Spool.from_config(config)
         self.dry_run, self.limit, self.progress, self.stop = dry_run, limit, progress, stop
-        tbl = sink.load(spec)
-        types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
-        self.required = required
-        # A fresh validator, as a flush starting now would make, so verdicts match flush's.
-        self.spooled = _spool_index(spool, spec, Validator(spec, types, required), summary)
-        tbl = sink.load(spec)  # after the spool scan: rows flushed meanwhile are committed now
-        if tbl is not None:
-            types, self.required = table_types(tbl.schema())
-        self.committed = sink.committed(spec, tbl) if tbl is not None else sink.index(spec)
-        self.validator = Validator(spec, types, self.required)
-        # Keys this run has kept, so later copies count as duplicates in the source: the
-        # current chunk's as a set (cheap lookups), earlier chunks' as fingerprints (16 B a key).
-        self.taken = KeyIndex()
-        self.chunk_keys: set[str] = set()
-        self.chunk_fps: list[tuple[np.ndarray, np.ndarray]] = []
+        self.seen = SeenSet(sink, spool, spec)
+        summary.unreadable_spool_files += self.seen.unreadable_spool_files
+        self.required = self.seen.required
+        self.validator = Validator(spec, self.seen.types, self.required)
         self.batch = Batch()
-        # ``self.committed`` is the sink's own index, which each commit advances; while a
-        # commit runs, lookups may miss its newest keys, which that commit settles anyway.
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
         self.inflight: Future[CommitOutcome] | None = None
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
@@ -198,22 +143,8 @@ class _Run:
             return
         n = len(keys)
         fh, fl = fingerprints(keys)
-        com = self.committed.contains_fingerprints(fh, fl)
-        if self.dry_run or self.inflight is not None:  # earlier chunks' keys may not be in ``com`` yet
-            dup = self.taken.contains_fingerprints(fh, fl)
-        else:  # earlier chunks are committed by now: only a committed key can be one we kept before
-            dup = np.zeros(n, dtype=bool)
-            hits = np.flatnonzero(com)
-            if len(hits) and len(self.taken):
-                dup[hits] = self.taken.contains_fingerprints(fh[hits], fl[hits])
-        chunk = self.chunk_keys
-        if chunk and not chunk.isdisjoint(keys):
-            dup |= np.fromiter((k in chunk for k in keys), dtype=bool, count=n)
-        com &= ~dup
-        spo = np.zeros(n, dtype=bool)
-        rest = np.flatnonzero(~(com | dup))
-        if len(rest) and len(self.spooled):
-            spo[rest] = self.spooled.contains_fingerprints(fh[rest], fl[rest])
+        # In a dry run, or while a commit is in flight, earlier chunks' keys may not be committed yet.
+        com, dup, spo = self.seen.lookup(keys, fh, fl, unsettled=self.dry_run or self.inflight is not None)
         seen = dup | com | spo
         if len(set(keys)) == n:  # no key twice in the group: no need to walk it in Python
             keep = np.flatnonzero(~seen).tolist()
@@ -229,12 +160,11 @@ class _Run:
         whole = len(keep) == len(keys)
         pick = None if whole else _picker(keep)
         kept = keys if pick is None else pick(keys)
-        chunk.update(kept)
-        self.chunk_fps.append((fh, fl) if whole else (fh[keep], fl[keep]))
+        self.seen.take(kept, (fh, fl) if whole else (fh[keep], fl[keep]))
         if self.dry_run:
             self.s.sample_keys.extend(kept[: SAMPLE_KEYS - len(self.s.sample_keys)])
-            if len(chunk) >= self.config.flush.chunk_rows:
-                self.roll()
+            if len(self.seen.chunk_keys) >= self.config.flush.chunk_rows:
+                self.seen.roll()
             return
         if pick is None:
             self.batch.add(verdict)
@@ -242,13 +172,6 @@ class _Run:
             self.batch.add_rows(kept, {c: pick(v) for c, v in verdict.values.items()})
         if len(self.batch) >= self.config.flush.chunk_rows:
             self.commit()
-
-    def roll(self) -> None:
-        """Move the chunk's keys into ``taken`` (one sorted run per chunk, not per group)."""
-        if self.chunk_fps:
-            self.taken.add_fingerprints(np.concatenate([h for h, _ in self.chunk_fps]),
-                                        np.concatenate([lo for _, lo in self.chunk_fps]))
-        self.chunk_keys, self.chunk_fps = set(), []
 
     def commit(self, *, wait: bool = False) -> None:
         """Quarantine the chunk's rejects, then settle and commit its rows (one snapshot).
@@ -266,7 +189,7 @@ class _Run:
             self.rejects, self.reject_name = [], None
         if len(self.batch):
             batch, self.batch = self.batch, Batch()
-            self.roll()
+            self.seen.roll()
             self.join()
             if self.validator.inferred():
                 self._count(self.sink.commit(self.spec, batch, self.validator.types, COMMIT_PROPS))
@@ -329,7 +252,7 @@ def backfill(
                stop=stop)
     summary.seen_set_s = round(time.monotonic() - started, 3)
     log.info("backfill %s: %d source file(s), %.1f MB; seen-set: %d committed + %d spooled key(s)",
-             table, len(files), total_bytes / 1e6, len(run.committed), len(run.spooled))
+             table, len(files), total_bytes / 1e6, len(run.seen.committed), len(run.seen.spooled))
     stopped = False
     if progress is not None:
         progress.start()
@@ -433,7 +356,6 @@ def _warn(progress: Progress | None, msg: str, *args: Any) -> None:
     log.warning(msg, *args)
 
 
-# -- command line -------------------------------------------------------------
 
 
-__all__ = ["BackfillSummary", "backfill", "spooled_keys"]
+__all__ = ["BackfillSummary", "backfill"]

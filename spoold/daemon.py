@@ -25,25 +25,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
 from watchfiles import Change, watch
 
 from spoold import systemd
 from spoold.config import Config, load_config, validate_identifier
 from spoold.errors import SpooldError, UsageError
+from spoold.footprint import preload, release
+from spoold.pending import Pending
+from spoold.report import Report
 from spoold.scheduler import LogLimiter, TableState, after_failure, after_success, due_tables, observe
 from spoold.sources.tail import Tailer
-from spoold.spool import QUARANTINE, Spool, first_envelope, write_atomic
+from spoold.spool import QUARANTINE, Spool
 
 log = logging.getLogger("spoold.daemon")
 
-STATE_FILE = ".daemon.json"  # read by ``spoold status``
 _RUST_TIMEOUT_MS = 250  # longest the loop sleeps without changes: timer precision
 _WATCH_DEBOUNCE_MS = 300  # longest watchfiles gathers a burst of changes
 _RESCAN_S = 60.0  # safety net for missed events (e.g. an inotify queue overflow)
 _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this often
-_STATE_EVERY_S = 1.0
-_DEFAULT_RATIO = 1 / 200  # rows per byte when a pending file's first envelope is unreadable
 
 
 class Daemon:
@@ -51,22 +50,17 @@ class Daemon:
 
     def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None) -> None:
         self.config_path = config_path
-        self.started_at = time.time()
         self.states: dict[str, TableState] = {}
         self.errors = LogLimiter()
+        self.report = Report(self._limited)  # systemd STATUS/WATCHDOG and .daemon.json
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
         self._rewatch = False
         self._scan = True  # a full look at spool and sources is due (start-up, reload, rescan)
         self._touched: set[str] = set()
-        self._probes: dict[tuple[str, str, int], tuple[float, float]] = {}
         self._sink: Any = None  # spoold.sink.Sink, imported at the first flush (pyiceberg is heavy)
-        self._last_flush: dict[str, Any] | None = None
         self._last_rescan = time.monotonic()
-        self._last_ping = 0.0
-        self._last_state: tuple[float, bytes] = (0.0, b"")
-        self._last_status = ""
         self._ready = False
         self._preloading: threading.Thread | None = None
         self._apply(config)
@@ -79,7 +73,7 @@ class Daemon:
         self.root = str(self.spool.root.resolve())
         self.tailer = Tailer(self.spool, config.sources)
         self.states = {}
-        self._probes.clear()
+        self.pending = Pending(self.spool)  # a new spool: no cached probe carries over
         self._sink = None
         self._scan = True
         self._watched: list[str] = []
@@ -100,7 +94,7 @@ class Daemon:
                             "`spoold flush` with the old config", self.config.spool_root, new.spool_root)
             self._apply(new)
             log.info("reloaded configuration from %s", new.path or "embedded defaults")
-        systemd.notify("READY=1", self._status_line())
+        systemd.notify("READY=1", self.report.status_line(self.states))
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
@@ -184,11 +178,11 @@ class Daemon:
                 log.error("loop error (the daemon goes on): %s%s", _one_line(e), more, exc_info=True)
         if not self._ready:
             self._ready = True
-            systemd.notify("READY=1", self._status_line())
+            systemd.notify("READY=1", self.report.status_line(self.states))
             log.info("spoold running: spool %s, %d source(s), debounce %ss, max delay %ss",
                      self.spool.root, len(self.config.sources), self.config.flush.debounce_s,
                      self.config.flush.max_delay_s)
-        self._housekeeping()
+        self.report.publish(self.states, self.config, self.spool, self.tailer)
 
     def _step(self) -> None:
         now = time.time()
@@ -230,7 +224,7 @@ class Daemon:
 
     # -- tables -------------------------------------------------------------------
     def _observe(self, table: str, now: float, *, changed: bool) -> None:
-        first, rows = self._probe(table)
+        first, rows = self.pending.probe(table)
         self._set(table, observe(self.states.get(table, TableState()), now, first, rows, changed=changed))
 
     def _set(self, table: str, state: TableState) -> None:
@@ -241,41 +235,8 @@ class Daemon:
             self.states.pop(table, None)
 
     def _preload(self) -> None:
-        """Import the flush stack (pyarrow, pyiceberg: ~1 s, ~100 MB) while the first rows wait out
-        their debounce, so neither start-up memory nor the first commit's latency pays for it."""
-        if self._preloading is None:
-            self._preloading = threading.Thread(target=_import_flush_stack, name="spoold-preload", daemon=True)
-            self._preloading.start()
-
-    def _probe(self, table: str) -> tuple[float | None, int]:
-        """Oldest pending row time and an estimate of pending rows, from the spool files' sizes.
-
-        Each file's first envelope gives its write time (``at``) and its rows per
-        byte; that is cached per file (flush files are immutable, active.jsonl is
-        keyed by inode), so a busy table costs a directory listing and stats.
-        """
-        first: float | None = None
-        rows = 0.0
-        seen = set()
-        for path in self.spool.pending(table):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            key = (table, path.name, st.st_ino)
-            seen.add(key)
-            probe = self._probes.get(key)
-            if probe is None:
-                found = first_envelope(path)
-                probe = found if found is not None else (st.st_mtime, _DEFAULT_RATIO)
-                if found is not None:
-                    self._probes[key] = probe
-            at, ratio = probe
-            first = at if first is None else min(first, at)
-            rows += st.st_size * ratio
-        for key in [k for k in self._probes if k[0] == table and k not in seen]:
-            del self._probes[key]
-        return first, int(rows)
+        if self._preloading is None:  # once: the import happens while the first rows wait out their debounce
+            self._preloading = preload()
 
     def _flush(self, table: str) -> None:
         from spoold.flush import flush_table  # pyiceberg/pyarrow load at the first flush, not at start-up
@@ -297,7 +258,7 @@ class Daemon:
                           exc_info=not isinstance(e, SpooldError))
             self._observe(table, now, changed=False)
             return
-        _release(self._sink)
+        release(self._sink)  # idle connections and freed buffers go back between flushes
         now = time.time()
         prev = self.states.get(table, TableState())
         if prev.failures:
@@ -306,8 +267,8 @@ class Daemon:
         if result.files:
             log.info("table %s: committed %d row(s), %d deduplicated, %d quarantined", table,
                      result.committed, result.deduplicated, result.quarantined)
-            self._last_flush = {"table": table, "at": round(now, 3), **result.summary()}
-        first, rows = self._probe(table)
+            self.report.flushed(table, now, result.summary())
+        first, rows = self.pending.probe(table)
         self._set(table, after_success(prev, now, first, rows))
 
     def _limited(self, key: str, now: float) -> str | None:
@@ -316,68 +277,6 @@ class Daemon:
         if suppressed is None:
             return None
         return f" ({suppressed} more since the last report)" if suppressed else ""
-
-    # -- systemd and status --------------------------------------------------------
-    def _housekeeping(self) -> None:
-        mono = time.monotonic()
-        interval = systemd.watchdog_interval_s()
-        if interval is not None and mono - self._last_ping >= interval:
-            self._last_ping = mono
-            systemd.notify("WATCHDOG=1")
-        line = self._status_line()
-        if line != self._last_status:
-            self._last_status = line
-            systemd.notify(f"STATUS={line}")
-        self._write_state()
-
-    def _status_line(self) -> str:
-        pending = sum(s.pending_rows for s in self.states.values())
-        text = f"~{pending} row(s) pending in {len(self.states)} table(s)"
-        backing_off = [t for t, s in self.states.items() if s.retry_at is not None]
-        if backing_off:
-            text += f"; backing off: {', '.join(sorted(backing_off))}"
-        if self._last_flush:
-            f = self._last_flush
-            text += f"; last flush {f['table']} at {time.strftime('%H:%M:%S', time.localtime(f['at']))}" \
-                    f" committed {f['committed']}"
-        return text
-
-    def state_doc(self, *, running: bool = True) -> dict[str, Any]:
-        """What ``spoold status`` shows under ``daemon`` (and ``backoff_s`` per table)."""
-        return {
-            "pid": os.getpid(),
-            "running": running,
-            "started_at": round(self.started_at, 3),
-            "config": os.path.abspath(self.config.path) if self.config.path else None,
-            "backoff": {t: s.backoff_s for t, s in sorted(self.states.items()) if s.retry_at is not None},
-            "tables": {
-                t: {
-                    "pending_rows_estimate": s.pending_rows,
-                    "oldest_pending_at": s.first_pending,
-                    "failures": s.failures,
-                    "retry_at": round(s.retry_at, 3) if s.retry_at is not None else None,
-                    "last_error": s.last_error,
-                }
-                for t, s in sorted(self.states.items())
-            },
-            "sources": self.tailer.lag(),
-            "last_flush": self._last_flush,
-        }
-
-    def _write_state(self, *, running: bool = True, force: bool = False) -> None:
-        mono = time.monotonic()
-        last_at, last_doc = self._last_state
-        if not force and mono - last_at < _STATE_EVERY_S:
-            return
-        doc = orjson.dumps(self.state_doc(running=running))
-        if not force and doc == last_doc:
-            return
-        try:
-            write_atomic(self.spool.root / STATE_FILE, doc)
-            self._last_state = (mono, doc)
-        except OSError as e:
-            if (more := self._limited("state", time.time())) is not None:
-                log.warning("cannot write %s: %s%s", self.spool.root / STATE_FILE, e, more)
 
     # -- shutdown -------------------------------------------------------------------
     def _shutdown(self) -> int:
@@ -401,7 +300,7 @@ class Daemon:
                         ", ".join(left))
         elif left:
             log.warning("exiting with rows still spooled (committed on the next start): %s", ", ".join(left))
-        self._write_state(running=False, force=True)
+        self.report.write_state(self.states, self.config, self.spool, self.tailer, running=False, force=True)
         log.info("stopped")
         if worker.is_alive():
             logging.shutdown()
@@ -418,55 +317,12 @@ def run_daemon(config: Config, config_path: str | os.PathLike[str] | None = None
     return Daemon(config, config_path).run()
 
 
-def _import_flush_stack() -> None:
-    try:
-        import spoold.flush  # noqa: F401
-        import spoold.sink  # noqa: F401
-    except Exception as e:  # the flush itself will report it
-        log.debug("preloading the flush stack: %s", e)
-
-
 def _file_id(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _release(sink: Any) -> None:
-    """Close idle catalog connections between flushes (the key indexes stay).
-
-    An idle daemon then holds no connection that a catalog restart, a moved
-    SQLite file or a server's idle timeout could leave stale.
-    """
-    try:
-        engine = getattr(sink.catalog(), "engine", None)
-        if engine is not None:
-            engine.dispose()
-    except Exception as e:  # best effort: the next flush reconnects anyway
-        log.debug("releasing catalog connections: %s", e)
-    _trim_memory()
-
-
-def _trim_memory() -> None:
-    """Hand a flush's freed buffers back to the OS, so an idle daemon stays small.
-
-    Arrow's pool and glibc's malloc both keep freed memory for reuse; between
-    flushes (minutes apart) that is just resident weight.
-    """
-    try:
-        import pyarrow as pa
-
-        pa.default_memory_pool().release_unused()
-    except Exception as e:
-        log.debug("releasing Arrow memory: %s", e)
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 def _one_line(e: BaseException) -> str:

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
 
-from spoold.backfill import backfill, spooled_keys
+from spoold.backfill import backfill
 from spoold.config import load_config
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.flush import flush_table
+from spoold.seen import spooled_keys
 from spoold.settle import Batch
 from spoold.sink import CommitOutcome, Sink
 from spoold.spool import Spool, flush_name
