@@ -356,6 +356,4 @@ def _warn(progress: Progress | None, msg: str, *args: Any) -> None:
     log.warning(msg, *args)
 
 
-
-
 __all__ = ["BackfillSummary", "backfill"]
