@@ -115,6 +115,7 @@ class _JsonFormatter(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spoold`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    args.whole_process = argv is None  # the `spoold` command itself, not a caller passing arguments
     as_json = getattr(args, "json", False)
     setup_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
     try:
@@ -228,7 +229,7 @@ def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.daemon import run_daemon
 
-    return run_daemon(config, config_path=getattr(args, "config", None))
+    return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
 
 
 _COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run}

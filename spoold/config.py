@@ -102,6 +102,9 @@ class FlushSettings:
     # Expire snapshots past the table's own history.expire.* properties after a commit:
     # every flush adds one, and pyiceberg's commit cost grows with the snapshots kept.
     expire_snapshots: bool = True
+    # An idle daemon re-executes itself after this long to hand back the flush stack's
+    # memory (~120 MB that CPython never returns); 0: never.
+    idle_restart_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ def _parse_flush(t: Mapping[str, Any]) -> FlushSettings:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if want is int:
             ok = ok and isinstance(v, int)
-        if not ok or v <= 0:
+        if not ok or v < 0 or (v == 0 and k != "idle_restart_s"):
             raise ConfigError(f"flush.{k}: expected a positive {'integer' if want is int else 'number'}")
         values[k] = want(v)
     result = FlushSettings(**values)

@@ -28,14 +28,14 @@ from typing import Any
 from watchfiles import Change, watch
 
 from spoold import systemd
-from spoold.config import Config, load_config, validate_identifier
-from spoold.errors import SpooldError, UsageError
-from spoold.footprint import preload, release
+from spoold.config import Config, load_config
+from spoold.errors import SpooldError
+from spoold.footprint import loaded, preload, release, restart_lean
 from spoold.pending import Pending
 from spoold.report import Report
 from spoold.scheduler import LogLimiter, TableState, after_failure, after_success, due_tables, observe
 from spoold.sources.tail import Tailer
-from spoold.spool import QUARANTINE, Spool
+from spoold.spool import Spool
 
 log = logging.getLogger("spoold.daemon")
 
@@ -48,8 +48,11 @@ _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this ofte
 class Daemon:
     """One running ``spoold run``: config, spool, tailer, per-table schedule."""
 
-    def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None, *,
+                 may_restart: bool = False) -> None:
         self.config_path = config_path
+        self.may_restart = may_restart  # only a real `spoold run` process re-executes itself when idle
+        self._busy_at = time.monotonic()
         self.states: dict[str, TableState] = {}
         self.errors = LogLimiter()
         self.report = Report(self._limited)  # systemd STATUS/WATCHDOG and .daemon.json
@@ -149,25 +152,13 @@ class Daemon:
 
     def _on_changes(self, changes: set[tuple[Change, str]]) -> None:
         for change, path in changes:
-            table = self._table_of(path)
+            table = self.spool.table_of(path, self.root)
             if table is not None:
                 self._touched.add(table)
             elif self.tailer.covers(path):
                 if change == Change.added and os.path.isdir(path):
                     self._scan = True  # a new directory: files made before its watch was set
                 self.tailer.on_change(path, deleted=change == Change.deleted)
-
-    def _table_of(self, path: str) -> str | None:
-        """The table whose spool directory holds ``path``; None for internal files and quarantine."""
-        if not path.startswith(self.root + "/"):
-            return None
-        parts = path[len(self.root) + 1 :].split("/")
-        if parts[0].startswith(".") or (len(parts) > 1 and (parts[1] == QUARANTINE or parts[1].startswith("."))):
-            return None
-        try:
-            return validate_identifier(parts[0])
-        except UsageError:
-            return None
 
     def _tick(self) -> None:
         """One turn of the loop; nothing in it (disk, catalog, a bug) may end the daemon."""
@@ -208,6 +199,11 @@ class Daemon:
             if self._stop_signal is not None or self._reload:
                 break
             self._flush(table)
+        if self.states or self.tailer.has_work() or not loaded():
+            self._busy_at = mono
+        elif self.may_restart and 0 < self.config.flush.idle_restart_s <= mono - self._busy_at:
+            log.info("idle for %.0fs: restarting to hand back the flush stack's memory", mono - self._busy_at)
+            restart_lean()
 
     def _full_scan(self, mono: float) -> None:
         """Start-up, reload and periodic safety net: pending tables from disk, source files by glob."""
@@ -312,9 +308,13 @@ class Daemon:
             self._flush(table)
 
 
-def run_daemon(config: Config, config_path: str | os.PathLike[str] | None = None) -> int:
-    """``spoold run``: the daemon in the foreground; returns the exit code."""
-    return Daemon(config, config_path).run()
+def run_daemon(config: Config, config_path: str | os.PathLike[str] | None = None, *, may_restart: bool = False) -> int:
+    """``spoold run``: the daemon in the foreground; returns the exit code.
+
+    ``may_restart``: this process is ``spoold run`` itself (not a host program
+    embedding the daemon), so it may re-execute itself when idle.
+    """
+    return Daemon(config, config_path, may_restart=may_restart).run()
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -1,4 +1,4 @@
-"""The flush stack's weight on a long-running daemon: loaded early off the loop, handed back between flushes.
+"""The flush stack's weight on a long-running daemon: loaded early off the loop, handed back when idle.
 
 The flush stack (pyarrow, pyiceberg: ~1 s, ~100 MB) is imported only once a
 table has rows pending, on a thread, so an idle daemon starts small and the
@@ -10,8 +10,12 @@ connections and freed buffers.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
+
+from spoold import systemd
 
 log = logging.getLogger("spoold.daemon")  # the daemon's own messages, under its logger name
 
@@ -67,3 +71,24 @@ def _trim_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def loaded() -> bool:
+    """True once the flush stack has been imported into this process."""
+    return "pyiceberg" in sys.modules
+
+
+def restart_lean() -> NoReturn:
+    """Replace this process by a fresh ``spoold run``: same pid, arguments and environment.
+
+    CPython never hands back what importing the flush stack took (module
+    objects, SQLAlchemy, Arrow; ~120 MB); a fresh image starts at ~25 MB and
+    loads it again only when rows are pending. Everything that matters is on
+    disk (spool, tail offsets), and Python opens files close-on-exec, so no
+    lock outlives the old image. The committed-key index is rebuilt at the
+    next flush (one scan of the key column).
+    """
+    systemd.notify("STATUS=idle: restarting to hand back memory")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, sys.orig_argv)

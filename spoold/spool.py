@@ -174,6 +174,20 @@ class Spool:
                     continue  # not a table's directory (spoold never creates such names)
         return out
 
+    def table_of(self, path: str, root: str | None = None) -> str | None:
+        """The table whose spool directory holds ``path``; None for the root's and tables' internal
+        files (dot files) and for quarantine. ``root``: this spool's root, already resolved."""
+        root = root or str(self.root.resolve())
+        if not path.startswith(root + "/"):
+            return None
+        parts = path[len(root) + 1 :].split("/")
+        if parts[0].startswith(".") or (len(parts) > 1 and (parts[1] == QUARANTINE or parts[1].startswith("."))):
+            return None
+        try:
+            return validate_identifier(parts[0])
+        except UsageError:
+            return None
+
     def flush_files(self, table: str) -> list[Path]:
         """Rotated files awaiting a flush, oldest first."""
         d = self.table_dir(table)

@@ -258,3 +258,13 @@ def test_a_bad_config_fails_the_cli_with_one_line_and_exit_2(tmp_path: Path) -> 
     r = run_spoold("status", "--config", str(path))
     err = r.stderr.decode()
     assert r.returncode == 2 and err.count("\n") == 1 and "invalid TOML" in err and "bad.toml" in err, err
+
+
+def test_idle_restart_may_be_zero_but_not_negative(tmp_path: Path) -> None:
+    from spoold.config import parse_config
+
+    assert parse_config({"flush": {"idle_restart_s": 0}}).flush.idle_restart_s == 0
+    with pytest.raises(ConfigError, match="flush.idle_restart_s"):
+        parse_config({"flush": {"idle_restart_s": -1}})
+    with pytest.raises(ConfigError, match="flush.debounce_s"):
+        parse_config({"flush": {"debounce_s": 0}})

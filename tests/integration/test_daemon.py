@@ -419,3 +419,38 @@ def test_notify_socket_gets_ready_watchdog_and_stopping(
     fields = [f for m in messages for f in m.split("\n")]
     assert fields.index("READY=1") < fields.index("WATCHDOG=1") < fields.index("STOPPING=1")
     assert any(f.startswith("STATUS=") and "pending" in f for f in fields)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_an_idle_daemon_restarts_itself_lean_and_keeps_working(tmp_path: Path, daemons: Any) -> None:
+    """After idle_restart_s with nothing to do, the daemon re-executes itself (same pid) and
+    hands back the flush stack's memory; rows appended afterwards still land, once."""
+    cfg = config(tmp_path, extra="idle_restart_s = 2\n")
+    d = daemons(cfg)
+    append(cfg, ["a1", "a2"])
+    wait_for(has_all(cfg, {"a1", "a2"}), "first rows committed")
+    assert _rss_mb(d.proc.pid) > 80  # the flush stack is loaded
+    wait_for(lambda: "restarting to hand back" in d.log(), "idle restart")
+    wait_for(lambda: d.log().count("spoold running") == 2, "the fresh image running")
+    assert d.proc.poll() is None
+    assert _rss_mb(d.proc.pid) < 60, d.log()
+    append(cfg, ["b1"])
+    wait_for(has_all(cfg, {"a1", "a2", "b1"}), "rows after the restart committed")
+    assert sorted(committed(cfg)) == ["a1", "a2", "b1"]
+    assert d.stop() == 0
+
+
+def test_idle_restart_can_be_switched_off(tmp_path: Path, daemons: Any) -> None:
+    cfg = config(tmp_path, extra="idle_restart_s = 0\n")
+    d = daemons(cfg)
+    append(cfg, ["a1"])
+    wait_for(has_all(cfg, {"a1"}), "rows committed")
+    time.sleep(3)
+    assert "restarting" not in d.log() and d.log().count("spoold running") == 1
+    assert d.stop() == 0
