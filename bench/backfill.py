@@ -29,16 +29,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-COLUMNS = """
-part_id = "string!"
-message_id = "string"
-part_index = "int"
-session_id = "string"
-ts = "timestamptz"
-role = "string"
-kind = "string"
-text = "string"
-"""
+from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
+
+COLUMNS = "\n" + "".join(f'{c} = "{t}"\n' for c, t in TRANSCRIPT_COLUMNS.items())  # as a config declares them
 TABLES = ("bench.parts", "bench.naive")
 CHUNK = 100_000
 

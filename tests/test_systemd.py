@@ -169,6 +169,9 @@ def test_example_config_has_exactly_the_known_keys() -> None:
     table = cfg["tables"]["chat.parts"]
     assert set(table) == {"key", "legacy_key", "partition_by", "columns"}
     assert table["columns"]["part_id"] == "string!"
+    from spoold.sources.transcript import COLUMNS
+
+    assert table["columns"] == COLUMNS  # the example table is what its transcript source materializes
     assert cfg["sources"] == [
         {"table": "chat.parts", "path": "/home/*/.claude/projects/**/*.jsonl", "format": "transcript"}
     ]

@@ -36,7 +36,17 @@ from spoold.sources import SourceLineError
 from spoold.sources.jsonl import parse_object
 
 MESSAGE_TYPES = ("user", "assistant")
-COLUMNS = ("part_id", "message_id", "part_index", "session_id", "ts", "role", "kind", "text")
+# The columns a transcript materializes to, typed as a ``[tables."x".columns]`` config declares them.
+COLUMNS = {
+    "part_id": "string!",
+    "message_id": "string",
+    "part_index": "int",
+    "session_id": "string",
+    "ts": "timestamptz",
+    "role": "string",
+    "kind": "string",
+    "text": "string",
+}
 
 
 def materialize(line: bytes) -> list[dict[str, object]]:

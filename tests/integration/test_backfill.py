@@ -27,24 +27,15 @@ from spoold.flush import flush_table
 from spoold.seen import spooled_keys
 from spoold.settle import Batch
 from spoold.sink import CommitOutcome, Sink
+from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
 from spoold.spool import Spool, flush_name
 
 CORPUS = FIXTURES / "envelopes" / "malformed"
 LOCAL_CC = FIXTURES / "sources" / "claude-code"
 PEER_CC = REPO.parent / "shared" / "peer-fixtures" / "claude-code"
 
-TRANSCRIPT_TABLE = """
-[tables."chat.parts"]
-[tables."chat.parts".columns]
-part_id = "string!"
-message_id = "string"
-part_index = "int"
-session_id = "string"
-ts = "timestamptz"
-role = "string"
-kind = "string"
-text = "string"
-"""
+TRANSCRIPT_TABLE = '\n[tables."chat.parts"]\n[tables."chat.parts".columns]\n' + "".join(
+    f'{c} = "{t}"\n' for c, t in TRANSCRIPT_COLUMNS.items())
 
 
 # -- helpers --------------------------------------------------------------------
