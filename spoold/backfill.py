@@ -25,7 +25,6 @@ import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from hashlib import blake2b
 from itertools import accumulate
@@ -42,7 +41,7 @@ from spoold.keyindex import fingerprints
 from spoold.progress import Progress
 from spoold.seen import SeenSet
 from spoold.settle import Batch, settle
-from spoold.sink import CommitOutcome, Sink
+from spoold.sink import CommitOutcome, CommitPipeline, Sink
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
 from spoold.spool import Spool, quarantine_record
 
@@ -101,11 +100,9 @@ class _Run:
         self.dry_run, self.limit, self.progress, self.stop = dry_run, limit, progress, stop
         self.seen = SeenSet(sink, spool, spec)
         summary.unreadable_spool_files += self.seen.unreadable_spool_files
-        self.required = self.seen.required
-        self.validator = Validator(spec, self.seen.types, self.required)
+        self.validator = Validator(spec, self.seen.types, self.seen.required)
         self.batch = Batch()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
-        self.inflight: Future[CommitOutcome] | None = None
+        self.pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
         self.rows: list[dict[str, Any]] = []
         self.lines: list[SourceLine] = []  # the lines ``rows`` came from, in order
@@ -144,7 +141,7 @@ class _Run:
         n = len(keys)
         fh, fl = fingerprints(keys)
         # In a dry run, or while a commit is in flight, earlier chunks' keys may not be committed yet.
-        com, dup, spo = self.seen.lookup(keys, fh, fl, unsettled=self.dry_run or self.inflight is not None)
+        com, dup, spo = self.seen.lookup(keys, fh, fl, unsettled=self.dry_run or self.pipeline.busy)
         seen = dup | com | spo
         if len(set(keys)) == n:  # no key twice in the group: no need to walk it in Python
             keep = np.flatnonzero(~seen).tolist()
@@ -173,15 +170,8 @@ class _Run:
         if len(self.batch) >= self.config.flush.chunk_rows:
             self.commit()
 
-    def commit(self, *, wait: bool = False) -> None:
-        """Quarantine the chunk's rejects, then settle and commit its rows (one snapshot).
-
-        The commit runs on a worker thread while the next chunk is read and
-        validated (Parquet encoding releases the GIL); at most one is in flight,
-        so memory stays near two chunks and an error surfaces at the next chunk.
-        A chunk that brings new columns commits in the foreground: the table must
-        have them, and their types be pinned, before later rows are validated.
-        """
+    def commit(self) -> None:
+        """Quarantine the chunk's rejects, then settle and commit its rows (one snapshot, via the pipeline)."""
         if self.rejects:
             self.spool.quarantine(self.spec.identifier, self.reject_name or "backfill", self.rejects)
             log.warning("table %s: quarantined %d bad source row(s), first: %s",
@@ -190,23 +180,7 @@ class _Run:
         if len(self.batch):
             batch, self.batch = self.batch, Batch()
             self.seen.roll()
-            self.join()
-            if self.validator.inferred():
-                self._count(self.sink.commit(self.spec, batch, self.validator.types, COMMIT_PROPS))
-                # The table has the columns this run inferred now: pin their types.
-                self.validator = Validator(self.spec, self.validator.types, self.required)
-            else:
-                # a copy: this thread goes on adding the types of new columns while the worker commits
-                types = dict(self.validator.types)
-                self.inflight = self.pool.submit(self.sink.commit, self.spec, batch, types, COMMIT_PROPS)
-        if wait:
-            self.join()
-
-    def join(self) -> None:
-        """Wait for the commit in flight, if any, and count it (its errors are raised here)."""
-        if self.inflight is not None:
-            future, self.inflight = self.inflight, None
-            self._count(future.result())
+            self.pipeline.submit(batch, self.validator, COMMIT_PROPS, self._count)
 
     def _count(self, out: CommitOutcome) -> None:
         self.s.written += out.committed
@@ -276,9 +250,10 @@ def backfill(
             if stopped or (limit is not None and summary.materialized >= limit):
                 break
         run.settle_group()
-        run.commit(wait=True)
+        run.commit()
+        run.pipeline.join()
     finally:
-        run.pool.shutdown(wait=True)  # a commit in flight finishes (it is safe either way)
+        run.pipeline.close()
         if gc_was_enabled:
             gc.enable()
     if progress is not None:

@@ -13,7 +13,6 @@ import gc
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from spoold.envelope import Validator
 from spoold.errors import SpooldError
 from spoold.schema import table_types
 from spoold.settle import Batch
-from spoold.sink import CommitOutcome, Sink
+from spoold.sink import CommitOutcome, CommitPipeline, Sink
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
 from spoold.status import LAST_FLUSH
 
@@ -108,42 +107,25 @@ def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: li
     types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
     validator = Validator(spec, types, required)
     chunk = _Chunk()
-    # Chunk k commits on a worker thread while chunk k+1 is read and validated (Parquet
-    # encoding and file I/O release the GIL). One commit in flight at most, so a flush
-    # file is removed only after every commit before it is durable too.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
-    inflight: tuple[Future[CommitOutcome], list[Path]] | None = None
+    pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
 
-    def account(out: CommitOutcome) -> None:
-        result.committed += out.committed
-        result.deduplicated += out.deduplicated
-        result.snapshot_id = out.snapshot_id or result.snapshot_id
-
-    def join() -> None:
-        nonlocal inflight
-        if inflight is not None:
-            (future, done), inflight = inflight, None
-            account(future.result())
-            spool.remove(done)
-
-    def commit(*, last: bool = False) -> None:
-        nonlocal chunk, inflight
+    def commit() -> None:
+        nonlocal chunk
         batch, done, names = chunk.batch, chunk.files_done, chunk.names
         finished = {p.stem for p in done}
         chunk = _Chunk(names=[n for n in names[-1:] if n not in finished])  # a file split across chunks
-        join()
         if not len(batch):
+            pipeline.join()  # the files' earlier rows may still be committing
             spool.remove(done)
             return
-        props = {"spoold.files": ",".join(names)}
-        if last or validator.inferred():
-            account(sink.commit(spec, batch, validator.types, props))
-            # The table has these columns now: a later value must fit them, not re-infer (an
-            # inferred long must not widen to double once committed as long).
-            validator.pinned = frozenset(validator.types)
-            spool.remove(done)
-        else:
-            inflight = (pool.submit(sink.commit, spec, batch, dict(validator.types), props), done)
+
+        def committed(out: CommitOutcome) -> None:
+            result.committed += out.committed
+            result.deduplicated += out.deduplicated
+            result.snapshot_id = out.snapshot_id or result.snapshot_id
+            spool.remove(done)  # every row of these files is in a durable commit now
+
+        pipeline.submit(batch, validator, {"spoold.files": ",".join(names)}, committed)
 
     def publish(path: Path, rejects: list[dict[str, Any]]) -> None:
         if rejects:
@@ -176,9 +158,10 @@ def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: li
                     commit()
             publish(path, rejects)  # before the file can be deleted by the commit that finishes it
             chunk.files_done.append(path)
-        commit(last=True)
+        commit()
+        pipeline.join()
     finally:
-        pool.shutdown(wait=True)  # after an error: let a commit in flight end before we return
+        pipeline.close()
     # Hand a big flush's Arrow buffers back to the OS (~100 MB at 100k-row chunks): the daemon idles long after.
     pa.default_memory_pool().release_unused()
 
