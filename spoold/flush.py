@@ -9,11 +9,8 @@ deletes the files.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from spoold.config import Config
 from spoold.envelope import Validator
 from spoold.errors import SpooldError
 from spoold.schema import table_types
-from spoold.settle import Batch
+from spoold.settle import Batch, gc_paused
 from spoold.sink import CommitOutcome, CommitPipeline, Sink
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
 from spoold.status import LAST_FLUSH
@@ -74,7 +71,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
             files = spool.flush_files(table)
             result.files = len(files)
             if files:
-                with _gc_paused():
+                with gc_paused():
                     _flush_files(config, spool, sink, table, files, result)
     except SpooldError as e:
         _record(spool, table, started, result, f"error: {e}")
@@ -82,23 +79,6 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     if result.files:
         _record(spool, table, started, result, "ok")
     return result
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while a flush turns spool lines into ~a million small lists.
-
-    Each collection would walk every live row; with the collector on, parsing
-    takes about twice as long. Rows hold no cycles; whatever cyclic garbage
-    the catalog stack leaves meanwhile is collected once the flush is done.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: list[Path], result: FlushResult) -> None:
