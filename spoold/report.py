@@ -21,10 +21,10 @@ from spoold.config import Config
 from spoold.scheduler import TableState
 from spoold.sources.tail import Tailer
 from spoold.spool import Spool, write_atomic
+from spoold.status import DAEMON_STATE
 
 log = logging.getLogger("spoold.daemon")
 
-STATE_FILE = ".daemon.json"  # read by ``spoold status``
 _STATE_EVERY_S = 1.0
 
 
@@ -103,8 +103,8 @@ class Report:
         if not force and doc == last_doc:
             return
         try:
-            write_atomic(spool.root / STATE_FILE, doc)
+            write_atomic(spool.root / DAEMON_STATE, doc)
             self._last_state = (mono, doc)
         except OSError as e:
             if (more := self._limited("state", time.time())) is not None:
-                log.warning("cannot write %s: %s%s", spool.root / STATE_FILE, e, more)
+                log.warning("cannot write %s: %s%s", spool.root / DAEMON_STATE, e, more)

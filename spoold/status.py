@@ -20,7 +20,7 @@ from spoold.errors import SpooldError
 from spoold.spool import QUARANTINE, Spool, first_envelope, iter_lines
 
 LAST_FLUSH = ".last-flush.json"
-DAEMON_STATE = ".daemon.json"
+DAEMON_STATE = ".daemon.json"  # written by the daemon (report.py)
 
 
 def _first_written(path: Path) -> float | None:
@@ -32,12 +32,6 @@ def _first_written(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
-
-
-def oldest_pending(spool: Spool, table: str) -> float | None:
-    """Epoch seconds of the oldest pending row of ``table``, or None if nothing is pending."""
-    times = [t for t in (_first_written(p) for p in spool.pending(table)) if t is not None]
-    return min(times) if times else None
 
 
 def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str, Any]:
@@ -52,7 +46,8 @@ def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str
                     rows += len(env["rows"])
         except FileNotFoundError:  # flushed while we looked
             continue
-    oldest = oldest_pending(spool, table)
+    times = [t for t in map(_first_written, files) if t is not None]
+    oldest = min(times) if times else None
     quarantined = 0
     qdir = spool.table_dir(table) / QUARANTINE
     if qdir.is_dir():
