@@ -30,7 +30,7 @@ from spoold.errors import CatalogError, CommitConflict
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow, type_conflicts
 from spoold.settle import Batch, settle
-from spoold.snapshots import expire_snapshots, snapshot_files, sync_local_files
+from spoold.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
 from spoold.spool import write_atomic
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Sink:
         self.config = config
         self._catalog: Catalog | None = None
         self._indexes: dict[str, KeyIndex] = {}
+        self._latest: dict[str, Table] = {}  # the last version loaded or committed, per table
         self.host = socket.gethostname()
 
     def catalog(self) -> Catalog:
@@ -81,13 +82,22 @@ class Sink:
                 self._check_not_vanished(spec)
                 return None
         self._check_uuid(spec, tbl)
+        self._latest[spec.identifier] = tbl
         return tbl
 
-    def ensure(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
-        """Load or create the table, then add any of ``types``' columns it lacks."""
-        tbl = self.load(spec)
+    def ensure(self, spec: TableSpec, types: Mapping[str, str], *, reuse: bool = False) -> Table:
+        """Load or create the table, then add any of ``types``' columns it lacks.
+
+        ``reuse``: start from the version this Sink last loaded or committed
+        instead of loading it again. It may be stale; a commit based on it then
+        fails as a conflict (the catalog checks the snapshot it builds on).
+        """
+        tbl = self._latest.get(spec.identifier) if reuse else None
+        idx = self._indexes.get(spec.identifier)
+        if tbl is not None and idx is not None and idx.built and idx.snapshot_id != _snapshot_id(tbl):
+            tbl = None  # an older version than the index has seen (a load raced a commit): no use
         if tbl is None:
-            tbl = self._create(spec, types)
+            tbl = self.load(spec) or self._create(spec, types)
         missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
         if missing:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
@@ -122,6 +132,7 @@ class Sink:
             except TableAlreadyExistsError:  # another process won the race
                 tbl = cat.load_table(spec.identifier)
         self._check_uuid(spec, tbl)
+        self._latest[spec.identifier] = tbl
         return tbl
 
     def _uuid_file(self, spec: TableSpec) -> Any:
@@ -165,7 +176,7 @@ class Sink:
         idx = self.index(spec)
         uuid = str(table.metadata.table_uuid)
         snap = table.current_snapshot()
-        target = snap.snapshot_id if snap else None
+        target = _snapshot_id(table)
         if idx.table_uuid != uuid:
             idx.clear(uuid)
         elif idx.built and idx.snapshot_id == target:
@@ -221,7 +232,7 @@ class Sink:
         fh, fl = fingerprints(batch.keys)
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                tbl = self.ensure(spec, types)  # a schema change can conflict too
+                tbl = self.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
                 conflicts = type_conflicts(types, batch.values, tbl.schema())
                 if conflicts:  # fail rather than let Arrow truncate; the next flush validates anew
                     raise CatalogError(f"table {spec.identifier}: " + ", ".join(
@@ -239,7 +250,8 @@ class Sink:
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
                     new = _without_auto_retry(tbl)
-                    new.append(data, snapshot_properties=summary)
+                    with MemoTransaction(new) as tx:
+                        tx.append(data, snapshot_properties=summary)
             except CommitConflict as e:
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
@@ -251,6 +263,7 @@ class Sink:
                 sync_local_files(snapshot_files(new))  # before flush deletes the spool copy
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
+            self._latest[spec.identifier] = new
             if self.config.flush.expire_snapshots:
                 expire_snapshots(new)
             return CommitOutcome(len(keep), dups, snap.snapshot_id)
@@ -301,6 +314,11 @@ class CommitPipeline:
         self._pool.shutdown(wait=True)
 
 
+def _snapshot_id(tbl: Table) -> int | None:
+    snap = tbl.current_snapshot()
+    return snap.snapshot_id if snap else None
+
+
 def _without_auto_retry(tbl: Table) -> Table:
     """A view of ``tbl`` whose commits fail on conflict instead of rebasing blindly.
 
@@ -310,3 +328,4 @@ def _without_auto_retry(tbl: Table) -> Table:
     props = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
     metadata = tbl.metadata.model_copy(update={"properties": props})
     return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog)
+

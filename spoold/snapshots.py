@@ -1,4 +1,4 @@
-"""Housekeeping of a table's snapshots after spoold commits: make them durable, trim history."""
+"""A table's snapshots around spoold's commits: commit them cheaply, make them durable, trim history."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pyiceberg.table import Table, TableProperties
+from pyiceberg.table import Table, TableProperties, Transaction
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import update_table_metadata
+from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.utils.properties import property_as_int
 
 from spoold.catalog import catalog_errors
@@ -16,6 +20,28 @@ from spoold.errors import SpooldError
 from spoold.spool import fsync_dir
 
 log = logging.getLogger(__name__)
+
+
+class MemoTransaction(Transaction):
+    """A pyiceberg transaction that computes its staged metadata once per change, not per access.
+
+    ``Transaction.table_metadata`` replays the staged updates onto the base
+    metadata and deep-copies the result on every access, and one append reads
+    it ~18 times: ~0.5 ms per snapshot of history, per access (a 10k-row
+    commit took 3x longer with 300 snapshots kept). The models are frozen and
+    pyiceberg builds new ones rather than mutating them, so handing out one
+    copy until the base or the staged updates change is safe.
+    """
+
+    _memo: tuple[TableMetadata, tuple[Any, ...], TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates = self._table.metadata, self._updates
+        memo = self._memo
+        if memo is None or memo[0] is not base or memo[1] is not updates:
+            memo = self._memo = (base, updates, update_table_metadata(base, updates) if updates else base)
+        return memo[2]
 
 
 def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
@@ -40,7 +66,7 @@ def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
         return 0
     try:
         with catalog_errors(f"cannot expire snapshots of {tbl.name()}"):
-            tbl.maintenance.expire_snapshots().by_ids(old).commit()
+            ExpireSnapshots(MemoTransaction(tbl, autocommit=True)).by_ids(old).commit()  # by_id reads it twice
     except SpooldError as e:
         log.debug("%s", e)
         return 0

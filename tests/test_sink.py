@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 from conftest import write_config
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table.metadata import TableMetadataV2
 
 import spoold.sink
 from spoold.catalog import catalog_errors
@@ -29,6 +30,7 @@ from spoold.keyindex import KeyIndex
 from spoold.schema import new_schema
 from spoold.settle import Batch
 from spoold.sink import Sink, _without_auto_retry
+from spoold.snapshots import MemoTransaction
 
 TABLE = """
 [tables."app.events"]
@@ -202,6 +204,53 @@ def test_pyiceberg_own_retry_would_double_keys_so_ours_is_switched_off(config: C
     assert stale.properties.get("commit.retry.num-retries") is None  # the catalog's copy is untouched
     stale.append(data)  # pyiceberg's default: retried by rebasing, keys unchecked
     assert table_keys(config)["y"] == 2
+
+
+def test_commit_computes_staged_metadata_a_few_times_not_once_per_access(
+        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyiceberg replays and deep-copies the whole metadata (O(history)) on every access, ~18 per append."""
+    spec = config.table("app.events")
+    sink = Sink(config)
+    for i in range(5):
+        sink.commit(spec, batch([f"h{i}"]), TYPES, {})
+    copies: list[int] = []
+    real = TableMetadataV2.__deepcopy__
+    monkeypatch.setattr(TableMetadataV2, "__deepcopy__", lambda self, memo=None: copies.append(1) or real(self, memo))
+    out = sink.commit(spec, batch(keys("k", 50)), TYPES, {"spoold.files": "7"})
+    assert out.committed == 50 and 1 <= len(copies) <= 3  # a plain Transaction: 18
+    tbl = sink.load(spec)
+    assert tbl is not None and tbl.current_snapshot().snapshot_id == out.snapshot_id  # type: ignore[union-attr]
+    assert tbl.current_snapshot().summary["spoold.files"] == "7"  # type: ignore[union-attr]
+    assert len(tbl.snapshots()) == 6 and sum(table_keys(config).values()) == 55
+
+
+def test_a_sink_commits_from_its_last_version_and_a_stale_one_only_costs_a_conflict(
+        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = config.table("app.events")
+    ours, other = Sink(config), Sink(config)
+    ours.commit(spec, batch(keys("a", 5)), TYPES, {})
+    loads: list[int] = []
+    real = Sink.load
+    monkeypatch.setattr(Sink, "load", lambda self, s: (self is ours and loads.append(1)) or real(self, s))
+    assert ours.commit(spec, batch(keys("a", 3, 5)), TYPES, {}).committed == 3
+    assert loads == []  # the sole writer: no reload of the metadata before each commit
+    other.commit(spec, batch(keys("b", 5)), TYPES, {})  # ours now holds a stale version
+    out = ours.commit(spec, batch(keys("b", 5) + keys("c", 5)), TYPES, {})
+    assert (out.committed, out.deduplicated) == (5, 5) and loads == [1]  # conflict, reload, re-settle
+    counts = table_keys(config)
+    assert set(counts.values()) == {1} and len(counts) == 18
+
+
+def test_memo_transaction_sees_each_staged_change(config: Config) -> None:
+    tbl = Sink(config).ensure(config.table("app.events"), TYPES)
+    tx = MemoTransaction(tbl)
+    first = tx.table_metadata
+    assert tx.table_metadata is first is tbl.metadata  # nothing staged: the base itself, no copy
+    tx.set_properties(owner="ops")
+    staged = tx.table_metadata
+    assert staged is not first and staged.properties["owner"] == "ops" and tx.table_metadata is staged
+    tx.commit_transaction()
+    assert tbl.properties["owner"] == "ops" and tx.table_metadata is tbl.metadata
 
 
 def test_a_locked_sqlite_catalog_is_retried_not_fatal(tmp_path: Path) -> None:
