@@ -101,7 +101,7 @@ class _Run:
         self.seen = SeenSet(sink, spool, spec)
         summary.unreadable_spool_files += self.seen.unreadable_spool_files
         self.validator = Validator(spec, self.seen.types, self.seen.required)
-        self.batch = Batch()
+        self.batch = Batch(self.validator.types)
         self.pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
         self.rows: list[dict[str, Any]] = []
@@ -178,7 +178,7 @@ class _Run:
                         self.spec.identifier, len(self.rejects), self.rejects[0]["reason"])
             self.rejects, self.reject_name = [], None
         if len(self.batch):
-            batch, self.batch = self.batch, Batch()
+            batch, self.batch = self.batch, Batch(self.validator.types)
             self.seen.roll()
             self.pipeline.submit(batch, self.validator, COMMIT_PROPS, self._count)
 

@@ -44,7 +44,7 @@ class FlushResult:
 
 @dataclass
 class _Chunk:
-    batch: Batch = field(default_factory=Batch)
+    batch: Batch
     files_done: list[Path] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
@@ -86,14 +86,15 @@ def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: li
     tbl = sink.load(spec)
     types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
     validator = Validator(spec, types, required)
-    chunk = _Chunk()
+    chunk = _Chunk(Batch(validator.types))
     pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
 
     def commit() -> None:
         nonlocal chunk
         batch, done, names = chunk.batch, chunk.files_done, chunk.names
         finished = {p.stem for p in done}
-        chunk = _Chunk(names=[n for n in names[-1:] if n not in finished])  # a file split across chunks
+        # a file split across chunks goes on in the next one
+        chunk = _Chunk(Batch(validator.types), names=[n for n in names[-1:] if n not in finished])
         if not len(batch):
             pipeline.join()  # the files' earlier rows may still be committing
             spool.remove(done)

@@ -120,11 +120,23 @@ def _transform(name: str, param: int | None) -> Transform[Any, Any]:
     return TruncateTransform(width=param or 1)
 
 
-def to_arrow(values: Mapping[str, list[Any]], nrows: int, schema: Schema) -> pa.Table:
+def arrow_type(name: str) -> pa.DataType | None:
+    """The Arrow type values of spoold type ``name`` are written as (None: a type spoold doesn't write)."""
+    typ = _ARROW_TYPES.get(name)
+    if typ is None and name in ICEBERG_TYPES:
+        typ = _ARROW_TYPES[name] = schema_to_pyarrow(ICEBERG_TYPES[name])
+    return typ
+
+
+_ARROW_TYPES: dict[str, pa.DataType] = {}
+
+
+def to_arrow(values: Mapping[str, list[Any] | pa.Array], nrows: int, schema: Schema) -> pa.Table:
     """Validated, cast column values → an Arrow table shaped exactly like ``schema``.
 
     Timestamps arrive as epoch microseconds and dates as epoch days (what the
-    validator casts them to), which Arrow takes without parsing again.
+    validator casts them to), which Arrow takes without parsing again. Arrow
+    arrays of another type are cast (an ``int`` column into a ``long`` one).
     """
     arrow_schema = schema_to_pyarrow(schema, include_field_ids=False)
     arrays = []
@@ -132,10 +144,12 @@ def to_arrow(values: Mapping[str, list[Any]], nrows: int, schema: Schema) -> pa.
         col = values.get(field.name)
         if col is None:
             arrays.append(pa.nulls(nrows, field.type))
-            continue
-        try:
-            arrays.append(pa.array(col, type=field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            # Only reachable when another writer changed a column's type under us.
-            arrays.append(pa.array(col).cast(field.type))
+        elif isinstance(col, pa.Array):
+            arrays.append(col if col.type == field.type else col.cast(field.type))
+        else:
+            try:
+                arrays.append(pa.array(col, type=field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                # Only reachable when another writer changed a column's type under us.
+                arrays.append(pa.array(col).cast(field.type))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)

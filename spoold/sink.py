@@ -28,7 +28,7 @@ from spoold.config import Config, TableSpec
 from spoold.envelope import Validator
 from spoold.errors import CatalogError, CommitConflict
 from spoold.keyindex import KeyIndex, fingerprints
-from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, to_arrow, type_conflicts
+from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, type_conflicts
 from spoold.settle import Batch, settle
 from spoold.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
 from spoold.spool import write_atomic
@@ -233,18 +233,18 @@ class Sink:
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 tbl = self.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
-                conflicts = type_conflicts(types, batch.values, tbl.schema())
+                conflicts = type_conflicts(types, batch.columns(), tbl.schema())
                 if conflicts:  # fail rather than let Arrow truncate; the next flush validates anew
                     raise CatalogError(f"table {spec.identifier}: " + ", ".join(
                         f"column {c!r} is {t} in the table but was validated as {v}"
                         for c, (v, t) in conflicts.items()) + " (schema changed by another writer, or the config "
                         "disagrees with the table)")
                 idx = self.committed(spec, tbl)
-                keep = settle(batch.keys, idx.contains_fingerprints(fh, fl))
+                keep = settle(batch.keys, idx.contains_fingerprints(fh, fl), (fh, fl))
                 dups = len(batch) - len(keep)
                 if not keep:
                     return CommitOutcome(0, dups, idx.snapshot_id)
-                data = to_arrow(batch.values, len(batch), tbl.schema())  # rebuilt on every attempt
+                data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
                 if len(keep) < len(batch):
                     data = data.take(keep)
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}

@@ -15,7 +15,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spoold.keyindex import KeyIndex, blake2b_fingerprints
+from spoold.keyindex import KeyIndex, blake2b_fingerprints, fingerprints
+from spoold.settle import settle
 
 
 def test_empty_index_holds_nothing() -> None:
@@ -107,3 +108,22 @@ def test_colliding_high_halves_answer_like_a_set_of_pairs(batches: list[list[tup
     got = idx.contains_fingerprints(np.array([h for h, _ in q], dtype=np.uint64),
                                     np.array([lo for _, lo in q], dtype=np.uint64))
     assert got.tolist() == [p in ref for p in q]
+
+
+# -- settling on fingerprints (what a flush's commit does) -------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="abc", max_size=3), max_size=60), st.sets(st.text(alphabet="abc", max_size=3)))
+def test_settle_on_fingerprints_keeps_what_settle_on_strings_keeps(keys: list[str], committed: set[str]) -> None:
+    seen = [k in committed for k in keys]
+    expected = settle(keys, seen)
+    assert expected == [i for i, k in enumerate(keys) if k not in committed and k not in keys[:i]]
+    assert settle(keys, seen, fingerprints(keys)) == expected
+
+
+def test_settle_on_fingerprints_copes_with_keys_sharing_a_high_half() -> None:
+    """Astronomically rare for real keys; the sort must then order by both halves, or repeats go unnoticed."""
+    hi = np.array([7, 7, 7, 7, 3, 7], dtype=np.uint64)
+    lo = np.array([1, 2, 1, 2, 9, 1], dtype=np.uint64)  # keys: a b a b c a
+    keys = ["a", "b", "a", "b", "c", "a"]
+    assert settle(keys, [False] * 6, (hi, lo)) == settle(keys, [False] * 6) == [0, 1, 4]
+    assert settle(keys, [False, True, False, True, False, False], (hi, lo)) == [0, 4]

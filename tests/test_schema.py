@@ -1,4 +1,4 @@
-"""Table specs → Iceberg schemas and partition specs; validated columns → Arrow tables."""
+"""Table specs → Iceberg schemas and partition specs; validated columns (and Batches) → Arrow tables."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyiceberg.schema import Schema
-from pyiceberg.types import FloatType, IntegerType, ListType, NestedField, StringType
+from pyiceberg.types import FloatType, IntegerType, ListType, LongType, NestedField, StringType, TimestamptzType
 
 from spoold.config import Column, PartitionField, TableSpec
 from spoold.envelope import Validator
 from spoold.errors import ConfigError
 from spoold.schema import new_schema, partition_spec, table_types, to_arrow, type_conflicts
+from spoold.settle import Batch
 
 SPEC = TableSpec(
     "chat.parts",
@@ -134,3 +135,37 @@ def test_timestamp_columns_cast_exactly_like_the_per_value_rule(values: list[str
     want = [_reference(v) for v in column]
     assert sorted(r.index for r in result.rejects) == [i for i, w in enumerate(want) if w == "reject"]
     assert result.values.get("ts", []) == [w for w in want if w != "reject"]
+
+
+BATCH_TYPES = {"part_id": "string", "n": "int", "ts": "timestamptz", "tags": "list<string>"}
+BATCH_SCHEMA = Schema(
+    NestedField(1, "part_id", StringType(), required=True), NestedField(2, "n", LongType()),
+    NestedField(3, "ts", TimestamptzType()), NestedField(4, "tags", ListType(5, StringType())),
+    NestedField(6, "extra", StringType()),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(envelopes=st.lists(st.tuples(st.integers(1, 6), st.sets(st.sampled_from(["n", "ts", "tags"]))), max_size=12),
+       segment=st.integers(1, 8))
+def test_a_batch_gives_the_same_table_however_it_is_cut_into_segments(
+        envelopes: list[tuple[int, set[str]]], segment: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Columns come and go between envelopes; Arrow segments are sealed mid-way; an int column meets a long one."""
+    monkeypatch.setattr(Batch, "SEGMENT_ROWS", segment)
+    batch, expected = Batch(BATCH_TYPES), {c: [] for c in BATCH_TYPES}
+    for e, (m, cols) in enumerate(envelopes):
+        keys = [f"k{e}-{i}" for i in range(m)]
+        values = {"part_id": keys, "n": [i * (e + 1) for i in range(m)], "ts": [e * 10**6 + i for i in range(m)],
+                  "tags": [None] * m}
+        values = {c: v for c, v in values.items() if c == "part_id" or c in cols}
+        batch.add_rows(keys, values)
+        for c in BATCH_TYPES:
+            expected[c] += values.get(c, [None] * m)
+    n = len(batch)
+    assert set(batch.columns()) == ({"part_id"} | {c for _, cols in envelopes for c in cols} if n else set())
+    for _ in range(2):  # a retried commit assembles it again
+        table = batch.to_arrow(BATCH_SCHEMA)
+        assert table.schema == to_arrow({}, 0, BATCH_SCHEMA).schema and table.num_rows == n
+        assert table.column("n").type == pa.int64() and table.column("tags").null_count == n
+        assert table.to_pydict() == to_arrow(expected, n, BATCH_SCHEMA).to_pydict()
+        assert table.column("extra").null_count == n and batch.keys == expected["part_id"]

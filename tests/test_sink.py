@@ -22,7 +22,6 @@ from conftest import write_config
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table.metadata import TableMetadataV2
 
-import spoold.sink
 from spoold.catalog import catalog_errors
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError, CommitConflict
@@ -59,7 +58,7 @@ def config(tmp_path: Path) -> Config:
 
 
 def batch(keys: list[str]) -> Batch:
-    b = Batch()
+    b = Batch(TYPES)
     b.add_rows(keys, {"part_id": list(keys), "n": list(range(len(keys))), "ts": [1_767_225_600_000_000] * len(keys)})
     return b
 
@@ -153,7 +152,7 @@ def test_commit_settles_within_the_batch_and_against_the_table_and_records_what_
     out2 = sink.commit(spec, batch(["c", "d"]), TYPES, {})
     assert (out2.committed, out2.deduplicated) == (1, 1)
     assert sink.commit(spec, batch(["a", "d"]), TYPES, {}).committed == 0  # nothing new: no empty snapshot
-    assert sink.commit(spec, Batch(), TYPES, {}).snapshot_id is None
+    assert sink.commit(spec, Batch(TYPES), TYPES, {}).snapshot_id is None
     tbl = sink.load(spec)
     assert tbl is not None and len(tbl.snapshots()) == 2
     summary = tbl.snapshot_by_id(out.snapshot_id).summary  # type: ignore[union-attr]
@@ -167,20 +166,21 @@ def test_a_commit_landing_between_settle_and_append_is_resettled_not_doubled(
     spec = config.table("app.events")
     ours, theirs = Sink(config), Sink(config)
     ours.commit(spec, batch(keys("base", 10)), TYPES, {})
-    real_to_arrow = spoold.sink.to_arrow
+    real_to_arrow = Batch.to_arrow
     attempts = []
 
-    def racing_to_arrow(*args: Any, **kwargs: Any) -> pa.Table:
+    def racing_to_arrow(self: Batch, *args: Any) -> pa.Table:
         # to_arrow runs after settle and before append: the other committer lands right here.
         attempts.append(1)
-        if len(attempts) == 1:
-            monkeypatch.setattr(spoold.sink, "to_arrow", real_to_arrow)
+        if len(attempts) == 1 and self is mine:
+            monkeypatch.setattr(Batch, "to_arrow", real_to_arrow)
             theirs.commit(spec, batch(keys("k", 300)), TYPES, {})  # k0..k299
-            monkeypatch.setattr(spoold.sink, "to_arrow", racing_to_arrow)
-        return real_to_arrow(*args, **kwargs)
+            monkeypatch.setattr(Batch, "to_arrow", racing_to_arrow)
+        return real_to_arrow(self, *args)
 
-    monkeypatch.setattr(spoold.sink, "to_arrow", racing_to_arrow)
-    out = ours.commit(spec, batch(keys("k", 500, start=200)), TYPES, {})  # k200..k699: 100 overlap
+    monkeypatch.setattr(Batch, "to_arrow", racing_to_arrow)
+    mine = batch(keys("k", 500, start=200))  # k200..k699: 100 overlap
+    out = ours.commit(spec, mine, TYPES, {})
     assert len(attempts) == 2  # the first append conflicted; the second was re-settled
     assert (out.committed, out.deduplicated) == (400, 100)
     counts = table_keys(config)
@@ -291,10 +291,11 @@ def test_a_batch_validated_with_other_column_types_is_refused_not_truncated(conf
     spec = config.table("app.events")
     sink = Sink(config)
     sink.commit(spec, batch(["t0"]), TYPES, {})
-    b = Batch()
+    validated = {**TYPES, "n": "double"}
+    b = Batch(validated)
     b.add_rows(["t1"], {"part_id": ["t1"], "n": [2.5]})
     with pytest.raises(CatalogError, match="'n' is long in the table but was validated as double"):
-        sink.commit(spec, b, {**TYPES, "n": "double"}, {})
+        sink.commit(spec, b, validated, {})
     assert table_keys(config) == Counter(["t0"])
 
 

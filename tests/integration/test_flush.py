@@ -133,9 +133,9 @@ def test_flush_settles_against_committed_keys_never_spooled_ones(tmp_path: Path,
     calls: list[tuple[list[str], list[bool]]] = []
     real = spoold.sink.settle
 
-    def spy(keys: Any, seen: Any) -> list[int]:
+    def spy(keys: Any, seen: Any, *fp: Any) -> list[int]:
         calls.append((list(keys), [bool(s) for s in seen]))
-        return real(keys, seen)
+        return real(keys, seen, *fp)
 
     monkeypatch.setattr(spoold.sink, "settle", spy)
     spool.append("app.events", rows("c", 50, 150))  # 50 committed, 50 new
