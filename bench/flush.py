@@ -192,38 +192,48 @@ def small_flush(config: Any, sink: Any, rows: list[dict[str, Any]]) -> float:
 
 
 def table_size(workdir: Path, committed: int, files: int, small: int, reps: int = 5) -> None:
+    import pyarrow as pa
+
     from spoold.schema import to_arrow
     from spoold.sink import Sink
     from spoold.snapshots import MemoTransaction
 
     print(f"2. a {small:,}-row flush into a table with 0 vs {committed:,} committed rows in {files} data files "
           f"(warm Sink, median of {reps})")
-    empty_cfg, big_cfg = make_config(workdir / "empty", 100_000), make_config(workdir / "big", 100_000)
     types = {c: t.rstrip("!") for c, t in COLUMNS.items()}
-    spec = big_cfg.table(TABLE)
-    t0 = time.perf_counter()
-    tbl = Sink(big_cfg).ensure(spec, types)
     per_file = committed // files
-    for f in range(files):  # one append per data file: a day's rows each, as a daemon's commits would be
-        part = list(gen_rows(per_file, prefix=f"c{f:04d}-", days=1, seed=f))
-        cols = {c: [r[c] for r in part] for c in COLUMNS}
-        cols["ts"] = [1_767_225_600_000_000 + i for i in range(len(part))]
-        with MemoTransaction(tbl) as tx:
-            tx.append(to_arrow(cols, len(part), tbl.schema()))
-    n_files = sum(1 for _ in tbl.scan().plan_files())
-    total = tbl.current_snapshot().summary["total-records"]  # type: ignore[union-attr,index]
-    print(f"   built the large table in {time.perf_counter() - t0:.1f} s: {int(total):,} rows, "
-          f"{n_files} data files, {len(tbl.snapshots())} snapshots")
 
-    sink_big = Sink(big_cfg)
-    t0 = time.perf_counter()
-    idx = sink_big.committed(spec, sink_big.load(spec))
-    cold = time.perf_counter() - t0
-    print(f"   cold-start index build: {cold:.2f} s for {len(idx):,} keys ({idx.nbytes / 2**20:.0f} MiB)")
+    def build(name: str, commits: int) -> tuple[Any, Any]:
+        """``files`` data files of a day's rows each, written by one commit or by one commit per file."""
+        cfg = make_config(workdir / name, 100_000)
+        spec = cfg.table(TABLE)
+        t0 = time.perf_counter()
+        tbl = Sink(cfg).ensure(spec, types)
+        parts = []
+        for f in range(files):
+            part = list(gen_rows(per_file, prefix=f"c{f:04d}-", days=1, seed=f))
+            cols = {c: [r[c] for r in part] for c in COLUMNS}
+            cols["ts"] = [1_767_225_600_000_000 + f * 86_400_000_000 + i for i in range(len(part))]
+            parts.append(to_arrow(cols, len(part), tbl.schema()))
+            if commits > 1 or f == files - 1:
+                with MemoTransaction(tbl) as tx:
+                    tx.append(pa.concat_tables(parts))
+                parts = []
+        n_files = sum(1 for _ in tbl.scan().plan_files())
+        total = tbl.current_snapshot().summary["total-records"]  # type: ignore[union-attr,index]
+        sink = Sink(cfg)
+        t1 = time.perf_counter()
+        idx = sink.committed(spec, sink.load(spec))
+        print(f"   built a large table in {t1 - t0:.1f} s: {int(total):,} rows, {n_files} data files, "
+              f"{len(tbl.snapshots())} snapshot(s); cold-start index build {time.perf_counter() - t1:.2f} s for "
+              f"{len(idx):,} keys ({idx.nbytes / 2**20:.0f} MiB)")
+        return cfg, sink
+
+    empty_cfg = make_config(workdir / "empty", 100_000)
     sink_empty = Sink(empty_cfg)
     sink_empty.ensure(empty_cfg.table(TABLE), types)
 
-    def compare(label: str, seq: int) -> None:
+    def compare(label: str, seq: int, big_cfg: Any, sink_big: Any) -> None:
         t_empty, t_big = [], []
         for rep in range(reps + 1):  # the first pair warms both up (imports, first data file) and is dropped
             rows_e = list(gen_rows(small, prefix=f"e{seq}-{rep}-", seed=1000 + rep))
@@ -236,12 +246,16 @@ def table_size(workdir: Path, committed: int, files: int, small: int, reps: int 
         print(f"   {label}: empty table {me * 1000:.0f} ms, large table {mb * 1000:.0f} ms, "
               f"ratio {mb / me:.2f}   [target <= 1.5: {_ok(mb / me <= 1.5)}]")
 
-    compare(f"with {files} snapshots of history", 0)
-    # What is left of a commit's O(snapshots kept) cost: writing the metadata JSON and a few copies of it.
-    big = sink_big.load(spec)
+    one = build("big-one", 1)
+    compare(f"{files} data files from one commit", 0, *one)
+    hist = build("big-history", files)
+    compare(f"{files} data files from {files} commits (the history a daemon leaves)", 1, *hist)
+    # What a commit still pays per snapshot kept: pyiceberg parses, copies and rewrites the whole metadata.
+    cfg, sink = hist
+    big = sink.load(cfg.table(TABLE))
     assert big is not None
     big.maintenance.expire_snapshots().older_than(datetime.now(UTC)).commit()
-    compare("after expire_snapshots (1 snapshot kept)", 1)
+    compare("the same after expire_snapshots (1 snapshot kept)", 2, *hist)
 
 
 # -- 3. peak RSS (child) ---------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
 
 def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: list[Path], result: FlushResult) -> None:
     spec = config.table(table)
-    tbl = sink.load(spec)
+    tbl = sink.load(spec, reuse=True)  # stale columns surface as a conflict at commit, then it reloads
     types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
     validator = Validator(spec, types, required)
     chunk = _Chunk(Batch(validator.types))

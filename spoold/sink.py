@@ -26,7 +26,7 @@ from pyiceberg.table.snapshots import Operation
 from spoold.catalog import catalog_errors, open_catalog
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator
-from spoold.errors import CatalogError, CommitConflict
+from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, type_conflicts
 from spoold.settle import Batch, settle
@@ -48,7 +48,7 @@ class CommitOutcome:
 class TableSink(Protocol):
     """What flush and backfill need from Iceberg (a fake can stand in for tests)."""
 
-    def load(self, spec: TableSpec) -> Table | None: ...
+    def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None: ...
 
     def committed(self, spec: TableSpec, table: Table) -> KeyIndex: ...
 
@@ -73,8 +73,20 @@ class Sink:
         return self._catalog
 
     # -- tables -----------------------------------------------------------------
-    def load(self, spec: TableSpec) -> Table | None:
-        """The table, or None when it does not exist yet."""
+    def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
+        """The table, or None when it does not exist yet.
+
+        ``reuse``: the version this Sink last loaded or committed, if it has
+        one, instead of reading the metadata again (with hundreds of snapshots
+        kept, that read is a good part of a small flush). It may be stale: a
+        commit based on it fails as a conflict, and :meth:`commit` then loads
+        the table afresh (and so notices a dropped or replaced one).
+        """
+        if reuse:
+            tbl = self._latest.get(spec.identifier)
+            idx = self._indexes.get(spec.identifier)
+            if tbl is not None and not (idx is not None and idx.built and idx.snapshot_id != _snapshot_id(tbl)):
+                return tbl  # (else it is older than what the index has seen: a load raced a commit)
         with catalog_errors(f"cannot load {spec.identifier}"):
             try:
                 tbl = self.catalog().load_table(spec.identifier)
@@ -86,18 +98,8 @@ class Sink:
         return tbl
 
     def ensure(self, spec: TableSpec, types: Mapping[str, str], *, reuse: bool = False) -> Table:
-        """Load or create the table, then add any of ``types``' columns it lacks.
-
-        ``reuse``: start from the version this Sink last loaded or committed
-        instead of loading it again. It may be stale; a commit based on it then
-        fails as a conflict (the catalog checks the snapshot it builds on).
-        """
-        tbl = self._latest.get(spec.identifier) if reuse else None
-        idx = self._indexes.get(spec.identifier)
-        if tbl is not None and idx is not None and idx.built and idx.snapshot_id != _snapshot_id(tbl):
-            tbl = None  # an older version than the index has seen (a load raced a commit): no use
-        if tbl is None:
-            tbl = self.load(spec) or self._create(spec, types)
+        """Load (or reuse, see :meth:`load`) or create the table, then add any of ``types``' columns it lacks."""
+        tbl = self.load(spec, reuse=reuse) or self._create(spec, types)
         missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
         if missing:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
@@ -257,6 +259,11 @@ class Sink:
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
                 time.sleep(wait)
                 continue
+            except SpooldError:
+                self._latest.pop(spec.identifier, None)
+                if attempt:
+                    raise
+                continue  # the first try reused a version that may be stale (dropped, replaced): load it afresh
             snap = new.current_snapshot()
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
             with catalog_errors(f"cannot sync the files of {spec.identifier}'s new snapshot"):

@@ -143,6 +143,23 @@ def test_a_replaced_or_vanished_table_is_refused_not_written(config: Config) -> 
         Sink(config).commit(spec, batch(keys("r", 2)), TYPES, {})
 
 
+@pytest.mark.parametrize("replace", [False, True], ids=["dropped", "replaced"])
+def test_a_sink_reusing_its_last_version_still_notices_a_dropped_or_replaced_table(
+        config: Config, replace: bool) -> None:
+    spec = config.table("app.events")
+    sink = Sink(config)
+    sink.commit(spec, batch(keys("r", 2)), TYPES, {})
+    cat = Sink(config).catalog()
+    cat.drop_table("app.events")
+    if replace:
+        cat.create_table("app.events", schema=new_schema(spec, TYPES))
+    assert sink.load(spec, reuse=True) is not None  # its last version, without asking the catalog
+    with pytest.raises(CatalogError, match="replaced" if replace else "vanished"):
+        sink.commit(spec, batch(keys("s", 2)), TYPES, {})
+    with pytest.raises(CatalogError, match="replaced" if replace else "vanished"):
+        sink.load(spec, reuse=True)  # the failed commit forgot the stale version
+
+
 # -- commits ---------------------------------------------------------------------------------------------------
 def test_commit_settles_within_the_batch_and_against_the_table_and_records_what_it_did(config: Config) -> None:
     spec = config.table("app.events")
@@ -231,7 +248,8 @@ def test_a_sink_commits_from_its_last_version_and_a_stale_one_only_costs_a_confl
     ours.commit(spec, batch(keys("a", 5)), TYPES, {})
     loads: list[int] = []
     real = Sink.load
-    monkeypatch.setattr(Sink, "load", lambda self, s: (self is ours and loads.append(1)) or real(self, s))
+    monkeypatch.setattr(Sink, "load", lambda self, s, reuse=False: (
+        self is ours and not reuse and loads.append(1)) or real(self, s, reuse=reuse))
     assert ours.commit(spec, batch(keys("a", 3, 5)), TYPES, {}).committed == 3
     assert loads == []  # the sole writer: no reload of the metadata before each commit
     other.commit(spec, batch(keys("b", 5)), TYPES, {})  # ours now holds a stale version

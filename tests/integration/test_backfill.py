@@ -158,7 +158,7 @@ class _RecordingSink:
     def __init__(self) -> None:
         self.keys: list[str] = []
 
-    def load(self, spec: Any) -> None:
+    def load(self, spec: Any, *, reuse: bool = False) -> None:
         return None
 
     def commit(self, spec: Any, batch: Batch, types: Any, props: Any) -> CommitOutcome:

@@ -194,6 +194,28 @@ def test_leftovers_next_to_new_rows_with_a_warm_sink(tmp_path: Path) -> None:
 
 # -- 3. SIGKILL at random points of a large flush ---------------------------------------------------------
 @pytest.mark.slow
+def test_a_warm_sink_with_a_stale_schema_fails_one_flush_then_judges_like_a_fresh_one(tmp_path: Path) -> None:
+    """A daemon's Sink reuses the table version it last saw; another writer adds a column meanwhile.
+
+    The stale version surfaces at commit (nothing lost, nothing doubled), and
+    the next flush validates against the table as it is now.
+    """
+    cfg = write_config(tmp_path, EVENTS)
+    config = load_config(cfg)
+    spool, sink = Spool.from_config(config), Sink(config)
+    spool.append("app.events", rows("a", 0, 3))
+    flush_table(config, spool, sink, "app.events")
+    Sink(config).ensure(config.table("app.events"), {"x": "string"})  # the other writer
+    spool.append("app.events", [{"part_id": "b0", "x": 5}, {"part_id": "b1", "x": None}])
+    with pytest.raises(CatalogError, match="'x' is string in the table but was validated as long"):
+        flush_table(config, spool, sink, "app.events")
+    assert spool.flush_files("app.events") and sorted(committed_keys(cfg)) == ["a0", "a1", "a2"]
+    result = flush_table(config, spool, sink, "app.events")
+    assert (result.committed, result.quarantined) == (1, 1)
+    assert quarantine(cfg, "app.events")[0]["reason"] == "column 'x': cannot cast 5 to string"
+    assert sorted(committed_keys(cfg)) == ["a0", "a1", "a2", "b1"]
+
+
 def test_sigkill_at_random_points_of_large_flushes_loses_and_doubles_nothing(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, EVENTS + "\n[flush]\nchunk_rows = 5000\n")
     spool = spool_of(cfg)
