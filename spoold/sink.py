@@ -35,6 +35,10 @@ from spoold.spool import write_atomic
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10
+# Each commit writes a new metadata file as big as the history kept (~1 KB a snapshot); a daemon
+# flushing every minute would pile up gigabytes of old ones a day. Iceberg keeps the last
+# `write.metadata.previous-versions-max` (100) when this is on; a table's owner can switch it off.
+CREATED_TABLE_PROPERTIES = {TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true"}
 _SCAN_BATCH = 1 << 20
 
 
@@ -127,7 +131,7 @@ class Sink:
                     spec.identifier,
                     schema=schema,
                     partition_spec=partition_spec(spec, schema),
-                    properties={"spoold.key": spec.key},
+                    properties={"spoold.key": spec.key, **CREATED_TABLE_PROPERTIES},
                 )
                 sync_local_files([tbl.metadata_location])
                 log.info("table %s: created", spec.identifier)

@@ -370,6 +370,23 @@ def test_commits_expire_snapshots_past_the_tables_own_history_properties(config:
     assert sink2.commit(spec, batch(["k0", "k4"]), TYPES, {}).committed == 0
 
 
+def test_old_metadata_files_of_tables_spoold_created_are_deleted_after_commits(config: Config) -> None:
+    spec = config.table("app.events")
+    sink = Sink(config)
+    sink.commit(spec, batch(["m0"]), TYPES, {})
+    tbl = sink.load(spec)
+    assert tbl is not None and tbl.properties["write.metadata.delete-after-commit.enabled"] == "true"
+    with tbl.transaction() as tx:
+        tx.set_properties({"write.metadata.previous-versions-max": "2"})
+    for i in range(1, 6):
+        sink.commit(spec, batch([f"m{i}"]), TYPES, {})
+    tbl = sink.load(spec)
+    assert tbl is not None
+    current = Path(tbl.metadata_location.removeprefix("file://"))
+    assert len(list(current.parent.glob("*.metadata.json"))) == 3 and current.exists()  # current + the previous 2
+    assert table_keys(config) == Counter(f"m{i}" for i in range(6))
+
+
 def test_snapshot_expiry_can_be_switched_off(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, TABLE + "\n[flush]\nexpire_snapshots = false\n"))
     (cfg.spool_root / "app.events").mkdir(parents=True, exist_ok=True)
