@@ -35,10 +35,17 @@ from spoold.spool import write_atomic
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10
-# Each commit writes a new metadata file as big as the history kept (~1 KB a snapshot); a daemon
-# flushing every minute would pile up gigabytes of old ones a day. Iceberg keeps the last
-# `write.metadata.previous-versions-max` (100) when this is on; a table's owner can switch it off.
-CREATED_TABLE_PROPERTIES = {TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true"}
+# Properties of the tables spoold creates (their owner can change them):
+# - each commit writes a new metadata file as big as the history kept (~1 KB a snapshot); a daemon
+#   flushing every minute would pile up gigabytes of old ones a day, so only the last
+#   `write.metadata.previous-versions-max` (100) are kept;
+# - each commit adds a manifest; merging them once there are `commit.manifest.min-count-to-merge`
+#   (100), as Java Iceberg does by default, keeps commits and readers' planning from growing with
+#   the number of commits.
+CREATED_TABLE_PROPERTIES = {
+    TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true",
+    TableProperties.MANIFEST_MERGE_ENABLED: "true",
+}
 _SCAN_BATCH = 1 << 20
 
 

@@ -206,6 +206,29 @@ def test_a_commit_landing_between_settle_and_append_is_resettled_not_doubled(
     assert ours.committed(spec, ours.load(spec)).snapshot_id == out.snapshot_id  # type: ignore[arg-type]
 
 
+def test_keys_of_another_writers_commit_are_seen_even_after_a_later_commit_merged_its_manifest(
+        config: Config) -> None:
+    """Merging writers (Java Iceberg's default) rewrite earlier snapshots' files as EXISTING entries.
+
+    An index refreshed over several snapshots at once must still see every
+    file those snapshots added, or the next commit doubles their keys.
+    """
+    spec = config.table("app.events")
+    ours, theirs = Sink(config), Sink(config)
+    ours.commit(spec, batch(keys("base", 3)), TYPES, {})
+    tbl = theirs.load(spec)
+    assert tbl is not None
+    with tbl.transaction() as tx:  # the other writer merges manifests as soon as there are two
+        tx.set_properties({"commit.manifest-merge.enabled": "true", "commit.manifest.min-count-to-merge": "2"})
+    theirs.commit(spec, batch(keys("t", 5)), TYPES, {})  # t0..t4
+    theirs.commit(spec, batch(keys("u", 5)), TYPES, {})  # merges t's manifest: t's files become EXISTING
+    snap = theirs.load(spec).current_snapshot()  # type: ignore[union-attr]
+    assert snap is not None and len(snap.manifests(tbl.io)) == 1  # really merged
+    out = ours.commit(spec, batch(keys("t", 5) + keys("u", 5) + keys("o", 2)), TYPES, {})
+    assert (out.committed, out.deduplicated) == (2, 10)
+    assert set(table_keys(config).values()) == {1}
+
+
 def test_pyiceberg_own_retry_would_double_keys_so_ours_is_switched_off(config: Config) -> None:
     """Why spoold owns the retry: a stale append is rebased blindly by pyiceberg, refused by our view."""
     spec = config.table("app.events")
@@ -370,20 +393,21 @@ def test_commits_expire_snapshots_past_the_tables_own_history_properties(config:
     assert sink2.commit(spec, batch(["k0", "k4"]), TYPES, {}).committed == 0
 
 
-def test_old_metadata_files_of_tables_spoold_created_are_deleted_after_commits(config: Config) -> None:
+def test_tables_spoold_creates_drop_old_metadata_files_and_merge_manifests(config: Config) -> None:
     spec = config.table("app.events")
     sink = Sink(config)
     sink.commit(spec, batch(["m0"]), TYPES, {})
     tbl = sink.load(spec)
     assert tbl is not None and tbl.properties["write.metadata.delete-after-commit.enabled"] == "true"
     with tbl.transaction() as tx:
-        tx.set_properties({"write.metadata.previous-versions-max": "2"})
+        tx.set_properties({"write.metadata.previous-versions-max": "2", "commit.manifest.min-count-to-merge": "3"})
     for i in range(1, 6):
         sink.commit(spec, batch([f"m{i}"]), TYPES, {})
     tbl = sink.load(spec)
     assert tbl is not None
     current = Path(tbl.metadata_location.removeprefix("file://"))
     assert len(list(current.parent.glob("*.metadata.json"))) == 3 and current.exists()  # current + the previous 2
+    assert len(tbl.current_snapshot().manifests(tbl.io)) < 3  # type: ignore[union-attr]  # 6 commits, merged
     assert table_keys(config) == Counter(f"m{i}" for i in range(6))
 
 
