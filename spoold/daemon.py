@@ -73,6 +73,7 @@ class Daemon:
         self.config = config
         self.spool = Spool.from_config(config)
         self.spool.make_root()
+        self.spool.sweep_temp()  # the root's own leftovers (per table: each flush)
         self.root = str(self.spool.root.resolve())
         self.tailer = Tailer(self.spool, config.sources)
         self.states = {}

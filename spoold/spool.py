@@ -283,15 +283,18 @@ class Spool:
         for d in dirs:
             fsync_dir(d)
 
-    def sweep_temp(self, table: str, older_than_s: float = 3600.0) -> int:
+    def sweep_temp(self, table: str | None = None, older_than_s: float = 3600.0) -> int:
         """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.
 
-        Only old ones: a live writer renames its temp file within moments.
+        ``None``: in the spool root's own files instead (``.daemon.json``, the
+        tail offsets). Only old ones: a live writer renames its temp file
+        within moments.
         """
         cutoff = time.time() - older_than_s
         removed = 0
-        d = self.table_dir(table)
-        for tmp in [*d.glob(".*.tmp"), *(d / QUARANTINE).glob(".*.tmp")]:
+        d = self.table_dir(table) if table is not None else self.root
+        sub = d.glob(f"{QUARANTINE}/.*.tmp") if table is not None else d.glob(".*/.*.tmp")
+        for tmp in [*d.glob(".*.tmp"), *sub]:
             try:
                 if tmp.stat().st_mtime < cutoff:
                     tmp.unlink()

@@ -559,3 +559,10 @@ def test_old_temp_files_of_a_killed_writer_are_swept_recent_ones_kept(tmp_path: 
     assert spool.sweep_temp("t.rows") == 2
     assert not any(p.exists() for p in old) and fresh.exists()
     assert (d / "active.jsonl").exists()
+    root_old = [spool.root / ".daemon.json.5.5.tmp", spool.root / ".tail" / ".t.rows-ab.json.5.5.tmp"]
+    root_old[1].parent.mkdir()
+    for p in root_old:
+        p.write_bytes(b"partial")
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    assert spool.sweep_temp() == 2 and not any(p.exists() for p in root_old)
+    assert (d / "active.jsonl").exists() and fresh.exists()
