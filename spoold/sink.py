@@ -74,6 +74,7 @@ class Sink:
         self._catalog: Catalog | None = None
         self._indexes: dict[str, KeyIndex] = {}
         self._latest: dict[str, Table] = {}  # the last version loaded or committed, per table
+        self._shared: set[str] = set()  # tables another writer commits to: reusing _latest only costs there
         self.host = socket.gethostname()
 
     def catalog(self) -> Catalog:
@@ -89,9 +90,11 @@ class Sink:
         one, instead of reading the metadata again (with hundreds of snapshots
         kept, that read is a good part of a small flush). It may be stale: a
         commit based on it fails as a conflict, and :meth:`commit` then loads
-        the table afresh (and so notices a dropped or replaced one).
+        the table afresh (and so notices a dropped or replaced one). Once that
+        has happened for a table, it is always loaded afresh: it has another
+        writer, and a conflict wastes a whole data file.
         """
-        if reuse:
+        if reuse and spec.identifier not in self._shared:
             tbl = self._latest.get(spec.identifier)
             idx = self._indexes.get(spec.identifier)
             if tbl is not None and not (idx is not None and idx.built and idx.snapshot_id != _snapshot_id(tbl)):
@@ -264,6 +267,7 @@ class Sink:
                     with MemoTransaction(new) as tx:
                         tx.append(data, snapshot_properties=summary)
             except CommitConflict as e:
+                self._shared.add(spec.identifier)
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
                 time.sleep(wait)
@@ -300,4 +304,3 @@ def _without_auto_retry(tbl: Table) -> Table:
     props = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
     metadata = tbl.metadata.model_copy(update={"properties": props})
     return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog)
-

@@ -9,6 +9,7 @@ locked SQLite catalog is waited out rather than failing the flush.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -265,21 +266,25 @@ def test_commit_computes_staged_metadata_a_few_times_not_once_per_access(
 
 
 def test_a_sink_commits_from_its_last_version_and_a_stale_one_only_costs_a_conflict(
-        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+        config: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     spec = config.table("app.events")
     ours, other = Sink(config), Sink(config)
     ours.commit(spec, batch(keys("a", 5)), TYPES, {})
-    loads: list[int] = []
-    real = Sink.load
-    monkeypatch.setattr(Sink, "load", lambda self, s, reuse=False: (
-        self is ours and not reuse and loads.append(1)) or real(self, s, reuse=reuse))
+    loads: list[int] = []  # metadata reads by `ours` (each one checks the table's uuid)
+    real = Sink._check_uuid
+    monkeypatch.setattr(Sink, "_check_uuid", lambda self, *a: (self is ours and loads.append(1)) or real(self, *a))
     assert ours.commit(spec, batch(keys("a", 3, 5)), TYPES, {}).committed == 3
     assert loads == []  # the sole writer: no reload of the metadata before each commit
     other.commit(spec, batch(keys("b", 5)), TYPES, {})  # ours now holds a stale version
-    out = ours.commit(spec, batch(keys("b", 5) + keys("c", 5)), TYPES, {})
-    assert (out.committed, out.deduplicated) == (5, 5) and loads == [1]  # conflict, reload, re-settle
+    with caplog.at_level(logging.INFO, logger="spoold.sink"):
+        out = ours.commit(spec, batch(keys("b", 5) + keys("c", 5)), TYPES, {})
+        assert (out.committed, out.deduplicated) == (5, 5) and loads == [1]  # conflict, reload, re-settle
+        Sink(config).commit(spec, batch(keys("d", 5)), TYPES, {})  # another writer again
+        assert ours.commit(spec, batch(keys("d", 5) + keys("e", 1)), TYPES, {}).committed == 1
+    assert loads == [1, 1]  # a table with another writer: loaded before each commit from then on
+    assert sum("commit conflict" in r.getMessage() for r in caplog.records) == 1  # so no second conflict
     counts = table_keys(config)
-    assert set(counts.values()) == {1} and len(counts) == 18
+    assert set(counts.values()) == {1} and len(counts) == 24
 
 
 def test_memo_transaction_sees_each_staged_change(config: Config) -> None:
