@@ -115,13 +115,16 @@ class KeyIndex:
             return np.zeros(len(keys), dtype=bool)
         return self.contains_fingerprints(*fingerprints(keys))
 
-    def contains_fingerprints(self, qh: np.ndarray, ql: np.ndarray) -> np.ndarray:
-        """A bool array: which of the fingerprints ``(qh[i], ql[i])`` are in the index."""
+    def contains_fingerprints(self, qh: np.ndarray, ql: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        """A bool array: which of the fingerprints ``(qh[i], ql[i])`` are in the index.
+
+        ``order``: ``np.argsort(qh, kind="stable")``, if the caller has it already.
+        """
         found = np.zeros(len(qh), dtype=bool)
         if not len(qh) or not self._runs:
             return found
         # Sorted queries let numpy's binary search start where the previous one ended.
-        order = np.argsort(qh, kind="stable")
+        order = np.argsort(qh, kind="stable") if order is None else order
         sh, sl = qh[order], ql[order]
         hit = np.zeros(len(sh), dtype=bool)
         for hi, lo in self._runs:

@@ -106,7 +106,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def settle(
-    keys: Sequence[str], seen: Sequence[bool] | np.ndarray, fp: tuple[np.ndarray, np.ndarray] | None = None
+    keys: Sequence[str], seen: Sequence[bool] | np.ndarray, fp: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 ) -> list[int]:
     """Positions to commit: the first occurrence of each key whose ``seen`` flag is false.
 
@@ -114,7 +114,8 @@ def settle(
     committed or spooled (backfill). Flush must pass committed keys only: its
     batch *is* the spool, so spooled keys would match every row and drop it.
     With ``fp``, the keys' 128-bit fingerprints (what the committed-key index
-    compares), repeats are found by sorting those instead of hashing strings.
+    compares) and the stable argsort of their high halves, repeats are found
+    in that order instead of by hashing strings.
     """
     seen = np.asarray(seen, dtype=bool)
     if fp is not None:
@@ -129,10 +130,9 @@ def settle(
     return list(pos) if everyone else [unseen[p] for p in pos]
 
 
-def _repeats(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """True where a fingerprint occurred at a smaller position already."""
-    order = np.argsort(hi, kind="stable")  # equal fingerprints stay in position order
-    sh = hi[order]
+def _repeats(hi: np.ndarray, lo: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """True where a fingerprint occurred at a smaller position already (``order``: hi's stable argsort)."""
+    sh = hi[order]  # equal fingerprints stay in position order
     same_hi = sh[1:] == sh[:-1]
     rep = np.zeros(len(hi), dtype=bool)
     if not same_hi.any():

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table, TableProperties
@@ -190,7 +191,7 @@ class Sink:
         idx = self.index(spec)
         uuid = str(table.metadata.table_uuid)
         snap = table.current_snapshot()
-        target = _snapshot_id(table)
+        target = snap.snapshot_id if snap else None
         if idx.table_uuid != uuid:
             idx.clear(uuid)
         elif idx.built and idx.snapshot_id == target:
@@ -244,6 +245,7 @@ class Sink:
         if not len(batch):
             return CommitOutcome(0, 0, None)
         fh, fl = fingerprints(batch.keys)
+        order = np.argsort(fh, kind="stable")  # for the index lookup and the in-batch repeats alike
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 tbl = self.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
@@ -254,7 +256,7 @@ class Sink:
                         for c, (v, t) in conflicts.items()) + " (schema changed by another writer, or the config "
                         "disagrees with the table)")
                 idx = self.committed(spec, tbl)
-                keep = settle(batch.keys, idx.contains_fingerprints(fh, fl), (fh, fl))
+                keep = settle(batch.keys, idx.contains_fingerprints(fh, fl, order), (fh, fl, order))
                 dups = len(batch) - len(keep)
                 if not keep:
                     return CommitOutcome(0, dups, idx.snapshot_id)
