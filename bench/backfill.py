@@ -66,8 +66,8 @@ def setup(d: Path, rows: int, committed: int, spooled: int) -> None:
 
     from spoold.config import load_config
     from spoold.envelope import Validator
-    from spoold.schema import to_arrow
-    from spoold.sink import Sink
+    from spoold.iceberg.schema import to_arrow
+    from spoold.iceberg.sink import Sink
     from spoold.spool import Spool
 
     (d / "spoold.toml").write_text(_config_text(d))

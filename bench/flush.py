@@ -99,7 +99,7 @@ def write_spool(config: Any, rows: Any) -> None:
 def run_spoold(workdir: Path, source: Path, n: int, chunk_rows: int, tag: str) -> tuple[float, float]:
     """Wall and CPU seconds (all threads) of one flush of the spooled source, on a fresh catalog."""
     from spoold.flush import flush_table
-    from spoold.sink import Sink
+    from spoold.iceberg.sink import Sink
     from spoold.spool import ACTIVE, Spool
 
     config = make_config(workdir / f"spoold-{tag}", chunk_rows)
@@ -120,7 +120,7 @@ def run_naive(workdir: Path, source: Path, n: int, chunk_rows: int, tag: str) ->
     from pyiceberg.catalog import load_catalog
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-    from spoold.schema import new_schema, partition_spec
+    from spoold.iceberg.schema import new_schema, partition_spec
 
     config = make_config(workdir / f"naive-{tag}", chunk_rows)
     spec = config.table(TABLE)
@@ -194,9 +194,9 @@ def small_flush(config: Any, sink: Any, rows: list[dict[str, Any]]) -> float:
 def table_size(workdir: Path, committed: int, files: int, small: int, reps: int = 5) -> None:
     import pyarrow as pa
 
-    from spoold.schema import to_arrow
-    from spoold.sink import Sink
-    from spoold.snapshots import MemoTransaction
+    from spoold.iceberg.schema import to_arrow
+    from spoold.iceberg.sink import Sink
+    from spoold.iceberg.snapshots import MemoTransaction
 
     print(f"2. a {small:,}-row flush into a table with 0 vs {committed:,} committed rows in {files} data files "
           f"(warm Sink, median of {reps})")
@@ -261,7 +261,7 @@ def table_size(workdir: Path, committed: int, files: int, small: int, reps: int 
 # -- 3. peak RSS (child) ---------------------------------------------------------------------------------------
 def child_flush(workdir: Path, source: Path, n: int, chunk_rows: int) -> None:
     import spoold.flush  # noqa: F401 - imports first, so the baseline includes them
-    import spoold.sink  # noqa: F401
+    import spoold.iceberg.sink  # noqa: F401
 
     base = rss_mb()
     elapsed, _ = run_spoold(workdir, source, n, chunk_rows, "child")

@@ -37,12 +37,12 @@ import numpy as np
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
+from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.keyindex import fingerprints
 from spoold.pipeline import CommitPipeline
 from spoold.progress import Progress
 from spoold.seen import SeenSet
 from spoold.settle import Batch, gc_paused, settle
-from spoold.sink import CommitOutcome, Sink
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
 from spoold.spool import Spool, quarantine_record
 

@@ -150,7 +150,7 @@ def cmd_append(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.flush import flush_all
-    from spoold.sink import Sink
+    from spoold.iceberg.sink import Sink
     from spoold.spool import Spool
 
     for t in args.tables:

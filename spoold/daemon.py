@@ -62,7 +62,7 @@ class Daemon:
         self._rewatch = False
         self._scan = True  # a full look at spool and sources is due (start-up, reload, rescan)
         self._touched: set[str] = set()
-        self._sink: Any = None  # spoold.sink.Sink, imported at the first flush (pyiceberg is heavy)
+        self._sink: Any = None  # spoold.iceberg.sink.Sink, imported at the first flush (pyiceberg is heavy)
         self._last_rescan = time.monotonic()
         self._ready = False
         self._preloading: threading.Thread | None = None
@@ -237,7 +237,7 @@ class Daemon:
 
     def _flush(self, table: str) -> None:
         from spoold.flush import flush_table  # pyiceberg/pyarrow load at the first flush, not at start-up
-        from spoold.sink import Sink
+        from spoold.iceberg.sink import Sink
 
         settings = self.config.flush
         try:

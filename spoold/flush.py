@@ -21,10 +21,10 @@ import pyarrow as pa
 from spoold.config import Config
 from spoold.envelope import Validator
 from spoold.errors import SpooldError
+from spoold.iceberg.schema import table_types
+from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.pipeline import CommitPipeline
-from spoold.schema import table_types
 from spoold.settle import Batch, gc_paused
-from spoold.sink import CommitOutcome, Sink
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
 from spoold.status import LAST_FLUSH
 

@@ -33,7 +33,7 @@ def preload() -> threading.Thread:
 def _import_flush_stack() -> None:
     try:
         import spoold.flush  # noqa: F401
-        import spoold.sink  # noqa: F401
+        import spoold.iceberg.sink  # noqa: F401
     except Exception as e:  # the flush itself will report it
         log.debug("preloading the flush stack: %s", e)
 

@@ -7,8 +7,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from spoold.config import TableSpec
 from spoold.envelope import Validator
+from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.settle import Batch
-from spoold.sink import CommitOutcome, Sink
 
 
 class CommitPipeline:

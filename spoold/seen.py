@@ -20,9 +20,9 @@ import numpy as np
 
 from spoold.config import TableSpec
 from spoold.envelope import Validator
+from spoold.iceberg.schema import table_types
+from spoold.iceberg.sink import Sink
 from spoold.keyindex import KeyIndex
-from spoold.schema import table_types
-from spoold.sink import Sink
 from spoold.spool import Spool, read_validated
 
 log = logging.getLogger("spoold.backfill")  # backfill's messages, under its logger name

@@ -5,14 +5,16 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from pyiceberg.schema import Schema
 
 from spoold.envelope import LineResult
-from spoold.schema import arrow_type, to_arrow
+from spoold.iceberg.schema import arrow_type, to_arrow
+
+if TYPE_CHECKING:
+    from pyiceberg.schema import Schema
 
 
 class Batch:

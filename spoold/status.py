@@ -128,7 +128,7 @@ def _daemon_state(spool: Spool) -> dict[str, Any] | None:
 
 
 def _add_committed(config: Config, result: dict[str, Any]) -> None:
-    from spoold.sink import Sink  # only now: the spool half of status needs no pyiceberg
+    from spoold.iceberg.sink import Sink  # only now: the spool half of status needs no pyiceberg
 
     try:
         sink = Sink(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -13,8 +14,10 @@ from typing import Any
 import pytest
 
 # pyiceberg reads ~/.pyiceberg.yaml and PYICEBERG_* once, at import: point it at
-# an empty home before anything imports it.
-for _k in [k for k in os.environ if k.startswith(("PYICEBERG_", "SPOOLD_"))]:
+# an empty home before anything imports it. SPOOLD_TEST_* are the suite's own knobs
+# (e.g. SPOOLD_TEST_SEED), not spoold's configuration: they stay.
+TEST_VARS = "SPOOLD_TEST_"
+for _k in [k for k in os.environ if k.startswith(("PYICEBERG_", "SPOOLD_")) and not k.startswith(TEST_VARS)]:
     del os.environ[_k]
 os.environ["PYICEBERG_HOME"] = tempfile.mkdtemp(prefix="spoold-test-pyiceberg-")
 
@@ -26,6 +29,8 @@ FIXTURES = REPO / "fixtures"
 def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No SPOOLD_CONFIG, no ~/.pyiceberg.yaml, no ./spoold.toml, no systemd env from the caller."""
     for k in list(os.environ):
+        if k.startswith(TEST_VARS):
+            continue
         if k.startswith(("PYICEBERG_", "SPOOLD_")) or k in ("STATE_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC",
                                                              "WATCHDOG_PID"):
             monkeypatch.delenv(k, raising=False)
@@ -35,6 +40,18 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYICEBERG_HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    """A seeded random generator for randomized tests: ``SPOOLD_TEST_SEED=N`` replays a run exactly.
+
+    The seed is printed, so a failing test's captured output names the value to replay it with.
+    """
+    env = os.environ.get("SPOOLD_TEST_SEED")
+    seed = int(env) if env else random.SystemRandom().randrange(1 << 32)
+    print(f"SPOOLD_TEST_SEED={seed}")
+    return random.Random(seed)
 
 
 def write_config(tmp_path: Path, body: str = "", *, name: str = "spoold.toml", catalog: str | None = None,
@@ -73,7 +90,7 @@ def spoold() -> Callable[..., subprocess.CompletedProcess[bytes]]:
 def read_table(config_file: Path, table: str) -> Any:
     """The committed table as a pyarrow Table, read with a fresh catalog connection."""
     from spoold.config import load_config
-    from spoold.sink import Sink
+    from spoold.iceberg.sink import Sink
 
     cfg = load_config(config_file)
     tbl = Sink(cfg).load(cfg.table(table))

@@ -308,7 +308,7 @@ def test_absent_and_null_optional_columns_are_null() -> None:
     result = check(TYPED, ["part_id", "req", "s"], [["a", "x", None]])
     assert result.keys == ["a"] and result.values["s"] == [None]
     assert "i" not in result.values and "ts" not in result.values  # absent: null when written
-    from spoold.schema import new_schema, to_arrow
+    from spoold.iceberg.schema import new_schema, to_arrow
 
     v = Validator(TYPED)
     res = v.line(encode(["part_id", "req"], [["a", "x"]])[:-1])
@@ -327,7 +327,7 @@ def test_undeclared_columns_are_inferred_from_their_first_value_and_then_strict(
 
 
 def test_big_integers_in_a_double_column_become_floats_flush_can_write() -> None:
-    from spoold.schema import new_schema, to_arrow
+    from spoold.iceberg.schema import new_schema, to_arrow
 
     v = Validator(UNDECLARED)
     res = v.line(encode(["part_id", "x"], [["b", 0.5], ["a", 2**53 + 1], ["c", 2**64 - 1]])[:-1])
@@ -454,7 +454,7 @@ def envelopes(draw: st.DrawFn) -> bytes:
 
 def _assert_committable(spec: TableSpec, v: Validator, result: LineResult) -> None:
     """What flush does with accepted rows: Arrow table of the table's schema, right row count."""
-    from spoold.schema import new_schema, to_arrow
+    from spoold.iceberg.schema import new_schema, to_arrow
 
     n = len(result.keys)
     assert all(type(k) is str and k for k in result.keys)
@@ -486,7 +486,7 @@ def test_validator_never_raises_and_never_accepts_what_flush_cannot_commit(lines
         _assert_committable(spec, v, result)
         batch.add(result)
     # flush commits the rows of several lines at once, with the types as they are at the end
-    from spoold.schema import new_schema
+    from spoold.iceberg.schema import new_schema
 
     table = batch.to_arrow(new_schema(spec, v.types))
     assert table.num_rows == len(batch) and table.column(spec.key).to_pylist() == batch.keys

@@ -14,7 +14,7 @@ from pyiceberg.types import FloatType, IntegerType, ListType, LongType, NestedFi
 from spoold.config import Column, PartitionField, TableSpec
 from spoold.envelope import Validator
 from spoold.errors import ConfigError
-from spoold.schema import new_schema, partition_spec, table_types, to_arrow, type_conflicts
+from spoold.iceberg.schema import new_schema, partition_spec, table_types, to_arrow, type_conflicts
 from spoold.settle import Batch
 
 SPEC = TableSpec(

@@ -23,14 +23,14 @@ from conftest import write_config
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table.metadata import TableMetadataV2
 
-from spoold.catalog import catalog_errors
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError, CommitConflict
+from spoold.iceberg.catalog import catalog_errors
+from spoold.iceberg.schema import new_schema
+from spoold.iceberg.sink import Sink, _without_auto_retry
+from spoold.iceberg.snapshots import MemoTransaction
 from spoold.keyindex import KeyIndex
-from spoold.schema import new_schema
 from spoold.settle import Batch
-from spoold.sink import Sink, _without_auto_retry
-from spoold.snapshots import MemoTransaction
 
 TABLE = """
 [tables."app.events"]
@@ -276,7 +276,7 @@ def test_a_sink_commits_from_its_last_version_and_a_stale_one_only_costs_a_confl
     assert ours.commit(spec, batch(keys("a", 3, 5)), TYPES, {}).committed == 3
     assert loads == []  # the sole writer: no reload of the metadata before each commit
     other.commit(spec, batch(keys("b", 5)), TYPES, {})  # ours now holds a stale version
-    with caplog.at_level(logging.INFO, logger="spoold.sink"):
+    with caplog.at_level(logging.INFO, logger="spoold.iceberg.sink"):
         out = ours.commit(spec, batch(keys("b", 5) + keys("c", 5)), TYPES, {})
         assert (out.committed, out.deduplicated) == (5, 5) and loads == [1]  # conflict, reload, re-settle
         Sink(config).commit(spec, batch(keys("d", 5)), TYPES, {})  # another writer again

@@ -22,7 +22,6 @@ from spoold.sources import transcript as transcript_format
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "sources"
 LOCAL_CC = FIXTURES / "claude-code"
-PEER_CC = REPO.parent / "shared" / "peer-fixtures" / "claude-code"
 NON_MESSAGE_TYPES = {
     "ai-title",
     "attachment",
@@ -37,8 +36,7 @@ COLUMNS = {"part_id", "message_id", "part_index", "session_id", "ts", "role", "k
 
 def _transcript_files() -> list[Path]:
     files = sorted(LOCAL_CC.glob("*.jsonl"))
-    if PEER_CC.is_dir():
-        files += sorted(PEER_CC.glob("*.jsonl"))
+    assert len(files) == 23, f"fixtures/sources/claude-code should hold the 23 peer transcripts, found {len(files)}"
     return files
 
 
@@ -80,16 +78,16 @@ def _lines(path: Path, fmt: str, **kw: object) -> list[SourceLine]:
 
 def test_local_copies_of_peer_fixtures_are_present() -> None:
     names = {p.name for p in LOCAL_CC.glob("*.jsonl")}
+    assert len(names) == 23
     assert {"assistant_multi.jsonl", "user_string.jsonl", "user_tool_result_str.jsonl"} <= names
 
 
-@pytest.mark.skipif(not PEER_CC.is_dir(), reason=f"peer fixtures not checked out beside the repo ({PEER_CC})")
 def test_peer_fixtures_cover_every_line_type() -> None:
-    types = {json.loads(ln)["type"] for p in PEER_CC.glob("*.jsonl") for ln in p.read_text().splitlines()}
+    types = {json.loads(ln)["type"] for p in LOCAL_CC.glob("*.jsonl") for ln in p.read_text().splitlines()}
     assert types == NON_MESSAGE_TYPES | {"user", "assistant"}
 
 
-@pytest.mark.parametrize("path", _transcript_files(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", _transcript_files(), ids=lambda p: p.name)
 def test_transcript_fixture_materializes_as_specified(path: Path) -> None:
     raw = path.read_bytes().splitlines()
     lines = _lines(path, "transcript")
@@ -108,7 +106,7 @@ def test_transcript_fixture_materializes_as_specified(path: Path) -> None:
             assert isinstance(row["text"], str)
 
 
-@pytest.mark.parametrize("path", _transcript_files(), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", _transcript_files(), ids=lambda p: p.name)
 def test_same_line_gives_identical_rows(path: Path) -> None:
     for line in path.read_bytes().splitlines():
         assert transcript_format.materialize(line) == transcript_format.materialize(line)

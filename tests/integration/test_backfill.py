@@ -24,15 +24,14 @@ from spoold.config import load_config
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.flush import flush_table
+from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.seen import spooled_keys
 from spoold.settle import Batch
-from spoold.sink import CommitOutcome, Sink
 from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
 from spoold.spool import Spool, flush_name
 
 CORPUS = FIXTURES / "envelopes" / "malformed"
 LOCAL_CC = FIXTURES / "sources" / "claude-code"
-PEER_CC = REPO.parent / "shared" / "peer-fixtures" / "claude-code"
 
 TRANSCRIPT_TABLE = '\n[tables."chat.parts"]\n[tables."chat.parts".columns]\n' + "".join(
     f'{c} = "{t}"\n' for c, t in TRANSCRIPT_COLUMNS.items())
@@ -166,7 +165,6 @@ class _RecordingSink:
         return CommitOutcome(len(batch), 0, None)
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="malformed envelope corpus not present")
 def test_backfill_reads_the_spool_with_flushs_verdicts(tmp_path: Path) -> None:
     """Flush's reader and backfill's reader over the same files: identical keys pass, nothing else."""
     cfg_file = _corpus_config(tmp_path)
@@ -198,7 +196,6 @@ def test_backfill_reads_the_spool_with_flushs_verdicts(tmp_path: Path) -> None:
     assert any("active-torn" in r.get("raw", "") for r in recs)
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="malformed envelope corpus not present")
 def test_spooled_bad_lines_do_not_suppress_backfilled_rows(tmp_path: Path) -> None:
     cfg = _corpus_config(tmp_path)
     _spool_corpus(cfg)
@@ -303,11 +300,8 @@ def _expected_parts(directory: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("directory", [
-    LOCAL_CC,
-    pytest.param(PEER_CC, marks=pytest.mark.skipif(not PEER_CC.is_dir(), reason="peer fixtures absent")),
-], ids=["local", "peer"])
-def test_transcript_fixtures_materialize_every_message_part(tmp_path: Path, directory: Path) -> None:
+def test_transcript_fixtures_materialize_every_message_part(tmp_path: Path) -> None:
+    directory = LOCAL_CC
     cfg = write_config(tmp_path, TRANSCRIPT_TABLE)
     expected = _expected_parts(directory)
     assert expected, directory

@@ -100,7 +100,7 @@ def config(tmp_path: Path, debounce: float = 0.5, max_delay: float = 3.0, extra:
 
 def table(cfg: Path, name: str = TABLE) -> Any:
     """The committed table, or None while it does not exist."""
-    from spoold.sink import Sink
+    from spoold.iceberg.sink import Sink
 
     c = load_config(cfg)
     return Sink(c).load(c.table(name))

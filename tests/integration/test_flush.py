@@ -31,7 +31,7 @@ from conftest import FIXTURES, read_table, run_spoold, write_config
 from spoold.config import load_config
 from spoold.errors import CatalogError
 from spoold.flush import flush_table
-from spoold.sink import Sink
+from spoold.iceberg.sink import Sink
 from spoold.spool import Spool, flush_name
 
 CORPUS = FIXTURES / "envelopes"
@@ -122,7 +122,7 @@ def test_flush_settles_against_committed_keys_never_spooled_ones(tmp_path: Path,
     If flush ever seeded its seen-set with spooled keys, every spooled row
     would be flagged (its key is in the spool: it *is* the spool) and dropped.
     """
-    import spoold.sink
+    import spoold.iceberg.sink
 
     cfg = write_config(tmp_path, EVENTS)
     config = load_config(cfg)
@@ -131,13 +131,13 @@ def test_flush_settles_against_committed_keys_never_spooled_ones(tmp_path: Path,
     flush_table(config, spool, sink, "app.events")
 
     calls: list[tuple[list[str], list[bool]]] = []
-    real = spoold.sink.settle
+    real = spoold.iceberg.sink.settle
 
     def spy(keys: Any, seen: Any, *fp: Any) -> list[int]:
         calls.append((list(keys), [bool(s) for s in seen]))
         return real(keys, seen, *fp)
 
-    monkeypatch.setattr(spoold.sink, "settle", spy)
+    monkeypatch.setattr(spoold.iceberg.sink, "settle", spy)
     spool.append("app.events", rows("c", 50, 150))  # 50 committed, 50 new
     spool.append("app.events", rows("s", 0, 30))  # spooled only
     result = flush_table(config, spool, Sink(config), "app.events")  # a cold sink: index built from the table

@@ -23,13 +23,13 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, 
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Operation
 
-from spoold.catalog import catalog_errors, open_catalog
 from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
+from spoold.iceberg.catalog import catalog_errors, open_catalog
+from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec, type_conflicts
+from spoold.iceberg.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
 from spoold.keyindex import KeyIndex, fingerprints
-from spoold.schema import ICEBERG_TYPES, new_schema, partition_spec, type_conflicts
 from spoold.settle import Batch, settle
-from spoold.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
 from spoold.spool import write_atomic
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from pyiceberg.table.update import update_table_metadata
 from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.utils.properties import property_as_int
 
-from spoold.catalog import catalog_errors
 from spoold.errors import SpooldError
+from spoold.iceberg.catalog import catalog_errors
 from spoold.spool import fsync_dir
 
 log = logging.getLogger(__name__)
