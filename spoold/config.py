@@ -105,6 +105,33 @@ class FlushSettings:
     # An idle daemon re-executes itself after this long to hand back the flush stack's
     # memory (~120 MB that CPython never returns); 0: never.
     idle_restart_s: float = 300.0
+    # A chunk (one commit) is also cut at this many bytes of spool lines, so memory is
+    # bounded by bytes, not only by rows (rows of 1 MB each would otherwise need GBs).
+    chunk_bytes: int = 64 << 20
+
+    ZERO_OK = frozenset({"idle_restart_s"})
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    """``[daemon]``: what ``spoold run`` serves and how it watches."""
+
+    # HOST:PORT for GET /metrics and GET /health; empty: off.
+    listen: str = ""
+    # Full look at spool and sources even without events (a safety net for missed events).
+    rescan_s: float = 60.0
+
+    ZERO_OK = frozenset[str]()
+
+
+@dataclass(frozen=True, slots=True)
+class MaintainSettings:
+    """``[maintain]``: table maintenance the daemon runs by itself between flushes."""
+
+    enabled: bool = True
+    every_commits: int = 50
+
+    ZERO_OK = frozenset[str]()
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,8 @@ class Config:
     catalog_name: str
     catalog_props: Mapping[str, str]
     flush: FlushSettings = field(default_factory=FlushSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    maintain: MaintainSettings = field(default_factory=MaintainSettings)
     tables: Mapping[str, TableSpec] = field(default_factory=dict)
     sources: tuple[SourceSpec, ...] = ()
 
@@ -170,7 +199,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config:
     """Validate an already-parsed TOML document into a :class:`Config`."""
-    _only_keys(data, "", {"spool", "catalog", "flush", "tables", "sources"})
+    _only_keys(data, "", {"spool", "catalog", "flush", "daemon", "maintain", "tables", "sources"})
     base = path.parent if path is not None else Path.cwd()
     state_dir = _default_state_dir()
 
@@ -195,7 +224,9 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
             raise ConfigError(f"catalog.{k}: expected a scalar value")
         props[k] = str(v).lower() if isinstance(v, bool) else str(v)
 
-    flush = _parse_flush(_table(data, "flush"))
+    flush = _settings(FlushSettings, _table(data, "flush"), "flush")
+    if flush.debounce_s > flush.max_delay_s:
+        raise ConfigError("flush.debounce_s: must not exceed flush.max_delay_s")
     tables = {ident: _parse_table(ident, t) for ident, t in _table(data, "tables").items()}
     sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
     return Config(
@@ -206,32 +237,36 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         catalog_name=name,
         catalog_props=props,
         flush=flush,
+        daemon=_settings(DaemonSettings, _table(data, "daemon"), "daemon"),
+        maintain=_settings(MaintainSettings, _table(data, "maintain"), "maintain"),
         tables=tables,
         sources=sources,
     )
 
 
-def _parse_flush(t: Mapping[str, Any]) -> FlushSettings:
-    d = FlushSettings()
-    _only_keys(t, "flush.", set(FlushSettings.__dataclass_fields__))
+def _settings(cls: type[Any], t: Mapping[str, Any], section: str) -> Any:
+    """A settings section (``[flush]``, ``[daemon]``...) into its dataclass, typed by the defaults.
+
+    Booleans take true/false, strings strings, numbers positive numbers (integers where
+    the default is one); zero only where the class lists the key in ``ZERO_OK``.
+    """
+    d = cls()
+    _only_keys(t, f"{section}.", set(cls.__dataclass_fields__))
     values: dict[str, Any] = {}
     for k, v in t.items():
         want = type(getattr(d, k))
-        if want is bool:
-            if not isinstance(v, bool):
-                raise ConfigError(f"flush.{k}: expected true or false")
+        if want is bool or want is str:
+            if not isinstance(v, want):
+                raise ConfigError(f"{section}.{k}: expected {'true or false' if want is bool else 'a string'}")
             values[k] = v
             continue
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if want is int:
             ok = ok and isinstance(v, int)
-        if not ok or v < 0 or (v == 0 and k != "idle_restart_s"):
-            raise ConfigError(f"flush.{k}: expected a positive {'integer' if want is int else 'number'}")
+        if not ok or v < 0 or (v == 0 and k not in cls.ZERO_OK):
+            raise ConfigError(f"{section}.{k}: expected a positive {'integer' if want is int else 'number'}")
         values[k] = want(v)
-    result = FlushSettings(**values)
-    if result.debounce_s > result.max_delay_s:
-        raise ConfigError("flush.debounce_s: must not exceed flush.max_delay_s")
-    return result
+    return cls(**values)
 
 
 def _parse_table(ident: str, t: Any) -> TableSpec:

@@ -41,3 +41,20 @@ class CatalogError(SpooldError):
 
 class CommitConflict(CatalogError):
     """Another committer changed the table; refresh, settle again, retry."""
+
+
+class SpoolFull(SpoolError):
+    """An append would cross ``[spool] max_bytes`` or ``min_free_bytes``: nothing was appended.
+
+    Retryable: a flush frees room. Nothing acknowledged is ever dropped to make room.
+    """
+
+    retryable = True
+
+
+class DataError(SpooldError):
+    """The rows themselves cannot be committed (a column name or value the table cannot take).
+
+    Not retryable: the same rows fail the same way every time, so flush isolates
+    them into quarantine instead of retrying them forever.
+    """

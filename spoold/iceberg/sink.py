@@ -11,41 +11,26 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table, TableProperties
-from pyiceberg.table.snapshots import Operation
 
-from spoold.config import Config, TableSpec
+from spoold.config import TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
-from spoold.iceberg.catalog import catalog_errors, open_catalog
-from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec, type_conflicts
+from spoold.iceberg.catalog import catalog_errors
+from spoold.iceberg.committed import advance
+from spoold.iceberg.schema import type_conflicts
 from spoold.iceberg.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
+from spoold.iceberg.tables import Tables
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.settle import Batch, settle
-from spoold.spool import write_atomic
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10
-# Properties of the tables spoold creates (their owner can change them):
-# - each commit writes a new metadata file as big as the history kept (~1 KB a snapshot); a daemon
-#   flushing every minute would pile up gigabytes of old ones a day, so only the last
-#   `write.metadata.previous-versions-max` (100) are kept;
-# - each commit adds a manifest; merging them once there are `commit.manifest.min-count-to-merge`
-#   (100), as Java Iceberg does by default, keeps commits and readers' planning from growing with
-#   the number of commits.
-CREATED_TABLE_PROPERTIES = {
-    TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true",
-    TableProperties.MANIFEST_MERGE_ENABLED: "true",
-}
-_SCAN_BATCH = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,115 +52,8 @@ class TableSink(Protocol):
     ) -> CommitOutcome: ...
 
 
-class Sink:
-    """One catalog connection plus a committed-key index per table."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self._catalog: Catalog | None = None
-        self._indexes: dict[str, KeyIndex] = {}
-        self._latest: dict[str, Table] = {}  # the last version loaded or committed, per table
-        self._shared: set[str] = set()  # tables another writer commits to: reusing _latest only costs there
-        self.host = socket.gethostname()
-
-    def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = open_catalog(self.config)
-        return self._catalog
-
-    # -- tables -----------------------------------------------------------------
-    def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
-        """The table, or None when it does not exist yet.
-
-        ``reuse``: the version this Sink last loaded or committed, if it has
-        one, instead of reading the metadata again (with hundreds of snapshots
-        kept, that read is a good part of a small flush). It may be stale: a
-        commit based on it fails as a conflict, and :meth:`commit` then loads
-        the table afresh (and so notices a dropped or replaced one). Once that
-        has happened for a table, it is always loaded afresh: it has another
-        writer, and a conflict wastes a whole data file.
-        """
-        if reuse and spec.identifier not in self._shared:
-            tbl = self._latest.get(spec.identifier)
-            idx = self._indexes.get(spec.identifier)
-            if tbl is not None and not (idx is not None and idx.built and idx.snapshot_id != _snapshot_id(tbl)):
-                return tbl  # (else it is older than what the index has seen: a load raced a commit)
-        with catalog_errors(f"cannot load {spec.identifier}"):
-            try:
-                tbl = self.catalog().load_table(spec.identifier)
-            except NoSuchTableError:
-                self._check_not_vanished(spec)
-                return None
-        self._check_uuid(spec, tbl)
-        self._latest[spec.identifier] = tbl
-        return tbl
-
-    def ensure(self, spec: TableSpec, types: Mapping[str, str], *, reuse: bool = False) -> Table:
-        """Load (or reuse, see :meth:`load`) or create the table, then add any of ``types``' columns it lacks."""
-        tbl = self.load(spec, reuse=reuse) or self._create(spec, types)
-        missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
-        if missing:
-            with catalog_errors(f"cannot evolve {spec.identifier}"):
-                with tbl.update_schema() as update:
-                    for name, typ in missing.items():
-                        update.add_column(name, ICEBERG_TYPES[typ])
-                sync_local_files([tbl.metadata_location])
-            log.info("table %s: added columns %s", spec.identifier, ", ".join(f"{c} {t}" for c, t in missing.items()))
-        return tbl
-
-    def _create(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
-        schema = new_schema(spec, types)
-        cat = self.catalog()
-        ns = spec.identifier.rsplit(".", 1)[0]
-        with catalog_errors(f"cannot create {spec.identifier}"):
-            try:
-                cat.create_namespace(ns)
-            except NamespaceAlreadyExistsError:
-                pass
-            except Exception:
-                if not cat.namespace_exists(ns):  # else another process created it between check and insert
-                    raise
-            try:
-                tbl = cat.create_table(
-                    spec.identifier,
-                    schema=schema,
-                    partition_spec=partition_spec(spec, schema),
-                    properties={"spoold.key": spec.key, **CREATED_TABLE_PROPERTIES},
-                )
-                sync_local_files([tbl.metadata_location])
-                log.info("table %s: created", spec.identifier)
-            except TableAlreadyExistsError:  # another process won the race
-                tbl = cat.load_table(spec.identifier)
-        self._check_uuid(spec, tbl)
-        self._latest[spec.identifier] = tbl
-        return tbl
-
-    def _uuid_file(self, spec: TableSpec) -> Any:
-        return self.config.spool_root / spec.identifier / ".table-uuid"
-
-    def _check_not_vanished(self, spec: TableSpec) -> None:
-        path = self._uuid_file(spec)
-        if path.exists():
-            raise CatalogError(
-                f"table {spec.identifier} (uuid {path.read_text().strip()}) has vanished from the catalog; "
-                f"not re-creating it (is the catalog the right one? delete {path} to start a new table)"
-            )
-
-    def _check_uuid(self, spec: TableSpec, tbl: Table) -> None:
-        """Refuse to write into a different table than the one this spool committed to."""
-        path = self._uuid_file(spec)
-        uuid = str(tbl.metadata.table_uuid)
-        try:
-            known = path.read_text().strip()
-        except FileNotFoundError:
-            if path.parent.is_dir():
-                write_atomic(path, uuid.encode())
-            return
-        if known != uuid:
-            raise CatalogError(
-                f"table {spec.identifier} was replaced (uuid {uuid}, this spool committed to {known}); "
-                f"delete {path} to accept the new table"
-            )
+class Sink(Tables):
+    """Tables (one catalog connection) plus a committed-key index per table, and the commit loop."""
 
     # -- committed keys ---------------------------------------------------------
     def index(self, spec: TableSpec) -> KeyIndex:
@@ -183,55 +61,8 @@ class Sink:
         return self._indexes.setdefault(spec.identifier, KeyIndex())
 
     def committed(self, spec: TableSpec, table: Table) -> KeyIndex:
-        """The committed-key index, advanced to ``table``'s current snapshot.
-
-        Only the snapshots appended since the index last looked are read (key
-        column only); a rewrite, a rollback or a new table rebuilds it.
-        """
-        idx = self.index(spec)
-        uuid = str(table.metadata.table_uuid)
-        snap = table.current_snapshot()
-        target = snap.snapshot_id if snap else None
-        if idx.table_uuid != uuid:
-            idx.clear(uuid)
-        elif idx.built and idx.snapshot_id == target:
-            return idx
-        key = spec.key
-        with catalog_errors(f"cannot read committed keys of {spec.identifier}"):
-            if snap is None:
-                idx.clear(uuid)
-            elif idx.built and self._appends_only(table, idx.snapshot_id):
-                scan = table.incremental_append_scan(
-                    from_snapshot_id_exclusive=idx.snapshot_id,
-                    to_snapshot_id_inclusive=target,
-                    selected_fields=(key,),
-                )
-                self._add_scan(idx, scan.to_arrow_batch_reader())
-            else:
-                idx.clear(uuid)
-                if key in table.schema().column_names:
-                    self._add_scan(idx, table.scan(selected_fields=(key,)).to_arrow_batch_reader())
-        idx.snapshot_id = target
-        idx.built = True
-        return idx
-
-    @staticmethod
-    def _appends_only(table: Table, since: int | None) -> bool:
-        """True if the snapshots after ``since`` up to the current one are all appends."""
-        if since is None:
-            return False
-        snap = table.current_snapshot()
-        while snap is not None and snap.snapshot_id != since:
-            if snap.summary is None or snap.summary.operation != Operation.APPEND:
-                return False
-            snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
-        return snap is not None
-
-    @staticmethod
-    def _add_scan(idx: KeyIndex, reader: Any) -> None:
-        for rb in reader:
-            keys = [k for k in rb.column(0).to_pylist() if k is not None]
-            idx.add(keys)
+        """The committed-key index, advanced to ``table``'s current snapshot (see :mod:`.committed`)."""
+        return advance(self.index(spec), spec, table)
 
     # -- commit -----------------------------------------------------------------
     def commit(
@@ -290,11 +121,6 @@ class Sink:
                 expire_snapshots(new)
             return CommitOutcome(len(keep), dups, snap.snapshot_id)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
-
-
-def _snapshot_id(tbl: Table) -> int | None:
-    snap = tbl.current_snapshot()
-    return snap.snapshot_id if snap else None
 
 
 def _without_auto_retry(tbl: Table) -> Table:
