@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 GROUP_ROWS = 4096  # rows validated and looked up together: amortises per-call costs, bounds memory
 SAMPLE_KEYS = 10
 MAX_REPORTED_LINES = 50  # bad source lines named on stderr; the rest are only counted
-COMMIT_PROPS = {"spoold.backfill": "1"}
+COMMIT_PROPS = {"spoold.op": "backfill"}
 
 
 @dataclass

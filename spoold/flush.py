@@ -107,7 +107,7 @@ def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: li
             result.snapshot_id = out.snapshot_id or result.snapshot_id
             spool.remove(done)  # every row of these files is in a durable commit now
 
-        pipeline.submit(batch, validator, {"spoold.files": ",".join(names)}, committed)
+        pipeline.submit(batch, validator, {"spoold.op": "flush", "spoold.files": ",".join(names)}, committed)
 
     def publish(path: Path, rejects: list[dict[str, Any]]) -> None:
         if rejects:
