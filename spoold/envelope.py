@@ -24,6 +24,7 @@ from spoold.errors import SpoolError
 VERSION = 1
 MAX_ENVELOPE_ROWS = 1000
 MAX_ENVELOPE_BYTES = 1 << 20  # an envelope is split below this, unless one row is larger
+MAX_DEPTH = 253  # nesting levels orjson can write back (it reads 1,024): a deeper value is rejected
 _NONE = type(None)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
@@ -265,6 +266,9 @@ class Validator:
                 continue
             try:
                 out.append(caster(v))
+            except _TooDeep:
+                row_bad.setdefault(pos, f"column {name!r}: value nested too deeply to store (over {MAX_DEPTH} levels)")
+                out.append(None)
             except (TypeError, ValueError, OverflowError):
                 row_bad.setdefault(pos, f"column {name!r}: cannot cast {_show(v)} to {typ}")
                 out.append(None)
@@ -295,8 +299,15 @@ class Validator:
         return keys
 
 
+class _TooDeep(Exception):
+    """An object or array nested deeper than orjson can write (it reads 1,024 levels, writes 254)."""
+
+
 def _show(v: Any) -> str:
-    text = orjson.dumps(v).decode()
+    try:
+        text = orjson.dumps(v).decode()
+    except TypeError:  # nested too deeply to write back: show its start
+        text = repr(v)[:57] if type(v) in (dict, list) else type(v).__name__
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -304,7 +315,10 @@ def _to_string(v: Any) -> str:
     if type(v) is str:
         return v
     if type(v) in (dict, list):
-        return orjson.dumps(v).decode()  # objects and arrays are stored as their JSON text
+        try:
+            return orjson.dumps(v).decode()  # objects and arrays are stored as their JSON text
+        except TypeError:
+            raise _TooDeep from None
     raise TypeError
 
 
