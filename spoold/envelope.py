@@ -114,6 +114,7 @@ class RowReject:
     index: int  # position of the row in the envelope's "rows"
     reason: str
     row: Any
+    key: str | None = None  # the row's key, when it has a usable one (so quarantine can be searched by key)
 
 
 @dataclass(slots=True)
@@ -225,7 +226,7 @@ class Validator:
         if row_bad:
             for pos, reason in sorted(row_bad.items()):
                 orig = index[pos] if index is not None else pos
-                rejects.append(RowReject(orig, reason, rows[orig]))
+                rejects.append(RowReject(orig, reason, rows[orig], keys[pos] or None))
             keep = [p for p in range(n) if p not in row_bad]
             keys = [keys[p] for p in keep]
             out = {c: [v[p] for p in keep] for c, v in out.items()}
