@@ -29,7 +29,9 @@ from typing import Any
 
 import orjson
 
-from spoold.config import Config, validate_identifier
+from spoold.bounds import Bounds
+from spoold.config import Config, SpoolLimits, validate_identifier
+from spoold.durable import append_all, fsync_dir, write_atomic
 from spoold.envelope import LineResult, Validator, envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
 
@@ -46,34 +48,6 @@ def flush_name(seq: int) -> str:
 def flush_seq(path: Path) -> int | None:
     m = _FLUSH_RE.fullmatch(path.name)
     return int(m.group(1)) if m else None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Publish ``data`` at ``path``: write a temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per thread too
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
@@ -133,8 +107,10 @@ def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = Non
 class Spool:
     """Producers' and flushers' handle on a spool root (thread-safe)."""
 
-    def __init__(self, root: str | os.PathLike[str], group: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], group: str | None = None,
+                 limits: SpoolLimits | None = None) -> None:
         self.root = Path(root)
+        self.bounds = Bounds(self.root, limits or SpoolLimits(), _FLUSH_RE, ACTIVE)
         self._gid = _group_id(group) if group else None
         self._dir_mode = 0o2770 if group else 0o700
         self._file_mode = 0o660 if group else 0o600
@@ -144,7 +120,7 @@ class Spool:
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
-        return cls(config.spool_root, config.spool_group)
+        return cls(config.spool_root, config.spool_group, config.spool_limits)
 
     # -- layout -----------------------------------------------------------------
     def table_dir(self, table: str, *, create: bool = False) -> Path:
@@ -215,27 +191,35 @@ class Spool:
         return sum(n for _, n in lines)
 
     def append_lines(self, table: str, lines: Iterable[tuple[bytes, int] | bytes]) -> None:
-        """Append pre-encoded envelope lines: one write each, one fsync for the call."""
+        """Append pre-encoded envelope lines: one write each, one fsync for the call; all or nothing.
+
+        Raises :class:`SpoolFull` (retryable) when the spool's bounds or a full disk refuse them.
+        """
         payloads = [x[0] if isinstance(x, tuple) else x for x in lines]
         if not payloads:
             return
-        with self._locked(table) as d:
-            created = False
-            try:
-                fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
-                created = True
-            try:
-                self._chown(fd)
-                self._repair_tail(table, fd)
-                for data in payloads:
-                    _write_all(fd, data)
-                os.fsync(fd)
-                if created:  # a new file's name is durable only once its directory is synced
-                    fsync_dir(d)
-            finally:
-                os.close(fd)
+        size = sum(map(len, payloads))
+        try:
+            with self._locked(table) as d:
+                created = False
+                try:
+                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
+                except FileNotFoundError:
+                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+                    created = True
+                try:
+                    self._chown(fd)
+                    self._repair_tail(table, fd)
+                    self.bounds.check(table, fd, size)
+                    append_all(fd, payloads)
+                    if created:  # a new file's name is durable only once its directory is synced
+                        fsync_dir(d)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            if (full := self.bounds.disk_full(table, size, e)) is None:
+                raise
+            raise full from e
 
     def rotate(self, table: str) -> Path | None:
         """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
