@@ -54,7 +54,7 @@ class Bounds:
     def check(self, table: str, fd: int, size: int) -> None:
         """Raise :class:`SpoolFull` if appending ``size`` bytes to ``table``'s active ``fd`` would cross a bound."""
         pending = os.fstat(fd).st_size + self.rotated_bytes(table)
-        refusal = self._refusal(table, pending, size, os.fstatvfs(fd))
+        refusal = self._refusal(table, pending, size, os.fstatvfs(fd) if self.limits.min_free_bytes else None)
         with self._guard:
             if refusal is None:
                 self._refused.pop(table, None)
@@ -71,8 +71,8 @@ class Bounds:
         return SpoolFull(f"spool full: no space left on the spool's filesystem for an append of {size} bytes "
                          f"to table {table} ({e.strerror})")
 
-    def _refusal(self, table: str, pending: int, size: int, fs: os.statvfs_result) -> str | None:
-        """Why an append of ``size`` bytes must be refused, or None."""
+    def _refusal(self, table: str, pending: int, size: int, fs: os.statvfs_result | None) -> str | None:
+        """Why an append of ``size`` bytes must be refused, or None (``fs`` None: no free space to keep)."""
         limit = self.limits.max_bytes
         if limit and pending + size > limit:
             if size > limit:
@@ -80,6 +80,8 @@ class Bounds:
                         f"[spool] max_bytes = {limit} on its own")
             return (f"spool full: table {table} has {pending} bytes pending; {size} more would cross "
                     f"[spool] max_bytes = {limit} (a flush frees room)")
+        if fs is None:
+            return None
         free, keep = fs.f_bavail * fs.f_frsize, min_free(self.limits, fs.f_blocks * fs.f_frsize)
         if free - size < keep:
             return (f"spool full: {free} bytes free on the spool's filesystem; an append of {size} bytes to "

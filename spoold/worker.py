@@ -84,7 +84,7 @@ class Worker:
             if (more := self.errors.note(f"flush:{table}", now)) is not None:
                 log.error("table %s: flush failed, rows stay spooled, retry in %.1fs (failure %d): %s%s", table,
                           state.backoff_s, state.failures, state.last_error, more,
-                          exc_info=not isinstance(e, SpooldError))
+                          exc_info=not isinstance(e, (SpooldError, OSError)))  # a full disk is no bug
             self.observe(table, now, changed=False)
             # Quarantined rows of a failed flush are not counted: its retry quarantines them again.
             metrics.flushed(table, "error", time.monotonic() - started, {**result.summary(), "quarantined": 0})
