@@ -156,6 +156,7 @@ def rows(prefix: str, n: int, start: int = 0) -> list[dict[str, Any]]:
 # --- 10.1: /metrics and /health over HTTP --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # an outage past max_delay_s and back
 def test_metrics_count_what_was_appended_and_health_follows_an_outage(
     tmp_path: Path, daemons: Callable[..., DaemonProc]
 ) -> None:
@@ -238,6 +239,7 @@ def test_a_listen_address_that_cannot_be_served_stops_start_up(tmp_path: Path) -
 # --- 10.2: a full spool pushes back, loses nothing --------------------------------------------------------------
 
 
+@pytest.mark.slow  # fills a spool through ~40 CLI appends, then drains it
 def test_a_full_spool_refuses_appends_whole_and_loses_nothing(
     tmp_path: Path, daemons: Callable[..., DaemonProc]
 ) -> None:
@@ -370,6 +372,7 @@ def test_enospc_during_append_refuses_it_whole(tmp_path: Path, small_fs: Path) -
     assert not [p.name for p in table_dir.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # a 3 s debounce to fill the disk before the rotation
 def test_the_daemon_survives_enospc_in_append_and_rotation_and_loses_nothing(
     tmp_path: Path, small_fs: Path, daemons: Callable[..., DaemonProc]
 ) -> None:
