@@ -24,6 +24,7 @@ from spoold.errors import SpoolError
 VERSION = 1
 MAX_ENVELOPE_ROWS = 1000
 MAX_ENVELOPE_BYTES = 1 << 20  # an envelope is split below this, unless one row is larger
+MAX_DEPTH = 253  # nesting levels orjson can write back (it reads 1,024): a deeper value is rejected
 _NONE = type(None)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
@@ -113,6 +114,7 @@ class RowReject:
     index: int  # position of the row in the envelope's "rows"
     reason: str
     row: Any
+    key: str | None = None  # the row's key, when it has a usable one (so quarantine can be searched by key)
 
 
 @dataclass(slots=True)
@@ -224,7 +226,7 @@ class Validator:
         if row_bad:
             for pos, reason in sorted(row_bad.items()):
                 orig = index[pos] if index is not None else pos
-                rejects.append(RowReject(orig, reason, rows[orig]))
+                rejects.append(RowReject(orig, reason, rows[orig], keys[pos] or None))
             keep = [p for p in range(n) if p not in row_bad]
             keys = [keys[p] for p in keep]
             out = {c: [v[p] for p in keep] for c, v in out.items()}
@@ -265,6 +267,9 @@ class Validator:
                 continue
             try:
                 out.append(caster(v))
+            except _TooDeep:
+                row_bad.setdefault(pos, f"column {name!r}: value nested too deeply to store (over {MAX_DEPTH} levels)")
+                out.append(None)
             except (TypeError, ValueError, OverflowError):
                 row_bad.setdefault(pos, f"column {name!r}: cannot cast {_show(v)} to {typ}")
                 out.append(None)
@@ -295,8 +300,15 @@ class Validator:
         return keys
 
 
+class _TooDeep(Exception):
+    """An object or array nested deeper than orjson can write (it reads 1,024 levels, writes 254)."""
+
+
 def _show(v: Any) -> str:
-    text = orjson.dumps(v).decode()
+    try:
+        text = orjson.dumps(v).decode()
+    except TypeError:  # nested too deeply to write back: show its start
+        text = repr(v)[:57] if type(v) in (dict, list) else type(v).__name__
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -304,7 +316,10 @@ def _to_string(v: Any) -> str:
     if type(v) is str:
         return v
     if type(v) in (dict, list):
-        return orjson.dumps(v).decode()  # objects and arrays are stored as their JSON text
+        try:
+            return orjson.dumps(v).decode()  # objects and arrays are stored as their JSON text
+        except TypeError:
+            raise _TooDeep from None
     raise TypeError
 
 

@@ -31,7 +31,7 @@ import orjson
 
 from spoold.config import Config, validate_identifier
 from spoold.envelope import LineResult, Validator, envelopes
-from spoold.errors import SpoolError, UsageError
+from spoold.errors import SpoolError, TableBusy, UsageError
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
@@ -268,7 +268,7 @@ class Spool:
         qdir = self.table_dir(table, create=True) / QUARANTINE
         self._mkdir(qdir)
         path = qdir / f"{name}.jsonl"
-        write_atomic(path, b"".join(orjson.dumps(r, default=str) + b"\n" for r in records), self._file_mode)
+        write_atomic(path, b"".join(_record_line(r) for r in records), self._file_mode)
         return path
 
     def remove(self, paths: Iterable[Path]) -> None:
@@ -315,17 +315,19 @@ class Spool:
         return removed
 
     @contextmanager
-    def flush_lock(self, table: str) -> Iterator[Path]:
+    def flush_lock(self, table: str, *, wait: bool = True) -> Iterator[Path]:
         """Held while flushing ``table``, so two flushers of one spool don't do the work twice.
 
         Correctness never depends on it (keys do that); producers never wait on it.
+        ``wait=False`` raises :class:`TableBusy` at once when another flush holds it:
+        the daemon's loop must never block on a stopped or stuck ``spoold flush``.
         """
-        with self._locked(table, ".flush-lock") as d:
+        with self._locked(table, ".flush-lock", wait=wait) as d:
             yield d
 
     # -- internals --------------------------------------------------------------
     @contextmanager
-    def _locked(self, table: str, name: str = ".lock") -> Iterator[Path]:
+    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True) -> Iterator[Path]:
         d = self._dirs.get(table)
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
@@ -343,12 +345,20 @@ class Spool:
                 self._chown(fd)
                 entry = self._locks[table + "/" + name] = (threading.Lock(), fd, pid)
         tlock, fd, _ = entry
-        with tlock:  # flock is per open file; threads of this process need their own lock
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        # flock is per open file; threads of this process need their own lock
+        if not tlock.acquire(blocking=wait):
+            raise TableBusy(f"table {table} is being flushed by another thread of this process")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TableBusy(f"table {table} is being flushed by another process (e.g. `spoold flush`)") from None
             try:
                 yield d
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            tlock.release()
 
     def _repair_tail(self, table: str, fd: int) -> None:
         """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
@@ -401,6 +411,22 @@ class Spool:
             os.fchown(fd, -1, self._gid)
         if stat.S_IMODE(st.st_mode) != self._file_mode:
             os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
+
+
+def _record_line(rec: dict[str, Any]) -> bytes:
+    """One quarantine record as a JSON line, even when a rejected value is nested too deeply to
+    write as JSON (orjson writes 253 levels): that value is kept as its Python repr instead."""
+    try:
+        return orjson.dumps(rec, default=str) + b"\n"
+    except TypeError:
+        safe = {}
+        for k, v in rec.items():
+            try:
+                orjson.dumps(v, default=str)
+                safe[k] = v
+            except TypeError:
+                safe[f"{k}_repr"] = repr(v)
+        return orjson.dumps(safe, default=str) + b"\n"
 
 
 def _group_id(name: str) -> int:
