@@ -72,7 +72,7 @@ class SpooldDaemon:
         self._wait_ready(seen + 1, "reload")
 
     def _wait_ready(self, count: int, what: str) -> None:
-        __tracebackhide__ = True  # a failure points at the test's line, not at the plugin's
+        __tracebackhide__ = True
         assert self.proc is not None and self._notify is not None
         notify = self._notify
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -90,6 +90,7 @@ class SpooldDaemon:
         committed, what is still spooled or quarantined and the daemon's last log
         lines, after ``timeout`` seconds or as soon as the daemon has exited.
         """
+        __tracebackhide__ = True  # the failure points at the test's line
         start = time.monotonic()
         deadline = start + timeout
         seen: Any = None

@@ -56,6 +56,9 @@ class SpooldEnv:
         self._isolate()  # first: the config reads its state directory from the environment
         self._write_config(self._tables, self._flush)
 
+    def __repr__(self) -> str:
+        return f"<SpooldEnv {self.base}>"
+
     # -- the test's environment ---------------------------------------------------------------
     def _isolate(self) -> None:
         """``SPOOLD_CONFIG`` → this env; pyiceberg sees only this catalog; no outer state or systemd context."""
