@@ -51,10 +51,15 @@ class Bounds:
         self._guard = threading.Lock()
 
     # -- the check (under the table's append lock) -------------------------------------
-    def check(self, table: str, fd: int, size: int) -> None:
-        """Raise :class:`SpoolFull` if appending ``size`` bytes to ``table``'s active ``fd`` would cross a bound."""
-        pending = os.fstat(fd).st_size + self.rotated_bytes(table)
-        refusal = self._refusal(table, pending, size, os.fstatvfs(fd) if self.limits.min_free_bytes else None)
+    def check(self, table: str, fd: int, size: int, *, staged: bool = False) -> None:
+        """Raise :class:`SpoolFull` if appending ``size`` bytes to ``table``'s active ``fd`` would cross a bound.
+
+        ``staged``: ``fd`` is instead a staging file that already holds the ``size``
+        bytes (a large append published by rename), so their space is already taken.
+        """
+        pending = self.pending_bytes(table) if staged else os.fstat(fd).st_size + self.rotated_bytes(table)
+        fs = os.fstatvfs(fd) if self.limits.min_free_bytes else None
+        refusal = self._refusal(table, pending, size, fs, size if staged else 0)
         with self._guard:
             if refusal is None:
                 self._refused.pop(table, None)
@@ -71,8 +76,9 @@ class Bounds:
         return SpoolFull(f"spool full: no space left on the spool's filesystem for an append of {size} bytes "
                          f"to table {table} ({e.strerror})")
 
-    def _refusal(self, table: str, pending: int, size: int, fs: os.statvfs_result | None) -> str | None:
-        """Why an append of ``size`` bytes must be refused, or None (``fs`` None: no free space to keep)."""
+    def _refusal(self, table: str, pending: int, size: int, fs: os.statvfs_result | None, taken: int) -> str | None:
+        """Why an append of ``size`` bytes must be refused, or None (``fs`` None: no free space to keep;
+        ``taken``: bytes of it already written, no longer free)."""
         limit = self.limits.max_bytes
         if limit and pending + size > limit:
             if size > limit:
@@ -82,7 +88,7 @@ class Bounds:
                     f"[spool] max_bytes = {limit} (a flush frees room)")
         if fs is None:
             return None
-        free, keep = fs.f_bavail * fs.f_frsize, min_free(self.limits, fs.f_blocks * fs.f_frsize)
+        free, keep = fs.f_bavail * fs.f_frsize + taken, min_free(self.limits, fs.f_blocks * fs.f_frsize)
         if free - size < keep:
             return (f"spool full: {free} bytes free on the spool's filesystem; an append of {size} bytes to "
                     f"table {table} would leave less than [spool] min_free_bytes = {keep}")

@@ -31,7 +31,7 @@ import orjson
 
 from spoold.bounds import Bounds
 from spoold.config import Config, SpoolLimits, validate_identifier
-from spoold.durable import append_all, fsync_dir, write_atomic
+from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import LineResult, Validator, envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
 
@@ -39,6 +39,7 @@ ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
 _FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 _READ_BLOCK = 1 << 20
+STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
 
 
 def flush_name(seq: int) -> str:
@@ -221,29 +222,90 @@ class Spool:
                 raise
             raise full from e
 
+    def append_stream(self, table: str, lines: Iterable[bytes]) -> None:
+        """Append envelope lines from an iterable, all or nothing, in memory bounded by ``STAGE_BYTES``.
+
+        A small input goes to ``active.jsonl`` like any append. A large one is
+        written to a temp file in the table's directory as the iterable yields
+        (an error the iterable raises, e.g. a bad input line, removes it:
+        nothing is appended), fsync'd once, and published under the lock as the
+        next flush file, after rotating what producers appended before it, so
+        spool order is kept. A crash before the rename leaves only the temp
+        file, which flush sweeps once it is old.
+        """
+        it = iter(lines)
+        head: list[bytes] = []
+        size = 0
+        for line in it:
+            head.append(line)
+            size += len(line)
+            if size > STAGE_BYTES:
+                break
+        else:
+            self.append_lines(table, head)
+            return
+        d = self.table_dir(table, create=True)
+        tmp = d / f".stage-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        staged = 0
+        try:
+            self._chown(fd)
+            staged = self._stage(table, fd, b"".join(head), staged)
+            pending: list[bytes] = []
+            size = 0
+            for line in it:
+                pending.append(line)
+                size += len(line)
+                if size >= _READ_BLOCK:
+                    staged = self._stage(table, fd, b"".join(pending), staged)
+                    pending, size = [], 0
+            staged = self._stage(table, fd, b"".join(pending), staged)
+            os.fsync(fd)
+            with self._locked(table) as d:
+                self._rotate_locked(table, d)
+                self.bounds.check(table, fd, staged, staged=True)
+                os.rename(tmp, d / flush_name(self._next_seq(d)))
+                fsync_dir(d)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and (full := self.bounds.disk_full(table, staged, e)) is not None:
+                raise full from e
+            raise
+        finally:
+            os.close(fd)
+
+    def _stage(self, table: str, fd: int, data: bytes, staged: int) -> int:
+        """Write ``data`` to a staging file holding ``staged`` bytes; SpoolFull as soon as it cannot fit."""
+        write_all(fd, data)
+        self.bounds.check(table, fd, staged + len(data), staged=True)
+        return staged + len(data)
+
     def rotate(self, table: str) -> Path | None:
         """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
         d = self.table_dir(table)
         if not (d / ACTIVE).exists():
             return None
         with self._locked(table) as d:
-            active = d / ACTIVE
-            try:
-                fd = os.open(active, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                return None
-            try:
-                self._repair_tail(table, fd)
-                empty = os.fstat(fd).st_size == 0
-            finally:
-                os.close(fd)
-            if empty:
-                return None
-            seq = self._next_seq(d)
-            target = d / flush_name(seq)
-            os.rename(active, target)
-            fsync_dir(d)
-            return target
+            return self._rotate_locked(table, d)
+
+    def _rotate_locked(self, table: str, d: Path) -> Path | None:
+        active = d / ACTIVE
+        try:
+            fd = os.open(active, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        try:
+            self._repair_tail(table, fd)
+            empty = os.fstat(fd).st_size == 0
+        finally:
+            os.close(fd)
+        if empty:
+            return None
+        seq = self._next_seq(d)
+        target = d / flush_name(seq)
+        os.rename(active, target)
+        fsync_dir(d)
+        return target
 
     def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
         """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
@@ -266,6 +328,17 @@ class Spool:
                 pass
         for d in dirs:
             fsync_dir(d)
+
+    def close(self) -> None:
+        """Close the lock files this handle keeps open between calls (the next call reopens them).
+
+        A long-lived producer never needs it; a process making many handles
+        (e.g. one per test) does, or it runs out of file descriptors.
+        """
+        with self._guard:
+            locks, self._locks = self._locks, {}
+        for _, fd, _ in locks.values():
+            os.close(fd)
 
     def sweep_temp(self, table: str | None = None, older_than_s: float = 3600.0) -> int:
         """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from spoold import durable
+from spoold import spool as spool_module
 from spoold.bounds import AUTO_FREE_MAX, min_free
 from spoold.config import ConfigError, SpoolLimits, parse_config
 from spoold.envelope import envelopes
@@ -118,6 +119,43 @@ def test_the_flush_files_total_is_listed_again_when_a_change_may_hide_in_the_sam
     assert spool.bounds.rotated_bytes(T) == 150  # the cache, as the mtime promised
     (d / flush_name(3)).write_bytes(b"c")  # any real change moves the mtime
     assert spool.bounds.rotated_bytes(T) == 101
+
+
+def test_a_large_staged_append_is_bounded_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append stream past STAGE_BYTES is staged in a file and published by rename: the same bounds apply,
+    and it gives up as soon as what it staged cannot fit, leaving neither rows nor its temp file."""
+    monkeypatch.setattr(spool_module, "STAGE_BYTES", 5_000)
+    monkeypatch.setattr(spool_module, "_READ_BLOCK", 5_000)
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(max_bytes=60_000))
+    spool.append(T, rows(10))
+    before = pending(spool)
+    produced = []
+
+    def lines(n: int, start: int) -> Iterator[bytes]:
+        for i in range(start, start + n):
+            produced.append(i)
+            yield from (line for line, _ in envelopes(rows(1, i)))
+
+    with pytest.raises(SpoolFull, match=rf"spool full: .*table {T} .*max_bytes = 60000"):
+        spool.append_stream(T, lines(2000, 100))  # ~250 KB
+    assert pending(spool) == before
+    assert len(produced) < 1000  # it stopped staging early
+    assert not [p for p in spool.table_dir(T).iterdir() if p.name.endswith(".tmp")]
+    real = Spool._rotate_locked
+
+    def another_producer_first(self: Spool, table: str, d: Path) -> Path | None:
+        with open(d / ACTIVE, "ab") as f:  # it appended while ours was staging, before we took the lock
+            f.write(b"".join(line for line, _ in envelopes(rows(200, 9000))))
+        return real(self, table, d)
+
+    monkeypatch.setattr(Spool, "_rotate_locked", another_producer_first)
+    with pytest.raises(SpoolFull):
+        spool.append_stream(T, lines(300, 5000))  # ~37 KB: fitted while staged, not with the other's ~25 KB
+    monkeypatch.setattr(Spool, "_rotate_locked", real)
+    assert b"k5000" not in pending(spool) and b"k9000" in pending(spool)
+    spool.remove(spool.flush_files(T))  # a flush
+    spool.append_stream(T, lines(300, 5000))  # staged and published
+    assert b"k5000" in pending(spool) and len(spool.flush_files(T)) == 1
 
 
 # --- min_free_bytes -----------------------------------------------------------------------------

@@ -365,6 +365,10 @@ def test_enospc_during_append_refuses_it_whole(tmp_path: Path, small_fs: Path) -
     assert out.returncode == 1 and "spool full: no space left" in err and T in err, err
     assert pending_bytes(cfg) == before  # not one line of it
     assert cli_append(cfg, rows("small", 1)).returncode == 0  # what fits goes in
+    before = pending_bytes(cfg)
+    out = cli_append(cfg, rows("huge", 40_000))  # ~6 MB: staged in a temp file, to be renamed as a flush file
+    assert out.returncode == 1 and b"spool full: no space left" in out.stderr, out.stderr
+    assert pending_bytes(cfg) == before
     filler.unlink()
     assert cli_append(cfg, rows("big", 400)).returncode == 0
     assert spooled_keys(cfg) == [f"a{i}" for i in range(10)] + ["small0"] + [f"big{i}" for i in range(400)]

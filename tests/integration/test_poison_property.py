@@ -11,6 +11,7 @@ either appends all of it or refuses it with an InputError.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spoold.append import encode_rows, read_rows
+from spoold.append import encode_rows, validated_batches
 from spoold.config import load_config
 from spoold.envelope import Validator
 from spoold.errors import InputError
@@ -131,11 +132,10 @@ LONGS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 ), min_size=1, max_size=10))
 def test_spoold_append_validation_either_takes_everything_or_names_a_line(rows: list[dict[str, Any]]) -> None:
     data = b"\n".join(orjson.dumps(r).replace(b'"DEEP"', DEEP) for r in rows) + b"\n"
-    validator = Validator(load_config(write_config(Path(tempfile.mkdtemp()))).table("app.x"))
-    linenos: list[int] = []
+    validator = Validator(load_config(write_config(Path(tempfile.mkdtemp()))).table("app.x"), cast=False)
     try:
-        got = read_rows(data, validator, linenos)
-        lines = encode_rows(got, linenos)
+        lines = [line for got, linenos in validated_batches(io.BytesIO(data), validator)
+                 for line in encode_rows(got, linenos)]
     except InputError as e:
         assert str(e).startswith("line "), e
         return
