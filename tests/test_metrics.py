@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from daemonproc import http_get
 from prometheus_client.parser import text_string_to_metric_families
 
 from spoold import metrics
@@ -88,11 +89,7 @@ def server() -> Iterator[Server]:
 
 
 def get(server: Server, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://{server.address}{path}", timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return http_get(server.address, path)
 
 
 def samples(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

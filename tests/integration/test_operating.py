@@ -13,10 +13,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import threading
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import run_spoold
-from daemonproc import DaemonProc, wait_for
+from daemonproc import DaemonProc, http_get, notify_socket, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from spoold.config import load_config
@@ -62,17 +58,9 @@ def listener(cfg: Path) -> str:
     return wait_for(lambda: daemon_state(cfg).get("listen"), "the listener's address in .daemon.json")
 
 
-def get(base: str, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://{base}{path}", timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def scrape(base: str) -> dict[tuple[str, str], float]:
     """``{(sample name, table label): value}`` of the table-labelled samples, read over HTTP."""
-    code, body = get(base, "/metrics")
+    code, body = http_get(base, "/metrics")
     assert code == 200
     out = {}
     for fam in text_string_to_metric_families(body.decode()):
@@ -88,7 +76,7 @@ def metric(base: str, name: str) -> float:
 
 
 def health(base: str) -> tuple[int, dict[str, Any]]:
-    code, body = get(base, "/health")
+    code, body = http_get(base, "/health")
     return code, orjson.loads(body)
 
 
@@ -121,32 +109,6 @@ def catalog_down(tmp_path: Path) -> Iterator[None]:
     finally:
         db.rmdir()
         shutil.move(away, db)
-
-
-@contextmanager
-def notify_socket() -> Iterator[tuple[str, list[str]]]:
-    """A fake $NOTIFY_SOCKET: (its address for the daemon, the datagrams received so far)."""
-    name = f"spoold-test-{uuid.uuid4().hex}"
-    messages: list[str] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind("\0" + name)
-        sock.settimeout(0.2)
-        done = threading.Event()
-
-        def receive() -> None:
-            while not done.is_set():
-                try:
-                    messages.append(sock.recv(65536).decode())
-                except TimeoutError:
-                    continue
-
-        rx = threading.Thread(target=receive)
-        rx.start()
-        try:
-            yield "@" + name, messages
-        finally:
-            done.set()
-            rx.join()
 
 
 def rows(prefix: str, n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -289,7 +251,7 @@ def test_a_full_spool_refuses_appends_whole_and_loses_nothing(
             assert st["tables"][T]["spool_full"] is True
             assert sum(s["lag_bytes"] for s in st["sources"]) > 0  # the source file keeps the rows
             assert metric(base, "spoold_spool_full") == 1
-            wait_for(lambda: any(f"spool full: {T}" in m for m in messages), "STATUS line says spool full")
+            wait_for(lambda: any(f"spool full: {T}" in m for _, m in messages), "STATUS line says spool full")
             assert cli_append(cfg, refused).returncode == 1  # still full: still refused whole
             assert d.proc.poll() is None
 
