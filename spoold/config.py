@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoold.catalog_keys import validate_catalog
 from spoold.errors import ConfigError, UsageError
 
 COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
@@ -223,6 +224,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         if isinstance(v, (dict, list)):
             raise ConfigError(f"catalog.{k}: expected a scalar value")
         props[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    validate_catalog(props)
 
     flush = _settings(FlushSettings, _table(data, "flush"), "flush")
     if flush.debounce_s > flush.max_delay_s:
