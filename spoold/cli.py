@@ -180,6 +180,7 @@ def cmd_append(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    """Flush; a table that failed is named once on stderr, and stdout never claims there was nothing to do."""
     from spoold.flush import flush_all
     from spoold.iceberg.sink import Sink
     from spoold.spool import Spool
@@ -191,11 +192,12 @@ def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     if errors:
         doc["errors"] = {t: str(e) for t, e in errors.items()}
     lines = [f"{t}: committed {r.committed}, deduplicated {r.deduplicated}, quarantined {r.quarantined}"
-             for t, r in results.items()] or ["nothing to flush"]
-    _emit(doc, as_json, "\n".join(lines))
+             for t, r in results.items()]
+    if as_json or lines or not errors:
+        _emit(doc, as_json, "\n".join(lines) or "nothing to flush")
     for t, e in errors.items():
         print(f"spoold: error: {t}: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    return max((e.exit_code for e in errors.values()), default=0)
 
 
 def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int:
@@ -271,8 +273,11 @@ def cmd_replay(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.daemon import run_daemon
+    from spoold.runlock import daemon_lock
+    from spoold.spool import Spool
 
-    return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
+    with daemon_lock(Spool.from_config(config)):  # one daemon per spool root
+        return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
 
 
 _COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run,

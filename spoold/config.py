@@ -121,6 +121,9 @@ class DaemonSettings:
     listen: str = ""
     # Full look at spool and sources even without events (a safety net for missed events).
     rescan_s: float = 60.0
+    # A failure that keeps recurring (a table's flush, the watcher) is logged at its first
+    # occurrence, then again at most this often, with how many were not (-v logs each).
+    log_repeat_s: float = 60.0
 
     ZERO_OK = frozenset[str]()
 

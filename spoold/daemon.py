@@ -54,7 +54,7 @@ class Daemon:
         self.may_restart = may_restart  # only a real `spoold run` process re-executes itself when idle
         self._busy_at = time.monotonic()
         self.states: dict[str, TableState] = {}
-        self.errors = LogLimiter()
+        self.errors = LogLimiter(config.daemon.log_repeat_s)
         self.report = Report(self._limited)  # systemd STATUS/WATCHDOG and .daemon.json
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None

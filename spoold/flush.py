@@ -76,6 +76,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
                     _flush_files(config, spool, sink, table, files, result)
     except SpooldError as e:
         _record(spool, table, started, result, f"error: {e}")
+        log.debug("table %s: flush failed: %s", table, e)  # every failure, under -v (callers rate-limit theirs)
         raise
     if result.files:
         _record(spool, table, started, result, "ok")
@@ -173,6 +174,5 @@ def flush_all(
         try:
             results[table] = flush_table(config, spool, sink, table)
         except SpooldError as e:
-            log.error("table %s: flush failed: %s", table, e)
-            errors[table] = e
+            errors[table] = e  # the caller reports it, once
     return results, errors
