@@ -66,8 +66,10 @@ def replay(config: Config, table: str, *, dry_run: bool = False, sink: Any = Non
     tbl = (sink or Sink(config)).load(spec)
     types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
     validator = Validator(spec, types, required)
-    with spool.flush_lock(table):  # a flush of this table publishes quarantine files too
-        for path in files(spool, table):
+    for path in files(spool, table):
+        # A flush of this table publishes quarantine files too; locked per file, so a daemon's
+        # flush (and its watchdog) never waits for a whole large replay.
+        with spool.flush_lock(table):
             _replay_file(spool, table, path, validator, summary)
     return summary
 

@@ -121,11 +121,15 @@ def _through_pyiceberg(config: Config, wanted: set[str] | None) -> dict[str, Met
         catalog = open_catalog(config)
         if wanted is None:
             wanted = set()
+            seen: set[tuple[str, ...]] = set()
             todo = list(catalog.list_namespaces())
             while todo:
-                ns = todo.pop()
+                ns = tuple(todo.pop())
+                if ns in seen:
+                    continue
+                seen.add(ns)
                 wanted.update(".".join(t) for t in catalog.list_tables(ns))
-                todo += catalog.list_namespaces(ns)
+                todo += [n for n in catalog.list_namespaces(ns) if tuple(n) != ns]
         for ident in sorted(wanted):
             try:
                 tbl = catalog.load_table(ident)

@@ -136,18 +136,23 @@ def _keys_in_quarantine(where: Path) -> set[str]:
     return keys
 
 
+FILES, ROWS = 24, 750
+
+
 @pytest.mark.slow
 def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
         tmp_path: Path, rng: random.Random) -> None:
     cfg = cfg_with(tmp_path, "int")
     s = spool(cfg)
-    good = [f"k{f}-{i}" for f in range(12) for i in range(1500)]
-    for f in range(12):  # twelve flushes: twelve quarantine files
-        s.append(T, [{"part_id": f"k{f}-{i}", "n": 3_000_000_000 + i} for i in range(1500)]
+    good = [f"k{f}-{i}" for f in range(FILES) for i in range(ROWS)]
+    bad = {f"bad{f}" for f in range(FILES)}
+    for f in range(FILES):  # one flush file each: FILES quarantine files
+        s.append(T, [{"part_id": f"k{f}-{i}", "n": 3_000_000_000 + i} for i in range(ROWS)]
                  + [{"part_id": f"bad{f}", "n": "never"}])
-        ok(run_spoold("flush", "--config", str(cfg)))
-    assert len(list(qdir(tmp_path).glob("*.jsonl"))) == 12
-    everything = set(good) | {f"bad{f}" for f in range(12)}
+        s.rotate(T)
+    ok(run_spoold("flush", "--config", str(cfg)))
+    assert len(list(qdir(tmp_path).glob("*.jsonl"))) == FILES
+    everything = set(good) | bad
     cfg = cfg_with(tmp_path, "long")
     kills = both = partial = 0
     for attempt in range(10):
@@ -162,7 +167,7 @@ def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
         while proc.poll() is None and time.monotonic() < deadline and \
                 log.read_bytes().count(b": replayed ") < files_done:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.05) if files_done else rng.uniform(0.2, 2.0))
+        time.sleep(rng.uniform(0.0, 0.02) if files_done else rng.uniform(0.2, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -172,16 +177,16 @@ def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
         # nothing lost: every key is in quarantine, in the spool or in the table, whenever it was killed
         assert everything <= quarantined | spooled | table
         both += bool(quarantined & spooled)  # killed between re-spooling a file's rows and removing its records
-        partial += 0 < len(quarantined - {f"bad{f}" for f in range(12)}) < len(good)
+        partial += 0 < len(quarantined - bad) < len(good)
         if attempt % 3 == 2:
             ok(run_spoold("flush", "--config", str(cfg)))  # as the daemon would, between kills
     print(f"{kills} kill(s); {partial} left a replay half done; {both} between re-spool and record removal")
-    assert kills >= 5 and partial >= 3, f"only {kills} kill(s), {partial} mid-replay: nothing was tested"
+    assert kills >= 3 and partial >= 2, f"only {kills} kill(s), {partial} mid-replay: nothing was tested"
     final = replay(cfg)
     ok(run_spoold("flush", "--config", str(cfg)))
-    assert final["kept"] == 12
+    assert final["kept"] == FILES
     assert Counter(committed(cfg)) == Counter(good)  # each good key exactly once
-    assert _keys_in_quarantine(qdir(tmp_path)) == {f"bad{f}" for f in range(12)}
+    assert _keys_in_quarantine(qdir(tmp_path)) == bad
     assert replay(cfg)["replayed"] == 0
 
 

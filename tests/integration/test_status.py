@@ -148,3 +148,20 @@ def test_status_reads_the_local_catalog_without_loading_pyiceberg(tmp_path: Path
             " sorted(m for m in sys.modules if m.split('.')[0] in ('pyiceberg', 'pyarrow', 'sqlalchemy'))]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60)
     assert json.loads(out.stdout) == [2, []]
+
+
+def test_the_fast_local_read_and_pyiceberg_see_the_same_tables(tmp_path: Path) -> None:
+    """Other catalogs go through pyiceberg: both ways give the same metadata for a local one."""
+    from spoold.iceberg.peek import _through_pyiceberg, catalog_tables
+
+    cfg = write_config(tmp_path)
+    for t in ("a.one", "b.two"):
+        ok(run_spoold("append", t, "--config", str(cfg), input=rows(t, 3)))
+    ok(run_spoold("flush", "--config", str(cfg)))
+    config = load_config(cfg)
+    fast, slow = catalog_tables(config), _through_pyiceberg(config, None)
+    assert set(fast) == set(slow) == {"a.one", "b.two"}
+    for t in fast:
+        assert committed_status(fast[t]) == committed_status(slow[t])
+        assert fast[t]["properties"] == slow[t]["properties"] and fast[t]["metadata-location"]
+    assert set(catalog_tables(config, ["b.two", "c.none"])) == {"b.two"}
