@@ -11,6 +11,7 @@ path involved, never a pyiceberg flag or environment variable.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -21,10 +22,19 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchPropertyException, NotInstalledError
+from pyiceberg.exceptions import (
+    BadRequestError,
+    CommitFailedException,
+    NoSuchNamespaceError,
+    NoSuchPropertyException,
+    NoSuchTableError,
+    NotInstalledError,
+    RESTError,
+    WaitingForLockException,
+)
 
 from spoold.config import Config
-from spoold.errors import CatalogError, CommitConflict, ConfigError, SpooldError
+from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError
 from spoold.iceberg.peek import sqlite_path
 
 # The [catalog] of the catalog this process opened last: errors raised later, deep in a commit,
@@ -75,12 +85,20 @@ def _make_private(config: Config) -> None:
 
 @contextmanager
 def catalog_errors(what: str) -> Iterator[None]:
-    """Turn whatever the catalog stack raises into spoold's errors, with a message in spoold's terms."""
+    """Turn whatever the catalog stack raises into spoold's errors: whose fault is it?
+
+    The config's (a wrong or missing ``[catalog]`` key): :class:`ConfigError`. The
+    environment's (catalog or object store unreachable, disk full, a server error):
+    retryable :class:`CatalogError`. Another committer's: :class:`CommitConflict`. The
+    rows' own (a value Arrow or Parquet refuses, a partition value too long for a file
+    name, a name the catalog rejects): :class:`DataError`, which flush isolates into
+    quarantine instead of retrying the same rows forever. Messages are in spoold's terms.
+    """
     try:
         yield
     except SpooldError:
         raise
-    except CommitFailedException as e:
+    except (CommitFailedException, WaitingForLockException) as e:
         raise CommitConflict(f"{what}: {e}") from e
     except Exception as e:  # the catalog stack (SQLAlchemy, HTTP, S3, OS) has no common root
         config_problem = _config_problem(e, _props)
@@ -89,7 +107,36 @@ def catalog_errors(what: str) -> Iterator[None]:
         message = f"{what}: {_describe(e, _props)}"
         if _contended(e):  # another committer holds the catalog's lock: refresh and retry as on a conflict
             raise CommitConflict(message) from e
-        raise CatalogError(message) from e
+        if _environmental(e):
+            raise CatalogError(message) from e
+        raise DataError(message) from e
+
+
+# Libraries whose every exception is about reaching something (a database, a server, a bucket).
+_TRANSPORT = ("sqlalchemy", "sqlite3", "psycopg", "pg8000", "requests", "urllib3", "http", "socket", "ssl",
+              "botocore", "boto3", "s3fs", "fsspec", "aiohttp", "google", "azure", "adlfs", "gcsfs")
+
+
+def _environmental(e: BaseException | None) -> bool:
+    """True when some link of ``e``'s chain is a failure to reach or use the catalog, store or disk.
+
+    OS errors are the environment's (no space, I/O, permissions, connection refused),
+    except a file name too long, which a partition value causes and retrying never cures.
+    Anything else (ValueError, TypeError, Arrow's errors, a 400 from a REST catalog...) is
+    taken as the data's fault.
+    """
+    while e is not None:
+        if isinstance(e, OSError):
+            if e.errno != errno.ENAMETOOLONG and "name too long" not in str(e).lower():
+                return True
+        elif isinstance(e, RESTError) and not isinstance(e, BadRequestError):
+            return True
+        elif isinstance(e, (NoSuchTableError, NoSuchNamespaceError, NotInstalledError)):
+            return True  # dropped meanwhile, or a missing driver: nothing to do with the rows
+        elif type(e).__module__.split(".")[0] in _TRANSPORT:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:

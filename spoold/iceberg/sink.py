@@ -77,6 +77,10 @@ class Sink(Tables):
             return CommitOutcome(0, 0, None)
         fh, fl = fingerprints(batch.keys)
         order = np.argsort(fh, kind="stable")  # for the index lookup and the in-batch repeats alike
+        # Only columns holding a value in these rows are added to the table: a column only some
+        # other (quarantined) rows had must not fail the rows that never used it.
+        present = batch.present_columns()
+        types = {c: t for c, t in types.items() if c in present}
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 tbl = self.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
@@ -91,9 +95,10 @@ class Sink(Tables):
                 dups = len(batch) - len(keep)
                 if not keep:
                     return CommitOutcome(0, dups, idx.snapshot_id)
-                data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
-                if len(keep) < len(batch):
-                    data = data.take(keep)
+                with catalog_errors(f"cannot convert rows for {spec.identifier}"):
+                    data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
+                    if len(keep) < len(batch):
+                        data = data.take(keep)
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
                     new = _without_auto_retry(tbl)
@@ -108,7 +113,7 @@ class Sink(Tables):
             except SpooldError:
                 self._latest.pop(spec.identifier, None)
                 if attempt:
-                    raise
+                    raise  # a DataError twice in a row, on a fresh version: the rows' fault (flush isolates them)
                 continue  # the first try reused a version that may be stale (dropped, replaced): load it afresh
             snap = new.current_snapshot()
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id

@@ -92,9 +92,9 @@ class Tables:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
                 with tbl.update_schema() as update:
                     for name, typ in missing.items():
-                        update.add_column(name, ICEBERG_TYPES[typ])
+                        update.add_column((name,), ICEBERG_TYPES[typ])  # a tuple: "meta.src" is one name, not a path
                     for name, typ in widen.items():
-                        update.update_column(name, ICEBERG_TYPES[typ])
+                        update.update_column((name,), ICEBERG_TYPES[typ])
                 sync_local_files([tbl.metadata_location])
             if missing:
                 log.info("table %s: added columns %s", spec.identifier,
