@@ -140,7 +140,7 @@ class _Flush:
                 columns = _columns(raw) if verdict.rejects else None
                 for rej in verdict.rejects:
                     rejects.append(quarantine_record(
-                        rej.reason, path.name, lineno, row_index=rej.index, columns=columns, row=rej.row
+                        rej.reason, path.name, lineno, row_index=rej.index, key=rej.key, columns=columns, row=rej.row
                     ))
                 size += len(raw) if verdict.rejects else 0
                 if verdict.keys:

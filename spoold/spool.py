@@ -37,6 +37,7 @@ ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
 _FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 _READ_BLOCK = 1 << 20
+STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
 
 
 def flush_name(seq: int) -> str:
@@ -237,29 +238,80 @@ class Spool:
             finally:
                 os.close(fd)
 
+    def append_stream(self, table: str, lines: Iterable[bytes]) -> None:
+        """Append envelope lines from an iterable, all or nothing, in memory bounded by ``STAGE_BYTES``.
+
+        A small input goes to ``active.jsonl`` like any append. A large one is
+        written to a temp file in the table's directory as the iterable yields
+        (an error the iterable raises, e.g. a bad input line, removes it:
+        nothing is appended), fsync'd once, and published under the lock as the
+        next flush file, after rotating what producers appended before it, so
+        spool order is kept. A crash before the rename leaves only the temp
+        file, which flush sweeps once it is old.
+        """
+        it = iter(lines)
+        head: list[bytes] = []
+        size = 0
+        for line in it:
+            head.append(line)
+            size += len(line)
+            if size > STAGE_BYTES:
+                break
+        else:
+            self.append_lines(table, head)
+            return
+        d = self.table_dir(table, create=True)
+        tmp = d / f".stage-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        try:
+            self._chown(fd)
+            _write_all(fd, b"".join(head))
+            pending: list[bytes] = []
+            size = 0
+            for line in it:
+                pending.append(line)
+                size += len(line)
+                if size >= _READ_BLOCK:
+                    _write_all(fd, b"".join(pending))
+                    pending, size = [], 0
+            _write_all(fd, b"".join(pending))
+            os.fsync(fd)
+            with self._locked(table) as d:
+                self._rotate_locked(table, d)
+                os.rename(tmp, d / flush_name(self._next_seq(d)))
+                fsync_dir(d)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+
     def rotate(self, table: str) -> Path | None:
         """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
         d = self.table_dir(table)
         if not (d / ACTIVE).exists():
             return None
         with self._locked(table) as d:
-            active = d / ACTIVE
-            try:
-                fd = os.open(active, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                return None
-            try:
-                self._repair_tail(table, fd)
-                empty = os.fstat(fd).st_size == 0
-            finally:
-                os.close(fd)
-            if empty:
-                return None
-            seq = self._next_seq(d)
-            target = d / flush_name(seq)
-            os.rename(active, target)
-            fsync_dir(d)
-            return target
+            return self._rotate_locked(table, d)
+
+    def _rotate_locked(self, table: str, d: Path) -> Path | None:
+        active = d / ACTIVE
+        try:
+            fd = os.open(active, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        try:
+            self._repair_tail(table, fd)
+            empty = os.fstat(fd).st_size == 0
+        finally:
+            os.close(fd)
+        if empty:
+            return None
+        seq = self._next_seq(d)
+        target = d / flush_name(seq)
+        os.rename(active, target)
+        fsync_dir(d)
+        return target
 
     def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
         """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
