@@ -6,8 +6,8 @@ a full chunk is committed through the :class:`CommitPipeline` (one snapshot,
 re-settled against committed keys, poison rows isolated into quarantine).
 Rows the rules reject go to quarantine with the chunk. The source cursors the
 reader marked move only in the callback of the commit that makes every row
-before them durable, and never in a run whose every row was quarantined (a
-wrong ``--format`` or table config: fixed and run again, it starts where it did).
+before them durable (quarantined rows are durable too: a poison stretch never
+holds a limited run in place).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class BackfillRun:
             self.pipeline.submit(batch, self.validator, self.props, lambda out: self._committed(out, marks))
         elif marks:
             self.pipeline.join()  # the rows before these marks may still be committing
-            self._advance(marks)
+            self.cursors.save(marks)
 
     def reject_commit(self, batch: Batch, row: int, reason: str) -> None:
         """A row no commit can take (on the commit thread): quarantined under a name its key decides."""
@@ -220,12 +220,8 @@ class BackfillRun:
     def _committed(self, out: CommitOutcome, marks: dict[str, Position]) -> None:
         self.s.written += out.committed
         self.s.skipped_committed += out.deduplicated  # another committer got there first
-        self._advance(marks)
+        self.cursors.save(marks)
         gc.collect(1)  # the young cycles a commit leaves (the caller's loop runs with GC off)
-
-    def _advance(self, marks: dict[str, Position]) -> None:
-        if not self.s.all_quarantined:
-            self.cursors.save(marks)
 
 
 __all__ = ["BackfillRun", "BackfillSummary"]

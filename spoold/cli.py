@@ -212,7 +212,7 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
     sys.stdout.flush()
     if s.all_quarantined:
         print(f"spoold: error: all {s.quarantined} row(s) materialized were quarantined, first because: "
-              f"{s.first_quarantine_reason} (check --format and the table's key; the cursors did not move)",
+              f"{s.first_quarantine_reason} (check --format and the table's key; --restart reads the sources again)",
               file=sys.stderr)
         return 2
     if s.limit_reached and not s.interrupted:

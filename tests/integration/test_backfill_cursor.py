@@ -161,14 +161,14 @@ def test_auto_takes_the_format_of_the_tables_sources_entry(tmp_path: Path) -> No
 # -- acceptance 14.3: every row quarantined ------------------------------------------------------------
 
 
-def test_a_source_whose_every_row_lacks_a_key_exits_2_and_moves_no_cursor(tmp_path: Path) -> None:
+def test_a_source_whose_every_row_lacks_a_key_exits_2_naming_the_reason(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     src = write(tmp_path / "nokey.jsonl", [{"id": i, "text": "no part_id"} for i in range(5)])
-    for _ in range(2):  # the cursor did not move: the same rows, the same verdict
-        out, err = backfill(cfg, "t.nokey", "--source", str(src), "--all", code=2)
+    for again in ([], ["--restart"]):
+        out, err = backfill(cfg, "t.nokey", "--source", str(src), "--all", *again, code=2)
         assert (out["materialized"], out["quarantined"], out["written"]) == (5, 5, 0)
         (error,) = [line for line in err.splitlines() if line.startswith("spoold: error:")]
-        assert "all 5 row(s)" in error and "no usable key" in error
+        assert "all 5 row(s)" in error and "no usable key" in error and "--restart" in error
     write(src, [{"part_id": f"k:{i}", "text": "fixed"} for i in range(5)])  # fixed in place, same inode
     out, _ = backfill(cfg, "t.nokey", "--source", str(src), "--all")
     assert out["written"] == 5
