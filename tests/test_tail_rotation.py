@@ -191,6 +191,28 @@ def test_copytruncate_reads_the_rest_from_the_copy(spool: Spool, src: Path, stop
     assert Counter(spooled(spool)) == Counter(["a1", "a2", "a3", "a4", "b1"])
 
 
+def test_copytruncate_onto_the_copy_of_the_last_rotation(spool: Spool, src: Path) -> None:
+    """cp writes over the last copy in place (same inode): it is a new copy all the same."""
+    app, copy = src / "app.jsonl", src / "app.jsonl.1"
+
+    def copytruncate(then: bytes) -> None:
+        shutil.copyfile(app, copy)
+        with open(app, "r+b") as f:
+            f.truncate(0)
+        append(app, then)
+
+    app.write_bytes(line("a1"))
+    t = tailer(spool, str(src / "*.jsonl"))
+    drain(t)
+    append(app, line("a2"))
+    copytruncate(line("b1"))
+    drain(t, app)
+    append(app, line("b2"))  # spoold is stopped from here
+    copytruncate(line("c1"))
+    drain(tailer(spool, str(src / "*.jsonl")))
+    assert Counter(spooled(spool)) == Counter(["a1", "a2", "b1", "b2", "c1"])
+
+
 def test_copytruncate_with_the_new_file_already_longer_than_the_offset(spool: Spool, src: Path) -> None:
     app = src / "app.jsonl"
     app.write_bytes(line("a1"))

@@ -223,14 +223,27 @@ class Followed:
         """Follow ``copy`` (a rotated copy of ``f``, starting with what ``f`` had read) from ``f``'s offset, first."""
         st = os.stat(copy)
         key = file_key(self.spec(f).table, st.st_dev, st.st_ino)
-        if key in self.follows:
-            return  # already tailed (its name matches the glob too)
+        old = self.follows.get(key)
+        if old is not None and (old.live or self._unchanged(old)):
+            return  # already tailed under its own name, or this copy is being read already
+        # (else a copy written over an older one in place, e.g. by cp: that one's bytes are gone)
         pos = Position(copy, st.st_dev, st.st_ino, f.pos.offset, f.pos.lineno, 0, f.pos.head_len, f.pos.head,
                        f.pos.tail)
         c = self.follows[key] = Follow(key, f.src, pos, live=False, real=os.path.realpath(copy))
         self._index = None
         self.save(c)  # before the original's offset can move: a crash must not skip the copy
         self.dirty = {key: None, **self.dirty}
+
+    @staticmethod
+    def _unchanged(f: Follow) -> bool:
+        try:
+            fd = os.open(f.pos.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return f.pos.same_file(fd, os.fstat(fd))
+        finally:
+            os.close(fd)
 
     def check_rotated(self, key: str) -> None:
         """Read a rotated file on, find it again if it moved, or forget it once read and quiet."""
