@@ -103,7 +103,11 @@ class Batch:
         self._segment, self._start = {}, len(self.keys)
 
     def to_arrow(self, schema: Schema) -> pa.Table:
-        """The rows as an Arrow table shaped exactly like ``schema`` (callable again: a retry rebuilds it)."""
+        """The rows as an Arrow table shaped exactly like ``schema`` (callable again: a retry rebuilds it).
+
+        Columns are chunked arrays of the sealed segments (no copy: concatenating a
+        100k-row chunk's strings cost as much as converting them).
+        """
         self._seal()
         n, columns = len(self.keys), {}
         for name, chunks in self._chunks.items():
@@ -116,7 +120,7 @@ class Batch:
                 at = start + len(arr)
             if at < n:
                 pieces.append(pa.nulls(n - at, typ))
-            columns[name] = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+            columns[name] = pa.chunked_array(pieces, typ)
         return to_arrow(columns, n, schema)
 
 

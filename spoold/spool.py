@@ -335,6 +335,17 @@ class Spool:
         for d in dirs:
             fsync_dir(d)
 
+    def close(self) -> None:
+        """Close the lock files this handle keeps open between calls (the next call reopens them).
+
+        A long-lived producer never needs it; a process making many handles
+        (e.g. one per test) does, or it runs out of file descriptors.
+        """
+        with self._guard:
+            locks, self._locks = self._locks, {}
+        for _, fd, _ in locks.values():
+            os.close(fd)
+
     def sweep_temp(self, table: str | None = None, older_than_s: float = 3600.0) -> int:
         """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.
 
