@@ -95,7 +95,7 @@ def test_rotation_while_running_and_while_stopped_captures_every_line_once(
         if stopped:
             d = daemons(cfg)
         # Before the next rotation: a file made and rotated away before spoold ever saw it is out of its reach.
-        wait_for(lambda: set(expected) <= set(committed(cfg)), f"round {r}'s lines")
+        wait_for(lambda want=set(expected): want <= set(committed(cfg)), f"round {r}'s lines")
     wait_for(lambda: set(expected) <= set(committed(cfg)), "every line")
     got = committed(cfg)
     assert sorted(got) == sorted(expected) and max(got.values()) == 1
