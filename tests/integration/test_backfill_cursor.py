@@ -15,7 +15,9 @@ import orjson
 import pytest
 from conftest import FIXTURES, read_table, run_spoold, write_config
 
+from spoold.backfill import backfill as backfill_library
 from spoold.config import load_config
+from spoold.errors import CatalogError
 from spoold.iceberg.sink import Sink
 from spoold.sources import read_lines
 
@@ -111,6 +113,27 @@ def test_a_replaced_or_truncated_file_is_read_from_its_start(tmp_path: Path) -> 
     src.write_bytes(same_size)
     out, _ = backfill(cfg, "t.re", "--source", str(src), "--all")
     assert (out["materialized"], out["written"]) == (3, 1)
+
+
+def test_a_cursor_moves_only_past_rows_a_durable_commit_holds(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, "[flush]\nchunk_rows = 10\n"))
+    src = write(tmp_path / "h.jsonl", rows("c", 35))
+
+    class CatalogGoesDown(Sink):
+        commits = 0
+
+        def commit(self, *args: Any, **kwargs: Any) -> Any:
+            CatalogGoesDown.commits += 1
+            if CatalogGoesDown.commits == 3:
+                raise CatalogError("catalog down")
+            return super().commit(*args, **kwargs)
+
+    with pytest.raises(CatalogError):
+        backfill_library(config, "t.fail", [str(src)], "auto", None, sink=CatalogGoesDown(config))
+    assert len(keys(config.path, "t.fail")) == 20  # two chunks of 10 landed, the third did not
+    again = backfill_library(config, "t.fail", [str(src)], "auto", None)
+    assert (again.materialized, again.written, again.skipped_committed) == (15, 15, 0)  # on after the 20
+    assert sorted(keys(config.path, "t.fail")) == sorted(f"c:{i}" for i in range(35))
 
 
 def test_an_unterminated_last_line_is_read_again_once_it_grows(tmp_path: Path) -> None:
