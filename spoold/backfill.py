@@ -161,15 +161,14 @@ def _read_file(run: BackfillRun, path: Path, choose: Callable[[str, int], str], 
     """Feed one source file to the run from its cursor; True if ``stop()`` asked to end the run."""
     try:
         fd = os.open(path, os.O_RDONLY)
-        try:
-            fmt = choose(str(path), fd)
-            pos = run.cursors.start(str(path), fd)
-        except BaseException:
-            os.close(fd)
-            raise
     except OSError as e:
         raise _Unreadable from e
     try:
+        try:  # the format's first line and the cursor's fingerprint are read here
+            fmt = choose(str(path), fd)
+            pos = run.cursors.start(str(path), fd)
+        except OSError as e:
+            raise _Unreadable from e
         run.s.formats[fmt] = run.s.formats.get(fmt, 0) + 1
         return _read_lines(run, pos, fd, fmt, done_bytes, total_bytes)
     finally:
@@ -177,6 +176,7 @@ def _read_file(run: BackfillRun, path: Path, choose: Callable[[str, int], str], 
 
 
 def _read_lines(run: BackfillRun, pos: Position, fd: int, fmt: str, done_bytes: int, total_bytes: int) -> bool:
+    """Feed the lines of ``fd`` from ``pos`` on to the run, marking the cursor at each group and the end."""
     s, limit, progress, stop, cursors = run.s, run.limit, run.progress, run.stop, run.cursors
     # The per-line path is the hot loop of a backfill: locals only, counters written back
     # at group boundaries, no calls but the reader's.
