@@ -8,6 +8,7 @@ offsets from disk). Every line must be spooled; nothing may be missed.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections import Counter
@@ -18,7 +19,6 @@ import pytest
 
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
-from spoold.errors import SpoolFull
 from spoold.sources import reader
 from spoold.sources.position import HEAD_BYTES, file_key
 from spoold.sources.tail import OFFSETS_DIR, Tailer
@@ -313,12 +313,15 @@ def test_anything_a_reader_raises_quarantines_that_line_only(
     assert set(reasons) == {2, 3} and "RuntimeError: a bug in a reader" in reasons[2]
 
 
-def test_spool_full_keeps_the_offset_and_retries(spool: Spool, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_spool_disk_keeps_the_offset_and_retries(
+    spool: Spool, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error of the spool (not a full spool, which parks the file: test_tail_full.py)."""
     f = src / "a.jsonl"
     f.write_bytes(line("a1") + b'{"part_id": "q", "v": ' + deep(300).encode() + b"}\n")
     t = tailer(spool, str(src / "*.jsonl"))
     real = Spool.append_lines
-    monkeypatch.setattr(Spool, "append_lines", lambda *a: (_ for _ in ()).throw(SpoolFull("spool full")))
+    monkeypatch.setattr(Spool, "append_lines", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     t.run_pass()
     assert saved_offsets(spool) == [0] and not t.has_work()  # not moved; waiting out the backoff
     monkeypatch.setattr(Spool, "append_lines", real)

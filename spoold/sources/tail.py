@@ -17,9 +17,12 @@ already read, and is then read again from its start.
 
 No line stops a file: a line that cannot be materialized or encoded goes to
 the table's quarantine with its reason and bytes, and the offset moves past
-it. Failures of the environment (spool full, the spool's disk) leave the
-offset where it is; the file is retried with backoff. Symlinked sources are
-watched at their target's directory too. Work per pass is bounded.
+it. Failures of the environment leave the offset where it is: a full spool
+parks the file until a flush frees room (the file keeps the rows meanwhile;
+a pass is at most a quarter of ``[spool] max_bytes``, so it fits an emptied
+spool), any other (the spool's disk, reading the source) retries it with
+backoff. Symlinked sources are watched at their target's directory too.
+Work per pass is bounded.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from spoold.config import SourceSpec
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, SpoolFull
 from spoold.scheduler import LogLimiter
 from spoold.sources.follow import Follow, Followed
 from spoold.sources.pack import line_record, pack
@@ -60,10 +63,13 @@ class Tailer:
     def __init__(self, spool: Spool, sources: Sequence[SourceSpec], *, max_lines: int = MAX_LINES_PER_PASS,
                  max_bytes: int = MAX_BYTES_PER_PASS, rotated_quiet_s: float = ROTATED_QUIET_S) -> None:
         self.spool = spool
-        self.max_lines, self.max_bytes = max_lines, max_bytes
+        limit = spool.bounds.limits.max_bytes  # a pass must fit in an emptied spool
+        self.max_lines = max_lines
+        self.max_bytes = min(max_bytes, max(1, limit // 4)) if limit else max_bytes
         self.dir = spool.root / OFFSETS_DIR
         self.files = Followed(PositionStore(self.dir), sources, spool.root, rotated_quiet_s)
         self._retry: dict[str, float] = {}  # key → monotonic time of its next try after a failure
+        self._parked: dict[str, str] = {}  # key → table: refused by a full spool, waiting for room
         self._errors = LogLimiter()
 
     # -- what to watch, what changed ------------------------------------------------
@@ -89,7 +95,16 @@ class Tailer:
 
     def has_work(self) -> bool:
         """True while some file has lines to read now (or a failed one is due for another try)."""
-        return bool(self.files.dirty) or (bool(self._retry) and min(self._retry.values()) <= time.monotonic())
+        dirty = self.files.dirty
+        for key, table in list(self._parked.items()):
+            if key not in self.files.follows:
+                del self._parked[key]
+            elif not self.spool.bounds.full(table):  # room again: read on from its offset
+                del self._parked[key]
+                dirty[key] = None
+            else:
+                dirty.pop(key, None)  # a parked file waits for room, not for its next change
+        return bool(dirty) or (bool(self._retry) and min(self._retry.values()) <= time.monotonic())
 
     # -- reading ----------------------------------------------------------------
     def run_pass(self, max_lines: int | None = None) -> dict[str, int]:
@@ -111,8 +126,9 @@ class Tailer:
         for key in list(files.dirty):
             if budget <= 0 or byte_budget <= 0:
                 break
-            if key not in files.dirty or key not in files.follows:
-                continue  # forgotten since the pass began
+            if key not in files.dirty or key not in files.follows or key in self._parked:
+                files.dirty.pop(key, None)
+                continue  # forgotten since the pass began, or waiting for room
             del files.dirty[key]
             f = files.follows[key]
             table = files.spec(f).table
@@ -120,6 +136,10 @@ class Tailer:
                 rows, lines, nbytes, more = self._read(f, budget, byte_budget)
             except _Moved:
                 files.moved(f)
+                continue
+            except SpoolFull as e:
+                self._parked[key] = table
+                self._log_error(f"full:{table}", "source %s: waiting for room in the spool: %s", f.pos.path, e)
                 continue
             except (OSError, SpooldError) as e:
                 # Cannot read it or cannot spool right now: the offset stays; tried again after a pause.
