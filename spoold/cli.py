@@ -85,10 +85,41 @@ def _parser() -> argparse.ArgumentParser:
                    help="count and show a sample of keys; write nothing, move no cursor")
 
     s = sub.add_parser("status", parents=[common], help="spooled, quarantined and committed rows per table",
-                       description="Never needs the catalog: when it is unreachable, committed fields are null "
-                       "and catalog_error says why.")
+                       description="Every table of the config, the spool and the catalog that spoold wrote to, "
+                       "with its last flush, backfill and maintenance (read from the table). Never needs the "
+                       "catalog: when it is unreachable, committed fields are null and catalog_error says why.")
     s.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all)")
+
+    q = sub.add_parser("quarantine", parents=[common], help="what is in quarantine, by reason",
+                       description="Records per table and reason, oldest and newest. The records are JSON lines "
+                       "under <spool>/<table>/quarantine/ (grep them); `spoold quarantine replay TABLE` "
+                       "validates them again and re-spools those that pass.")
+    q.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all with a quarantine)")
+    r = sub.add_parser("quarantine replay", parents=[common], help="re-validate quarantined records; re-spool "
+                       "those that pass now", description="Validate every quarantined record of TABLE again "
+                       "against the current config and table schema; re-spool those that pass (flush then "
+                       "commits them, without doubles) and keep the rest with their reasons. Safe to interrupt "
+                       "and to run again.")
+    r.add_argument("table", help="table identifier, namespace.name")
+    r.add_argument("--dry-run", action="store_true", help="count what would be replayed; change nothing")
     return p
+
+
+def _join_replay(argv: list[str]) -> list[str]:
+    """``quarantine replay`` is one command to argparse: join the two words where they are the command."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--config", "--log-format"):
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        if a == "quarantine" and i + 1 < len(argv) and argv[i + 1] == "replay":
+            return [*argv[:i], "quarantine replay", *argv[i + 2:]]
+        return argv
+    return argv
 
 
 def _positive_int(text: str) -> int:
@@ -122,7 +153,7 @@ class _JsonFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spoold`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_replay(list(sys.argv[1:] if argv is None else argv)))
     args.whole_process = argv is None  # the `spoold` command itself, not a caller passing arguments
     as_json = getattr(args, "json", False)
     setup_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
@@ -157,6 +188,7 @@ def cmd_append(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    """Flush; a table that failed is named once on stderr, and stdout never claims there was nothing to do."""
     from spoold.flush import flush_all
     from spoold.iceberg.sink import Sink
     from spoold.spool import Spool
@@ -168,11 +200,12 @@ def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     if errors:
         doc["errors"] = {t: str(e) for t, e in errors.items()}
     lines = [f"{t}: committed {r.committed}, deduplicated {r.deduplicated}, quarantined {r.quarantined}"
-             for t, r in results.items()] or ["nothing to flush"]
-    _emit(doc, as_json, "\n".join(lines))
+             for t, r in results.items()]
+    if as_json or lines or not errors:
+        _emit(doc, as_json, "\n".join(lines) or "nothing to flush")
     for t, e in errors.items():
         print(f"spoold: error: {t}: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    return max((e.exit_code for e in errors.values()), default=0)
 
 
 def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int:
@@ -224,34 +257,49 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
 
 
 def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    from spoold.status import daemon_lines, status
+    from spoold.status import status, status_lines
 
     for t in args.tables:
         validate_identifier(t)
     doc = status(config, args.tables)
-    lines = []
-    for t, s in doc["tables"].items():
-        committed = "?" if s["committed_rows"] is None else s["committed_rows"]
-        age = "-" if s["oldest_pending_s"] is None else f"{s['oldest_pending_s']:.0f}s"
-        last = s.get("last_flush") or {}
-        lines.append(
-            f"{t}: spooled {s['spooled_rows']} row(s) in {s['spooled_files']} file(s), oldest {age}; "
-            f"quarantined {s['quarantined']}; committed {committed}; last flush {last.get('result', '-')}"
-            + ("; SPOOL FULL: appends are refused until a flush frees room" if s.get("spool_full") else "")
-        )
-    lines += daemon_lines(doc)
-    if "catalog_error" in doc:
-        lines.append(f"catalog unreachable: {doc['catalog_error']}")
-    _emit(doc, as_json, "\n".join(lines) or "no tables")
+    _emit(doc, as_json, "\n".join(status_lines(doc)))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    from spoold.quarantine import quarantine_doc, summary_lines
+    from spoold.spool import Spool
+
+    for t in args.tables:
+        validate_identifier(t)
+    doc = quarantine_doc(Spool.from_config(config), args.tables)
+    _emit(doc, as_json, "\n".join(summary_lines(doc)))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    from spoold.replay import replay
+
+    validate_identifier(args.table)
+    s = replay(config, args.table, dry_run=args.dry_run)
+    verb = "would replay" if s.dry_run else "replayed"
+    text = f"{args.table}: {verb} {s.replayed} record(s) ({s.rows} row(s) back in the spool); kept {s.kept}"
+    if s.replayed and not s.dry_run:
+        text += f"\n`spoold flush {args.table}` (or the daemon) commits them"
+    _emit({"replayed": s.replayed, "kept": s.kept, "dry_run": s.dry_run, "rows": s.rows}, as_json, text)
     return 0
 
 
 def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.daemon import run_daemon
+    from spoold.runlock import daemon_lock
+    from spoold.spool import Spool
 
-    return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
+    with daemon_lock(Spool.from_config(config)):  # one daemon per spool root
+        return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
 
 
-_COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run}
+_COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run,
+             "quarantine": cmd_quarantine, "quarantine replay": cmd_replay}
 
 __all__ = ["main", "setup_logging", "InputError", "UsageError"]

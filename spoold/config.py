@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoold.catalog_keys import validate_catalog
 from spoold.errors import ConfigError, UsageError
 
 COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
@@ -133,6 +134,9 @@ class DaemonSettings:
     listen: str = ""
     # Full look at spool and sources even without events (a safety net for missed events).
     rescan_s: float = 60.0
+    # A failure that keeps recurring (a table's flush, the watcher) is logged at its first
+    # occurrence, then again at most this often, with how many were not (-v logs each).
+    log_repeat_s: float = 60.0
 
     ZERO_OK = frozenset[str]()
 
@@ -238,6 +242,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         if isinstance(v, (dict, list)):
             raise ConfigError(f"catalog.{k}: expected a scalar value")
         props[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    validate_catalog(props)
 
     flush = _settings(FlushSettings, _table(data, "flush"), "flush")
     if flush.debounce_s > flush.max_delay_s:

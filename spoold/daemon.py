@@ -51,7 +51,7 @@ class Daemon:
         self.config_path = config_path
         self.may_restart = may_restart  # only a real `spoold run` process re-executes itself when idle
         self._busy_at = time.monotonic()
-        self.errors = LogLimiter()
+        self.errors = LogLimiter(config.daemon.log_repeat_s)
         # systemd STATUS/WATCHDOG, .daemon.json and, with [daemon] listen, /metrics and /health
         self.report = Report(self.errors.note, config.daemon.listen)
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait

@@ -91,6 +91,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     except SpooldError as e:
         if not isinstance(e, TableBusy):
             _record(spool, table, started, result, f"error: {e}")
+            log.debug("table %s: flush failed: %s", table, e)  # every failure, under -v (callers rate-limit theirs)
         raise
     if result.files:
         _record(spool, table, started, result, "ok")
@@ -225,9 +226,8 @@ def flush_all(
         try:
             results[table] = flush_table(config, spool, sink, table)
         except SpooldError as e:
-            log.error("table %s: flush failed: %s", table, e)
-            errors[table] = e
+            errors[table] = e  # the caller reports it, once
         except Exception as e:  # a bug must not cost the other tables their flush, nor the report
-            log.error("table %s: flush failed: %s: %s", table, type(e).__name__, e, exc_info=True)
+            log.debug("table %s: flush failed", table, exc_info=True)  # the caller reports it; -v shows where
             errors[table] = SpooldError(f"internal error: {type(e).__name__}: {e}")
     return results, errors

@@ -94,13 +94,19 @@ def first_envelope(path: Path) -> tuple[float, float] | None:
 
 
 def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
-    """A quarantine entry: why, where from, and the raw bytes (base64 if not UTF-8)."""
-    rec: dict[str, Any] = {"reason": reason, "file": file, "line": line, **extra}
+    """A quarantine entry, one grep-able JSON line (the format: docs/quarantine.md).
+
+    A ``raw`` line that is not UTF-8 keeps its exact bytes (``raw_b64``) and a
+    readable rendering with the bad bytes escaped (``raw_escaped``).
+    """
+    kind = "row" if "row" in extra else "source" if "format" in extra else "line"
+    rec: dict[str, Any] = {"reason": reason, "kind": kind, "file": file, "line": line, **extra}
     if raw is not None:
         try:
             rec["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
             rec["raw_b64"] = base64.b64encode(raw).decode("ascii")
+            rec["raw_escaped"] = raw.decode("utf-8", "backslashreplace")
     rec["at"] = time.time()
     return rec
 
@@ -438,8 +444,10 @@ class Spool:
         return seq
 
     def _mkdir(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            self._mkdir(path.parent)  # missing parents (the embedded state dir) are as private as the spool
         try:
-            path.mkdir(mode=self._dir_mode, parents=True)
+            path.mkdir(mode=self._dir_mode)
         except FileExistsError:
             return
         fsync_dir(path.parent)

@@ -276,6 +276,7 @@ def test_a_deeply_nested_jsonl_line_is_quarantined_and_tailing_goes_on(spool: Sp
     assert spooled(spool) == ["a1", "a2", "a3"]
     (rec,) = quarantined(spool)
     assert (rec["file"], rec["line"], rec["source"]) == (str(f), 2, "tail")
+    assert (rec["kind"], rec["format"]) == ("source", "jsonl")  # what `spoold quarantine replay` reads again
     assert "nested too deeply" in rec["reason"] and rec["raw"].encode() == bad[:-1]
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 
 from spoold.config import Config, TableSpec
-from spoold.errors import CatalogError
+from spoold.errors import CatalogError, ConfigError
 from spoold.iceberg.catalog import catalog_errors, open_catalog
 from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
 from spoold.iceberg.snapshots import sync_local_files
@@ -86,13 +87,21 @@ class Tables:
         """Load (or reuse, see :meth:`load`) or create the table, then add any of ``types``' columns it lacks."""
         tbl = self.load(spec, reuse=reuse) or self._create(spec, types)
         missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
-        if missing:
+        widen = widenings(spec, tbl.schema())
+        if missing or widen:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
                 with tbl.update_schema() as update:
                     for name, typ in missing.items():
                         update.add_column((name,), ICEBERG_TYPES[typ])  # a tuple: "meta.src" is one name, not a path
+                    for name, typ in widen.items():
+                        update.update_column((name,), ICEBERG_TYPES[typ])
                 sync_local_files([tbl.metadata_location])
-            log.info("table %s: added columns %s", spec.identifier, ", ".join(f"{c} {t}" for c, t in missing.items()))
+            if missing:
+                log.info("table %s: added columns %s", spec.identifier,
+                         ", ".join(f"{c} {t}" for c, t in missing.items()))
+            if widen:
+                log.info("table %s: widened columns %s (as the config declares)", spec.identifier,
+                         ", ".join(f"{c} to {t}" for c, t in widen.items()))
         return tbl
 
     def _create(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
@@ -148,6 +157,36 @@ class Tables:
                 f"table {spec.identifier} was replaced (uuid {uuid}, this spool committed to {known}); "
                 f"delete {path} to accept the new table"
             )
+
+
+# The promotions Iceberg allows between the types a config can declare (table type, config type).
+_WIDENINGS = {("int", "long"), ("float", "double")}
+
+
+def widenings(spec: TableSpec, schema: Schema) -> dict[str, str]:
+    """Declared columns whose config type widens the table's (``int`` → ``long``, ``float`` → ``double``).
+
+    Raises ConfigError for any other difference between a declared type and the
+    table's: Iceberg cannot change it in place, and writing on would truncate
+    or reject values.
+    """
+    out = {}
+    for col in spec.columns:
+        try:
+            field = schema.find_field(col.name)
+        except ValueError:
+            continue  # a new column: added, not changed
+        have = str(field.field_type)
+        if field.field_type == ICEBERG_TYPES[col.type]:
+            continue
+        if (have, col.type) in _WIDENINGS:
+            out[col.name] = col.type
+            continue
+        raise ConfigError(
+            f"tables.{spec.identifier!r}.columns.{col.name}: the table's column {col.name!r} is {have}, the config "
+            f"declares {col.type}; Iceberg can only widen int to long and float to double (declare {have} "
+            "again, or write to a new table)")
+    return out
 
 
 def snapshot_id(tbl: Table) -> int | None:

@@ -224,7 +224,7 @@ class Tailer:
         if not bad:
             return
         spec = self.files.spec(f)
-        records = [line_record(reason, line, fd, source="tail") for line, reason in bad]
+        records = [line_record(reason, line, fd, format=spec.format, source="tail") for line, reason in bad]
         # Named by the first bad line: a pass retried after a failure replaces the file, never doubles it.
         self.spool.quarantine(spec.table, f"tail-{f.key[:16]}-{bad[0][0].start:015d}", records)
         line, reason = bad[0]
