@@ -16,6 +16,7 @@ import orjson
 
 from spoold.config import Config, load_config, validate_identifier
 from spoold.errors import InputError, SpooldError, UsageError
+from spoold.sources.detect import RULE as FORMAT_RULE
 
 log = logging.getLogger("spoold")
 
@@ -65,16 +66,23 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("backfill", parents=[common], help="import history from source files without doubling",
                        description="Materialize rows from source files and write only those whose key is "
-                       "neither committed nor spooled. Ctrl-C stops after the current chunk (exit 130).")
+                       "neither committed nor spooled, at most --limit rows a run: run it again to go on. "
+                       "Ctrl-C stops after the current chunk (exit 130). Exit 2 when every row it "
+                       "materialized was quarantined (a wrong --format or table config).")
     b.add_argument("table", help="table identifier, namespace.name")
     b.add_argument("--source", action="append", required=True, metavar="PATH",
                    help="file, directory or glob (repeatable)")
-    b.add_argument("--format", choices=("jsonl", "transcript"), default="jsonl", help="source format (default jsonl)")
+    b.add_argument("--format", choices=("auto", "jsonl", "transcript"), default="auto",
+                   help=f"source format; {FORMAT_RULE}")
     lim = b.add_mutually_exclusive_group()
     lim.add_argument("--limit", type=_positive_int, default=1000, metavar="N",
-                     help="consider at most N materialized rows this run (default 1000)")
-    lim.add_argument("--all", action="store_true", help="no limit")
-    b.add_argument("--dry-run", action="store_true", help="count and show a sample of keys; write nothing")
+                     help="consider at most N materialized rows this run (default 1000); each source file's "
+                     "cursor remembers where the run stopped, so the next run goes on from there")
+    lim.add_argument("--all", action="store_true", help="no limit: read on to the end of every source")
+    b.add_argument("--restart", action="store_true",
+                   help="read every source from its start, ignoring the cursors of earlier runs")
+    b.add_argument("--dry-run", action="store_true",
+                   help="count and show a sample of keys; write nothing, move no cursor")
 
     s = sub.add_parser("status", parents=[common], help="spooled, quarantined and committed rows per table",
                        description="Every table of the config, the spool and the catalog that spoold wrote to, "
@@ -201,7 +209,8 @@ def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    """Run, print the summary; exit 0, 1 if a source was unreadable, 130 when stopped by Ctrl-C."""
+    """Run, print the summary; exit 0, 1 if a source was unreadable, 2 if every row was quarantined, 130
+    when stopped by Ctrl-C. A run stopped by its limit says so on stderr, with how to go on."""
     from spoold.backfill import backfill
     from spoold.progress import Progress, StopOnInterrupt
 
@@ -213,7 +222,7 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
     try:
         with StopOnInterrupt("stopping after the current chunk (Ctrl-C again to abort)") as stop:
             s = backfill(config, args.table, args.source, args.format, None if args.all else args.limit,
-                         args.dry_run, progress=progress, stop=stop)
+                         args.dry_run, restart=args.restart, progress=progress, stop=stop)
     finally:
         for h in handlers:
             h.removeFilter(progress)
@@ -230,8 +239,18 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
         lines.append(f"unreadable: {s.unreadable_spool_files} spool file(s), {s.unreadable_sources} source(s)")
     if s.interrupted:
         lines.append("interrupted: committed chunks stay; re-run to continue (keys prevent doubles)")
+    elif not s.scanned and s.resumed_files and not s.unreadable_sources:
+        lines.append("nothing new since the last run (--restart reads every source again)")
     _emit(s.as_dict(), as_json, "\n".join(lines))
     sys.stdout.flush()
+    if s.all_quarantined:
+        print(f"spoold: error: all {s.quarantined} row(s) materialized were quarantined, first because: "
+              f"{s.first_quarantine_reason} (check --format and the table's key; --restart reads the sources again)",
+              file=sys.stderr)
+        return 2
+    if s.limit_reached and not s.interrupted:
+        print(f"spoold: stopped at --limit {args.limit}: " + ("--all counts everything" if s.dry_run else
+              "run again to continue, or use --all"), file=sys.stderr)
     if s.interrupted:
         return 130
     return 1 if s.unreadable_sources else 0

@@ -161,8 +161,8 @@ class Daemon:
             if table is not None:
                 self._touched.add(table)
             elif self.tailer.covers(path):
-                if change == Change.added and os.path.isdir(path):
-                    self._scan = True  # a new directory: files made before its watch was set
+                if change == Change.added and (os.path.isdir(path) or os.path.islink(path)):
+                    self._scan = True  # a new directory (files made before its watch), a symlink (its target's)
                 self.tailer.on_change(path, deleted=change == Change.deleted)
 
     def _tick(self) -> None:
