@@ -77,7 +77,8 @@ def test_grep_finds_a_record_of_every_rejected_kind_by_its_key(tmp_path: Path) -
     ok(run_spoold("flush", "--config", str(cfg)))
     src = tmp_path / "history.jsonl"
     src.write_text(json.dumps({"part_id": "k-backfill", "n": "eight"}) + "\n")
-    ok(run_spoold("backfill", T, "--source", str(src), "--format", "jsonl", "--all", "--config", str(cfg)))
+    out = run_spoold("backfill", T, "--source", str(src), "--format", "jsonl", "--all", "--config", str(cfg))
+    assert out.returncode == 2, out.stderr  # its only row was quarantined
     kinds = {"k-notjson": "line", "k-badutf8": "line", "k-row": "row", "k-version": "line", "k-torn": "line",
              "k-backfill": "row"}
     for key, kind in kinds.items():
