@@ -34,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from spoold import held
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.verify import Keeper
 from spoold.keyindex import fingerprints
 from spoold.pipeline import CommitPipeline
 from spoold.progress import Progress
@@ -104,6 +106,8 @@ class _Run:
         self.validator = Validator(spec, self.seen.types, self.seen.required)
         self.batch = Batch(self.validator.types)
         self.pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
+        self.keeper = Keeper(config, spool, spec.identifier)
+        self.copy: list[Any] = []  # the chunk's source rows, kept on disk while the table is not verified
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
         self.rows: list[dict[str, Any]] = []
         self.lines: list[SourceLine] = []  # the lines ``rows`` came from, in order
@@ -164,6 +168,10 @@ class _Run:
             if len(self.seen.chunk_keys) >= self.config.flush.chunk_rows:
                 self.seen.roll()
             return
+        if not self.sink.verified(self.spec):  # rows committed there need a copy until then (iceberg/verify.py)
+            bad = {r.index for r in verdict.rejects}
+            accepted = [i for i in range(len(rows)) if i not in bad] if bad else None
+            self.copy += [rows[accepted[k]] for k in keep] if accepted else [rows[k] for k in keep]
         if pick is None:
             self.batch.add(verdict)
         else:
@@ -180,10 +188,14 @@ class _Run:
             self.rejects, self.reject_name = [], None
         if len(self.batch):
             batch, self.batch = self.batch, Batch(self.validator.types)
+            copy = held.write_copy(self.spool, self.spec.identifier, self.copy) if self.copy else None
+            self.copy = []
             self.seen.roll()
-            self.pipeline.submit(batch, self.validator, COMMIT_PROPS, self._count)
+            self.pipeline.submit(batch, self.validator, COMMIT_PROPS, lambda out: self._count(out, copy))
 
-    def _count(self, out: CommitOutcome) -> None:
+    def _count(self, out: CommitOutcome, copy: Path | None = None) -> None:
+        if copy is not None:  # deleted if the table is verified now, else held with its commit
+            self.keeper.settled([copy.stem], [copy], out)
         self.s.written += out.committed
         self.s.skipped_committed += out.deduplicated  # another committer got there first
         gc.collect(1)  # the young cycles a commit leaves (the caller's loop runs with GC off)

@@ -23,6 +23,7 @@ from spoold.envelope import Validator
 from spoold.errors import SpooldError
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.verify import Keeper, recheck
 from spoold.pipeline import CommitPipeline
 from spoold.settle import Batch, gc_paused
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
@@ -67,6 +68,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     try:
         with spool.flush_lock(table):
             spool.sweep_temp(table)
+            recheck(config, spool, sink, table)  # rows held for a table not verified yet: delete or re-queue
             if rotate:
                 spool.rotate(table)
             files = spool.flush_files(table)
@@ -89,6 +91,7 @@ def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: li
     validator = Validator(spec, types, required)
     chunk = _Chunk(Batch(validator.types))
     pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
+    keeper = Keeper(config, spool, table)
 
     def commit() -> None:
         nonlocal chunk
@@ -98,14 +101,14 @@ def _flush_files(config: Config, spool: Spool, sink: Sink, table: str, files: li
         chunk = _Chunk(Batch(validator.types), names=[n for n in names[-1:] if n not in finished])
         if not len(batch):
             pipeline.join()  # the files' earlier rows may still be committing
-            spool.remove(done)
+            keeper.settled(names, done, None)
             return
 
         def committed(out: CommitOutcome) -> None:
             result.committed += out.committed
             result.deduplicated += out.deduplicated
             result.snapshot_id = out.snapshot_id or result.snapshot_id
-            spool.remove(done)  # every row of these files is in a durable commit now
+            keeper.settled(names, done, out)  # every row is in a durable commit: deleted, or held until verified
 
         pipeline.submit(batch, validator, {"spoold.op": "flush", "spoold.files": ",".join(names)}, committed)
 

@@ -17,6 +17,7 @@ import orjson
 from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError
+from spoold.held import spooled
 from spoold.spool import QUARANTINE, Spool, first_envelope, iter_lines
 
 LAST_FLUSH = ".last-flush.json"
@@ -37,7 +38,7 @@ def _first_written(path: Path) -> float | None:
 def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     rows = 0
-    files = spool.pending(table)
+    files = spooled(spool, table)  # held rows (committed, not verified yet) are still the spool's
     for path in files:
         try:
             for _, raw, terminated in iter_lines(path):

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.memory import InMemoryCatalog
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchPropertyException
 
 from spoold.config import Config
@@ -36,6 +38,17 @@ def open_catalog(config: Config) -> Catalog:
                 raise
             time.sleep(0.05 * 2**attempt + random.random() * 0.05)
     raise AssertionError("unreachable")
+
+
+def exclusive_create(catalog: Catalog) -> bool:
+    """True when creating a table that exists fails instead of replacing it.
+
+    pyiceberg's SQL catalog (SQLite, PostgreSQL) creates with an INSERT under
+    a primary key and commits with a compare-and-swap UPDATE, so no late
+    create can undo a commit. Any other catalog (REST servers, subclasses, ...)
+    is not assumed to be: SeaweedFS 4.48's REST create is check-then-write.
+    """
+    return type(catalog) in (SqlCatalog, InMemoryCatalog)
 
 
 @contextmanager
