@@ -165,6 +165,7 @@ def test_example_config_has_exactly_the_known_keys() -> None:
         "retry_max_s",
         "expire_snapshots",
         "idle_restart_s",
+        "verify_after_s",
     }
     table = cfg["tables"]["chat.parts"]
     assert set(table) == {"key", "legacy_key", "partition_by", "columns"}
