@@ -17,6 +17,7 @@ fails them: CI must run every one.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -67,9 +68,11 @@ def free_port(*, then: int = 0) -> int:
     raise RuntimeError("no free port pair found")
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def _get(url: str, timeout: float = 2.0, *, data: bytes | None = None, token: str = "") -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - 127.0.0.1 only
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers),  # noqa: S310
+                                    timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -164,9 +167,19 @@ class SeaweedFS:
         _wait("weed mini (Iceberg REST catalog)", lambda: _get(f"{self.catalog_uri}/v1/config")[0] == 200,
               self.proc, self.log)
         _wait("weed mini (S3)", lambda: _get(self.s3_endpoint)[0] > 0, self.proc, self.log)
+        _wait("weed mini (table bucket)", self._bucket_ready, self.proc, self.log)
         # Volumes grow on the first assignment: ask for one, then wait until the master lists it.
         _wait("weed mini (volumes)", lambda: _get(f"{master}/dir/assign?collection={BUCKET}")[0] == 200
               and b'"Id"' in _get(f"{master}/vol/status")[1], self.proc, self.log)
+
+    def _bucket_ready(self) -> bool:
+        """The table bucket, made at start-up, is listed to a client holding a token."""
+        form = f"grant_type=client_credentials&client_id={ACCESS_KEY}&client_secret={SECRET_KEY}".encode()
+        status, body = _get(f"{self.catalog_uri}/v1/oauth/tokens", data=form)
+        if status != 200:
+            return False
+        token = json.loads(body)["access_token"]
+        return _get(f"{self.catalog_uri}/v1/{BUCKET}/namespaces", token=token)[0] == 200
 
     def stop(self) -> None:
         _stop(self.proc)
