@@ -1,52 +1,101 @@
-"""``spoold append``: validate a whole input of JSON rows, then spool it in one durable append.
+"""``spoold append``: validate a whole input of JSON rows, then spool it in one durable, all-or-nothing append.
 
-Imports neither pyarrow nor pyiceberg: producers call this from hooks and
-scripts, where start-up time matters.
+The input is streamed: lines are parsed one by one, validated a batch at a
+time with THE envelope rules (column by column, the same verdicts as flush),
+encoded into envelopes and handed to :meth:`Spool.append_stream`, which
+publishes them only once the whole input passed. Memory stays bounded
+whatever the input's size. Imports neither pyarrow nor pyiceberg: producers
+call this from hooks and scripts, where start-up time matters.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import IO, Any
 
 from spoold.config import Config
-from spoold.envelope import Validator
+from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, columnize, encode, envelopes
 from spoold.errors import InputError
 from spoold.sources import SourceLineError
 from spoold.sources.jsonl import parse_object
 from spoold.spool import Spool
 
+BATCH_ROWS = MAX_ENVELOPE_ROWS  # rows validated together: one envelope's worth
 
-def read_rows(data: bytes, validator: Validator) -> list[dict[str, Any]]:
-    """Parse and check every line; raise InputError naming the first bad line."""
+
+def validated_batches(lines: IO[bytes], validator: Validator) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
+    """Parse and check every line, yielding ``(rows, their line numbers)`` a batch at a time.
+
+    Raises InputError naming the first bad line (in input order).
+    """
     rows: list[dict[str, Any]] = []
-    for lineno, line in enumerate(data.split(b"\n"), 1):
+    linenos: list[int] = []
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = parse_object(line)  # the jsonl source format's rule: one object, one row
+            rows.append(parse_object(line))  # the jsonl source format's rule: one object, one row
         except SourceLineError as e:
+            _check(validator, rows, linenos)  # an earlier line's error comes first
             raise InputError(f"line {lineno}: {e}") from None
-        verdict = validator.rows(list(row), [list(row.values())])
-        if verdict.rejects:
-            raise InputError(f"line {lineno}: {verdict.rejects[0].reason}")
-        rows.append(row)
-    return rows
+        linenos.append(lineno)
+        if len(rows) >= BATCH_ROWS:
+            _check(validator, rows, linenos)
+            yield rows, linenos
+            rows, linenos = [], []
+    if rows:
+        _check(validator, rows, linenos)
+        yield rows, linenos
+
+
+def _check(validator: Validator, rows: list[dict[str, Any]], linenos: list[int]) -> None:
+    """The row-level rules over a batch, column by column; InputError naming the first rejected line."""
+    if not rows:
+        return
+    cols, matrix = columnize(rows)
+    verdict = validator.rows(cols, matrix)
+    if verdict.rejects:
+        first = min(verdict.rejects, key=lambda r: r.index)
+        raise InputError(f"line {linenos[first.index]}: {first.reason}")
+
+
+def encode_rows(rows: list[dict[str, Any]], linenos: list[int]) -> list[tuple[bytes, int]]:
+    """The rows as envelope lines; InputError naming the line of a row no envelope can carry.
+
+    The rules accept any nesting orjson can write on its own, but an envelope wraps a
+    value three levels deeper; the rare row that fits alone and not in an envelope is
+    found only when the batch fails to encode.
+    """
+    try:
+        return list(envelopes(rows))
+    except TypeError:
+        for row, lineno in zip(rows, linenos):
+            try:
+                encode(list(row), [list(row.values())])
+            except TypeError:
+                raise InputError(f"line {lineno}: a value is nested too deeply to store in the spool") from None
+        raise
+
+
+def _envelope_lines(lines: IO[bytes], validator: Validator, counter: list[int]) -> Iterator[bytes]:
+    for rows, linenos in validated_batches(lines, validator):
+        for line, _ in encode_rows(rows, linenos):
+            yield line
+        counter[0] += len(rows)
 
 
 def append_input(config: Config, table: str, source: str) -> int:
     """Append every row of ``source`` (a path, or ``-`` for stdin) to ``table``; all or nothing."""
-    if source == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"no such file: {source}") from None
-        except OSError as e:
-            raise InputError(f"cannot read {source}: {e.strerror}") from None
-    rows = read_rows(data, Validator(config.table(table)))
-    if rows:
-        Spool.from_config(config).append(table, rows)
-    return len(rows)
+    try:
+        stream = nullcontext(sys.stdin.buffer) if source == "-" else open(source, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise InputError(f"no such file: {source}") from None
+    except OSError as e:
+        raise InputError(f"cannot read {source}: {e.strerror}") from None
+    count = [0]
+    with stream as f:
+        validator = Validator(config.table(table), cast=False)
+        Spool.from_config(config).append_stream(table, _envelope_lines(f, validator, count))
+    return count[0]

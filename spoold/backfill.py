@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
@@ -105,7 +106,7 @@ class _Run:
         summary.unreadable_spool_files += self.seen.unreadable_spool_files
         self.validator = Validator(spec, self.seen.types, self.seen.required)
         self.batch = Batch(self.validator.types)
-        self.pipeline = CommitPipeline(sink, spec)  # chunk k commits while chunk k+1 is read
+        self.pipeline = CommitPipeline(sink, spec, self.reject_commit)  # chunk k commits while chunk k+1 is read
         self.keeper = Keeper(config, spool, spec.identifier)
         self.copy: list[Any] = []  # the chunk's source rows, kept on disk while the table is not verified
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
@@ -113,9 +114,11 @@ class _Run:
         self.lines: list[SourceLine] = []  # the lines ``rows`` came from, in order
         self.rejects: list[dict[str, Any]] = []
         self.reject_name: str | None = None
+        self._count_lock = threading.Lock()  # the commit thread counts its rejects too
 
     def reject(self, line: SourceLine, reason: str, row: Any) -> None:
-        self.s.quarantined += 1
+        with self._count_lock:
+            self.s.quarantined += 1
         if self.dry_run:
             return
         if self.reject_name is None:  # deterministic, so re-running the same backfill replaces, not doubles
@@ -192,6 +195,16 @@ class _Run:
             self.copy = []
             self.seen.roll()
             self.pipeline.submit(batch, self.validator, COMMIT_PROPS, lambda out: self._count(out, copy))
+
+    def reject_commit(self, batch: Batch, row: int, reason: str) -> None:
+        """A row no commit can take (on the commit thread): quarantined under a name its key decides."""
+        key, values = batch.keys[row], batch.row(row)
+        rec = quarantine_record(f"cannot commit: {reason}", "", -1, key=key, columns=list(values),
+                                row=list(values.values()), source="backfill")
+        tag = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        self.spool.quarantine(self.spec.identifier, f"backfill-commit-{tag}", [rec])
+        with self._count_lock:
+            self.s.quarantined += 1
 
     def _count(self, out: CommitOutcome, copy: Path | None = None) -> None:
         if copy is not None:  # deleted if the table is verified now, else held with its commit

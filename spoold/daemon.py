@@ -17,32 +17,30 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from watchfiles import Change, watch
 
 from spoold import systemd
 from spoold.config import Config, load_config
 from spoold.errors import SpooldError
-from spoold.footprint import loaded, preload, release, restart_lean
-from spoold.pending import Pending
+from spoold.footprint import loaded, restart_lean
 from spoold.report import Report
-from spoold.scheduler import LogLimiter, TableState, after_failure, after_success, due_tables, observe
+from spoold.scheduler import LogLimiter, TableState, due_tables
 from spoold.sources.tail import Tailer
 from spoold.spool import Spool
+from spoold.worker import Worker, one_line
 
 log = logging.getLogger("spoold.daemon")
 
 _RUST_TIMEOUT_MS = 250  # longest the loop sleeps without changes: timer precision
 _WATCH_DEBOUNCE_MS = 300  # longest watchfiles gathers a burst of changes
-_RESCAN_S = 60.0  # safety net for missed events (e.g. an inotify queue overflow)
 _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this often
+_LAST_COMMIT_S = 5.0  # past shutdown_timeout_s, the commit in flight gets this long before the process exits
 
 
 class Daemon:
@@ -53,19 +51,15 @@ class Daemon:
         self.config_path = config_path
         self.may_restart = may_restart  # only a real `spoold run` process re-executes itself when idle
         self._busy_at = time.monotonic()
-        self.states: dict[str, TableState] = {}
         self.errors = LogLimiter()
-        self.report = Report(self._limited)  # systemd STATUS/WATCHDOG and .daemon.json
+        self.report = Report(self.errors.note)  # systemd STATUS/WATCHDOG and .daemon.json
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
         self._rewatch = False
         self._scan = True  # a full look at spool and sources is due (start-up, reload, rescan)
         self._touched: set[str] = set()
-        self._sink: Any = None  # spoold.iceberg.sink.Sink, imported at the first flush (pyiceberg is heavy)
         self._last_rescan = time.monotonic()
-        self._ready = False
-        self._preloading: threading.Thread | None = None
         self._apply(config)
 
     # -- configuration ----------------------------------------------------------
@@ -76,9 +70,7 @@ class Daemon:
         self.spool.sweep_temp()  # the root's own leftovers (per table: each flush)
         self.root = str(self.spool.root.resolve())
         self.tailer = Tailer(self.spool, config.sources)
-        self.states = {}
-        self.pending = Pending(self.spool)  # a new spool: no cached probe carries over
-        self._sink = None
+        self.worker = Worker(config, self.spool, self.report, self.errors)
         self._scan = True
         self._watched: list[str] = []
         self._missing: list[Path] = []
@@ -100,10 +92,19 @@ class Daemon:
             log.info("reloaded configuration from %s", new.path or "embedded defaults")
         systemd.notify("READY=1", self.report.status_line(self.states))
 
+    @property
+    def states(self) -> dict[str, TableState]:
+        return self.worker.states
+
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        # Ready as soon as work can be accepted (the spool root exists; appends are safe at any
+        # time): before the first look at the spool, which may start a long flush of a backlog.
+        systemd.notify("READY=1", self.report.status_line(self.states))
+        log.info("spoold running: spool %s, %d source(s), debounce %ss, max delay %ss", self.spool.root,
+                 len(self.config.sources), self.config.flush.debounce_s, self.config.flush.max_delay_s)
         try:
             while self._stop_signal is None:
                 self._watch()
@@ -134,8 +135,8 @@ class Daemon:
         except Exception as e:
             # The watcher itself failed (the inotify watch limit, a watched directory gone):
             # keep flushing on timers and try a new watcher in a second.
-            if (more := self._limited("watch", time.time())) is not None:
-                log.error("file watcher failed, retrying: %s%s", _one_line(e), more)
+            if (more := self.errors.note("watch", time.time())) is not None:
+                log.error("file watcher failed, retrying: %s%s", one_line(e), more)
             self._tick()
             self._wake.wait(1.0)
         self._wake.clear()
@@ -166,14 +167,8 @@ class Daemon:
         try:
             self._step()
         except Exception as e:
-            if (more := self._limited("loop", time.time())) is not None:
-                log.error("loop error (the daemon goes on): %s%s", _one_line(e), more, exc_info=True)
-        if not self._ready:
-            self._ready = True
-            systemd.notify("READY=1", self.report.status_line(self.states))
-            log.info("spoold running: spool %s, %d source(s), debounce %ss, max delay %ss",
-                     self.spool.root, len(self.config.sources), self.config.flush.debounce_s,
-                     self.config.flush.max_delay_s)
+            if (more := self.errors.note("loop", time.time())) is not None:
+                log.error("loop error (the daemon goes on): %s%s", one_line(e), more, exc_info=True)
         self.report.publish(self.states, self.config, self.spool, self.tailer)
 
     def _step(self) -> None:
@@ -188,18 +183,18 @@ class Daemon:
             self._apply(self.config)
             self._rewatch = True
             return
-        if self._scan or mono - self._last_rescan >= _RESCAN_S:
+        if self._scan or mono - self._last_rescan >= self.config.daemon.rescan_s:
             self._full_scan(mono)
         slice_end = mono + _TAIL_SLICE_S
         while self.tailer.has_work() and self._stop_signal is None and time.monotonic() < slice_end:
             self._touched.update(self.tailer.run_pass())
         for table in sorted(self._touched):
-            self._observe(table, now, changed=True)
+            self.worker.observe(table, now, changed=True)
         self._touched.clear()
         for table in due_tables(self.states, now, self.config.flush):
             if self._stop_signal is not None or self._reload:
                 break
-            self._flush(table)
+            self.worker.flush(table, stop=self._stopping, tick=self._alive)
         if self.states or self.tailer.has_work() or not loaded():
             self._busy_at = mono
         elif self.may_restart and 0 < self.config.flush.idle_restart_s <= mono - self._busy_at:
@@ -214,66 +209,18 @@ class Daemon:
         for table in self.spool.tables():
             if table not in self.states and table not in self._touched:
                 # Real oldest-pending time from the spool, so max_delay holds across restarts.
-                self._observe(table, now, changed=False)
+                self.worker.observe(table, now, changed=False)
         self.tailer.discover()
         if [str(p) for p in self.tailer.watch_paths()] != self._watched[1:]:
             self._rewatch = True
 
-    # -- tables -------------------------------------------------------------------
-    def _observe(self, table: str, now: float, *, changed: bool) -> None:
-        first, rows = self.pending.probe(table)
-        self._set(table, observe(self.states.get(table, TableState()), now, first, rows, changed=changed))
+    def _stopping(self) -> bool:
+        """Asked by a flush between chunks: a stop signal ends it early (the rest stays spooled)."""
+        return self._stop_signal is not None
 
-    def _set(self, table: str, state: TableState) -> None:
-        if state.pending:
-            self.states[table] = state
-            self._preload()
-        else:
-            self.states.pop(table, None)
-
-    def _preload(self) -> None:
-        if self._preloading is None:  # once: the import happens while the first rows wait out their debounce
-            self._preloading = preload()
-
-    def _flush(self, table: str) -> None:
-        from spoold.flush import flush_table  # pyiceberg/pyarrow load at the first flush, not at start-up
-        from spoold.iceberg.sink import Sink
-
-        settings = self.config.flush
-        try:
-            if self._sink is None:
-                self._sink = Sink(self.config)
-            result = flush_table(self.config, self.spool, self._sink, table)
-        except Exception as e:  # a failing catalog or an unexpected bug: back off, never exit
-            self._sink = None  # a fresh catalog connection for the next try
-            now = time.time()
-            state = after_failure(self.states.get(table, TableState()), now, settings, _one_line(e), random.random())
-            self.states[table] = state
-            if (more := self._limited(f"flush:{table}", now)) is not None:
-                log.error("table %s: flush failed, rows stay spooled, retry in %.1fs (failure %d): %s%s", table,
-                          state.backoff_s, state.failures, state.last_error, more,
-                          exc_info=not isinstance(e, SpooldError))
-            self._observe(table, now, changed=False)
-            return
-        release(self._sink)  # idle connections and freed buffers go back between flushes
-        now = time.time()
-        prev = self.states.get(table, TableState())
-        if prev.failures:
-            log.info("table %s: flush succeeded again after %d failure(s)", table, prev.failures)
-            self.errors.forget(f"flush:{table}")
-        if result.files:
-            log.info("table %s: committed %d row(s), %d deduplicated, %d quarantined", table,
-                     result.committed, result.deduplicated, result.quarantined)
-            self.report.flushed(table, now, result.summary())
-        first, rows = self.pending.probe(table)
-        self._set(table, after_success(prev, now, first, rows))
-
-    def _limited(self, key: str, now: float) -> str | None:
-        """None when this error should stay silent; else a suffix counting the ones that did."""
-        suppressed = self.errors.allow(key, now)
-        if suppressed is None:
-            return None
-        return f" ({suppressed} more since the last report)" if suppressed else ""
+    def _alive(self) -> None:
+        """Called during long work on the loop thread: feed the systemd watchdog when due."""
+        self.report.ping()
 
     # -- shutdown -------------------------------------------------------------------
     def _shutdown(self) -> int:
@@ -283,12 +230,19 @@ class Daemon:
         tables = [t for t in self.spool.tables() if self.spool.pending(t)]
         systemd.notify("STOPPING=1", f"STATUS=stopping: flushing {len(tables)} table(s)")
         log.info("%s: flushing %d table(s) before exit (at most %ss)", name, len(tables), timeout)
-        worker = threading.Thread(target=self._flush_all, args=(tables,), name="spoold-shutdown", daemon=True)
-        worker.start()
         deadline = time.monotonic() + timeout
+
+        def past_deadline() -> bool:
+            return time.monotonic() >= deadline
+
+        # A flush asks past_deadline() between chunks: the last one ends within one commit of it.
+        worker = threading.Thread(target=self.worker.flush_all, args=(tables,), name="spoold-shutdown", daemon=True,
+                                  kwargs={"stop": past_deadline, "tick": lambda: None})
+        worker.start()
         interval = systemd.watchdog_interval_s()
-        while worker.is_alive() and time.monotonic() < deadline:
-            worker.join(min(interval or 1.0, max(0.0, deadline - time.monotonic()), 1.0))
+        end = deadline + _LAST_COMMIT_S
+        while worker.is_alive() and time.monotonic() < end:
+            worker.join(min(interval or 1.0, max(0.0, end - time.monotonic()), 1.0))
             if interval is not None:
                 systemd.notify("WATCHDOG=1")
         left = [t for t in tables if self.spool.pending(t)]
@@ -303,10 +257,6 @@ class Daemon:
             logging.shutdown()
             os._exit(0)  # the worker is inside a commit; a commit cut short is safe, waiting is not
         return 0
-
-    def _flush_all(self, tables: list[str]) -> None:
-        for table in tables:
-            self._flush(table)
 
 
 def run_daemon(config: Config, config_path: str | os.PathLike[str] | None = None, *, may_restart: bool = False) -> int:
@@ -324,9 +274,3 @@ def _file_id(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if isinstance(e, SpooldError) and text else f"{type(e).__name__}: {text}"

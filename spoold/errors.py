@@ -33,6 +33,12 @@ class SpoolError(SpooldError):
     """The spool on disk could not be read or written."""
 
 
+class TableBusy(SpoolError):
+    """Another flush of this table holds its flush lock (e.g. a `spoold flush` beside the daemon)."""
+
+    retryable = True
+
+
 class CatalogError(SpooldError):
     """The Iceberg catalog could not be reached or refused an operation."""
 

@@ -43,13 +43,17 @@ class Report:
         """Remember a flush that committed, for the status line and ``last_flush``."""
         self.last_flush = {"table": table, "at": round(at, 3), **summary}
 
-    def publish(self, states: Mapping[str, TableState], config: Config, spool: Spool, tailer: Tailer) -> None:
-        """Once per loop turn: ping the watchdog when due, update STATUS, refresh the state file."""
-        mono = time.monotonic()
+    def ping(self) -> None:
+        """Feed the systemd watchdog when due (cheap: call it as often as work allows)."""
         interval = systemd.watchdog_interval_s()
+        mono = time.monotonic()
         if interval is not None and mono - self._last_ping >= interval:
             self._last_ping = mono
             systemd.notify("WATCHDOG=1")
+
+    def publish(self, states: Mapping[str, TableState], config: Config, spool: Spool, tailer: Tailer) -> None:
+        """Once per loop turn: ping the watchdog when due, update STATUS, refresh the state file."""
+        self.ping()
         line = self.status_line(states)
         if line != self._last_status:
             self._last_status = line

@@ -132,6 +132,13 @@ class LogLimiter:
         self._last[key] = now
         return self._suppressed.pop(key, 0)
 
+    def note(self, key: str, now: float) -> str | None:
+        """None when this occurrence should stay silent; else a suffix for the log line counting the silent ones."""
+        suppressed = self.allow(key, now)
+        if suppressed is None:
+            return None
+        return f" ({suppressed} more since the last report)" if suppressed else ""
+
     def forget(self, key: str) -> None:
         """The condition cleared: the next occurrence is logged at once."""
         self._last.pop(key, None)

@@ -45,6 +45,36 @@ class Batch:
         """Every column some row of the batch has, in the order they first appeared."""
         return list(dict.fromkeys([*self._chunks, *self._segment]))
 
+    def present_columns(self) -> set[str]:
+        """Columns that hold at least one non-null value in this batch."""
+        self._seal()
+        return {name for name, chunks in self._chunks.items() if any(a.null_count < len(a) for _, a in chunks)}
+
+    def part(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` as a batch of their own (zero-copy Arrow slices)."""
+        self._seal()
+        sub = Batch(self.types)
+        sub.keys = self.keys[start:stop]
+        for name, chunks in self._chunks.items():
+            for first, arr in chunks:
+                lo, hi = max(start, first), min(stop, first + len(arr))
+                if lo < hi:
+                    sub._chunks.setdefault(name, []).append((lo - start, arr.slice(lo - first, hi - lo)))
+        sub._start = len(sub.keys)
+        return sub
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as JSON values again (timestamps and dates as ISO-8601): what quarantine keeps."""
+        self._seal()
+        out: dict[str, Any] = {}
+        for name, chunks in self._chunks.items():
+            for first, arr in chunks:
+                if first <= i < first + len(arr):
+                    value = arr[i - first].as_py()
+                    out[name] = value.isoformat() if hasattr(value, "isoformat") else value
+                    break
+        return out
+
     def add(self, result: LineResult) -> None:
         """Append one validated envelope's rows."""
         m = len(result.keys)
@@ -73,7 +103,11 @@ class Batch:
         self._segment, self._start = {}, len(self.keys)
 
     def to_arrow(self, schema: Schema) -> pa.Table:
-        """The rows as an Arrow table shaped exactly like ``schema`` (callable again: a retry rebuilds it)."""
+        """The rows as an Arrow table shaped exactly like ``schema`` (callable again: a retry rebuilds it).
+
+        Columns are chunked arrays of the sealed segments (no copy: concatenating a
+        100k-row chunk's strings cost as much as converting them).
+        """
         self._seal()
         n, columns = len(self.keys), {}
         for name, chunks in self._chunks.items():
@@ -86,7 +120,7 @@ class Batch:
                 at = start + len(arr)
             if at < n:
                 pieces.append(pa.nulls(n - at, typ))
-            columns[name] = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
+            columns[name] = pa.chunked_array(pieces, typ)
         return to_arrow(columns, n, schema)
 
 

@@ -31,12 +31,13 @@ import orjson
 
 from spoold.config import Config, validate_identifier
 from spoold.envelope import LineResult, Validator, envelopes
-from spoold.errors import SpoolError, UsageError
+from spoold.errors import SpoolError, TableBusy, UsageError
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
 _FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 _READ_BLOCK = 1 << 20
+STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
 
 
 def flush_name(seq: int) -> str:
@@ -237,29 +238,80 @@ class Spool:
             finally:
                 os.close(fd)
 
+    def append_stream(self, table: str, lines: Iterable[bytes]) -> None:
+        """Append envelope lines from an iterable, all or nothing, in memory bounded by ``STAGE_BYTES``.
+
+        A small input goes to ``active.jsonl`` like any append. A large one is
+        written to a temp file in the table's directory as the iterable yields
+        (an error the iterable raises, e.g. a bad input line, removes it:
+        nothing is appended), fsync'd once, and published under the lock as the
+        next flush file, after rotating what producers appended before it, so
+        spool order is kept. A crash before the rename leaves only the temp
+        file, which flush sweeps once it is old.
+        """
+        it = iter(lines)
+        head: list[bytes] = []
+        size = 0
+        for line in it:
+            head.append(line)
+            size += len(line)
+            if size > STAGE_BYTES:
+                break
+        else:
+            self.append_lines(table, head)
+            return
+        d = self.table_dir(table, create=True)
+        tmp = d / f".stage-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        try:
+            self._chown(fd)
+            _write_all(fd, b"".join(head))
+            pending: list[bytes] = []
+            size = 0
+            for line in it:
+                pending.append(line)
+                size += len(line)
+                if size >= _READ_BLOCK:
+                    _write_all(fd, b"".join(pending))
+                    pending, size = [], 0
+            _write_all(fd, b"".join(pending))
+            os.fsync(fd)
+            with self._locked(table) as d:
+                self._rotate_locked(table, d)
+                os.rename(tmp, d / flush_name(self._next_seq(d)))
+                fsync_dir(d)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+
     def rotate(self, table: str) -> Path | None:
         """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
         d = self.table_dir(table)
         if not (d / ACTIVE).exists():
             return None
         with self._locked(table) as d:
-            active = d / ACTIVE
-            try:
-                fd = os.open(active, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                return None
-            try:
-                self._repair_tail(table, fd)
-                empty = os.fstat(fd).st_size == 0
-            finally:
-                os.close(fd)
-            if empty:
-                return None
-            seq = self._next_seq(d)
-            target = d / flush_name(seq)
-            os.rename(active, target)
-            fsync_dir(d)
-            return target
+            return self._rotate_locked(table, d)
+
+    def _rotate_locked(self, table: str, d: Path) -> Path | None:
+        active = d / ACTIVE
+        try:
+            fd = os.open(active, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        try:
+            self._repair_tail(table, fd)
+            empty = os.fstat(fd).st_size == 0
+        finally:
+            os.close(fd)
+        if empty:
+            return None
+        seq = self._next_seq(d)
+        target = d / flush_name(seq)
+        os.rename(active, target)
+        fsync_dir(d)
+        return target
 
     def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
         """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
@@ -268,7 +320,7 @@ class Spool:
         qdir = self.table_dir(table, create=True) / QUARANTINE
         self._mkdir(qdir)
         path = qdir / f"{name}.jsonl"
-        write_atomic(path, b"".join(orjson.dumps(r, default=str) + b"\n" for r in records), self._file_mode)
+        write_atomic(path, b"".join(_record_line(r) for r in records), self._file_mode)
         return path
 
     def remove(self, paths: Iterable[Path]) -> None:
@@ -282,6 +334,17 @@ class Spool:
                 pass
         for d in dirs:
             fsync_dir(d)
+
+    def close(self) -> None:
+        """Close the lock files this handle keeps open between calls (the next call reopens them).
+
+        A long-lived producer never needs it; a process making many handles
+        (e.g. one per test) does, or it runs out of file descriptors.
+        """
+        with self._guard:
+            locks, self._locks = self._locks, {}
+        for _, fd, _ in locks.values():
+            os.close(fd)
 
     def sweep_temp(self, table: str | None = None, older_than_s: float = 3600.0) -> int:
         """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.
@@ -304,17 +367,19 @@ class Spool:
         return removed
 
     @contextmanager
-    def flush_lock(self, table: str) -> Iterator[Path]:
+    def flush_lock(self, table: str, *, wait: bool = True) -> Iterator[Path]:
         """Held while flushing ``table``, so two flushers of one spool don't do the work twice.
 
         Correctness never depends on it (keys do that); producers never wait on it.
+        ``wait=False`` raises :class:`TableBusy` at once when another flush holds it:
+        the daemon's loop must never block on a stopped or stuck ``spoold flush``.
         """
-        with self._locked(table, ".flush-lock") as d:
+        with self._locked(table, ".flush-lock", wait=wait) as d:
             yield d
 
     # -- internals --------------------------------------------------------------
     @contextmanager
-    def _locked(self, table: str, name: str = ".lock") -> Iterator[Path]:
+    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True) -> Iterator[Path]:
         d = self._dirs.get(table)
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
@@ -332,12 +397,20 @@ class Spool:
                 self._chown(fd)
                 entry = self._locks[table + "/" + name] = (threading.Lock(), fd, pid)
         tlock, fd, _ = entry
-        with tlock:  # flock is per open file; threads of this process need their own lock
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        # flock is per open file; threads of this process need their own lock
+        if not tlock.acquire(blocking=wait):
+            raise TableBusy(f"table {table} is being flushed by another thread of this process")
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TableBusy(f"table {table} is being flushed by another process (e.g. `spoold flush`)") from None
             try:
                 yield d
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            tlock.release()
 
     def _repair_tail(self, table: str, fd: int) -> None:
         """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
@@ -390,6 +463,22 @@ class Spool:
             os.fchown(fd, -1, self._gid)
         if stat.S_IMODE(st.st_mode) != self._file_mode:
             os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
+
+
+def _record_line(rec: dict[str, Any]) -> bytes:
+    """One quarantine record as a JSON line, even when a rejected value is nested too deeply to
+    write as JSON (orjson writes 253 levels): that value is kept as its Python repr instead."""
+    try:
+        return orjson.dumps(rec, default=str) + b"\n"
+    except TypeError:
+        safe = {}
+        for k, v in rec.items():
+            try:
+                orjson.dumps(v, default=str)
+                safe[k] = v
+            except TypeError:
+                safe[f"{k}_repr"] = repr(v)
+        return orjson.dumps(safe, default=str) + b"\n"
 
 
 def _group_id(name: str) -> int:

@@ -7,11 +7,12 @@ import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonproc import DaemonProc
 
 # pyiceberg reads ~/.pyiceberg.yaml and PYICEBERG_* once, at import: point it at
 # an empty home before anything imports it. SPOOLD_TEST_* are the suite's own knobs
@@ -98,3 +99,18 @@ def read_table(config_file: Path, table: str) -> Any:
     tbl = Sink(cfg).load(cfg.table(table))
     assert tbl is not None, f"table {table} does not exist"
     return tbl.scan().to_arrow()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProc]]:
+    started: list[DaemonProc] = []
+
+    def start(cfg: Path, env: dict[str, str] | None = None) -> DaemonProc:
+        d = DaemonProc(cfg, env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.kill()

@@ -131,7 +131,7 @@ def arrow_type(name: str) -> pa.DataType | None:
 _ARROW_TYPES: dict[str, pa.DataType] = {}
 
 
-def to_arrow(values: Mapping[str, list[Any] | pa.Array], nrows: int, schema: Schema) -> pa.Table:
+def to_arrow(values: Mapping[str, list[Any] | pa.Array | pa.ChunkedArray], nrows: int, schema: Schema) -> pa.Table:
     """Validated, cast column values → an Arrow table shaped exactly like ``schema``.
 
     Timestamps arrive as epoch microseconds and dates as epoch days (what the
@@ -144,7 +144,7 @@ def to_arrow(values: Mapping[str, list[Any] | pa.Array], nrows: int, schema: Sch
         col = values.get(field.name)
         if col is None:
             arrays.append(pa.nulls(nrows, field.type))
-        elif isinstance(col, pa.Array):
+        elif isinstance(col, (pa.Array, pa.ChunkedArray)):
             arrays.append(col if col.type == field.type else col.cast(field.type))
         else:
             try:

@@ -46,6 +46,20 @@ class CommitOutcome:
     metadata_location: str | None = None
     verified: bool = True
 
+    def then(self, later: CommitOutcome) -> CommitOutcome:
+        """This commit and a ``later`` one of the same rows' chunk, as one outcome (rows add up).
+
+        The snapshot to verify is the later one when both are in one table (its
+        history holds the earlier one); if the table changed in between, the
+        earlier one, whose loss a look must be able to find.
+        """
+        snap = later if later.snapshot_id is not None else self
+        if self.snapshot_id is not None and later.snapshot_id is not None and self.table_uuid != later.table_uuid:
+            snap = self
+        return CommitOutcome(self.committed + later.committed, self.deduplicated + later.deduplicated,
+                             snap.snapshot_id, snap.table_uuid, snap.metadata_location,
+                             self.verified and later.verified)
+
 
 class TableSink(Protocol):
     """What flush and backfill need from Iceberg (a fake can stand in for tests)."""
@@ -84,6 +98,10 @@ class Sink(Tables):
             return CommitOutcome(0, 0, None)
         fh, fl = fingerprints(batch.keys)
         order = np.argsort(fh, kind="stable")  # for the index lookup and the in-batch repeats alike
+        # Only columns holding a value in these rows are added to the table: a column only some
+        # other (quarantined) rows had must not fail the rows that never used it.
+        present = batch.present_columns()
+        types = {c: t for c, t in types.items() if c in present}
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 tbl = self.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
@@ -99,9 +117,10 @@ class Sink(Tables):
                 if not keep:
                     return CommitOutcome(0, dups, idx.snapshot_id, str(tbl.metadata.table_uuid),
                                          tbl.metadata_location, self.verified(spec))
-                data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
-                if len(keep) < len(batch):
-                    data = data.take(keep)
+                with catalog_errors(f"cannot convert rows for {spec.identifier}"):
+                    data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
+                    if len(keep) < len(batch):
+                        data = data.take(keep)
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
                     new = _without_auto_retry(tbl)
@@ -116,7 +135,7 @@ class Sink(Tables):
             except SpooldError:
                 self._latest.pop(spec.identifier, None)
                 if attempt:
-                    raise
+                    raise  # a DataError twice in a row, on a fresh version: the rows' fault (flush isolates them)
                 continue  # the first try reused a version that may be stale (dropped, replaced): load it afresh
             snap = new.current_snapshot()
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id

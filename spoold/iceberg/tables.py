@@ -105,7 +105,7 @@ class Tables:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
                 with tbl.update_schema() as update:
                     for name, typ in missing.items():
-                        update.add_column(name, ICEBERG_TYPES[typ])
+                        update.add_column((name,), ICEBERG_TYPES[typ])  # a tuple: "meta.src" is one name, not a path
                 sync_local_files([tbl.metadata_location])
             log.info("table %s: added columns %s", spec.identifier, ", ".join(f"{c} {t}" for c, t in missing.items()))
         return tbl

@@ -6,91 +6,27 @@ machine only makes the tests slower, never wrong.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from conftest import run_spoold, write_config
+from daemonproc import DaemonProc, wait_for
 
 from spoold.config import load_config
 from spoold.spool import Spool
 
 TABLE = "ev.rows"
-DEADLINE_S = 90.0
-
-
-class DaemonProc:
-    """A ``spoold run`` subprocess; its stderr goes to a file the test can read."""
-
-    def __init__(self, cfg: Path, env: dict[str, str] | None = None) -> None:
-        self.cfg = cfg
-        self.log_path = cfg.parent / f"daemon-{uuid.uuid4().hex[:8]}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        wait_for(lambda: "spoold running" in self.log() or self.proc.poll() is not None, "daemon start-up")
-        assert self.proc.poll() is None, self.log()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = DEADLINE_S) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.wait()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait()
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., DaemonProc]]:
-    started: list[DaemonProc] = []
-
-    def start(cfg: Path, env: dict[str, str] | None = None) -> DaemonProc:
-        d = DaemonProc(cfg, env)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.kill()
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 def config(tmp_path: Path, debounce: float = 0.5, max_delay: float = 3.0, extra: str = "") -> Path:
