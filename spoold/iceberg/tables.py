@@ -175,7 +175,7 @@ class Tables:
         if path.parent.is_dir():  # (a table this spool never held a row of: kept in memory only)
             write_atomic(path, uuid.encode())
         self._pins[spec.identifier] = uuid
-        log.info("table %s: verified (uuid %s); this spool now commits to it alone", spec.identifier, uuid)
+        log.info("table %s: verified (uuid %s); this spool trusts its commits there from now on", spec.identifier, uuid)
 
     def confirm(self, spec: TableSpec, uuid: str, snapshot_id: int) -> bool:
         """After a commit to a table not verified yet: pin it if that is safe at once; True if pinned.

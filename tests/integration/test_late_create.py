@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,8 @@ host = "string"
 ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
 
 
-def host(tmp_path: Path, name: str, *, late: str = "", chunk_rows: int = 100_000, verify_after_s: float = 0) -> Path:
+def host(tmp_path: Path, name: str, *, late: str = "", chunk_rows: int = 100_000, verify_after_s: float = 0,
+         extra: str = "") -> Path:
     """A host's config: its own spool, the shared catalog (``late``: the late create it will see)."""
     state = tmp_path / "shared"
     state.mkdir(exist_ok=True)
@@ -45,7 +50,7 @@ def host(tmp_path: Path, name: str, *, late: str = "", chunk_rows: int = 100_000
                f'uri = "sqlite:///{state / "catalog.db"}"\nwarehouse = "file://{state / "warehouse"}"\n')
     if late:
         catalog += f'late-create = "{late}"\nlate-create-marker = "{state / "late.marker"}"\n'
-    flush = f"[flush]\nchunk_rows = {chunk_rows}\nverify_after_s = {verify_after_s}\n"
+    flush = f"[flush]\nchunk_rows = {chunk_rows}\nverify_after_s = {verify_after_s}\n{extra}"
     return write_config(tmp_path / name, TABLE + flush, catalog=catalog + "\n")
 
 
@@ -151,6 +156,27 @@ def test_a_backfill_into_a_table_not_verified_yet_loses_no_row(tmp_path: Path) -
     assert keys(a) == Counter(f"h{i}" for i in range(250))
     flush(a)
     assert spooled_rows(a) == 0
+
+
+def test_a_daemon_looks_at_what_it_holds_by_itself_and_commits_a_lost_commit_again(tmp_path: Path) -> None:
+    """No flush of its own comes after: the daemon still looks once the held rows are due (bounded latency)."""
+    a = host(tmp_path, "a", late="after-commit", verify_after_s=1,
+             extra="debounce_s = 0.2\nmax_delay_s = 2\n\n[daemon]\nrescan_s = 1\n")
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(a)], stdout=out,
+                                  stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+    try:
+        append(a, rows("a", 40))  # committed once, then the late create replaces the table
+        deadline = time.monotonic() + 180
+        while not (spooled_rows(a) == 0 and keys(a) == Counter(f"a{i}" for i in range(40))):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+    text = log.read_text()
+    assert "LOST COMMIT" in text and "verified" in text
 
 
 def test_held_rows_wait_for_their_look_and_a_catalog_that_cannot_answer_postpones_it(tmp_path: Path) -> None:
