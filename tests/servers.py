@@ -16,6 +16,7 @@ fails them: CI must run every one.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import json
 import os
@@ -99,6 +100,14 @@ def _tail(log: Path) -> str:
         return ""
 
 
+def _die_with_us() -> None:
+    """In a server's process: SIGTERM when the test process dies, so no server outlives a killed run."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -162,7 +171,7 @@ class SeaweedFS:
                "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.root, start_new_session=True)
+                                         env=env, cwd=self.root, start_new_session=True, preexec_fn=_die_with_us)
         master = f"http://127.0.0.1:{self.ports['master.port']}"
         _wait("weed mini (Iceberg REST catalog)", lambda: _get(f"{self.catalog_uri}/v1/config")[0] == 200,
               self.proc, self.log)
@@ -249,7 +258,7 @@ class Postgres:
                  "-k", str(self.root), "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "max_connections=300"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, user=self.user, cwd=self.root,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_us)
         _wait("postgres", self._accepts, self.proc, self.log)
 
     def _accepts(self) -> bool:

@@ -91,16 +91,19 @@ class Keeper:
             for name in names:
                 self._commits.setdefault(name, []).append(commit)
         gone: list[Path] = []
+        kept: list[str] = []
         for path in done:
             commits = self._commits.pop(path.stem, [])
             trusted = out is not None and out.verified and all(c.table_uuid == out.table_uuid for c in commits)
             if not commits or trusted:
                 gone.append(path)
             else:
-                where = held.hold(self.spool, self.table, path, commits, time.time() + self.config.flush.verify_after_s)
-                log.info("table %s: %s committed (snapshot %d) to a table not verified yet; held as %s until "
-                         "a look in %gs", self.table, path.name, commits[-1].snapshot_id, where,
-                         self.config.flush.verify_after_s)
+                held.hold(self.spool, self.table, path, commits, time.time() + self.config.flush.verify_after_s)
+                kept.append(path.name)
+        if kept:
+            log.info("table %s: committed to a table not verified yet (snapshot %s); %s held in %s/ until a look "
+                     "in %gs", self.table, out.snapshot_id if out else "-", ", ".join(kept), held.HELD,
+                     self.config.flush.verify_after_s)
         self.spool.remove(p for p in gone if p.parent.name != held.HELD)
         for path in gone:
             if path.parent.name == held.HELD:
