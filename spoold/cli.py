@@ -218,6 +218,7 @@ def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:
         lines.append(
             f"{t}: spooled {s['spooled_rows']} row(s) in {s['spooled_files']} file(s), oldest {age}; "
             f"quarantined {s['quarantined']}; committed {committed}; last flush {last.get('result', '-')}"
+            + ("; SPOOL FULL: appends are refused until a flush frees room" if s.get("spool_full") else "")
         )
     lines += daemon_lines(doc)
     if "catalog_error" in doc:

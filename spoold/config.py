@@ -117,6 +117,19 @@ class FlushSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolLimits:
+    """``[spool] max_bytes`` and ``min_free_bytes``: past either, an append is refused whole (SpoolFull)."""
+
+    # Pending bytes per table (active + flush files); 0: no per-table bound.
+    max_bytes: int = 0
+    # Free bytes kept on the spool's filesystem; 0: none. AUTO_FREE: 2% of the filesystem, at most 256 MiB.
+    min_free_bytes: int = -1
+
+    ZERO_OK = frozenset({"max_bytes", "min_free_bytes"})
+    AUTO_FREE = -1
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonSettings:
     """``[daemon]``: what ``spoold run`` serves and how it watches."""
 
@@ -149,6 +162,7 @@ class Config:
     catalog_name: str
     catalog_props: Mapping[str, str]
     flush: FlushSettings = field(default_factory=FlushSettings)
+    spool_limits: SpoolLimits = field(default_factory=SpoolLimits)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     maintain: MaintainSettings = field(default_factory=MaintainSettings)
     tables: Mapping[str, TableSpec] = field(default_factory=dict)
@@ -208,9 +222,10 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
     state_dir = _default_state_dir()
 
     spool = _table(data, "spool")
-    _only_keys(spool, "spool.", {"root", "group"})
+    _only_keys(spool, "spool.", {"root", "group", *SpoolLimits.__dataclass_fields__})
     root = _path(spool, "spool.root", base) or state_dir / "spool"
     group = _opt(spool, "spool.group", str)
+    limits = _settings(SpoolLimits, {k: v for k, v in spool.items() if k not in ("root", "group")}, "spool")
 
     catalog = dict(_table(data, "catalog"))
     name = catalog.pop("name", "spoold")
@@ -231,6 +246,9 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
     flush = _settings(FlushSettings, _table(data, "flush"), "flush")
     if flush.debounce_s > flush.max_delay_s:
         raise ConfigError("flush.debounce_s: must not exceed flush.max_delay_s")
+    daemon = _settings(DaemonSettings, _table(data, "daemon"), "daemon")
+    if daemon.listen:
+        parse_listen(daemon.listen)
     tables = {ident: _parse_table(ident, t) for ident, t in _table(data, "tables").items()}
     sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
     return Config(
@@ -241,7 +259,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         catalog_name=name,
         catalog_props=props,
         flush=flush,
-        daemon=_settings(DaemonSettings, _table(data, "daemon"), "daemon"),
+        spool_limits=limits,
+        daemon=daemon,
         maintain=_settings(MaintainSettings, _table(data, "maintain"), "maintain"),
         tables=tables,
         sources=sources,
@@ -271,6 +290,15 @@ def _settings(cls: type[Any], t: Mapping[str, Any], section: str) -> Any:
             raise ConfigError(f"{section}.{k}: expected a positive {'integer' if want is int else 'number'}")
         values[k] = want(v)
     return cls(**values)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``[daemon] listen`` as (host, port): ``HOST:PORT``, an IPv6 host in brackets; port 0 picks a free one."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or (":" in host and "[" not in listen):
+        raise ConfigError(f"daemon.listen: expected HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), got {listen!r}")
+    return host, int(port)
 
 
 def _parse_table(ident: str, t: Any) -> TableSpec:

@@ -63,7 +63,8 @@ _QUARANTINE_PART_BYTES = 64 << 20  # raw bytes of the lines they came from
 
 
 def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate: bool = True, wait: bool = True,
-                stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None) -> FlushResult:
+                stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None,
+                result: FlushResult | None = None) -> FlushResult:
     """Commit everything pending for ``table`` once. Never raises on bad spool lines or poison rows.
 
     ``wait=False``: raise :class:`TableBusy` at once if another flush of this table
@@ -71,9 +72,10 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     ``stop()`` is asked between chunks: once true, what was read is committed and the
     flush ends early (``interrupted``; the rest stays spooled). ``tick()`` is called
     between chunks and while a commit is awaited, at least about once a second.
+    ``result``, if given, is filled in as the flush goes: what a flush that fails committed is known.
     """
     config.table(table)  # validates the identifier before anything is touched
-    result = FlushResult()
+    result = FlushResult() if result is None else result
     started = time.time()
     if not spool.table_dir(table).is_dir():
         return result  # nothing was ever spooled for it

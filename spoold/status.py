@@ -60,6 +60,8 @@ def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str
         "spooled_files": len(files),
         "oldest_pending_s": round(now - oldest, 3) if oldest is not None else None,
         "quarantined": quarantined,
+        "spooled_bytes": spool.bounds.pending_bytes(table),
+        "spool_full": spool.bounds.full(table),  # appends refused (see [spool] max_bytes, min_free_bytes)
     }
     last = spool.table_dir(table) / LAST_FLUSH
     try:
@@ -83,6 +85,8 @@ def status(config: Config, tables: list[str] | None = None, *, catalog: bool = T
             # A dead daemon's backoff is history, not a wait anyone is in.
             info["backoff_s"] = daemon.get("backoff", {}).get(t) if live else None
             info["last_error"] = (daemon.get("tables", {}).get(t) or {}).get("last_error") if live else None
+            # The daemon also knows the size its tailer's refused append needs.
+            info["spool_full"] = info["spool_full"] or (live and t in daemon.get("spool_full", []))
     if daemon:
         daemon["running"] = live
         result["daemon"] = daemon

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 from pyiceberg.table import Table, TableProperties
 
+from spoold import metrics
 from spoold.config import TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
@@ -128,6 +129,7 @@ class Sink(Tables):
                         tx.append(data, snapshot_properties=summary)
             except CommitConflict as e:
                 self._shared.add(spec.identifier)
+                metrics.commit_conflict(spec.identifier)
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
                 time.sleep(wait)

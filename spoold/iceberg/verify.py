@@ -66,7 +66,7 @@ from pathlib import Path
 
 from spoold import held
 from spoold.config import Config
-from spoold.errors import CatalogError
+from spoold.errors import CatalogError, SpoolError
 from spoold.iceberg.sink import CommitOutcome
 from spoold.iceberg.snapshots import history_ids
 from spoold.iceberg.tables import Tables
@@ -156,6 +156,11 @@ def recheck(config: Config, spool: Spool, tables: Tables, table: str, now: float
                           "atomic replaced the table, or the commit was undone); its rows go back into the "
                           "flush queue and are committed again", table, c.snapshot_id, c.table_uuid,
                           c.metadata_location, path.name, uuid or "none")
-        held.requeue(spool, table, path)
+        try:
+            held.requeue(spool, table, path)
+        except SpoolError as e:  # e.g. a full spool refuses a copy's rows: they stay held, tried again next time
+            log.warning("table %s: cannot put %s back into the flush queue now (%s); it stays held", table,
+                        path.name, e)
+            continue
         requeued += 1
     return requeued

@@ -10,7 +10,8 @@ between re-reads those lines; their keys make that harmless.
 A file whose inode changed (replaced) or that shrank or was rewritten below
 its offset (truncated) is read again from its start. Work per pass is bounded
 so one huge file cannot hold up flushes. A bad source line is logged (rate
-limited) and skipped; the tailer never stops on input.
+limited) and skipped; the tailer never stops on input. A full spool parks
+the file at its offset until its rows fit (the file keeps them meanwhile).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import orjson
 
 from spoold.config import SourceSpec
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, SpoolFull
 from spoold.scheduler import LogLimiter
 from spoold.sources.reader import has_magic, jsonl_under, read_lines
 from spoold.spool import Spool, write_atomic
@@ -74,12 +75,14 @@ class Tailer:
     ) -> None:
         self.spool = spool
         self.max_lines = max_lines
-        self.max_bytes = max_bytes
+        limit = spool.bounds.limits.max_bytes  # a pass must fit in an emptied spool
+        self.max_bytes = min(max_bytes, max(1, limit // 4)) if limit else max_bytes
         self.dir = spool.root / OFFSETS_DIR
         self._sources = [_source(s) for s in sources]
         self._offsets: dict[str, Offset] = {}  # by offset-file key
         self._owner: dict[str, tuple[int, str]] = {}  # offset key → (source index, path)
         self._dirty: dict[str, None] = {}  # insertion-ordered: a file with more left goes to the back
+        self._parked: dict[str, str] = {}  # offset key → table: refused by a full spool, waiting for room
         self._errors = LogLimiter()
         self._loaded = False
 
@@ -115,7 +118,7 @@ class Tailer:
                 except OSError:
                     continue
                 if st.st_size != off.offset or (st.st_dev, st.st_ino) != (off.dev, off.ino):
-                    self._dirty[key] = None
+                    self._mark(key)
                 off.size = st.st_size
         for key, off in list(self._offsets.items()):
             if key not in self._owner and not os.path.exists(off.path):
@@ -128,14 +131,22 @@ class Tailer:
         for i, src in enumerate(self._sources):
             key = _key(src.spec.table, path)
             if path in src.files:
-                self._dirty[key] = None
+                self._mark(key)
                 hit = True
             elif not deleted and src.regex.match(path) and os.path.isfile(path):
                 hit = self._add(i, path) or hit
         return hit
 
     def has_work(self) -> bool:
+        for key, table in list(self._parked.items()):
+            if not self.spool.bounds.full(table):  # room again: read on from its offset
+                del self._parked[key]
+                self._dirty[key] = None
         return bool(self._dirty)
+
+    def _mark(self, key: str) -> None:
+        if key not in self._parked:  # a parked file waits for room, not for its next change
+            self._dirty[key] = None
 
     # -- reading ----------------------------------------------------------------
     def run_pass(self, max_lines: int | None = None) -> dict[str, int]:
@@ -161,6 +172,10 @@ class Tailer:
             except FileNotFoundError:
                 log.info("source %s: gone; no longer tailed", owner[1])
                 self._drop(owner[0], owner[1])
+                continue
+            except SpoolFull as e:
+                self._parked[key] = src.spec.table
+                self._log_error(f"full:{src.spec.table}", "source %s: waiting for room in the spool: %s", owner[1], e)
                 continue
             except (OSError, SpooldError) as e:
                 # Cannot read it or cannot spool right now: the offset stays, the next event
@@ -260,6 +275,7 @@ class Tailer:
         src.files.discard(path)
         self._owner.pop(key, None)
         self._dirty.pop(key, None)
+        self._parked.pop(key, None)
         if self._offsets.pop(key, None) is not None:
             try:
                 (self.dir / f"{key}.json").unlink()
