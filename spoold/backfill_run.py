@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from spoold import held
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.verify import Keeper
 from spoold.keyindex import fingerprints
 from spoold.pipeline import CommitPipeline
 from spoold.progress import Progress
@@ -106,6 +108,8 @@ class BackfillRun:
         self.validator = Validator(spec, self.seen.types, self.seen.required)
         self.batch = Batch(self.validator.types)
         self.pipeline = CommitPipeline(sink, spec, self.reject_commit)  # chunk k commits while chunk k+1 is read
+        self.keeper = Keeper(config, spool, spec.identifier)
+        self.copy: list[Any] = []  # the chunk's source rows, kept on disk while the table is not verified
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
         self.rows: list[dict[str, Any]] = []
         self.lines: list[SourceLine] = []  # the lines ``rows`` came from, in order (line.rows: exactly those)
@@ -182,6 +186,10 @@ class BackfillRun:
             if len(self.seen.chunk_keys) >= self.config.flush.chunk_rows:
                 self.seen.roll()
             return
+        if not self.sink.verified(self.spec):  # rows committed there need a copy until then (iceberg/verify.py)
+            bad = {r.index for r in verdict.rejects}
+            accepted = [i for i in range(len(rows)) if i not in bad] if bad else None
+            self.copy += [rows[accepted[k]] for k in keep] if accepted else [rows[k] for k in keep]
         if pick is None:
             self.batch.add(verdict)
         else:
@@ -200,8 +208,10 @@ class BackfillRun:
         marks = self.cursors.take()
         if len(self.batch):
             batch, self.batch = self.batch, Batch(self.validator.types)
+            copy = held.write_copy(self.spool, self.spec.identifier, self.copy) if self.copy else None
+            self.copy = []
             self.seen.roll()
-            self.pipeline.submit(batch, self.validator, self.props, lambda out: self._committed(out, marks))
+            self.pipeline.submit(batch, self.validator, self.props, lambda out: self._committed(out, marks, copy))
         elif marks:
             self.pipeline.join()  # the rows before these marks may still be committing
             self.cursors.save(marks)
@@ -217,7 +227,9 @@ class BackfillRun:
             self.s.quarantined += 1
             self.s.first_quarantine_reason = self.s.first_quarantine_reason or f"cannot commit: {reason}"
 
-    def _committed(self, out: CommitOutcome, marks: dict[str, Position]) -> None:
+    def _committed(self, out: CommitOutcome, marks: dict[str, Position], copy: Path | None = None) -> None:
+        if copy is not None:  # deleted if the table is verified now, else held with its commit
+            self.keeper.settled([copy.stem], [copy], out)
         self.s.written += out.committed
         self.s.skipped_committed += out.deduplicated  # another committer got there first
         self.cursors.save(marks)

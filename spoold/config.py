@@ -109,8 +109,12 @@ class FlushSettings:
     # A chunk (one commit) is also cut at this many bytes of spool lines, so memory is
     # bounded by bytes, not only by rows (rows of 1 MB each would otherwise need GBs).
     chunk_bytes: int = 64 << 20
+    # Until a fresh load this long after one of this spool's commits to a table still shows it, the
+    # spool keeps the committed rows (a create that is not atomic may yet replace a new table; see
+    # spoold/iceberg/verify.py). Not waited for where the catalog's create is exclusive (SQL).
+    verify_after_s: float = 60.0
 
-    ZERO_OK = frozenset({"idle_restart_s"})
+    ZERO_OK = frozenset({"idle_restart_s", "verify_after_s"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.verify import Keeper, recheck
 from spoold.pipeline import CommitPipeline
 from spoold.settle import Batch, gc_paused
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
@@ -81,6 +82,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     try:
         with spool.flush_lock(table, wait=wait):
             spool.sweep_temp(table)
+            recheck(config, spool, sink, table)  # rows held for a table not verified yet: delete or re-queue
             if rotate:
                 spool.rotate(table)
             files = spool.flush_files(table)
@@ -111,6 +113,7 @@ class _Flush:
         self.validator = Validator(spec, types, required)
         self.chunk = _Chunk(Batch(self.validator.types))
         self.pipeline = CommitPipeline(sink, spec, self._reject, tick)  # chunk k commits while k+1 is read
+        self.keeper = Keeper(config, spool, table)
 
     def run(self, files: list[Path]) -> None:
         settings = self.config.flush
@@ -168,7 +171,7 @@ class _Flush:
             self.tick()
         if not len(chunk.batch):
             self.pipeline.join()  # the files' earlier rows may still be committing
-            self.spool.remove(chunk.files_done)
+            self.keeper.settled(chunk.names, chunk.files_done, None)
             return
         result, done = self.result, chunk.files_done
 
@@ -176,7 +179,8 @@ class _Flush:
             result.committed += out.committed
             result.deduplicated += out.deduplicated
             result.snapshot_id = out.snapshot_id or result.snapshot_id
-            self.spool.remove(done)  # every row of these files is in a durable commit (or quarantine) now
+            # every row of these files is in a durable commit (or quarantine) now: deleted, or held until verified
+            self.keeper.settled(chunk.names, done, out)
 
         props = {"spoold.op": "flush", "spoold.files": ",".join(chunk.names)}
         self.pipeline.submit(chunk.batch, self.validator, props, committed)

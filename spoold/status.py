@@ -23,6 +23,7 @@ import orjson
 from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError, UsageError
+from spoold.held import spooled
 from spoold.quarantine import count_records
 from spoold.spool import Spool, first_envelope, iter_lines
 
@@ -48,7 +49,7 @@ def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str
     """The spool half of a table's status: pending rows and files, oldest pending age, quarantined records."""
     now = time.time() if now is None else now
     rows = 0
-    files = spool.pending(table)
+    files = spooled(spool, table)  # held rows (committed, not verified yet) are still the spool's
     for path in files:
         try:
             for _, raw, terminated in iter_lines(path):

@@ -22,6 +22,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.memory import InMemoryCatalog
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
     BadRequestError,
     CommitFailedException,
@@ -81,6 +83,17 @@ def _make_private(config: Config) -> None:
                 path.mkdir(mode=0o700)
             except OSError:
                 pass  # the first write reports it
+
+
+def exclusive_create(catalog: Catalog) -> bool:
+    """True when creating a table that exists fails instead of replacing it.
+
+    pyiceberg's SQL catalog (SQLite, PostgreSQL) creates with an INSERT under
+    a primary key and commits with a compare-and-swap UPDATE, so no late
+    create can undo a commit. Any other catalog (REST servers, subclasses, ...)
+    is not assumed to be: SeaweedFS 4.48's REST create is check-then-write.
+    """
+    return type(catalog) in (SqlCatalog, InMemoryCatalog)
 
 
 @contextmanager
