@@ -42,9 +42,10 @@ def test_a_table_only_backfill_wrote_is_listed_with_its_rows_and_run(tmp_path: P
     src = tmp_path / "history.jsonl"
     src.write_bytes(rows("h", 25))
     ok(run_spoold("backfill", "hist.rows", "--source", str(src), "--format", "jsonl", "--all", "--config", str(cfg)))
-    assert not (tmp_path / "state" / "spool" / "hist.rows").exists()  # not in the spool, not in the config
     ok(run_spoold("append", "live.rows", "--config", str(cfg), input=rows("l", 3)))
     ok(run_spoold("flush", "--config", str(cfg)))
+    # Seen from another host's spool on the same catalog: neither table is in its spool or its config.
+    cfg = write_config(tmp_path, name="other-host.toml", spool=str(tmp_path / "other-host-spool"))
     doc = status(cfg)
     assert set(doc["tables"]) == {"hist.rows", "live.rows"}
     hist = doc["tables"]["hist.rows"]
