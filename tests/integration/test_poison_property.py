@@ -28,7 +28,8 @@ from spoold.envelope import Validator, envelopes
 from spoold.errors import InputError
 from spoold.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import ACTIVE, Spool
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE
 
 TABLE = """
 [tables."app.p"]
