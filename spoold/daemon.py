@@ -29,7 +29,7 @@ from watchfiles import Change, watch
 
 from spoold import systemd
 from spoold.config import Config, load_config
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, one_line
 from spoold.footprint import loaded, preload, release, restart_lean
 from spoold.pending import Pending
 from spoold.report import Report
@@ -135,7 +135,7 @@ class Daemon:
             # The watcher itself failed (the inotify watch limit, a watched directory gone):
             # keep flushing on timers and try a new watcher in a second.
             if (more := self._limited("watch", time.time())) is not None:
-                log.error("file watcher failed, retrying: %s%s", _one_line(e), more)
+                log.error("file watcher failed, retrying: %s%s", one_line(e), more)
             self._tick()
             self._wake.wait(1.0)
         self._wake.clear()
@@ -167,7 +167,7 @@ class Daemon:
             self._step()
         except Exception as e:
             if (more := self._limited("loop", time.time())) is not None:
-                log.error("loop error (the daemon goes on): %s%s", _one_line(e), more, exc_info=True)
+                log.error("loop error (the daemon goes on): %s%s", one_line(e), more, exc_info=True)
         if not self._ready:
             self._ready = True
             systemd.notify("READY=1", self.report.status_line(self.states))
@@ -200,6 +200,9 @@ class Daemon:
             if self._stop_signal is not None or self._reload:
                 break
             self._flush(table)
+        if self._sink and self._stop_signal is None and not due_tables(self.states, time.time(), self.config.flush) \
+                and self._sink.maintain():  # one step (spoold.iceberg.upkeep)
+            self._busy_at = mono
         if self.states or self.tailer.has_work() or not loaded():
             self._busy_at = mono
         elif self.may_restart and 0 < self.config.flush.idle_restart_s <= mono - self._busy_at:
@@ -247,7 +250,7 @@ class Daemon:
         except Exception as e:  # a failing catalog or an unexpected bug: back off, never exit
             self._sink = None  # a fresh catalog connection for the next try
             now = time.time()
-            state = after_failure(self.states.get(table, TableState()), now, settings, _one_line(e), random.random())
+            state = after_failure(self.states.get(table, TableState()), now, settings, one_line(e), random.random())
             self.states[table] = state
             if (more := self._limited(f"flush:{table}", now)) is not None:
                 log.error("table %s: flush failed, rows stay spooled, retry in %.1fs (failure %d): %s%s", table,
@@ -325,8 +328,3 @@ def _file_id(path: str) -> tuple[int, int] | None:
         return None
     return st.st_dev, st.st_ino
 
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if isinstance(e, SpooldError) and text else f"{type(e).__name__}: {text}"

@@ -17,15 +17,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from pyiceberg.table import Table, TableProperties
+from pyiceberg.table import Table
 
-from spoold.config import TableSpec
+from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
+from spoold.iceberg.expire import expire_after_commit
 from spoold.iceberg.schema import type_conflicts
-from spoold.iceberg.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
+from spoold.iceberg.snapshots import MemoTransaction, snapshot_files, sync_local_files, without_auto_retry
 from spoold.iceberg.tables import Tables
+from spoold.iceberg.upkeep import Maintainer
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.settle import Batch, settle
 
@@ -53,7 +55,15 @@ class TableSink(Protocol):
 
 
 class Sink(Tables):
-    """Tables (one catalog connection) plus a committed-key index per table, and the commit loop."""
+    """Tables (one catalog connection) plus a committed-key index per table, the commit loop, and maintenance."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.upkeep = Maintainer(config)  # counts this Sink's commits; runs maintenance when asked
+
+    def maintain(self) -> bool:
+        """One step of due table maintenance (the daemon's hook while no flush is due); see :mod:`.upkeep`."""
+        return self.upkeep.step(self, time.time())
 
     # -- committed keys ---------------------------------------------------------
     def index(self, spec: TableSpec) -> KeyIndex:
@@ -96,7 +106,7 @@ class Sink(Tables):
                     data = data.take(keep)
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
-                    new = _without_auto_retry(tbl)
+                    new = without_auto_retry(tbl)
                     with MemoTransaction(new) as tx:
                         tx.append(data, snapshot_properties=summary)
             except CommitConflict as e:
@@ -117,18 +127,9 @@ class Sink(Tables):
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
             self._latest[spec.identifier] = new
+            self.upkeep.committed(spec.identifier)
             if self.config.flush.expire_snapshots:
-                expire_snapshots(new)
+                expire_after_commit(new, self.config.maintain)
             return CommitOutcome(len(keep), dups, snap.snapshot_id)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
 
-
-def _without_auto_retry(tbl: Table) -> Table:
-    """A view of ``tbl`` whose commits fail on conflict instead of rebasing blindly.
-
-    The retry count is read from the table's properties; we override it in our
-    local copy of the metadata only (the catalog's copy is untouched).
-    """
-    props = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
-    metadata = tbl.metadata.model_copy(update={"properties": props})
-    return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog)

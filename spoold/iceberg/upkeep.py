@@ -1,0 +1,126 @@
+"""The daemon's side of maintenance: count commits, decide (pure, :mod:`spoold.maintenance`), run steps.
+
+Each :class:`~spoold.iceberg.sink.Sink` holds a Maintainer: its commits are
+counted (:meth:`Maintainer.committed`) and the daemon calls ``Sink.maintain()``
+(:meth:`Maintainer.step`) whenever no flush is due. A step is one bounded
+piece of a run (one compaction group, the commit, the expiry, the orphan
+sweep), so a flush that falls due waits for at most one step. A failed run
+is logged (rate-limited) and retried after a backoff; nothing in here can
+stop capture. The counts live with the Sink: a daemon that replaces its Sink
+(after a failed flush, a reload) starts counting afresh, and the run in
+progress is dropped (its uncommitted files deleted as the run is closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import orjson
+
+from spoold.config import Config
+from spoold.errors import SpooldError, one_line
+from spoold.iceberg.maintain import LOCAL_STATE, Options, Report, last_record, run_steps, totals
+from spoold.iceberg.tables import Tables
+from spoold.maintenance import Upkeep, after_commit, after_failure, after_run, due
+from spoold.scheduler import LogLimiter
+
+log = logging.getLogger(__name__)
+_UNSEEN = Upkeep()
+PROBE_S = 60.0  # a table's data-file count is looked up at most this often (shared tables: a catalog read)
+
+
+class Maintainer:
+    """Per-table maintenance state and the run in progress (at most one at a time)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.states: dict[str, Upkeep] = {}
+        self.errors = LogLimiter()
+        self._probed: dict[str, float] = {}  # when each table's data-file count was last looked up
+        self._run: tuple[str, Iterator[str], Report] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A run is in progress (the daemon is not idle)."""
+        return self._run is not None
+
+    def committed(self, table: str) -> None:
+        """A commit to ``table`` landed (no I/O: called on the commit path)."""
+        self.states[table] = after_commit(self.states.get(table, _UNSEEN), None)
+
+    def step(self, tables: Tables, now: float) -> bool:
+        """One step of the run in progress, or of the due table's new run; False when nothing is due."""
+        if self._run is None:
+            settings = self.config.maintain
+            if not settings.enabled:
+                return False
+            for table in sorted(self.states):
+                self._probe(table, tables, now)
+            table = next((t for t in sorted(self.states) if due(self.states[t], now, settings)), None)
+            if table is None:
+                return False
+            log.info("table %s: maintenance due (%s)", table, due(self.states[table], now, settings))
+            report = Report()
+            self._run = (table, run_steps(tables, self.config, self.config.table(table), Options(), report), report)
+        table, steps, report = self._run
+        try:
+            next(steps)
+            return True
+        except StopIteration:
+            self._run = None
+            self.states[table] = after_run(self.states[table], time.time(), report.files_after)
+            self.errors.forget(table)
+        except Exception as e:  # a failing catalog or a bug: back off, never stop capture
+            self._run = None
+            now = time.time()
+            state = self.states[table] = after_failure(self.states[table], now, one_line(e), random.random())
+            suppressed = self.errors.allow(table, now)
+            if suppressed is not None:
+                log.error("table %s: maintenance failed, retry in %.0fs (failure %d): %s%s", table,
+                          (state.retry_at or now) - now, state.failures, state.last_error,
+                          f" ({suppressed} more since the last report)" if suppressed else "",
+                          exc_info=not isinstance(e, SpooldError))
+        return True
+
+    def _probe(self, table: str, tables: Tables, now: float) -> None:
+        """Now and then, the table's data-file count (and, the first time, its last run's record)."""
+        state = self.states[table]
+        if state.commits == 0 or now - self._probed.get(table, -PROBE_S) < PROBE_S:
+            return
+        self._probed[table] = now
+        try:
+            tbl = tables.load(self.config.table(table), reuse=True)  # the last committed version, unless shared
+        except SpooldError:
+            return
+        if tbl is None:
+            return
+        if state.last_run is None and state.files_after is None:
+            first = self._initial(table, last_record(tbl))
+            state = replace(state, last_run=first.last_run, files_after=first.files_after)
+        self.states[table] = replace(state, data_files=totals(tbl)[0])
+
+    def close(self) -> None:
+        """Abandon the run in progress (its uncommitted files are deleted)."""
+        if self._run is not None:
+            self._run[1].close()
+            self._run = None
+
+    def _initial(self, table: str, record: dict[str, object] | None) -> Upkeep:
+        """Where the triggers start: the newer of the spool's and the table's record of the last run."""
+        local = None
+        try:
+            local = orjson.loads((self.config.spool_root / table / LOCAL_STATE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            pass
+        best = max((r for r in (local, record) if isinstance(r, dict) and isinstance(r.get("at"), (int, float))),
+                   key=lambda r: r["at"], default=None)
+        if best is None:
+            return Upkeep()
+        files = best.get("files_after")
+        return Upkeep(last_run=float(best["at"]) + float(best.get("duration_s") or 0),
+                      files_after=files if isinstance(files, int) else None)
+
