@@ -6,7 +6,8 @@ The daemon maintains a table (compaction, expiry, orphan cleanup; see
 - ``every_commits``: this daemon committed that many times to it since its last run;
 - ``small_files``: it holds that many more data files than right after its
   last run (any writer's: each flush, here or on another host, adds small ones);
-- ``interval_s``: its last run is that old and it has had commits since.
+- ``interval_s``: its last run is that old and it has had commits since
+  (a table never maintained waits for the other two).
 
 Runs of one table are at least ``MIN_GAP_S`` apart, and a failed run is
 retried after a capped exponential backoff, so a broken table cannot keep the
@@ -15,7 +16,6 @@ daemon busy. Also here: ``parse_duration`` for ``spoold maintain --older-than``.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, replace
 
@@ -61,7 +61,8 @@ def due(state: Upkeep, now: float, settings: MaintainSettings) -> str | None:
     added = state.data_files - (state.files_after or 0) if state.data_files is not None else 0
     if settings.small_files and added >= settings.small_files:
         return "small files"
-    age = now - state.last_run if state.last_run is not None else math.inf
+    # A table never maintained waits for the other triggers: a fresh table needs nothing yet.
+    age = now - state.last_run if state.last_run is not None else 0.0
     if settings.interval_s and state.commits and age >= settings.interval_s:
         return "interval"
     return None

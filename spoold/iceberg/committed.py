@@ -70,8 +70,6 @@ def _keys_only_added(table: Table, since: int | None) -> bool:
         summary = snap.summary
         if summary is None or (summary.operation != Operation.APPEND and not is_compaction(summary)):
             return False
-        if snap.parent_snapshot_id == since:
-            return True  # ``since`` itself may have been expired meanwhile
         snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
     return snap is not None
 

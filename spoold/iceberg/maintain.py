@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -87,11 +87,15 @@ class Report:
                 + (" (dry run: nothing changed)" if self.dry_run else ""))
 
 
-def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, report: Report) -> Iterator[str]:
+def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, report: Report,
+              index: Callable[[Table], object] | None = None) -> Iterator[str]:
     """One run over ``spec``'s table, one bounded step per ``next()`` (names the step done).
 
     Rewritten files not yet committed when the run stops (an error, ``close()``)
     are deleted; after a crash they are orphans, cleaned up by a later run.
+    ``index``: called with the table before the expiry, to advance a
+    committed-key index to the current snapshot (which expiry always keeps):
+    an index left on an expired snapshot would have to rescan the table.
     """
     started = time.time()
     report.at, report.host, report.dry_run = started, tables.host, opts.dry_run
@@ -119,11 +123,12 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
                 report.files_compacted += len(rw.group.inputs)
                 report.files_written += len(rw.outputs)
                 report.duplicates_removed += rw.duplicates
-            tables.load(spec)  # so the next flush starts from the new version
             yield "commit"
     finally:
         for rw in pending:
             discard(tbl, rw)
+    if index is not None and not opts.dry_run:
+        index(_load(tables, spec))
     expired = _expire(tables, config, spec, opts)
     report.snapshots_expired, report.files_deleted, report.bytes_deleted = (
         expired.snapshots, expired.files_deleted, expired.bytes_deleted)

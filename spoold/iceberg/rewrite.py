@@ -116,6 +116,7 @@ def commit_rewrites(tables: Tables, spec: TableSpec, rewrites: list[Rewrite],
             continue
         with catalog_errors(f"cannot sync the files of {spec.identifier}'s compaction"):
             sync_local_files(snapshot_files(new))
+        tables.load(spec)  # so the next flush through ``tables`` starts from the new version, not a conflict
         return pending, dropped, new
     for r in pending:
         if tbl is not None:

@@ -64,8 +64,13 @@ class Maintainer:
             if table is None:
                 return False
             log.info("table %s: maintenance due (%s)", table, due(self.states[table], now, settings))
-            report = Report()
-            self._run = (table, run_steps(tables, self.config, self.config.table(table), Options(), report), report)
+            report, spec = Report(), self.config.table(table)
+            # Through the Sink this Maintainer belongs to: its committed-key index is kept in step, so the
+            # expiry cannot leave it on an expired snapshot (which would cost the next flush a full rescan).
+            keep_index = getattr(tables, "committed", None)
+            steps = run_steps(tables, self.config, spec, Options(), report,
+                              index=(lambda tbl: keep_index(spec, tbl)) if keep_index else None)
+            self._run = (table, steps, report)
         table, steps, report = self._run
         try:
             next(steps)
