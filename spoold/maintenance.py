@@ -23,7 +23,7 @@ from spoold.config import FlushSettings, MaintainSettings
 from spoold.errors import UsageError
 from spoold.scheduler import backoff_delay
 
-MIN_GAP_S = 60.0  # runs of one table are at least this far apart, whatever the triggers say
+MIN_GAP_S = 5.0  # runs of one table are at least this far apart, whatever the triggers say
 RETRY_MAX_S = 3600.0  # cap of the backoff after failed runs
 _RETRY = FlushSettings(retry_max_s=RETRY_MAX_S)
 _RETRY_STEPS_SKIPPED = 5  # the flush backoff starts at 1 s; a failed run (maybe costly) waits ~30 s first

@@ -76,7 +76,7 @@ def test_small_files_become_one_file_per_partition_in_one_replace_snapshot_one_r
 
 def test_planning_packs_small_files_by_partition_up_to_the_target_and_leaves_big_ones(cfg: Config) -> None:
     sink = Sink(cfg)
-    commit(sink, [f"big{i}" for i in range(3000)], day=0)  # one big file
+    commit(sink, [f"big{i}" for i in range(20000)], day=0)  # one big file
     for i in range(9):
         commit(sink, [f"s{i}"], day=0)
     commit(sink, ["alone"], day=1)  # a partition with one small file: nothing to gain
@@ -91,6 +91,7 @@ def test_planning_packs_small_files_by_partition_up_to_the_target_and_leaves_big
     assert all(g.older and g.older[0].file.file_size_in_bytes == big for g in groups)  # the big file is older
     tight = plan(tbl, small[-1] * 3 + 1)  # at most three small files' worth per group
     assert [len(g.inputs) for g in tight] == [3, 3, 3]
+    assert [len(g.inputs) for g in plan(tbl, small[-1] * 8 + 1)] == [9]  # a lone last file joins the group
     orders = [i.order for g in tight for i in g.inputs]
     assert orders == sorted(orders)  # commit order, oldest first
 

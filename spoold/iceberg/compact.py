@@ -135,7 +135,8 @@ def plan(tbl: Table, target: int) -> list[Group]:
             packed[-1].append(inp)
             size += inp.file.file_size_in_bytes
         if len(packed) > 1 and len(packed[-1]) < MIN_GROUP_FILES:
-            packed[-2] += packed.pop()  # a lone trailing file joins the group before it
+            lone = packed.pop()
+            packed[-1] += lone  # a lone trailing file joins the group before it
         for chunk in packed:
             if len(chunk) < MIN_GROUP_FILES:
                 continue
