@@ -153,7 +153,7 @@ def test_unit_essentials() -> None:
 def test_example_config_has_exactly_the_known_keys() -> None:
     # The config loader refuses unknown keys; the example must not teach any.
     cfg = tomllib.loads(EXAMPLE_CONFIG.read_text())
-    assert set(cfg) == {"spool", "catalog", "flush", "tables", "sources"}
+    assert set(cfg) == {"spool", "catalog", "flush", "maintain", "tables", "sources"}
     assert set(cfg["spool"]) == {"root"}
     assert set(cfg["catalog"]) == {"name", "type", "uri", "warehouse"}
     assert set(cfg["flush"]) == {
@@ -166,6 +166,9 @@ def test_example_config_has_exactly_the_known_keys() -> None:
         "expire_snapshots",
         "idle_restart_s",
     }
+    from spoold.config import MaintainSettings
+
+    assert cfg["maintain"] == {k: getattr(MaintainSettings(), k) for k in MaintainSettings.__dataclass_fields__}
     table = cfg["tables"]["chat.parts"]
     assert set(table) == {"key", "legacy_key", "partition_by", "columns"}
     assert table["columns"]["part_id"] == "string!"
