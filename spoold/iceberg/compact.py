@@ -12,8 +12,9 @@ decides which rows stay; a second pass reads each file's rows batch by batch
 and writes the kept ones through pyiceberg's own Parquet writer (so the
 table's write properties apply, as for a flush), cutting a new file once the
 input behind the current one reaches the target. Memory is bounded by the
-group's keys plus one row group, not by the table. Which copy of a repeated
-key stays is deterministic: the row of the earliest-committed file, then the
+group's keys (16-byte fingerprints) plus one row group, not by the table
+(~150 MB at a million rows a group). Which copy of a repeated key stays is
+deterministic: the row of the earliest-committed file, then the
 lowest position; a row is also dropped when an older file of the partition
 outside the group holds its key (that file is its *witness*, and must still
 be live when the rewrite commits: see :mod:`.rewrite`).
@@ -30,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.fileformat import FileFormatFactory
 from pyiceberg.io.pyarrow import ArrowScan, _to_requested_schema
@@ -42,11 +42,13 @@ from pyiceberg.utils.properties import property_as_int
 
 from spoold.errors import DataError
 from spoold.iceberg.snapshots import sync_local_files
+from spoold.keyindex import KeyIndex, fingerprints
+from spoold.settle import _repeats
 
 log = logging.getLogger(__name__)
 SMALL_FRACTION = 0.75  # a file below this share of the target is compacted (Java Iceberg's default)
 MIN_GROUP_FILES = 2
-_ROW_GROUP_BYTES = 32 << 20  # Arrow bytes buffered before a row group is written
+_ROW_GROUP_BYTES = 16 << 20  # Arrow bytes buffered before a row group is written (~64k chat rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,36 +178,48 @@ def discard(tbl: Table, rw: Rewrite) -> None:
 
 
 # -- pass 1: which rows stay ------------------------------------------------------------------------------
-def _keys(tbl: Table, inp: Input, key: str) -> list[pa.Array]:
-    return [batch.column(0).cast(pa.large_string()) for batch in _batches(tbl, tbl.schema().select(key), inp)]
+def _fingerprints(tbl: Table, inp: Input, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A file's keys as 128-bit fingerprints (16 bytes a row, as the committed-key index holds them), and nulls."""
+    his, los, nulls = [], [], []
+    for batch in _batches(tbl, tbl.schema().select(key), inp):
+        col = batch.column(0)
+        hi, lo = fingerprints([k or "" for k in col.to_pylist()])
+        his.append(hi)
+        los.append(lo)
+        nulls.append(col.is_null().to_numpy(zero_copy_only=False))
+    if not his:
+        return np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, bool)
+    return np.concatenate(his), np.concatenate(los), np.concatenate(nulls)
 
 
 def _keep_masks(tbl: Table, group: Group, key: str, out: Rewrite) -> list[np.ndarray]:
-    """Per input, a bool mask of the rows to keep; counts the dropped ones in ``out.duplicates``."""
+    """Per input, a bool mask of the rows to keep; counts the dropped ones in ``out.duplicates``.
+
+    Keys are compared as fingerprints, not strings: ~30 bytes a row in all,
+    where Arrow strings and their hash table took ~10 times that.
+    """
     if key not in tbl.schema().column_names:  # nothing to deduplicate on: every row stays
         return [np.ones(i.file.record_count, dtype=bool) for i in group.inputs]
-    chunks = [_keys(tbl, i, key) for i in group.inputs]
-    sizes = [sum(len(c) for c in cs) for cs in chunks]
-    keys = pa.concat_arrays([c for cs in chunks for c in cs]) if any(sizes) else pa.array([], pa.large_string())
-    del chunks
-    n = len(keys)
-    rank = np.repeat(np.arange(len(sizes)), sizes)
-    # index_in gives each key the position of its first occurrence: the earliest-committed copy.
-    first = pc.index_in(keys, value_set=keys).to_numpy(zero_copy_only=False)
-    keep = (first == np.arange(n)) | pc.is_null(keys).to_numpy(zero_copy_only=False)
+    parts = [_fingerprints(tbl, i, key) for i in group.inputs]
+    sizes = [len(p[0]) for p in parts]
+    hi, lo, null = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    del parts
+    rank = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    # The flush's own rule: the first occurrence of a key stays (here: the earliest-committed copy).
+    keep = null | ~_repeats(hi, lo, np.argsort(hi, kind="stable"))
     orders = [i.order for i in group.inputs]
     for other in group.older:
-        later = np.flatnonzero(keep & (rank >= _first_rank_after(orders, other.order)))
+        later = np.flatnonzero(keep & ~null & (rank >= _first_rank_after(orders, other.order)))
         if not len(later):
             continue
-        candidates = keys.take(pa.array(later))
-        hit = np.zeros(len(later), dtype=bool)
-        for arr in _keys(tbl, other, key):
-            hit |= pc.is_in(candidates, value_set=arr, skip_nulls=True).to_numpy(zero_copy_only=False)
+        theirs = KeyIndex()
+        ohi, olo, onull = _fingerprints(tbl, other, key)
+        theirs.add_fingerprints(ohi[~onull], olo[~onull])
+        hit = theirs.contains_fingerprints(hi[later], lo[later])
         if hit.any():
             keep[later[hit]] = False
             out.witnesses.add(other.file.file_path)
-    out.duplicates = int(n - keep.sum())
+    out.duplicates = int(len(keep) - keep.sum())
     bounds = np.cumsum([0, *sizes])
     return [keep[bounds[i]:bounds[i + 1]] for i in range(len(sizes))]
 
