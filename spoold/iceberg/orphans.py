@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyarrow.fs import FileSelector, FileType
+from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
 from pyiceberg.utils.properties import property_as_bool
 
@@ -47,6 +48,10 @@ def delete_orphans(tbl: Table, reload: Callable[[], Table | None], *, min_age_s:
     name = ".".join(tbl.name())
     out = Orphans()
     if not property_as_bool(tbl.metadata.properties, "gc.enabled", True):
+        return out
+    if not isinstance(tbl.io, PyArrowFileIO):  # (the fsspec FileIO cannot list with modification times)
+        log.warning("table %s: orphan cleanup skipped: it needs pyiceberg's pyarrow FileIO, not %s", name,
+                    type(tbl.io).__name__)
         return out
     now = time.time() if now is None else now
     with catalog_errors(f"cannot list the files of {name}"):
