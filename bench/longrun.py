@@ -6,10 +6,11 @@
    between flushes, as the daemon calls it while no flush is due; default
    triggers) and once off. Printed per mode: flush latency around flushes
    10, N/2 and N (median of 9), data files, metadata bytes (after 100 and
-   after N), the time maintenance took, and a full scan of the table (DuckDB
-   with its iceberg extension, and pyiceberg) against the same rows in one
-   Parquet file. Targets with maintenance on: latency at N <= 1.3x latency
-   at 10; metadata bytes after N <= 2x after 100; full scan <= 2x one file.
+   after N), the time maintenance took, and full scans of the table (DuckDB
+   with its iceberg extension: a count and an aggregate over every column;
+   and pyiceberg) against the same rows as an Iceberg table of one data
+   file. Targets with maintenance on: latency at N <= 1.3x latency at 10;
+   metadata bytes after N <= 2x after 100; full scan <= 2x one file.
    Retention with maintenance on: the newest 100 snapshots (``keep_snapshots
    = 100`` with a 1 s age): N flushes here take minutes, not the ~33 hours a
    daemon at a 2-minute debounce would take, so an age-based retention would
@@ -78,23 +79,27 @@ def best(fn: Any, reps: int = 5) -> float:
     return min(times)
 
 
-def scans(tbl: Any, workdir: Path) -> dict[str, float]:
-    """Full-scan times of the table and of the same rows in one Parquet file (best of 5)."""
-    import pyarrow.parquet as pq
-
-    one = workdir / "one-file.parquet"
+def scans(tbl: Any, catalog: Any) -> dict[str, float]:
+    """Full-scan times (best of 5) of the table and of the same rows as an Iceberg table of one data file."""
     data = tbl.scan().to_arrow()
-    pq.write_table(data, one, compression="zstd")
+    one = catalog.create_table(f"{TABLE}_one_file", schema=tbl.schema(), partition_spec=tbl.spec(),
+                               properties={"write.target-file-size-bytes": str(1 << 40)})
+    one.append(data)
+    assert len(list(one.scan().plan_files())) == 1
     out: dict[str, float] = {"rows": data.num_rows}
-    q = "SELECT count(*), count(DISTINCT part_id), sum(length(text)) FROM {}"
+    # A count (what opening the metadata and many files costs) and an aggregate over every column.
+    queries = {"count": "SELECT count(*) FROM {}", "scan": "SELECT count(DISTINCT part_id), sum(length(text)), "
+               "max(epoch(ts)), count(DISTINCT session_id), sum(part_index) FROM {}"}
     try:
         con = duckdb_con()
-        out["duckdb"] = best(lambda: con.execute(q.format(f"iceberg_scan('{tbl.metadata_location}')")).fetchall())
-        out["duckdb_one"] = best(lambda: con.execute(q.format(f"read_parquet('{one}')")).fetchall())
+        for name, q in queries.items():
+            for tag, t in (("", tbl), ("_one", one)):
+                it = f"iceberg_scan('{t.metadata_location}')"
+                out[f"duckdb_{name}{tag}"] = best(lambda q=q, it=it: con.execute(q.format(it)).fetchall())
     except ImportError:
         pass
     out["pyiceberg"] = best(lambda: tbl.scan().to_arrow(), 3)
-    out["pyarrow_one"] = best(lambda: pq.read_table(one), 3)
+    out["pyiceberg_one"] = best(lambda: one.scan().to_arrow(), 3)
     return out
 
 
@@ -141,7 +146,7 @@ def run_mode(workdir: Path, flushes: int, rows: int, maintain: bool) -> dict[str
         "compactions": sum(1 for s in tbl.snapshots() if s.summary and s.summary.operation.value == "replace"),
         "maintenance_s": round(maint_s, 2), "max_step_s": round(max_step, 3),
         "flush_total_s": round(sum(lat), 1),
-        "scan": scans(tbl, state),
+        "scan": scans(tbl, sink.catalog()),
     }
 
 
@@ -161,15 +166,17 @@ def report(mode: str, r: dict[str, Any], flushes: int) -> None:
     if mode == "on":
         print(f"  maintenance: {r['maintenance_s']} s in all, longest step {r['max_step_s']} s "
               f"(flushes: {r['flush_total_s']} s)")
-    if "duckdb" in s:
-        print(f"  full scan, DuckDB: {s['duckdb']:.3f} s vs {s['duckdb_one']:.3f} s for one file "
-              f"({s['duckdb'] / s['duckdb_one']:.1f}x)")
-    print(f"  full scan, pyiceberg: {s['pyiceberg']:.3f} s vs pyarrow on one file {s['pyarrow_one']:.3f} s "
-          f"({s['pyiceberg'] / s['pyarrow_one']:.1f}x)")
+    for q in ("count", "scan"):
+        if f"duckdb_{q}" in s:
+            print(f"  DuckDB {q}: {s[f'duckdb_{q}']:.3f} s vs {s[f'duckdb_{q}_one']:.3f} s for the same rows in one "
+                  f"data file ({s[f'duckdb_{q}'] / s[f'duckdb_{q}_one']:.1f}x)")
+    print(f"  pyiceberg full scan: {s['pyiceberg']:.3f} s vs {s['pyiceberg_one']:.3f} s for one data file "
+          f"({s['pyiceberg'] / s['pyiceberg_one']:.1f}x)")
     if mode == "on":
         targets = [("latency", ratio <= 1.3), ("metadata", meta <= 2.0)]
-        if "duckdb" in s:
-            targets.append(("scan", s["duckdb"] / s["duckdb_one"] <= 2.0))
+        if "duckdb_count" in s:
+            targets.append(("scan", max(s["duckdb_count"] / s["duckdb_count_one"],
+                                        s["duckdb_scan"] / s["duckdb_scan_one"]) <= 2.0))
         print("  targets: " + ", ".join(f"{n} {'met' if ok else 'MISSED'}" for n, ok in targets))
 
 

@@ -10,11 +10,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from maintkit import TABLE, commit, duckdb_scan, key_counts, live_data_files, make_config, rows, table
+from maintkit import (
+    TABLE,
+    commit,
+    duckdb_scan,
+    files_under,
+    key_counts,
+    live_data_files,
+    local,
+    make_config,
+    rows,
+    table,
+)
 
 from spoold.config import Config, load_config
 from spoold.iceberg import rewrite as rewrite_mod
 from spoold.iceberg.compact import MIN_GROUP_FILES, SMALL_FRACTION, plan, rewrite
+from spoold.iceberg.reachable import referenced
 from spoold.iceberg.rewrite import commit_rewrites
 from spoold.iceberg.sink import Sink
 
@@ -72,6 +84,9 @@ def test_small_files_become_one_file_per_partition_in_one_replace_snapshot_one_r
     entries = [e for m in snap.manifests(tbl.io) for e in m.fetch_manifest_entry(tbl.io)
                if e.data_file.file_path in live]
     assert sorted(e.sequence_number for e in entries) == [1, 2]
+    assert len(snap.manifests(tbl.io)) == 1  # the snapshot's manifests merged: readers plan from one
+    refs = {local(p) for p in referenced(tbl)}
+    assert [p for p in files_under(tbl) if p not in refs] == []  # nothing written that is not committed
 
 
 def test_planning_packs_small_files_by_partition_up_to_the_target_and_leaves_big_ones(cfg: Config) -> None:
@@ -94,6 +109,21 @@ def test_planning_packs_small_files_by_partition_up_to_the_target_and_leaves_big
     assert [len(g.inputs) for g in plan(tbl, small[-1] * 8 + 1)] == [9]  # a lone last file joins the group
     orders = [i.order for g in tight for i in g.inputs]
     assert orders == sorted(orders)  # commit order, oldest first
+
+
+def test_a_file_that_would_be_most_of_its_group_waits_until_enough_new_data_gathered(cfg: Config) -> None:
+    sink = Sink(cfg)
+    commit(sink, [f"old{i}" for i in range(5000)])  # an earlier compaction's output, say
+    for i in range(3):
+        commit(sink, [f"s{i}"])
+    tbl = table(cfg)
+    big = max(f.file_size_in_bytes for f in live_data_files(tbl))
+    [group] = plan(tbl, 64 << 20)
+    assert len(group.inputs) == 3 and [o.file.file_size_in_bytes for o in group.older] == [big]
+    for i in range(3, 60):
+        commit(sink, [f"s{i}"])
+    [group] = plan(table(cfg), 64 << 20)
+    assert len(group.inputs) == 61  # 60 small files add up to over half the big one: it joins
 
 
 def test_a_row_whose_key_an_older_file_outside_the_group_holds_is_dropped(cfg: Config) -> None:

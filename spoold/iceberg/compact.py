@@ -4,8 +4,9 @@ Planning reads the current snapshot's manifests: per partition (of the
 current spec), the data files below 3/4 of the target (Java Iceberg's
 ``min-file-size-bytes``) are taken in commit order (data sequence number,
 then path) into groups of at most the target's worth of input, at least two
-files each. A table with delete files is left alone (spoold writes none; a
-rewrite would have to apply them).
+files each, none of which is over 2/3 of its group's bytes (see
+``_worth_rewriting``). A table with delete files is left alone (spoold
+writes none; a rewrite would have to apply them).
 
 Rewriting a group streams it: a first pass reads the key column only and
 decides which rows stay; a second pass reads each file's rows batch by batch
@@ -140,6 +141,7 @@ def plan(tbl: Table, target: int) -> list[Group]:
             lone = packed.pop()
             packed[-1] += lone  # a lone trailing file joins the group before it
         for chunk in packed:
+            chunk = _worth_rewriting(chunk)
             if len(chunk) < MIN_GROUP_FILES:
                 continue
             chosen = {i.file.file_path for i in chunk}
@@ -147,6 +149,21 @@ def plan(tbl: Table, target: int) -> list[Group]:
             older = [i for i in inputs if i.file.file_path not in chosen and i.order < newest]
             groups.append(Group(sid, chunk[0].file.partition, chunk, older))
     return groups
+
+
+def _worth_rewriting(chunk: list[Input]) -> list[Input]:
+    """Without a file that would be over 2/3 of its group's bytes: rewriting it would mostly copy it.
+
+    So a partition's compacted file grows geometrically (it joins a rewrite
+    once half its size in new data has gathered), and each row is rewritten
+    a few times (log1.5 of target / data per run), not at every run.
+    """
+    while len(chunk) >= MIN_GROUP_FILES:
+        biggest = max(chunk, key=lambda i: i.file.file_size_in_bytes)
+        if biggest.file.file_size_in_bytes * 3 <= 2 * sum(i.file.file_size_in_bytes for i in chunk):
+            break
+        chunk = [i for i in chunk if i is not biggest]
+    return chunk
 
 
 def rewrite(tbl: Table, group: Group, key: str, target: int, *, dry_run: bool = False) -> Rewrite:

@@ -4,7 +4,9 @@ pyiceberg 0.12 has no public rewrite API, so :class:`ReplaceFiles` is its
 overwrite producer with Iceberg's ``replace`` operation: the inputs are
 marked DELETED, the outputs ADDED with the data sequence number of their
 group's earliest input (as Java's ``RewriteFiles`` may), every other live
-file is carried over, and the summary's totals are pyiceberg's own.
+file is carried over, and the summary's totals are pyiceberg's own. The
+snapshot's data manifests are merged too (one per flush otherwise, until
+pyiceberg merges a hundred), so readers plan from one manifest.
 
 Concurrency: pyiceberg's blind rebase is off (as for flushes). Before every
 attempt the current snapshot is read afresh and a group commits only if each
@@ -21,10 +23,11 @@ import random
 import time
 from typing import Any
 
-from pyiceberg.manifest import ManifestEntry, ManifestEntryStatus, ManifestFile
-from pyiceberg.table import Table, Transaction
+from pyiceberg.manifest import ManifestContent, ManifestEntry, ManifestEntryStatus, ManifestFile
+from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.snapshots import Operation, Summary
-from pyiceberg.table.update.snapshot import _OverwriteFiles
+from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFiles
+from pyiceberg.utils.properties import property_as_int
 
 from spoold.config import TableSpec
 from spoold.errors import CommitConflict
@@ -59,19 +62,47 @@ class ReplaceFiles(_OverwriteFiles):
             self._operation = Operation.REPLACE
         return Summary(Operation.REPLACE, **summary.additional_properties)
 
+    _merge = False  # only once, when every manifest of the snapshot is there
+
+    def _process_manifests(self, manifests: list[ManifestFile]) -> list[ManifestFile]:
+        """All data manifests merged (up to the manifest target size): readers plan from one, not one per flush."""
+        if not self._merge:
+            return manifests
+        target = property_as_int(self._transaction.table_metadata.properties,
+                                 TableProperties.MANIFEST_TARGET_SIZE_BYTES,
+                                 TableProperties.MANIFEST_TARGET_SIZE_BYTES_DEFAULT)
+        data = [m for m in manifests if m.content == ManifestContent.DATA]
+        merger = _ManifestMergeManager(target_size_bytes=target or 8 << 20, min_count_to_merge=2,
+                                       merge_enabled=True, snapshot_producer=self)
+        return merger.merge_manifests(data) + [m for m in manifests if m.content != ManifestContent.DATA]
+
+    def drop_unused_manifests(self, tbl: Table) -> None:
+        """After the commit: delete the manifests written and then merged away (pyiceberg leaves them)."""
+        snap = tbl.current_snapshot()
+        used = {m.manifest_path for m in snap.manifests(tbl.io)} if snap is not None else set()
+        for path in set(self._written_manifests) - used:
+            try:
+                tbl.io.delete(path)
+            except OSError:
+                pass  # an orphan then, for a later run
+
     def _manifests(self) -> list[ManifestFile]:
         added, self._added_data_files = self._added_data_files, []
         try:
             manifests = super()._manifests()  # deleted and carried-over entries
         finally:
             self._added_data_files = added
-        if not added:
-            return manifests
-        with self.new_manifest_writer(spec=self.spec(added[0].spec_id)) as writer:
-            for f in added:
-                writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
-                                                   sequence_number=self._seqs[f.file_path], data_file=f))
-        return [writer.to_manifest_file(), *manifests]
+        if added:
+            with self.new_manifest_writer(spec=self.spec(added[0].spec_id)) as writer:
+                for f in added:
+                    writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
+                                                       sequence_number=self._seqs[f.file_path], data_file=f))
+            manifests = [writer.to_manifest_file(), *manifests]
+        self._merge = True
+        try:
+            return self._process_manifests(manifests)
+        finally:
+            self._merge = False
 
 
 def commit_rewrites(tables: Tables, spec: TableSpec, rewrites: list[Rewrite],
@@ -116,6 +147,7 @@ def commit_rewrites(tables: Tables, spec: TableSpec, rewrites: list[Rewrite],
             continue
         with catalog_errors(f"cannot sync the files of {spec.identifier}'s compaction"):
             sync_local_files(snapshot_files(new))
+            producer.drop_unused_manifests(new)
         tables.load(spec)  # so the next flush through ``tables`` starts from the new version, not a conflict
         return pending, dropped, new
     for r in pending:
