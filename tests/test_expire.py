@@ -122,14 +122,19 @@ def test_a_dry_run_changes_nothing_and_counts_what_the_run_then_does(cfg: Config
                                                                       real.bytes_deleted)
 
 
-def test_a_flush_expires_in_batches_and_frees_the_expired_manifest_lists(tmp_path: Path) -> None:
-    cfg = load_config(make_config(tmp_path, "\n[maintain]\nmax_snapshot_age_s = 0.001\nkeep_snapshots = 2\n"))
+@pytest.mark.parametrize(("maintain", "left"), [("every_commits = 3", 6), ("enabled = false", 2)])
+def test_a_flush_expires_in_batches_and_frees_the_expired_manifest_lists(tmp_path: Path, maintain: str,
+                                                                         left: int) -> None:
+    """Maintenance enabled: flushes expire only once it fell 2 x every_commits behind; else a tenth at a time."""
+    cfg = load_config(make_config(tmp_path, f"\n[maintain]\nmax_snapshot_age_s = 0.001\nkeep_snapshots = 2\n"
+                                            f"{maintain}\n"))
     sink = Sink(cfg)
     for i in range(12):
         commit(sink, [f"k{i}"])
         time.sleep(0.002)
+        assert len(sink.load(cfg.table(TABLE), reuse=True).snapshots()) <= 2 + 6
     tbl = table(cfg)
-    assert len(tbl.snapshots()) == 2
+    assert len(tbl.snapshots()) == left
     lists = [p for p in files_under(tbl, "metadata") if os.path.basename(p).startswith("snap-")]
     assert sorted(lists) == sorted(local(s.manifest_list) for s in tbl.snapshots())
     assert missing_referenced(tbl) == [] and key_counts(cfg) == Counter(f"k{i}" for i in range(12))

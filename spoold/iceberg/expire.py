@@ -92,17 +92,16 @@ def expirable(md: TableMetadata, keep: Retention, now_ms: int) -> list[int]:
 
 
 def expire_snapshots(tbl: Table, keep: Retention, *, now_ms: int | None = None, dry_run: bool = False,
-                     amortize: bool = False) -> Expired:
+                     batch: int = 1) -> Expired:
     """Expire what ``keep`` lets go and delete the files only those snapshots referenced.
 
-    ``amortize`` (after a flush): wait until a tenth of the history is due, so
-    the cost of finding the freed files (one read per kept manifest list) is
-    spread over many commits. ``tbl`` is updated in place by the commit.
-    Raises ``CommitConflict`` when another writer committed meanwhile.
+    Nothing happens until ``batch`` snapshots are due. ``tbl`` is updated in
+    place by the commit. Raises ``CommitConflict`` when another writer
+    committed meanwhile.
     """
     before = tbl.metadata
     ids = expirable(before, keep, int(time.time() * 1000) if now_ms is None else now_ms)
-    if not ids or (amortize and len(ids) < max(1, len(before.snapshots) // 10)):
+    if not ids or len(ids) < batch:
         return Expired()
     gone = [s for s in before.snapshots if s.snapshot_id in set(ids)]
     if dry_run:
@@ -129,9 +128,16 @@ def expire_snapshots(tbl: Table, keep: Retention, *, now_ms: int | None = None, 
 
 
 def expire_after_commit(tbl: Table, settings: MaintainSettings) -> None:
-    """A flush's expiry: amortized, and best effort (a conflict leaves it to a later commit)."""
+    """A flush's expiry: in batches, and best effort (a conflict leaves it to a later commit).
+
+    It waits until a tenth of the history is due, so the cost of finding the
+    freed files (one read per kept manifest list) is spread over many
+    commits; and while maintenance is enabled, until it has fallen behind by
+    twice ``every_commits`` (it expires at each run; a flush is not slowed).
+    """
+    batch = max(1, len(tbl.metadata.snapshots) // 10, 2 * settings.every_commits if settings.enabled else 1)
     try:
-        expire_snapshots(tbl, retention(tbl, settings), amortize=True)
+        expire_snapshots(tbl, retention(tbl, settings), batch=batch)
     except SpooldError as e:
         log.debug("%s", e)
 
