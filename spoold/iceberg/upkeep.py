@@ -41,7 +41,7 @@ class Maintainer:
         self.states: dict[str, Upkeep] = {}
         self.errors = LogLimiter()
         self._probed: dict[str, float] = {}  # when each table's data-file count was last looked up
-        self._run: tuple[str, Iterator[str], Report] | None = None
+        self._run: tuple[str, Iterator[str], Report, int] | None = None  # table, steps, report, commits then
 
     @property
     def busy(self) -> bool:
@@ -70,14 +70,16 @@ class Maintainer:
             keep_index = getattr(tables, "committed", None)
             steps = run_steps(tables, self.config, spec, Options(), report,
                               index=(lambda tbl: keep_index(spec, tbl)) if keep_index else None)
-            self._run = (table, steps, report)
-        table, steps, report = self._run
+            self._run = (table, steps, report, self.states[table].commits)
+        table, steps, report, before = self._run
         try:
             next(steps)
             return True
         except StopIteration:
             self._run = None
-            self.states[table] = after_run(self.states[table], time.time(), report.files_after)
+            state = self.states[table]  # flushes committed between the steps count towards the next run
+            self.states[table] = replace(after_run(state, time.time(), report.files_after),
+                                         commits=max(0, state.commits - before))
             self.errors.forget(table)
         except Exception as e:  # a failing catalog or a bug: back off, never stop capture
             self._run = None
