@@ -202,3 +202,27 @@ def test_a_table_with_delete_files_is_not_compacted(cfg: Config, monkeypatch: py
     assert len(files) == 3 and not deletes and len(plan(tbl, 64 << 20)) == 1
     monkeypatch.setattr(compact_mod, "live_files", lambda t: (files, True))
     assert plan(tbl, 64 << 20) == []
+
+
+def test_a_rewrite_cut_short_at_any_step_leaves_no_file_behind(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoold.iceberg import compact as compact_mod
+    from spoold.iceberg.compact import Rewrite, rewrite_steps
+
+    monkeypatch.setattr(compact_mod, "_ROW_GROUP_BYTES", 1)  # every batch written at once: files exist mid-way
+    sink = Sink(cfg)
+    for i in range(4):
+        commit(sink, [f"k{i}-{j}" for j in range(200)])
+    tbl = table(cfg)
+    spec = cfg.table(TABLE)
+    before = set(files_under(tbl, "data"))
+    [group] = plan(tbl, 64 << 20)
+    for stop in range(1, 9):  # 4 files' keys read, then 4 files copied
+        rw = Rewrite(group)
+        steps = rewrite_steps(tbl, rw, spec.key, 64 << 20)
+        for _ in range(stop):
+            next(steps)
+        assert stop <= 4 or len(set(files_under(tbl, "data")) - before) == 1  # one output being written
+        steps.close()  # the daemon dropped the run (reload, shutdown) or it failed
+        assert set(files_under(tbl, "data")) == before and rw.outputs == []
+    rw = rewrite(tbl, group, spec.key, 64 << 20)  # and uninterrupted it completes
+    assert len(rw.outputs) == 1 and set(files_under(tbl, "data")) - before == {local(rw.outputs[0].file_path)}

@@ -23,10 +23,11 @@ be live when the rewrite commits: see :mod:`.rewrite`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,21 +168,29 @@ def _worth_rewriting(chunk: list[Input]) -> list[Input]:
 
 
 def rewrite(tbl: Table, group: Group, key: str, target: int, *, dry_run: bool = False) -> Rewrite:
-    """Rewrite ``group`` into new data files (or, ``dry_run``, only count its repeated keys).
-
-    The outputs are written and fsync'd but not committed; on any failure the
-    ones written so far are deleted.
-    """
+    """Rewrite ``group`` into new data files (or, ``dry_run``, only count its repeated keys), at once."""
     out = Rewrite(group)
-    keep = _keep_masks(tbl, group, key, out)
-    if dry_run:
-        return out
+    for _ in rewrite_steps(tbl, out, key, target, dry_run=dry_run):
+        pass
+    return out
+
+
+def rewrite_steps(tbl: Table, out: Rewrite, key: str, target: int, *,
+                  dry_run: bool = False) -> Generator[None, None, None]:
+    """Rewrite ``out.group`` into ``out.outputs``, pausing after each file read or written.
+
+    The daemon runs one such piece between flushes, so a flush that falls due
+    waits for one small file at most. The outputs are written and fsync'd but
+    not committed; if the rewrite fails or is closed, the ones written so far
+    are deleted.
+    """
     try:
-        _write(tbl, group, keep, target, out)
+        keep = yield from _keep_masks(tbl, out.group, key, out)
+        if not dry_run:
+            yield from _write(tbl, out.group, keep, target, out)
     except BaseException:
         discard(tbl, out)
         raise
-    return out
 
 
 def discard(tbl: Table, rw: Rewrite) -> None:
@@ -209,7 +218,7 @@ def _fingerprints(tbl: Table, inp: Input, key: str) -> tuple[np.ndarray, np.ndar
     return np.concatenate(his), np.concatenate(los), np.concatenate(nulls)
 
 
-def _keep_masks(tbl: Table, group: Group, key: str, out: Rewrite) -> list[np.ndarray]:
+def _keep_masks(tbl: Table, group: Group, key: str, out: Rewrite) -> Generator[None, None, list[np.ndarray]]:
     """Per input, a bool mask of the rows to keep; counts the dropped ones in ``out.duplicates``.
 
     Keys are compared as fingerprints, not strings: ~30 bytes a row in all,
@@ -217,7 +226,10 @@ def _keep_masks(tbl: Table, group: Group, key: str, out: Rewrite) -> list[np.nda
     """
     if key not in tbl.schema().column_names:  # nothing to deduplicate on: every row stays
         return [np.ones(i.file.record_count, dtype=bool) for i in group.inputs]
-    parts = [_fingerprints(tbl, i, key) for i in group.inputs]
+    parts = []
+    for inp in group.inputs:
+        parts.append(_fingerprints(tbl, inp, key))
+        yield
     sizes = [len(p[0]) for p in parts]
     hi, lo, null = (np.concatenate([p[j] for p in parts]) for j in range(3))
     del parts
@@ -236,6 +248,7 @@ def _keep_masks(tbl: Table, group: Group, key: str, out: Rewrite) -> list[np.nda
         if hit.any():
             keep[later[hit]] = False
             out.witnesses.add(other.file.file_path)
+        yield
     out.duplicates = int(len(keep) - keep.sum())
     bounds = np.cumsum([0, *sizes])
     return [keep[bounds[i]:bounds[i + 1]] for i in range(len(sizes))]
@@ -246,7 +259,7 @@ def _first_rank_after(orders: list[tuple[int, str]], o: tuple[int, str]) -> int:
 
 
 # -- pass 2: write the kept rows ----------------------------------------------------------------------------
-def _write(tbl: Table, group: Group, keep: list[np.ndarray], target: int, out: Rewrite) -> None:
+def _write(tbl: Table, group: Group, keep: list[np.ndarray], target: int, out: Rewrite) -> Iterator[None]:
     md = tbl.metadata
     schema = md.schema()
     file_schema = sanitize_column_names(schema)
@@ -272,34 +285,43 @@ def _write(tbl: Table, group: Group, keep: list[np.ndarray], target: int, out: R
         sync_local_files([path])
         writer = None
 
-    for inp, mask in zip(group.inputs, keep):
-        share = inp.file.file_size_in_bytes * (mask.sum() / max(1, len(mask)))
-        at = 0
-        for batch in _batches(tbl, schema, inp):
-            m = mask[at:at + len(batch)]
-            at += len(batch)
-            if len(m) != len(batch):
-                raise DataError(f"{inp.file.file_path}: more rows than its keys read (file changed under us?)")
-            if not m.any():
-                continue
-            rows = batch if m.all() else batch.filter(pa.array(m))
-            if writer is None:
-                path = tbl.location_provider().new_data_location(
-                    f"00000-{len(out.outputs)}-{write_uuid}.parquet", _PartitionPath(md.specs()[group.spec_id],
-                                                                                     group.partition, schema))
-                writer = model.create_writer(tbl.io.new_output(path), file_schema, md.properties)
-            buffer.append(_to_requested_schema(file_schema, schema, rows, include_field_ids=True, format_model=model))
-            buffered += buffer[-1].nbytes
-            if buffered >= _ROW_GROUP_BYTES:
-                flush_rows()
-        if at != len(mask):
-            raise DataError(f"{inp.file.file_path}: {at} rows read, {len(mask)} keys (file changed under us?)")
-        written_in += int(share)
-        if writer is not None and written_in >= target:
+    try:
+        for inp, mask in zip(group.inputs, keep):
+            at = 0
+            for batch in _batches(tbl, schema, inp):
+                m = mask[at:at + len(batch)]
+                at += len(batch)
+                if len(m) != len(batch):
+                    raise DataError(f"{inp.file.file_path}: more rows than keys read (changed under us?)")
+                if not m.any():
+                    continue
+                rows = batch if m.all() else batch.filter(pa.array(m))
+                if writer is None:
+                    path = tbl.location_provider().new_data_location(
+                        f"00000-{len(out.outputs)}-{write_uuid}.parquet",
+                        _PartitionPath(md.specs()[group.spec_id], group.partition, schema))
+                    writer = model.create_writer(tbl.io.new_output(path), file_schema, md.properties)
+                buffer.append(_to_requested_schema(file_schema, schema, rows, include_field_ids=True,
+                                                   format_model=model))
+                buffered += buffer[-1].nbytes
+                if buffered >= _ROW_GROUP_BYTES:
+                    flush_rows()
+            if at != len(mask):
+                raise DataError(f"{inp.file.file_path}: {at} rows read, {len(mask)} keys (changed under us?)")
+            written_in += int(inp.file.file_size_in_bytes * mask.sum() / max(1, len(mask)))
+            if writer is not None and written_in >= target:
+                close()
+                written_in = 0
+            yield
+        if writer is not None:
             close()
-            written_in = 0
-    if writer is not None:
-        close()
+    except BaseException:
+        if writer is not None:  # the file being written is no output yet: remove it too
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(OSError):
+                tbl.io.delete(path)
+        raise
 
 
 def _data_file(tbl: Table, group: Group, path: str, stats: Any) -> DataFile:

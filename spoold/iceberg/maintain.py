@@ -1,11 +1,12 @@
 """A maintenance run of one table, as bounded steps, and its report (``spoold maintain`` and the daemon).
 
-A run: plan the compaction; rewrite one group per step; commit every
-rewritten group in ONE ``replace`` snapshot; expire snapshots and delete the
-files only they referenced; delete orphan files; then record the run in the
-table property ``spoold.last-maintenance`` (where ``spoold status`` on any
-host finds it) and in the spool's ``<table>/.last-maintenance.json`` (the
-daemon's cheap view for its triggers). ``spoold maintain`` runs the steps
+A run: plan the compaction; rewrite the groups, one file read or written
+per step; commit every rewritten group in ONE ``replace`` snapshot; expire
+snapshots and delete the files only they referenced; delete orphan files;
+then record the run in the table property ``spoold.last-maintenance``
+(where ``spoold status`` on any host finds it) and in the spool's
+``<table>/.last-maintenance.json`` (the daemon's cheap view for its
+triggers). ``spoold maintain`` runs the steps
 back to back; the daemon (:mod:`.upkeep`) runs one step between flushes.
 """
 
@@ -15,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from pyiceberg.table import Table
 from spoold.config import Config, TableSpec
 from spoold.errors import CommitConflict, SpooldError, UsageError
 from spoold.iceberg.catalog import catalog_errors
-from spoold.iceberg.compact import Rewrite, discard, plan, rewrite, target_bytes
+from spoold.iceberg.compact import Rewrite, discard, plan, rewrite_steps, target_bytes
 from spoold.iceberg.expire import Expired, expire_snapshots, retention
 from spoold.iceberg.orphans import delete_orphans
 from spoold.iceberg.rewrite import commit_rewrites
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 LAST_MAINTENANCE = "spoold.last-maintenance"  # table property: the last run, as compact JSON
 LOCAL_STATE = ".last-maintenance.json"  # the same, in the table's spool directory
 _ATTEMPTS = 8
+_DONE = object()
 # The property's fields (the contract with `spoold status`); the CLI reports these and more.
 _PROPERTY_FIELDS = ("at", "host", "duration_s", "snapshots_expired", "files_before", "files_after",
                     "duplicates_removed", "files_deleted", "orphans_deleted")
@@ -105,11 +107,16 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
     with catalog_errors(f"cannot plan the compaction of {spec.identifier}"):
         groups = plan(tbl, target)
     pending: list[Rewrite] = []
+    steps: Generator[None, None, None] | None = None
     try:
         for group in groups:
-            with catalog_errors(f"cannot rewrite files of {spec.identifier}"):
-                pending.append(rewrite(tbl, group, spec.key, target, dry_run=opts.dry_run))
-            yield "compact"
+            pending.append(Rewrite(group))
+            steps = rewrite_steps(tbl, pending[-1], spec.key, target, dry_run=opts.dry_run)
+            while True:  # one file read or written per step
+                with catalog_errors(f"cannot rewrite files of {spec.identifier}"):
+                    if next(steps, _DONE) is _DONE:
+                        break
+                yield "compact"
         if opts.dry_run:
             for rw in pending:
                 report.files_compacted += len(rw.group.inputs)
@@ -125,6 +132,8 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
                 report.duplicates_removed += rw.duplicates
             yield "commit"
     finally:
+        if steps is not None:
+            steps.close()  # a rewrite cut short deletes its partly written file
         for rw in pending:
             discard(tbl, rw)
     if index is not None and not opts.dry_run:

@@ -1,14 +1,15 @@
 """The daemon's side of maintenance: count commits, decide (pure, :mod:`spoold.maintenance`), run steps.
 
 Each :class:`~spoold.iceberg.sink.Sink` holds a Maintainer: its commits are
-counted (:meth:`Maintainer.committed`) and the daemon calls ``Sink.maintain()``
-(:meth:`Maintainer.step`) whenever no flush is due. A step is one bounded
-piece of a run (one compaction group, the commit, the expiry, the orphan
-sweep), so a flush that falls due waits for at most one step. A failed run
-is logged (rate-limited) and retried after a backoff; nothing in here can
-stop capture. The counts live with the Sink: a daemon that replaces its Sink
-(after a failed flush, a reload) starts counting afresh, and the run in
-progress is dropped (its uncommitted files deleted as the run is closed).
+counted (:meth:`Maintainer.committed`) and the daemon calls
+``Sink.maintain()`` (:meth:`Maintainer.step`) whenever no flush is due. A
+step is one bounded piece of a run (reading or writing one file of a
+compaction group, the commit, the expiry, the orphan sweep), so a flush that
+falls due waits for at most one step. A failed run is logged (rate-limited)
+and retried after a backoff; nothing in here can stop capture. The counts
+live with the Sink: a daemon that replaces its Sink (after a failed flush, a
+reload) starts counting afresh, and the run in progress is dropped (its
+uncommitted files deleted as the run is closed).
 """
 
 from __future__ import annotations
