@@ -11,14 +11,14 @@
    and pyiceberg) against the same rows as an Iceberg table of one data
    file. Targets with maintenance on: latency at N <= 1.3x latency at 10;
    metadata bytes after N <= 2x after 100; full scan <= 2x one file.
-   Retention with maintenance on: the newest 100 snapshots (``keep_snapshots
-   = 100`` with a 1 s age): N flushes here take minutes, not the ~33 hours a
-   daemon at a 2-minute debounce would take, so an age-based retention would
-   keep them all; 100 snapshots is ~3 hours of such a daemon.
+   Retention with maintenance on: the newest 100 snapshots (``--keep``;
+   ``keep_snapshots`` with a 1 s age): N flushes here take minutes, not the
+   ~33 hours a daemon at a 2-minute debounce would take, so an age-based
+   retention would keep them all; 100 snapshots is ~3 hours of such a daemon.
 2. ``--rss``: peak RSS of compacting one ~50 MB group (40 files of 25,000
    rows) in a child process, against the group's size as Arrow data.
 
-Usage: python bench/longrun.py [--flushes N] [--rows R] [--quick] [--only on|off] [--rss] [--dir DIR]
+Usage: python bench/longrun.py [--flushes N] [--rows R] [--quick] [--only on|off] [--keep N] [--rss] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ from flush import COLUMNS, TABLE, gen_rows  # noqa: E402  (the same rows and tab
 SITE = Path(__file__).resolve().parents[1]
 
 
+KEEP = 100  # snapshots kept with maintenance on (--keep)
+
+
 def make_config(state: Path, maintain: bool, extra: dict[str, Any] | None = None) -> Any:
     from spoold.config import parse_config
 
     state.mkdir(parents=True, exist_ok=True)
-    settings = {"enabled": maintain} | ({"keep_snapshots": 100, "max_snapshot_age_s": 1} if maintain else {})
+    settings = {"enabled": maintain} | ({"keep_snapshots": KEEP, "max_snapshot_age_s": 1} if maintain else {})
     return parse_config({
         "spool": {"root": str(state / "spool")},
         "catalog": {"type": "sql", "uri": f"sqlite:///{state / 'catalog.db'}", "warehouse": f"file://{state / 'wh'}"},
@@ -239,6 +242,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1000)
     p.add_argument("--quick", action="store_true", help="a smoke test: 120 flushes of 200 rows")
     p.add_argument("--only", choices=("on", "off"))
+    p.add_argument("--keep", type=int, default=KEEP, help=f"snapshots kept with maintenance on (default {KEEP})")
     p.add_argument("--rss", action="store_true", help="only part 2: peak RSS of one compaction")
     p.add_argument("--dir", type=Path)
     p.add_argument("--child-compact", type=Path, help=argparse.SUPPRESS)
@@ -247,6 +251,8 @@ def main() -> None:
         return child_compact(args.child_compact)
     if args.quick:
         args.flushes, args.rows = 120, 200
+    global KEEP
+    KEEP = args.keep
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="spoold-longrun-"))
     try:
         if args.rss:

@@ -11,7 +11,8 @@ The daemon maintains a table (compaction, expiry, orphan cleanup; see
 
 Runs of one table are at least ``MIN_GAP_S`` apart, and a failed run is
 retried after a capped exponential backoff, so a broken table cannot keep the
-daemon busy. Also here: ``parse_duration`` for ``spoold maintain --older-than``.
+daemon busy. A run sweeps for orphan files at most once per ``interval_s``.
+Also here: ``parse_duration`` for ``spoold maintain --older-than``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class Upkeep:
     failures: int = 0
     retry_at: float | None = None
     last_error: str | None = None
+    last_sweep: float | None = None  # this daemon's last orphan sweep of the table
+
+
+def sweep_due(state: Upkeep, now: float, settings: MaintainSettings) -> bool:
+    """Whether a run starting at ``now`` also sweeps for orphans: at most once per ``interval_s`` (else a day)."""
+    return state.last_sweep is None or now - state.last_sweep >= (settings.interval_s or 86400.0)
 
 
 def due(state: Upkeep, now: float, settings: MaintainSettings) -> str | None:
@@ -74,9 +81,10 @@ def after_commit(state: Upkeep, data_files: int | None) -> Upkeep:
                    data_files=data_files if data_files is not None else state.data_files)
 
 
-def after_run(state: Upkeep, now: float, files_after: int | None) -> Upkeep:
+def after_run(state: Upkeep, now: float, files_after: int | None, *, swept: bool = True) -> Upkeep:
     """A run finished: the triggers start over."""
-    return Upkeep(data_files=files_after, last_run=now, files_after=files_after)
+    return Upkeep(data_files=files_after, last_run=now, files_after=files_after,
+                  last_sweep=now if swept else state.last_sweep)
 
 
 def after_failure(state: Upkeep, now: float, error: str, jitter: float) -> Upkeep:

@@ -15,6 +15,7 @@ from spoold.maintenance import (
     after_run,
     due,
     parse_duration,
+    sweep_due,
 )
 
 S = MaintainSettings(every_commits=5, small_files=20, interval_s=3600.0)
@@ -90,3 +91,12 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(UsageError, match="bad duration"):
         parse_duration(text)
+
+
+def test_orphans_are_swept_at_the_first_run_then_at_most_once_per_interval() -> None:
+    assert sweep_due(Upkeep(), NOW, S)
+    swept = after_run(Upkeep(), NOW, 1)
+    assert not sweep_due(swept, NOW + 3599, S) and sweep_due(swept, NOW + 3600, S)
+    assert after_run(swept, NOW + 100, 1, swept=False).last_sweep == NOW  # a run without a sweep keeps the time
+    assert not sweep_due(swept, NOW + 86399, MaintainSettings(interval_s=0)) and sweep_due(
+        swept, NOW + 86400, MaintainSettings(interval_s=0))  # interval off: daily

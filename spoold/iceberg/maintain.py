@@ -46,11 +46,17 @@ _PROPERTY_FIELDS = ("at", "host", "duration_s", "snapshots_expired", "files_befo
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """``spoold maintain``'s overrides: retention (else ``[maintain]``, else the table's) and dry run."""
+    """``spoold maintain``'s overrides: retention (else ``[maintain]``, else the table's) and dry run.
+
+    ``orphans``: sweep for orphan files this run (the daemon does so at most
+    once per ``interval_s``: listing and reading every manifest is the
+    costly part of a run, and orphans are rare).
+    """
 
     older_than_s: float | None = None
     keep: int | None = None
     dry_run: bool = False
+    orphans: bool = True
 
 
 @dataclass
@@ -142,11 +148,12 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
     report.snapshots_expired, report.files_deleted, report.bytes_deleted = (
         expired.snapshots, expired.files_deleted, expired.bytes_deleted)
     yield "expire"
-    tbl = _load(tables, spec)
-    orphans = delete_orphans(tbl, lambda: tables.load(spec), min_age_s=config.maintain.orphan_age_s,
-                             dry_run=opts.dry_run)
-    report.orphans_deleted, report.orphan_bytes = orphans.deleted, orphans.bytes
-    yield "orphans"
+    if opts.orphans:
+        tbl = _load(tables, spec)
+        orphans = delete_orphans(tbl, lambda: tables.load(spec), min_age_s=config.maintain.orphan_age_s,
+                                 dry_run=opts.dry_run)
+        report.orphans_deleted, report.orphan_bytes = orphans.deleted, orphans.bytes
+        yield "orphans"
     tbl = _load(tables, spec)
     report.files_after, report.bytes_after = totals(tbl)
     if opts.dry_run:

@@ -26,7 +26,7 @@ from spoold.config import Config
 from spoold.errors import SpooldError, one_line
 from spoold.iceberg.maintain import LOCAL_STATE, Options, Report, last_record, run_steps, totals
 from spoold.iceberg.tables import Tables
-from spoold.maintenance import Upkeep, after_commit, after_failure, after_run, due
+from spoold.maintenance import Upkeep, after_commit, after_failure, after_run, due, sweep_due
 from spoold.scheduler import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class Maintainer:
         self.states: dict[str, Upkeep] = {}
         self.errors = LogLimiter()
         self._probed: dict[str, float] = {}  # when each table's data-file count was last looked up
-        self._run: tuple[str, Iterator[str], Report, int] | None = None  # table, steps, report, commits then
+        # table, its steps, its report, the table's commit count when it started, whether it sweeps orphans
+        self._run: tuple[str, Iterator[str], Report, int, bool] | None = None
 
     @property
     def busy(self) -> bool:
@@ -66,20 +67,21 @@ class Maintainer:
                 return False
             log.info("table %s: maintenance due (%s)", table, due(self.states[table], now, settings))
             report, spec = Report(), self.config.table(table)
+            opts = Options(orphans=sweep_due(self.states[table], now, settings))
             # Through the Sink this Maintainer belongs to: its committed-key index is kept in step, so the
             # expiry cannot leave it on an expired snapshot (which would cost the next flush a full rescan).
             keep_index = getattr(tables, "committed", None)
-            steps = run_steps(tables, self.config, spec, Options(), report,
+            steps = run_steps(tables, self.config, spec, opts, report,
                               index=(lambda tbl: keep_index(spec, tbl)) if keep_index else None)
-            self._run = (table, steps, report, self.states[table].commits)
-        table, steps, report, before = self._run
+            self._run = (table, steps, report, self.states[table].commits, opts.orphans)
+        table, steps, report, before, sweeps = self._run
         try:
             next(steps)
             return True
         except StopIteration:
             self._run = None
             state = self.states[table]  # flushes committed between the steps count towards the next run
-            self.states[table] = replace(after_run(state, time.time(), report.files_after),
+            self.states[table] = replace(after_run(state, time.time(), report.files_after, swept=sweeps),
                                          commits=max(0, state.commits - before))
             self.errors.forget(table)
         except Exception as e:  # a failing catalog or a bug: back off, never stop capture
