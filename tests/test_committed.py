@@ -94,8 +94,11 @@ def test_another_writers_rewrite_or_delete_rebuilds_the_index(cfg: Config, full_
     assert len(full_scans) == 2
 
 
-def test_the_daemons_own_run_keeps_its_index_off_the_snapshots_it_expires(tmp_path: Path,
-                                                                          full_scans: list[Any]) -> None:
+def test_the_daemons_own_run_keeps_its_index_off_the_snapshots_it_expires(
+        tmp_path: Path, full_scans: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from spoold.iceberg import upkeep
+
+    monkeypatch.setattr(upkeep, "SLICE_S", 0.0)  # one step per call
     cfg = load_config(make_config(tmp_path, "\n[maintain]\nevery_commits = 4\nmax_snapshot_age_s = 0.001\n"
                                             "keep_snapshots = 1\n"))
     sink = Sink(cfg)  # the daemon's

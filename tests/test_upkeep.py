@@ -35,7 +35,7 @@ def maintainer(tmp_path: Path, commits: int) -> Maintainer:
     return m
 
 
-def test_a_run_goes_one_step_per_call_and_commits_meanwhile_count_for_the_next(
+def test_a_run_goes_step_by_step_and_commits_meanwhile_count_for_the_next(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     steps: list[str] = []
 
@@ -45,6 +45,7 @@ def test_a_run_goes_one_step_per_call_and_commits_meanwhile_count_for_the_next(
             yield name
 
     monkeypatch.setattr(upkeep, "run_steps", run)
+    monkeypatch.setattr(upkeep, "SLICE_S", 0.0)  # one step per call (else: as many as 0.2 s allow)
     m = maintainer(tmp_path, 1)
     assert not m.step(NoCatalog(), time.time()) and not m.busy  # one commit: not due
     m.committed(TABLE)

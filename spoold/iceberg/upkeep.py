@@ -4,8 +4,9 @@ Each :class:`~spoold.iceberg.sink.Sink` holds a Maintainer: its commits are
 counted (:meth:`Maintainer.committed`) and the daemon calls
 ``Sink.maintain()`` (:meth:`Maintainer.step`) whenever no flush is due. A
 step is one bounded piece of a run (reading or writing one file of a
-compaction group, the commit, the expiry, the orphan sweep), so a flush that
-falls due waits for at most one step. A failed run is logged (rate-limited)
+compaction group, the commit, the expiry, the orphan sweep); a call runs
+steps for ``SLICE_S`` (at least one), so a flush that falls due waits for
+that slice and one step at most. A failed run is logged (rate-limited)
 and retried after a backoff; nothing in here can stop capture. The counts
 live with the Sink: a daemon that replaces its Sink (after a failed flush, a
 reload) starts counting afresh, and the run in progress is dropped (its
@@ -31,6 +32,7 @@ from spoold.scheduler import LogLimiter
 
 log = logging.getLogger(__name__)
 _UNSEEN = Upkeep()
+SLICE_S = 0.2  # a call runs steps for this long at most (plus the last step), then the daemon looks at its flushes
 PROBE_S = 60.0  # a table's data-file count is looked up at most this often (shared tables: a catalog read)
 
 
@@ -55,7 +57,12 @@ class Maintainer:
         self.states[table] = after_commit(self.states.get(table, _UNSEEN), None)
 
     def step(self, tables: Tables, now: float) -> bool:
-        """One step of the run in progress, or of the due table's new run; False when nothing is due."""
+        """Steps of the run in progress (or of the due table's new run) for ``SLICE_S``; False when none is due.
+
+        At least one step; more while the slice lasts: a step may be reading one
+        small file, and one per turn of the daemon's loop would stretch a run
+        over minutes.
+        """
         if self._run is None:
             settings = self.config.maintain
             if not settings.enabled:
@@ -76,7 +83,10 @@ class Maintainer:
             self._run = (table, steps, report, self.states[table].commits, opts.orphans)
         table, steps, report, before, sweeps = self._run
         try:
+            ends = time.monotonic() + SLICE_S
             next(steps)
+            while time.monotonic() < ends:  # small steps (one small file) go on for a slice of time
+                next(steps)
             return True
         except StopIteration:
             self._run = None
