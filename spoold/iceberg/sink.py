@@ -62,7 +62,7 @@ class Sink(Tables):
         self.upkeep = Maintainer(config)  # counts this Sink's commits; runs maintenance when asked
 
     def maintain(self) -> bool:
-        """One step of due table maintenance (the daemon's hook while no flush is due); see :mod:`.upkeep`."""
+        """Steps of due table maintenance for ~0.2 s (the daemon's hook while no flush is due); see :mod:`.upkeep`."""
         return self.upkeep.step(self, time.time())
 
     # -- committed keys ---------------------------------------------------------
