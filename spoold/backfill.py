@@ -125,7 +125,7 @@ def backfill(
             run.commit()
             run.pipeline.join()
         finally:
-            run.pipeline.close()
+            run.close()
     if progress is not None:
         progress.clear()
     summary.interrupted = stopped

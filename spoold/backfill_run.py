@@ -111,6 +111,7 @@ class BackfillRun:
         self.pipeline = CommitPipeline(sink, spec, self.reject_commit)  # chunk k commits while chunk k+1 is read
         self.keeper = Keeper(config, spool, spec.identifier)
         self.copy: list[Any] = []  # the chunk's source rows, kept on disk while the table is not verified
+        self.copies: list[held.Copy] = []  # copies whose commit has not returned yet (locked meanwhile)
         self.group_rows = min(GROUP_ROWS, config.flush.chunk_rows)  # so chunks stay near chunk_rows
         self.rows: list[dict[str, Any]] = []
         self.lines: list[SourceLine] = []  # the lines ``rows`` came from, in order (line.rows: exactly those)
@@ -211,6 +212,8 @@ class BackfillRun:
             batch, self.batch = self.batch, Batch(self.validator.types)
             copy = held.write_copy(self.spool, self.spec.identifier, self.copy) if self.copy else None
             self.copy = []
+            if copy is not None:
+                self.copies.append(copy)
             self.seen.roll()
             self.pipeline.submit(batch, self.validator, self.props, lambda out: self._committed(out, marks, copy))
         elif marks:
@@ -228,9 +231,22 @@ class BackfillRun:
             self.s.quarantined += 1
             self.s.first_quarantine_reason = self.s.first_quarantine_reason or f"cannot commit: {reason}"
 
-    def _committed(self, out: CommitOutcome, marks: dict[str, Position], copy: Path | None = None) -> None:
+    def close(self) -> None:
+        """Stop the commit thread; a copy whose commit never returned is unlocked (the next look re-queues it)."""
+        try:
+            self.pipeline.close()
+        finally:
+            for copy in self.copies:
+                copy.close()
+            self.copies = []
+
+    def _committed(self, out: CommitOutcome, marks: dict[str, Position], copy: held.Copy | None = None) -> None:
         if copy is not None:  # deleted if the table is verified now, else held with its commit
-            self.keeper.settled([copy.stem], [copy], out)
+            try:
+                self.keeper.settled([copy.path.stem], [copy.path], out)
+            finally:
+                copy.close()
+                self.copies.remove(copy)
         self.s.written += out.committed
         self.s.skipped_committed += out.deduplicated  # another committer got there first
         self.cursors.save(marks)

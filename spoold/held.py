@@ -21,15 +21,19 @@ imports pyiceberg (the daemon's pending-row probe asks it which files are due).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from spoold.durable import write_all
 from spoold.envelope import envelopes
 from spoold.spool import Spool, fsync_dir, write_atomic
 
@@ -81,7 +85,7 @@ def entries(spool: Spool, table: str, *, records: bool = True) -> list[tuple[Pat
         names = sorted(os.listdir(d))
     except FileNotFoundError:
         return []
-    return [(d / n, _record(d / n) if records else None) for n in names
+    return [(d / n, record(d / n) if records else None) for n in names
             if n.endswith(".jsonl") and not n.startswith(".")]
 
 
@@ -101,16 +105,65 @@ def hold(spool: Spool, table: str, path: Path, commits: list[Commit], due: float
     return d / path.name
 
 
-def write_copy(spool: Spool, table: str, rows: list[Any]) -> Path:
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A backfill's copy of rows it is committing, locked (``flock``) until the commit's outcome is kept:
+    a flush that looks at held files meanwhile leaves it alone (:func:`claim`)."""
+
+    path: Path
+    fd: int
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)  # drops the lock
+        except OSError:
+            pass
+
+
+def write_copy(spool: Spool, table: str, rows: list[Any]) -> Copy:
     """A durable copy of rows about to be committed (backfill into a table not verified yet); no record yet.
 
-    Without a record it is re-queued at the next look: if the commit never
-    happened (or its outcome was lost), flush commits the rows instead.
+    It is locked before it appears under its name, for as long as the copy is
+    open. Without a record and unlocked (its backfill died, or its commit
+    failed), it is re-queued at the next look: if the commit never happened
+    (or its outcome was lost), flush commits the rows instead.
     """
     d = _make_dir(spool, table)
     path = d / f"backfill-{time.time_ns()}-{os.getpid()}.jsonl"
-    write_atomic(path, b"".join(line for line, _ in envelopes(rows)))
-    return path
+    tmp = d / f".{path.name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        write_all(fd, b"".join(line for line, _ in envelopes(rows)))
+        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(d)
+    return Copy(path, fd)
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Whether ``path`` may be released or re-queued now: False while its backfill still commits it
+    (or it is gone); the lock taken is held for the block."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def release(path: Path) -> None:
@@ -152,15 +205,21 @@ def postpone(path: Path, record: Record, due: float) -> None:
 
 
 def due(spool: Spool, table: str, now: float) -> list[Path]:
-    """Held files due for a look: the daemon counts them as pending, so the table flushes, which looks."""
-    return [p for p, rec in entries(spool, table) if rec is None or rec.due <= now]
+    """Held files due for a look: the daemon counts them as pending, so the table flushes, which looks
+    (a copy its backfill is still committing is not due)."""
+    return [p for p, rec in entries(spool, table) if (rec is None and _free(p)) or (rec is not None and rec.due <= now)]
+
+
+def _free(path: Path) -> bool:
+    with claim(path) as ok:
+        return ok
 
 
 def _record_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _record(path: Path) -> Record | None:
+def record(path: Path) -> Record | None:
     try:
         return Record.from_json(_record_path(path).read_bytes())
     except (OSError, ValueError, KeyError, TypeError):

@@ -14,7 +14,8 @@ from conftest import write_config
 from spoold import held
 from spoold.config import Config, load_config
 from spoold.iceberg.sink import CommitOutcome
-from spoold.iceberg.verify import Keeper
+from spoold.iceberg.sink import Sink
+from spoold.iceberg.verify import Keeper, recheck
 from spoold.pending import Pending
 from spoold.spool import Spool
 from spoold.spoolfiles import ACTIVE
@@ -80,7 +81,7 @@ def test_requeue_puts_rows_back_where_flush_reads_them(config: Config) -> None:
     spool = Spool.from_config(config)
     f = flush_file(spool, 3)
     Keeper(config, spool, T).settled([f.stem], [f], out(1))
-    copy = held.write_copy(spool, T, [{"part_id": "c0"}, {"part_id": "c1"}])  # a backfill's copy: no record yet
+    copy = held.write_copy(spool, T, [{"part_id": "c0"}, {"part_id": "c1"}]).path  # a backfill's copy: no record
     entries = dict(held.entries(spool, T))
     assert entries[copy] is None and entries[spool.table_dir(T) / held.HELD / f.name] is not None
     for path in entries:
@@ -88,6 +89,19 @@ def test_requeue_puts_rows_back_where_flush_reads_them(config: Config) -> None:
     assert spool.flush_files(T) == [f]  # a held flush file goes back under its own name
     assert b'"c1"' in (spool.table_dir(T) / ACTIVE).read_bytes()  # a copy is appended for the next rotation
     assert held.entries(spool, T) == [] and list((spool.table_dir(T) / held.HELD).iterdir()) == []
+
+
+def test_a_copy_whose_backfill_still_commits_it_is_left_alone_until_its_lock_is_dropped(config: Config) -> None:
+    """A flush looking at held files while a backfill commits must not take that backfill's copy away
+    (it re-queued it, and the backfill then failed holding a file that was gone)."""
+    spool = Spool.from_config(config)
+    copy = held.write_copy(spool, T, [{"part_id": "c0"}, {"part_id": "c1"}])
+    assert Pending(spool).probe(T) == (None, 0)  # in flight: nothing for the scheduler either
+    assert recheck(config, spool, Sink(config), T, now=time.time() + 10**6) == 0 and copy.path.exists()
+    copy.close()  # its backfill died before the commit returned: the next look re-queues the rows
+    assert Pending(spool).probe(T)[1] == 2
+    assert recheck(config, spool, Sink(config), T) == 1 and not copy.path.exists()
+    assert b'"c1"' in (spool.table_dir(T) / ACTIVE).read_bytes()
 
 
 def test_the_daemon_counts_held_files_as_pending_only_once_their_look_is_due(config: Config) -> None:

@@ -65,7 +65,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spoold import held
-from spoold.config import Config
+from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, SpoolError
 from spoold.iceberg.sink import CommitOutcome
 from spoold.iceberg.snapshots import history_ids
@@ -139,28 +139,38 @@ def recheck(config: Config, spool: Spool, tables: Tables, table: str, now: float
     uuid = str(served.metadata.table_uuid) if served is not None else None
     ids = history_ids(served) if served is not None else set()
     requeued = 0
-    for path, rec in due:
-        if rec is None:
-            log.warning("table %s: %s has no record of a finished commit; its rows go back into the flush "
-                        "queue (settled again by key: nothing doubles)", table, path.name)
-        else:
-            lost = [c for c in rec.commits if c.table_uuid != uuid or c.snapshot_id not in ids]
-            if not lost:
-                held.release(path)
-                if uuid is not None and not tables.verified(spec):
-                    tables.pin(spec, uuid)
-                continue
-            for c in lost:
-                log.error("table %s: LOST COMMIT: snapshot %d of table uuid %s (metadata %s), which held the rows "
-                          "of %s, is not in the table the catalog serves now (uuid %s; a create that was not "
-                          "atomic replaced the table, or the commit was undone); its rows go back into the "
-                          "flush queue and are committed again", table, c.snapshot_id, c.table_uuid,
-                          c.metadata_location, path.name, uuid or "none")
-        try:
-            held.requeue(spool, table, path)
-        except SpoolError as e:  # e.g. a full spool refuses a copy's rows: they stay held, tried again next time
-            log.warning("table %s: cannot put %s back into the flush queue now (%s); it stays held", table,
-                        path.name, e)
-            continue
-        requeued += 1
+    for path, _ in due:
+        with held.claim(path) as ours:  # not ours: a copy its backfill is still committing (or gone)
+            rec = held.record(path) if ours else None  # read again under the lock: its commit may have returned
+            if ours and (trusted or rec is None or rec.due <= now):
+                requeued += _look(spool, tables, spec, path, rec, uuid, ids)
     return requeued
+
+
+def _look(spool: Spool, tables: Tables, spec: TableSpec, path: Path, rec: held.Record | None, uuid: str | None,
+          ids: set[int]) -> int:
+    """Release ``path`` if the served table holds all its commits, else re-queue it; 1 if re-queued."""
+    table = spec.identifier
+    if rec is None:
+        log.warning("table %s: %s has no record of a finished commit; its rows go back into the flush "
+                    "queue (settled again by key: nothing doubles)", table, path.name)
+    else:
+        lost = [c for c in rec.commits if c.table_uuid != uuid or c.snapshot_id not in ids]
+        if not lost:
+            held.release(path)
+            if uuid is not None and not tables.verified(spec):
+                tables.pin(spec, uuid)
+            return 0
+        for c in lost:
+            log.error("table %s: LOST COMMIT: snapshot %d of table uuid %s (metadata %s), which held the rows "
+                      "of %s, is not in the table the catalog serves now (uuid %s; a create that was not "
+                      "atomic replaced the table, or the commit was undone); its rows go back into the "
+                      "flush queue and are committed again", table, c.snapshot_id, c.table_uuid,
+                      c.metadata_location, path.name, uuid or "none")
+    try:
+        held.requeue(spool, table, path)
+    except SpoolError as e:  # e.g. a full spool refuses a copy's rows: they stay held, tried again next time
+        log.warning("table %s: cannot put %s back into the flush queue now (%s); it stays held", table,
+                    path.name, e)
+        return 0
+    return 1
