@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 from pyiceberg.table import Table, TableProperties
 
+from spoold._testhooks import reached
 from spoold.config import TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
@@ -104,6 +105,7 @@ class Sink(Tables):
                     new = _without_auto_retry(tbl)
                     with MemoTransaction(new) as tx:
                         tx.append(data, snapshot_properties=summary)
+                        reached("commit.staged")  # test-only mark: files written, the catalog not told yet
             except CommitConflict as e:
                 self._shared.add(spec.identifier)
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from spoold._testhooks import reached
 from spoold.config import SourceSpec
 from spoold.errors import SpooldError
 from spoold.scheduler import LogLimiter
@@ -205,6 +206,7 @@ class Tailer:
             return 0, lines, 0, False  # only a partial line (or blank lines) so far
         if rows:
             self.spool.append(src.spec.table, rows)  # durable when it returns ...
+            reached("tail.appended")  # test-only mark: a crash here re-reads these lines
         check = _check_hash(off.path, end)
         read = end - off.offset
         off.offset, off.lineno, off.check = end, lineno, check
