@@ -6,8 +6,14 @@
    next to a raw ``os.write`` + ``os.fsync`` loop of the same bytes, in the
    same run, interleaved envelope by envelope so that the disk's mood
    affects all three alike. Target: spool >= 85% of raw.
+   Beside them, ``append_lines`` with the spool's bounds switched off
+   (``max_bytes = min_free_bytes = 0``: no check at all) and with a
+   ``max_bytes`` (the flush files' size counted too): what the bounds check
+   costs an append, under the same disk.
 2. Cold start of ``spoold append TABLE`` of one row via the installed
    console script: median wall time of N runs. Target: < 150 ms.
+3. The bounds check alone: microseconds per call, with the flush files'
+   total cached and listed afresh, beside 0 and 200 flush files.
 
 Usage: python bench/append.py [--rows N] [--cold-runs N] [--dir DIR] [--quick]
 """
@@ -27,8 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spoold.config import SpoolLimits
 from spoold.envelope import envelopes
-from spoold.spool import ACTIVE, Spool
+from spoold.spool import ACTIVE, Spool, flush_name
 
 TABLE = "bench.events"
 ENVELOPE_ROWS = 100
@@ -63,6 +70,8 @@ def throughput(rows: int, workdir: Path) -> None:
           f"{sum(map(len, lines)) / n / 1024:.1f} KiB each), fsync per envelope, in {workdir}")
     raw_fd = os.open(workdir / "raw.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     spool_a, spool_l = Spool(workdir / "spool-a"), Spool(workdir / "spool-l")
+    spool_u = Spool(workdir / "spool-u", limits=SpoolLimits(max_bytes=0, min_free_bytes=0))
+    spool_m = Spool(workdir / "spool-m", limits=SpoolLimits(max_bytes=1 << 40))
 
     def raw(i: int) -> None:
         os.write(raw_fd, lines[i])
@@ -72,6 +81,8 @@ def throughput(rows: int, workdir: Path) -> None:
         ("raw", raw),
         ("append", lambda i: spool_a.append(TABLE, batches[i])),  # encodes, locks, writes, fsyncs
         ("append_lines", lambda i: spool_l.append_lines(TABLE, [lines[i]])),  # locks, writes, fsyncs
+        ("unbounded", lambda i: spool_u.append_lines(TABLE, [lines[i]])),  # no bounds check at all
+        ("max_bytes", lambda i: spool_m.append_lines(TABLE, [lines[i]])),  # + the flush files' total
     ]
     times: dict[str, list[float]] = {name: [] for name, _ in ops}
     clock = time.perf_counter
@@ -84,7 +95,7 @@ def throughput(rows: int, workdir: Path) -> None:
                 times[name].append(clock() - t0)
     finally:
         os.close(raw_fd)
-    for d in (workdir / "spool-a", workdir / "spool-l"):
+    for d in (workdir / "spool-a", workdir / "spool-l", workdir / "spool-u", workdir / "spool-m"):
         written = (d / TABLE / ACTIVE).read_bytes().count(b"\n")
         assert written == n, f"{d.name}: {written} envelopes written, expected {n}"
     # Other processes' fsyncs on a shared disk add outliers; the median envelope is the robust figure,
@@ -93,11 +104,36 @@ def throughput(rows: int, workdir: Path) -> None:
     mean = {name: statistics.fmean(t) for name, t in times.items()}
     print("  mode                    rows/s (median)  ms/envelope median / mean   vs raw (median; mean)")
     for name, label in (("raw", "raw os.write+fsync"), ("append", "Spool.append (encodes)"),
-                        ("append_lines", "Spool.append_lines")):
+                        ("append_lines", "Spool.append_lines"), ("unbounded", "  ... no bounds check"),
+                        ("max_bytes", "  ... with max_bytes")):
         ratio = "" if name == "raw" else (f"{med['raw'] / med[name]:.1%}; {mean['raw'] / mean[name]:.1%}  "
                                           "(target >= 85%)")
         print(f"  {label:<23} {ENVELOPE_ROWS / med[name]:>14,.0f}   {med[name] * 1e3:>8.3f} / {mean[name] * 1e3:.3f}"
               f"        {ratio}")
+
+
+def bounds_cost(workdir: Path, calls: int = 20_000) -> None:
+    """Microseconds per bounds check, as an append pays it (one fstat, one fstatvfs, the flush files' total)."""
+    print(f"bounds check alone ({calls} calls each, max_bytes set, in {workdir}):")
+    for n in (0, 200):
+        spool = Spool(workdir / f"bounds-{n}", limits=SpoolLimits(max_bytes=1 << 40))
+        spool.append(TABLE, make_rows(1))
+        d = spool.table_dir(TABLE)
+        for seq in range(1, n + 1):
+            (d / flush_name(seq)).write_bytes(b"x" * 1000)
+        os.utime(d, ns=(time.time_ns() - 10**9,) * 2)  # an idle directory: its listing is trusted
+        fd = os.open(d / ACTIVE, os.O_RDONLY)
+        try:
+            for label, fresh in (("cached", False), ("listed", True)):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    if fresh:
+                        spool.bounds._sizes.clear()  # as after a rotation or a flush
+                    spool.bounds.check(TABLE, fd, 100)
+                per = (time.perf_counter() - t0) / calls
+                print(f"  {n:>3} flush files, total {label}: {per * 1e6:8.2f} us per append")
+        finally:
+            os.close(fd)
 
 
 def cold_start(runs: int, workdir: Path) -> None:
@@ -154,6 +190,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="spoold-bench-append-", dir=args.dir))
     try:
         throughput(args.rows, workdir)
+        bounds_cost(workdir, 2_000 if args.quick else 20_000)
         cold_start(args.cold_runs, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

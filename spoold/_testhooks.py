@@ -9,9 +9,10 @@ waits there until ``<dir>/resume.<pid>`` appears or the test kills the process.
 
 Points: ``commit.staged`` (a commit's data and manifests are written, the
 catalog has not accepted it), ``flush.committed`` (the catalog accepted the
-commit, the flush files it finished are not deleted yet), ``flush.removed``
-(they are), ``tail.appended`` (a tailer's rows are durably spooled, its offset
-is not saved yet).
+commit, the flush files it finished are neither deleted nor held yet),
+``flush.removed`` (they are), ``tail.appended`` (a tailer's rows are durably
+spooled, its offset is not saved yet), ``replay.respooled`` (a quarantine
+replay's rows are durably spooled, their records are not removed yet).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import orjson
 
 from spoold.config import Config, load_config, validate_identifier
 from spoold.errors import InputError, SpooldError, UsageError
+from spoold.sources.detect import RULE as FORMAT_RULE
 
 log = logging.getLogger("spoold")
 
@@ -65,22 +66,60 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("backfill", parents=[common], help="import history from source files without doubling",
                        description="Materialize rows from source files and write only those whose key is "
-                       "neither committed nor spooled. Ctrl-C stops after the current chunk (exit 130).")
+                       "neither committed nor spooled, at most --limit rows a run: run it again to go on. "
+                       "Ctrl-C stops after the current chunk (exit 130). Exit 2 when every row it "
+                       "materialized was quarantined (a wrong --format or table config).")
     b.add_argument("table", help="table identifier, namespace.name")
     b.add_argument("--source", action="append", required=True, metavar="PATH",
                    help="file, directory or glob (repeatable)")
-    b.add_argument("--format", choices=("jsonl", "transcript"), default="jsonl", help="source format (default jsonl)")
+    b.add_argument("--format", choices=("auto", "jsonl", "transcript"), default="auto",
+                   help=f"source format; {FORMAT_RULE}")
     lim = b.add_mutually_exclusive_group()
     lim.add_argument("--limit", type=_positive_int, default=1000, metavar="N",
-                     help="consider at most N materialized rows this run (default 1000)")
-    lim.add_argument("--all", action="store_true", help="no limit")
-    b.add_argument("--dry-run", action="store_true", help="count and show a sample of keys; write nothing")
+                     help="consider at most N materialized rows this run (default 1000); each source file's "
+                     "cursor remembers where the run stopped, so the next run goes on from there")
+    lim.add_argument("--all", action="store_true", help="no limit: read on to the end of every source")
+    b.add_argument("--restart", action="store_true",
+                   help="read every source from its start, ignoring the cursors of earlier runs")
+    b.add_argument("--dry-run", action="store_true",
+                   help="count and show a sample of keys; write nothing, move no cursor")
 
     s = sub.add_parser("status", parents=[common], help="spooled, quarantined and committed rows per table",
-                       description="Never needs the catalog: when it is unreachable, committed fields are null "
-                       "and catalog_error says why.")
+                       description="Every table of the config, the spool and the catalog that spoold wrote to, "
+                       "with its last flush, backfill and maintenance (read from the table). Never needs the "
+                       "catalog: when it is unreachable, committed fields are null and catalog_error says why.")
     s.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all)")
+
+    q = sub.add_parser("quarantine", parents=[common], help="what is in quarantine, by reason",
+                       description="Records per table and reason, oldest and newest. The records are JSON lines "
+                       "under <spool>/<table>/quarantine/ (grep them); `spoold quarantine replay TABLE` "
+                       "validates them again and re-spools those that pass.")
+    q.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all with a quarantine)")
+    r = sub.add_parser("quarantine replay", parents=[common], help="re-validate quarantined records; re-spool "
+                       "those that pass now", description="Validate every quarantined record of TABLE again "
+                       "against the current config and table schema; re-spool those that pass (flush then "
+                       "commits them, without doubles) and keep the rest with their reasons. Safe to interrupt "
+                       "and to run again.")
+    r.add_argument("table", help="table identifier, namespace.name")
+    r.add_argument("--dry-run", action="store_true", help="count what would be replayed; change nothing")
     return p
+
+
+def _join_replay(argv: list[str]) -> list[str]:
+    """``quarantine replay`` is one command to argparse: join the two words where they are the command."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--config", "--log-format"):
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        if a == "quarantine" and i + 1 < len(argv) and argv[i + 1] == "replay":
+            return [*argv[:i], "quarantine replay", *argv[i + 2:]]
+        return argv
+    return argv
 
 
 def _positive_int(text: str) -> int:
@@ -114,7 +153,7 @@ class _JsonFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spoold`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_join_replay(list(sys.argv[1:] if argv is None else argv)))
     args.whole_process = argv is None  # the `spoold` command itself, not a caller passing arguments
     as_json = getattr(args, "json", False)
     setup_logging(getattr(args, "log_format", "text"), getattr(args, "verbose", False))
@@ -149,6 +188,7 @@ def cmd_append(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    """Flush; a table that failed is named once on stderr, and stdout never claims there was nothing to do."""
     from spoold.flush import flush_all
     from spoold.iceberg.sink import Sink
     from spoold.spool import Spool
@@ -160,15 +200,17 @@ def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     if errors:
         doc["errors"] = {t: str(e) for t, e in errors.items()}
     lines = [f"{t}: committed {r.committed}, deduplicated {r.deduplicated}, quarantined {r.quarantined}"
-             for t, r in results.items()] or ["nothing to flush"]
-    _emit(doc, as_json, "\n".join(lines))
+             for t, r in results.items()]
+    if as_json or lines or not errors:
+        _emit(doc, as_json, "\n".join(lines) or "nothing to flush")
     for t, e in errors.items():
         print(f"spoold: error: {t}: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    return max((e.exit_code for e in errors.values()), default=0)
 
 
 def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    """Run, print the summary; exit 0, 1 if a source was unreadable, 130 when stopped by Ctrl-C."""
+    """Run, print the summary; exit 0, 1 if a source was unreadable, 2 if every row was quarantined, 130
+    when stopped by Ctrl-C. A run stopped by its limit says so on stderr, with how to go on."""
     from spoold.backfill import backfill
     from spoold.progress import Progress, StopOnInterrupt
 
@@ -180,7 +222,7 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
     try:
         with StopOnInterrupt("stopping after the current chunk (Ctrl-C again to abort)") as stop:
             s = backfill(config, args.table, args.source, args.format, None if args.all else args.limit,
-                         args.dry_run, progress=progress, stop=stop)
+                         args.dry_run, restart=args.restart, progress=progress, stop=stop)
     finally:
         for h in handlers:
             h.removeFilter(progress)
@@ -197,41 +239,67 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
         lines.append(f"unreadable: {s.unreadable_spool_files} spool file(s), {s.unreadable_sources} source(s)")
     if s.interrupted:
         lines.append("interrupted: committed chunks stay; re-run to continue (keys prevent doubles)")
+    elif not s.scanned and s.resumed_files and not s.unreadable_sources:
+        lines.append("nothing new since the last run (--restart reads every source again)")
     _emit(s.as_dict(), as_json, "\n".join(lines))
     sys.stdout.flush()
+    if s.all_quarantined:
+        print(f"spoold: error: all {s.quarantined} row(s) materialized were quarantined, first because: "
+              f"{s.first_quarantine_reason} (check --format and the table's key; --restart reads the sources again)",
+              file=sys.stderr)
+        return 2
+    if s.limit_reached and not s.interrupted:
+        print(f"spoold: stopped at --limit {args.limit}: " + ("--all counts everything" if s.dry_run else
+              "run again to continue, or use --all"), file=sys.stderr)
     if s.interrupted:
         return 130
     return 1 if s.unreadable_sources else 0
 
 
 def cmd_status(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    from spoold.status import daemon_lines, status
+    from spoold.status import status, status_lines
 
     for t in args.tables:
         validate_identifier(t)
     doc = status(config, args.tables)
-    lines = []
-    for t, s in doc["tables"].items():
-        committed = "?" if s["committed_rows"] is None else s["committed_rows"]
-        age = "-" if s["oldest_pending_s"] is None else f"{s['oldest_pending_s']:.0f}s"
-        last = s.get("last_flush") or {}
-        lines.append(
-            f"{t}: spooled {s['spooled_rows']} row(s) in {s['spooled_files']} file(s), oldest {age}; "
-            f"quarantined {s['quarantined']}; committed {committed}; last flush {last.get('result', '-')}"
-        )
-    lines += daemon_lines(doc)
-    if "catalog_error" in doc:
-        lines.append(f"catalog unreachable: {doc['catalog_error']}")
-    _emit(doc, as_json, "\n".join(lines) or "no tables")
+    _emit(doc, as_json, "\n".join(status_lines(doc)))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    from spoold.quarantine import quarantine_doc, summary_lines
+    from spoold.spool import Spool
+
+    for t in args.tables:
+        validate_identifier(t)
+    doc = quarantine_doc(Spool.from_config(config), args.tables)
+    _emit(doc, as_json, "\n".join(summary_lines(doc)))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    from spoold.replay import replay
+
+    validate_identifier(args.table)
+    s = replay(config, args.table, dry_run=args.dry_run)
+    verb = "would replay" if s.dry_run else "replayed"
+    text = f"{args.table}: {verb} {s.replayed} record(s) ({s.rows} row(s) back in the spool); kept {s.kept}"
+    if s.replayed and not s.dry_run:
+        text += f"\n`spoold flush {args.table}` (or the daemon) commits them"
+    _emit({"replayed": s.replayed, "kept": s.kept, "dry_run": s.dry_run, "rows": s.rows}, as_json, text)
     return 0
 
 
 def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.daemon import run_daemon
+    from spoold.runlock import daemon_lock
+    from spoold.spool import Spool
 
-    return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
+    with daemon_lock(Spool.from_config(config)):  # one daemon per spool root
+        return run_daemon(config, config_path=getattr(args, "config", None), may_restart=args.whole_process)
 
 
-_COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run}
+_COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run,
+             "quarantine": cmd_quarantine, "quarantine replay": cmd_replay}
 
 __all__ = ["main", "setup_logging", "InputError", "UsageError"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoold.catalog_keys import validate_catalog
 from spoold.errors import ConfigError, UsageError
 
 COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
@@ -108,8 +109,25 @@ class FlushSettings:
     # A chunk (one commit) is also cut at this many bytes of spool lines, so memory is
     # bounded by bytes, not only by rows (rows of 1 MB each would otherwise need GBs).
     chunk_bytes: int = 64 << 20
+    # Until a fresh load this long after one of this spool's commits to a table still shows it, the
+    # spool keeps the committed rows (a create that is not atomic may yet replace a new table; see
+    # spoold/iceberg/verify.py). Not waited for where the catalog's create is exclusive (SQL).
+    verify_after_s: float = 60.0
 
-    ZERO_OK = frozenset({"idle_restart_s"})
+    ZERO_OK = frozenset({"idle_restart_s", "verify_after_s"})
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolLimits:
+    """``[spool] max_bytes`` and ``min_free_bytes``: past either, an append is refused whole (SpoolFull)."""
+
+    # Pending bytes per table (active + flush files); 0: no per-table bound.
+    max_bytes: int = 0
+    # Free bytes kept on the spool's filesystem; 0: none. AUTO_FREE: 2% of the filesystem, at most 256 MiB.
+    min_free_bytes: int = -1
+
+    ZERO_OK = frozenset({"max_bytes", "min_free_bytes"})
+    AUTO_FREE = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +138,9 @@ class DaemonSettings:
     listen: str = ""
     # Full look at spool and sources even without events (a safety net for missed events).
     rescan_s: float = 60.0
+    # A failure that keeps recurring (a table's flush, the watcher) is logged at its first
+    # occurrence, then again at most this often, with how many were not (-v logs each).
+    log_repeat_s: float = 60.0
 
     ZERO_OK = frozenset[str]()
 
@@ -145,6 +166,7 @@ class Config:
     catalog_name: str
     catalog_props: Mapping[str, str]
     flush: FlushSettings = field(default_factory=FlushSettings)
+    spool_limits: SpoolLimits = field(default_factory=SpoolLimits)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     maintain: MaintainSettings = field(default_factory=MaintainSettings)
     tables: Mapping[str, TableSpec] = field(default_factory=dict)
@@ -204,9 +226,10 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
     state_dir = _default_state_dir()
 
     spool = _table(data, "spool")
-    _only_keys(spool, "spool.", {"root", "group"})
+    _only_keys(spool, "spool.", {"root", "group", *SpoolLimits.__dataclass_fields__})
     root = _path(spool, "spool.root", base) or state_dir / "spool"
     group = _opt(spool, "spool.group", str)
+    limits = _settings(SpoolLimits, {k: v for k, v in spool.items() if k not in ("root", "group")}, "spool")
 
     catalog = dict(_table(data, "catalog"))
     name = catalog.pop("name", "spoold")
@@ -223,10 +246,14 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         if isinstance(v, (dict, list)):
             raise ConfigError(f"catalog.{k}: expected a scalar value")
         props[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    validate_catalog(props)
 
     flush = _settings(FlushSettings, _table(data, "flush"), "flush")
     if flush.debounce_s > flush.max_delay_s:
         raise ConfigError("flush.debounce_s: must not exceed flush.max_delay_s")
+    daemon = _settings(DaemonSettings, _table(data, "daemon"), "daemon")
+    if daemon.listen:
+        parse_listen(daemon.listen)
     tables = {ident: _parse_table(ident, t) for ident, t in _table(data, "tables").items()}
     sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
     return Config(
@@ -237,7 +264,8 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         catalog_name=name,
         catalog_props=props,
         flush=flush,
-        daemon=_settings(DaemonSettings, _table(data, "daemon"), "daemon"),
+        spool_limits=limits,
+        daemon=daemon,
         maintain=_settings(MaintainSettings, _table(data, "maintain"), "maintain"),
         tables=tables,
         sources=sources,
@@ -267,6 +295,15 @@ def _settings(cls: type[Any], t: Mapping[str, Any], section: str) -> Any:
             raise ConfigError(f"{section}.{k}: expected a positive {'integer' if want is int else 'number'}")
         values[k] = want(v)
     return cls(**values)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``[daemon] listen`` as (host, port): ``HOST:PORT``, an IPv6 host in brackets; port 0 picks a free one."""
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or (":" in host and "[" not in listen):
+        raise ConfigError(f"daemon.listen: expected HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), got {listen!r}")
+    return host, int(port)
 
 
 def _parse_table(ident: str, t: Any) -> TableSpec:

@@ -51,8 +51,9 @@ class Daemon:
         self.config_path = config_path
         self.may_restart = may_restart  # only a real `spoold run` process re-executes itself when idle
         self._busy_at = time.monotonic()
-        self.errors = LogLimiter()
-        self.report = Report(self.errors.note)  # systemd STATUS/WATCHDOG and .daemon.json
+        self.errors = LogLimiter(config.daemon.log_repeat_s)
+        # systemd STATUS/WATCHDOG, .daemon.json and, with [daemon] listen, /metrics and /health
+        self.report = Report(self.errors.note, config.daemon.listen)
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
@@ -88,6 +89,8 @@ class Daemon:
             if new.spool_root != self.config.spool_root and self.spool.tables():
                 log.warning("spool root changed from %s to %s; rows left under the old root wait for a "
                             "`spoold flush` with the old config", self.config.spool_root, new.spool_root)
+            if new.daemon.listen != self.config.daemon.listen:
+                log.warning("daemon.listen changed: the new address is served after a restart")
             self._apply(new)
             log.info("reloaded configuration from %s", new.path or "embedded defaults")
         systemd.notify("READY=1", self.report.status_line(self.states))
@@ -158,8 +161,8 @@ class Daemon:
             if table is not None:
                 self._touched.add(table)
             elif self.tailer.covers(path):
-                if change == Change.added and os.path.isdir(path):
-                    self._scan = True  # a new directory: files made before its watch was set
+                if change == Change.added and (os.path.isdir(path) or os.path.islink(path)):
+                    self._scan = True  # a new directory (files made before its watch), a symlink (its target's)
                 self.tailer.on_change(path, deleted=change == Change.deleted)
 
     def _tick(self) -> None:
@@ -229,6 +232,7 @@ class Daemon:
         timeout = self.config.flush.shutdown_timeout_s
         tables = [t for t in self.spool.tables() if self.spool.pending(t)]
         systemd.notify("STOPPING=1", f"STATUS=stopping: flushing {len(tables)} table(s)")
+        self.report.draining()
         log.info("%s: flushing %d table(s) before exit (at most %ss)", name, len(tables), timeout)
         deadline = time.monotonic() + timeout
 
@@ -252,6 +256,7 @@ class Daemon:
         elif left:
             log.warning("exiting with rows still spooled (committed on the next start): %s", ", ".join(left))
         self.report.write_state(self.states, self.config, self.spool, self.tailer, running=False, force=True)
+        self.report.close()
         log.info("stopped")
         if worker.is_alive():
             logging.shutdown()

@@ -26,6 +26,7 @@ from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.verify import Keeper, recheck
 from spoold.pipeline import CommitPipeline
 from spoold.settle import Batch, gc_paused
 from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
@@ -63,7 +64,8 @@ _QUARANTINE_PART_BYTES = 64 << 20  # raw bytes of the lines they came from
 
 
 def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate: bool = True, wait: bool = True,
-                stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None) -> FlushResult:
+                stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None,
+                result: FlushResult | None = None) -> FlushResult:
     """Commit everything pending for ``table`` once. Never raises on bad spool lines or poison rows.
 
     ``wait=False``: raise :class:`TableBusy` at once if another flush of this table
@@ -71,15 +73,17 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     ``stop()`` is asked between chunks: once true, what was read is committed and the
     flush ends early (``interrupted``; the rest stays spooled). ``tick()`` is called
     between chunks and while a commit is awaited, at least about once a second.
+    ``result``, if given, is filled in as the flush goes: what a flush that fails committed is known.
     """
     config.table(table)  # validates the identifier before anything is touched
-    result = FlushResult()
+    result = FlushResult() if result is None else result
     started = time.time()
     if not spool.table_dir(table).is_dir():
         return result  # nothing was ever spooled for it
     try:
         with spool.flush_lock(table, wait=wait):
             spool.sweep_temp(table)
+            recheck(config, spool, sink, table)  # rows held for a table not verified yet: delete or re-queue
             if rotate:
                 spool.rotate(table)
             files = spool.flush_files(table)
@@ -90,6 +94,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
     except SpooldError as e:
         if not isinstance(e, TableBusy):
             _record(spool, table, started, result, f"error: {e}")
+            log.debug("table %s: flush failed: %s", table, e)  # every failure, under -v (callers rate-limit theirs)
         raise
     if result.files:
         _record(spool, table, started, result, "ok")
@@ -109,6 +114,7 @@ class _Flush:
         self.validator = Validator(spec, types, required)
         self.chunk = _Chunk(Batch(self.validator.types))
         self.pipeline = CommitPipeline(sink, spec, self._reject, tick)  # chunk k commits while k+1 is read
+        self.keeper = Keeper(config, spool, table)
 
     def run(self, files: list[Path]) -> None:
         settings = self.config.flush
@@ -166,7 +172,7 @@ class _Flush:
             self.tick()
         if not len(chunk.batch):
             self.pipeline.join()  # the files' earlier rows may still be committing
-            self.spool.remove(chunk.files_done)
+            self.keeper.settled(chunk.names, chunk.files_done, None)
             return
         result, done = self.result, chunk.files_done
 
@@ -174,8 +180,9 @@ class _Flush:
             result.committed += out.committed
             result.deduplicated += out.deduplicated
             result.snapshot_id = out.snapshot_id or result.snapshot_id
+            # every row of these files is in a durable commit (or quarantine) now: deleted, or held until verified
             reached("flush.committed")  # test-only mark: a crash here must double nothing
-            self.spool.remove(done)  # every row of these files is in a durable commit (or quarantine) now
+            self.keeper.settled(chunk.names, done, out)
             reached("flush.removed")
 
         props = {"spoold.op": "flush", "spoold.files": ",".join(chunk.names)}
@@ -226,9 +233,8 @@ def flush_all(
         try:
             results[table] = flush_table(config, spool, sink, table)
         except SpooldError as e:
-            log.error("table %s: flush failed: %s", table, e)
-            errors[table] = e
+            errors[table] = e  # the caller reports it, once
         except Exception as e:  # a bug must not cost the other tables their flush, nor the report
-            log.error("table %s: flush failed: %s: %s", table, type(e).__name__, e, exc_info=True)
+            log.debug("table %s: flush failed", table, exc_info=True)  # the caller reports it; -v shows where
             errors[table] = SpooldError(f"internal error: {type(e).__name__}: {e}")
     return results, errors

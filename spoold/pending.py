@@ -8,6 +8,9 @@ each change, so both come from file sizes and each file's first envelope.
 
 from __future__ import annotations
 
+import time
+
+from spoold import held
 from spoold.spool import Spool, first_envelope
 
 _DEFAULT_RATIO = 1 / 200  # rows per byte when a pending file's first envelope is unreadable
@@ -30,7 +33,8 @@ class Pending:
         first: float | None = None
         rows = 0.0
         seen = set()
-        for path in self.spool.pending(table):
+        # Held files due for their look count too: the flush that follows looks (spoold/held.py).
+        for path in self.spool.pending(table) + held.due(self.spool, table, time.time()):
             try:
                 st = path.stat()
             except FileNotFoundError:

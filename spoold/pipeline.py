@@ -91,5 +91,4 @@ def commit_isolating(sink: Sink, spec: TableSpec, batch: Batch, types: Mapping[s
         mid = len(batch) // 2
         first = commit_isolating(sink, spec, batch.part(0, mid), types, props, reject)
         second = commit_isolating(sink, spec, batch.part(mid, len(batch)), types, props, reject)
-        return CommitOutcome(first.committed + second.committed, first.deduplicated + second.deduplicated,
-                             second.snapshot_id or first.snapshot_id)
+        return first.then(second)

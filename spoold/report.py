@@ -1,9 +1,11 @@
-"""What a running daemon tells the outside: systemd STATUS and WATCHDOG, and ``.daemon.json``.
+"""What a running daemon tells the outside: systemd STATUS and WATCHDOG, ``.daemon.json``, ``/metrics``.
 
 ``spoold status`` reads the state file to show the daemon's view (pending
-estimates, backoff, source lag, the last flush). Both outputs are throttled so
-a busy loop costs nothing: STATUS is sent only when its text changes, the
-state file is rewritten at most once a second and only when its content did.
+estimates, backoff, source lag, spool full, the last flush); with ``[daemon]
+listen`` the same state feeds ``/metrics`` and ``/health`` (:mod:`spoold.metrics`).
+All are throttled so a busy loop costs nothing: STATUS is sent only when its
+text changes, the state is made at most once a second and the file rewritten
+only when its content changed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 
 from spoold import systemd
 from spoold.config import Config
+from spoold.metrics import DRAINING, Server
 from spoold.scheduler import TableState
 from spoold.sources.tail import Tailer
 from spoold.spool import Spool, write_atomic
@@ -31,8 +34,11 @@ _STATE_EVERY_S = 1.0
 class Report:
     """The daemon's outward signs; ``limited(key, now)`` rate-limits its warnings like the loop's errors."""
 
-    def __init__(self, limited: Callable[[str, float], str | None]) -> None:
+    def __init__(self, limited: Callable[[str, float], str | None], listen: str = "") -> None:
+        # First: a listen address that cannot be served ends start-up with one clear error.
+        self.metrics = Server(listen) if listen else None
         self.started_at = time.time()
+        self.full: list[str] = []  # tables whose spool is full, as of the last state
         self.last_flush: dict[str, Any] | None = None
         self._limited = limited
         self._last_ping = 0.0
@@ -67,15 +73,18 @@ class Report:
         backing_off = [t for t, s in states.items() if s.retry_at is not None]
         if backing_off:
             text += f"; backing off: {', '.join(sorted(backing_off))}"
+        if self.full:
+            text += f"; spool full: {', '.join(self.full)}"
         if self.last_flush:
             f = self.last_flush
             text += f"; last flush {f['table']} at {time.strftime('%H:%M:%S', time.localtime(f['at']))}" \
                     f" committed {f['committed']}"
         return text
 
-    def state_doc(self, states: Mapping[str, TableState], config: Config, tailer: Tailer, *,
+    def state_doc(self, states: Mapping[str, TableState], config: Config, spool: Spool, tailer: Tailer, *,
                   running: bool = True) -> dict[str, Any]:
-        """What ``spoold status`` shows under ``daemon`` (and ``backoff_s`` per table)."""
+        """What ``spoold status`` shows under ``daemon`` (and ``backoff_s``, ``spool_full`` per table)."""
+        candidates = {*states, *spool.tables(), *config.tables, *(s.table for s in config.sources)}
         return {
             "pid": os.getpid(),
             "running": running,
@@ -89,9 +98,13 @@ class Report:
                     "failures": s.failures,
                     "retry_at": round(s.retry_at, 3) if s.retry_at is not None else None,
                     "last_error": s.last_error,
+                    "pending_bytes": spool.bounds.pending_bytes(t),
                 }
                 for t, s in sorted(states.items())
             },
+            "spool_full": sorted(t for t in candidates if spool.bounds.full(t)),
+            "spool_free_bytes": spool.bounds.free_bytes(),
+            "listen": self.metrics.address if self.metrics else None,
             "sources": tailer.lag(),
             "last_flush": self.last_flush,
         }
@@ -103,7 +116,11 @@ class Report:
         last_at, last_doc = self._last_state
         if not force and mono - last_at < _STATE_EVERY_S:
             return
-        doc = orjson.dumps(self.state_doc(states, config, tailer, running=running))
+        state = self.state_doc(states, config, spool, tailer, running=running)
+        self.full = state["spool_full"]
+        if self.metrics is not None:
+            self.metrics.observe(state, config)
+        doc = orjson.dumps(state)
         if not force and doc == last_doc:
             return
         try:
@@ -112,3 +129,13 @@ class Report:
         except OSError as e:
             if (more := self._limited("state", time.time())) is not None:
                 log.warning("cannot write %s: %s%s", spool.root / DAEMON_STATE, e, more)
+
+    def draining(self) -> None:
+        """Shutdown began: ``/health`` answers 503 from now on."""
+        if self.metrics is not None:
+            self.metrics.phase = DRAINING
+
+    def close(self) -> None:
+        """Stop serving ``/metrics`` and ``/health`` (the very last thing before exit)."""
+        if self.metrics is not None:
+            self.metrics.close()

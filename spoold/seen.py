@@ -20,6 +20,7 @@ import numpy as np
 
 from spoold.config import TableSpec
 from spoold.envelope import Validator
+from spoold.held import spooled
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import Sink
 from spoold.keyindex import KeyIndex
@@ -38,7 +39,7 @@ def spooled_keys(spool: Spool, spec: TableSpec, validator: Validator) -> Iterato
     """
     done: set[str] = set()
     while True:
-        todo = [p for p in spool.pending(spec.identifier) if p.name not in done]
+        todo = [p for p in spooled(spool, spec.identifier) if p.name not in done]
         if not todo:
             return
         for path in todo:

@@ -29,7 +29,9 @@ from typing import Any
 
 import orjson
 
-from spoold.config import Config, validate_identifier
+from spoold.bounds import Bounds
+from spoold.config import Config, SpoolLimits, validate_identifier
+from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import LineResult, Validator, envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
 
@@ -47,34 +49,6 @@ def flush_name(seq: int) -> str:
 def flush_seq(path: Path) -> int | None:
     m = _FLUSH_RE.fullmatch(path.name)
     return int(m.group(1)) if m else None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Publish ``data`` at ``path``: write a temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per thread too
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
@@ -120,13 +94,19 @@ def first_envelope(path: Path) -> tuple[float, float] | None:
 
 
 def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
-    """A quarantine entry: why, where from, and the raw bytes (base64 if not UTF-8)."""
-    rec: dict[str, Any] = {"reason": reason, "file": file, "line": line, **extra}
+    """A quarantine entry, one grep-able JSON line (the format: docs/quarantine.md).
+
+    A ``raw`` line that is not UTF-8 keeps its exact bytes (``raw_b64``) and a
+    readable rendering with the bad bytes escaped (``raw_escaped``).
+    """
+    kind = "row" if "row" in extra else "source" if "format" in extra else "line"
+    rec: dict[str, Any] = {"reason": reason, "kind": kind, "file": file, "line": line, **extra}
     if raw is not None:
         try:
             rec["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
             rec["raw_b64"] = base64.b64encode(raw).decode("ascii")
+            rec["raw_escaped"] = raw.decode("utf-8", "backslashreplace")
     rec["at"] = time.time()
     return rec
 
@@ -134,8 +114,10 @@ def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = Non
 class Spool:
     """Producers' and flushers' handle on a spool root (thread-safe)."""
 
-    def __init__(self, root: str | os.PathLike[str], group: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], group: str | None = None,
+                 limits: SpoolLimits | None = None) -> None:
         self.root = Path(root)
+        self.bounds = Bounds(self.root, limits or SpoolLimits(), _FLUSH_RE, ACTIVE)
         self._gid = _group_id(group) if group else None
         self._dir_mode = 0o2770 if group else 0o700
         self._file_mode = 0o660 if group else 0o600
@@ -145,7 +127,7 @@ class Spool:
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
-        return cls(config.spool_root, config.spool_group)
+        return cls(config.spool_root, config.spool_group, config.spool_limits)
 
     # -- layout -----------------------------------------------------------------
     def table_dir(self, table: str, *, create: bool = False) -> Path:
@@ -216,27 +198,35 @@ class Spool:
         return sum(n for _, n in lines)
 
     def append_lines(self, table: str, lines: Iterable[tuple[bytes, int] | bytes]) -> None:
-        """Append pre-encoded envelope lines: one write each, one fsync for the call."""
+        """Append pre-encoded envelope lines: one write each, one fsync for the call; all or nothing.
+
+        Raises :class:`SpoolFull` (retryable) when the spool's bounds or a full disk refuse them.
+        """
         payloads = [x[0] if isinstance(x, tuple) else x for x in lines]
         if not payloads:
             return
-        with self._locked(table) as d:
-            created = False
-            try:
-                fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
-            except FileNotFoundError:
-                fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
-                created = True
-            try:
-                self._chown(fd)
-                self._repair_tail(table, fd)
-                for data in payloads:
-                    _write_all(fd, data)
-                os.fsync(fd)
-                if created:  # a new file's name is durable only once its directory is synced
-                    fsync_dir(d)
-            finally:
-                os.close(fd)
+        size = sum(map(len, payloads))
+        try:
+            with self._locked(table) as d:
+                created = False
+                try:
+                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
+                except FileNotFoundError:
+                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+                    created = True
+                try:
+                    self._chown(fd)
+                    self._repair_tail(table, fd)
+                    self.bounds.check(table, fd, size)
+                    append_all(fd, payloads)
+                    if created:  # a new file's name is durable only once its directory is synced
+                        fsync_dir(d)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            if (full := self.bounds.disk_full(table, size, e)) is None:
+                raise
+            raise full from e
 
     def append_stream(self, table: str, lines: Iterable[bytes]) -> None:
         """Append envelope lines from an iterable, all or nothing, in memory bounded by ``STAGE_BYTES``.
@@ -263,28 +253,38 @@ class Spool:
         d = self.table_dir(table, create=True)
         tmp = d / f".stage-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        staged = 0
         try:
             self._chown(fd)
-            _write_all(fd, b"".join(head))
+            staged = self._stage(table, fd, b"".join(head), staged)
             pending: list[bytes] = []
             size = 0
             for line in it:
                 pending.append(line)
                 size += len(line)
                 if size >= _READ_BLOCK:
-                    _write_all(fd, b"".join(pending))
+                    staged = self._stage(table, fd, b"".join(pending), staged)
                     pending, size = [], 0
-            _write_all(fd, b"".join(pending))
+            staged = self._stage(table, fd, b"".join(pending), staged)
             os.fsync(fd)
             with self._locked(table) as d:
                 self._rotate_locked(table, d)
+                self.bounds.check(table, fd, staged, staged=True)
                 os.rename(tmp, d / flush_name(self._next_seq(d)))
                 fsync_dir(d)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and (full := self.bounds.disk_full(table, staged, e)) is not None:
+                raise full from e
             raise
         finally:
             os.close(fd)
+
+    def _stage(self, table: str, fd: int, data: bytes, staged: int) -> int:
+        """Write ``data`` to a staging file holding ``staged`` bytes; SpoolFull as soon as it cannot fit."""
+        write_all(fd, data)
+        self.bounds.check(table, fd, staged + len(data), staged=True)
+        return staged + len(data)
 
     def rotate(self, table: str) -> Path | None:
         """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
@@ -444,8 +444,10 @@ class Spool:
         return seq
 
     def _mkdir(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            self._mkdir(path.parent)  # missing parents (the embedded state dir) are as private as the spool
         try:
-            path.mkdir(mode=self._dir_mode, parents=True)
+            path.mkdir(mode=self._dir_mode)
         except FileExistsError:
             return
         fsync_dir(path.parent)

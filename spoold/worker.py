@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from spoold import metrics
 from spoold.config import Config
 from spoold.errors import SpooldError, TableBusy
 from spoold.footprint import preload, release
@@ -59,14 +60,15 @@ class Worker:
     # -- flushing -----------------------------------------------------------------
     def flush(self, table: str, *, stop: Callable[[], bool], tick: Callable[[], None]) -> None:
         """Flush ``table`` once; never raises (a failure backs the table off and is logged, rate-limited)."""
-        from spoold.flush import flush_table  # pyiceberg/pyarrow load at the first flush, not at start-up
+        from spoold.flush import FlushResult, flush_table  # pyiceberg/pyarrow load at the first flush
         from spoold.iceberg.sink import Sink
 
         settings = self.config.flush
+        result, started = FlushResult(), time.monotonic()  # what a failed flush committed still counts
         try:
             if self._sink is None:
                 self._sink = Sink(self.config)
-            result = flush_table(self.config, self.spool, self._sink, table, wait=False, stop=stop, tick=tick)
+            flush_table(self.config, self.spool, self._sink, table, wait=False, stop=stop, tick=tick, result=result)
         except TableBusy as e:
             # Not a failure: another flusher (e.g. `spoold flush`) is committing these rows right now.
             now = time.time()
@@ -82,9 +84,13 @@ class Worker:
             if (more := self.errors.note(f"flush:{table}", now)) is not None:
                 log.error("table %s: flush failed, rows stay spooled, retry in %.1fs (failure %d): %s%s", table,
                           state.backoff_s, state.failures, state.last_error, more,
-                          exc_info=not isinstance(e, SpooldError))
+                          exc_info=not isinstance(e, (SpooldError, OSError)))  # a full disk is no bug
             self.observe(table, now, changed=False)
+            # Quarantined rows of a failed flush are not counted: its retry quarantines them again.
+            metrics.flushed(table, "error", time.monotonic() - started, {**result.summary(), "quarantined": 0})
             return
+        if result.files:
+            metrics.flushed(table, "ok", time.monotonic() - started, result.summary())
         release(self._sink)  # idle connections and freed buffers go back between flushes
         now = time.time()
         prev = self.states.get(table, TableState())

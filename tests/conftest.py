@@ -22,6 +22,8 @@ for _k in [k for k in os.environ if k.startswith(("PYICEBERG_", "SPOOLD_")) and 
     del os.environ[_k]
 os.environ["PYICEBERG_HOME"] = tempfile.mkdtemp(prefix="spoold-test-pyiceberg-")
 
+pytest_plugins = ["servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests (tests/servers.py)
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
 

@@ -1,4 +1,4 @@
-"""A real ``spoold run`` subprocess for tests, and polling with generous deadlines.
+"""A real ``spoold run`` subprocess for tests, polling with generous deadlines, and a fake NOTIFY_SOCKET.
 
 Every wait polls until a deadline; the deadlines are generous so a loaded
 machine only makes the tests slower, never wrong.
@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +68,38 @@ def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S, ev
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)
+
+
+@contextmanager
+def notify_socket() -> Iterator[tuple[str, list[tuple[float, str]]]]:
+    """A private NOTIFY_SOCKET; yields its address and the (time, datagram) pairs received."""
+    name = f"spoold-test-{uuid.uuid4().hex}"
+    got: list[tuple[float, str]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(0.1)
+        done = threading.Event()
+
+        def receive() -> None:
+            while not done.is_set():
+                try:
+                    got.append((time.monotonic(), sock.recv(65536).decode()))
+                except TimeoutError:
+                    continue
+
+        rx = threading.Thread(target=receive)
+        rx.start()
+        try:
+            yield "@" + name, got
+        finally:
+            done.set()
+            rx.join()
+
+
+def http_get(address: str, path: str) -> tuple[int, bytes]:
+    """GET ``http://address/path``: (status, body), error statuses included."""
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

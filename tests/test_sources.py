@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -410,3 +411,60 @@ def test_expand_pattern_matching_nothing_names_it(tree: Path, pattern: str) -> N
     with pytest.raises(FileNotFoundError, match="matches no files") as info:
         expand_sources([str(tree / "z.jsonl"), full])
     assert full in str(info.value)
+
+
+# -- --format auto ---------------------------------------------------------------------------------
+
+
+def _spec(key: str = "part_id") -> Any:
+    from spoold.config import TableSpec
+
+    return TableSpec("t.x", key=key)
+
+
+@pytest.mark.parametrize("path", _transcript_files(), ids=lambda p: p.name)
+def test_every_real_transcript_is_recognized_by_its_first_line(path: Path) -> None:
+    import os
+
+    from spoold.sources.detect import first_line, sniff
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert sniff(first_line(fd), _spec()) == "transcript"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("line", "fmt"), [
+    (b'{"part_id": "a:0", "ts": "2026-01-01T00:00:00Z"}', "jsonl"),
+    (b'{"type": "user", "sessionId": "s", "part_id": "a:0"}', "jsonl"),  # has the key column: rows, not messages
+    (b'{"type": "user", "sessionId": "s", "message_id": "m", "part_index": 0}', "jsonl"),  # the legacy key
+    (b'{"type": "click", "user": "u"}', "jsonl"),  # a type, but nothing Claude Code writes
+    (b'{"type": "summary", "summary": "x", "leafUuid": "u"}', "transcript"),
+    (b'{"type": "file-history-snapshot", "messageId": "m", "snapshot": {}}', "transcript"),
+    (b'{"type": "user", "message": {"role": "user", "content": "hi"}, "uuid": "u"}', "transcript"),
+    (b"not json", "jsonl"),
+    (b"[1, 2]", "jsonl"),
+    (b"", "jsonl"),
+])
+def test_sniff_rule(line: bytes, fmt: str) -> None:
+    from spoold.sources.detect import sniff
+
+    assert sniff(line, _spec()) == fmt
+
+
+def test_first_line_skips_blank_lines_and_reads_long_ones(tmp_path: Path) -> None:
+    import os
+
+    from spoold.sources.detect import first_line
+
+    long = b'{"text": "' + b"x" * 300_000 + b'"}'
+    for content, expected in [(b"\n  \n" + long + b"\nnext\n", long), (b"only, unterminated", b"only, unterminated"),
+                              (b"\n\n", b"")]:
+        p = tmp_path / "f.jsonl"
+        p.write_bytes(content)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            assert first_line(fd) == expected
+        finally:
+            os.close(fd)

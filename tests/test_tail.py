@@ -167,7 +167,7 @@ def test_a_directory_source_means_every_jsonl_under_it(spool: Spool, src: Path) 
     assert t.watch_paths() == [src]
 
 
-def test_bad_lines_are_skipped_and_logged_never_fatal(
+def test_bad_lines_are_quarantined_and_logged_never_fatal(
     spool: Spool, src: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (src / "a.jsonl").write_bytes(line("a1") + b"{not json\n" + b"[1, 2]\n" + line("a2"))
@@ -177,7 +177,10 @@ def test_bad_lines_are_skipped_and_logged_never_fatal(
     assert spooled_keys(spool) == ["a1", "a2"]
     warnings = [r.getMessage() for r in caplog.records]
     assert any("line 2" in m and "not valid JSON" in m for m in warnings)
-    assert len(warnings) == 1  # rate limited: the second bad line of the minute stays silent
+    assert len(warnings) == 1  # one read, one line of log
+    recs = [orjson.loads(x) for q in (spool.root / TABLE / "quarantine").iterdir() for x in q.read_bytes().splitlines()]
+    assert [(r["line"], r["raw"]) for r in recs] == [(2, "{not json"), (3, "[1, 2]")]
+    assert all(r["file"] == str(src / "a.jsonl") for r in recs)
 
 
 def test_transcript_lines_become_one_row_per_part(spool: Spool, src: Path) -> None:
@@ -195,7 +198,7 @@ def test_offset_does_not_move_when_the_spool_append_fails(spool: Spool, src: Pat
     (spool.root / TABLE).write_text("in the way")  # the table's spool directory cannot be made
     t = tailer(spool, src)
     drain(t)
-    assert not (spool.root / OFFSETS_DIR).exists() or not any((spool.root / OFFSETS_DIR).iterdir())
+    assert [orjson.loads(p.read_bytes())["offset"] for p in (spool.root / OFFSETS_DIR).iterdir()] == [0]
     (spool.root / TABLE).unlink()
     t.discover()  # the rescan retries the file
     drain(t)

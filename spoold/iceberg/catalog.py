@@ -3,19 +3,27 @@
 ``load_catalog`` is given the config's ``[catalog]`` table as-is, so every
 pyiceberg catalog works (sql/sqlite, sql/postgres, rest, glue...). Whatever
 the catalog stack raises (SQLAlchemy, HTTP, S3, OS) becomes a retryable
-:class:`CatalogError`, or a :class:`CommitConflict` when another committer won.
+:class:`CatalogError`, or a :class:`CommitConflict` when another committer won,
+or a :class:`ConfigError` when the ``[catalog]`` table itself is wrong. The
+message is one line in spoold's terms: it names the ``[catalog]`` key or the
+path involved, never a pyiceberg flag or environment variable.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import random
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.memory import InMemoryCatalog
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
     BadRequestError,
     CommitFailedException,
@@ -29,14 +37,18 @@ from pyiceberg.exceptions import (
 
 from spoold.config import Config
 from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError
+from spoold.iceberg.peek import sqlite_path
+
+# The [catalog] of the catalog this process opened last: errors raised later, deep in a commit,
+# do not say which catalog they came from. (A process serves one config; a reload opens anew.)
+_props: Mapping[str, str] = {}
 
 
 def open_catalog(config: Config) -> Catalog:
     """Load the configured catalog, retrying a few times: several processes may create its tables at once."""
-    uri = config.catalog_props.get("uri", "")
-    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).parent == config.state_dir:
-        # spoold's own state directory (embedded defaults): ours to create on first use
-        config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    global _props
+    _props = config.catalog_props
+    _make_private(config)
     for attempt in range(5):
         try:
             with catalog_errors("cannot open catalog"):
@@ -48,15 +60,52 @@ def open_catalog(config: Config) -> Catalog:
     raise AssertionError("unreachable")
 
 
+def _make_private(config: Config) -> None:
+    """Create the SQLite catalog file 0600 and a local warehouse 0700, so committed rows are as private as
+    spooled ones (SQLite gives its journal the database's mode; nothing in a 0700 warehouse is readable
+    by others). Only what is missing: existing files keep the mode their owner chose. A missing
+    directory is created only for spoold's own state directory; elsewhere SQLite reports it.
+    """
+    props = config.catalog_props
+    db = sqlite_path(props)
+    if db is not None and not db.exists():
+        if db.parent == config.state_dir:
+            config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError:
+            pass  # created by another process meanwhile, or opening it will report the problem
+    warehouse = props.get("warehouse", "")
+    if warehouse.startswith("file://"):
+        path = Path(unquote(urlparse(warehouse).path))
+        if not path.exists() and path.parent.is_dir():
+            try:
+                path.mkdir(mode=0o700)
+            except OSError:
+                pass  # the first write reports it
+
+
+def exclusive_create(catalog: Catalog) -> bool:
+    """True when creating a table that exists fails instead of replacing it.
+
+    pyiceberg's SQL catalog (SQLite, PostgreSQL) creates with an INSERT under
+    a primary key and commits with a compare-and-swap UPDATE, so no late
+    create can undo a commit. Any other catalog (REST servers, subclasses, ...)
+    is not assumed to be: SeaweedFS 4.48's REST create is check-then-write.
+    """
+    return type(catalog) in (SqlCatalog, InMemoryCatalog)
+
+
 @contextmanager
 def catalog_errors(what: str) -> Iterator[None]:
     """Turn whatever the catalog stack raises into spoold's errors: whose fault is it?
 
-    The environment's (catalog or object store unreachable, disk full, a server error):
+    The config's (a wrong or missing ``[catalog]`` key): :class:`ConfigError`. The
+    environment's (catalog or object store unreachable, disk full, a server error):
     retryable :class:`CatalogError`. Another committer's: :class:`CommitConflict`. The
     rows' own (a value Arrow or Parquet refuses, a partition value too long for a file
     name, a name the catalog rejects): :class:`DataError`, which flush isolates into
-    quarantine instead of retrying the same rows forever.
+    quarantine instead of retrying the same rows forever. Messages are in spoold's terms.
     """
     try:
         yield
@@ -64,10 +113,11 @@ def catalog_errors(what: str) -> Iterator[None]:
         raise
     except (CommitFailedException, WaitingForLockException) as e:
         raise CommitConflict(f"{what}: {e}") from e
-    except NoSuchPropertyException as e:
-        raise ConfigError(f"catalog: {e}") from e
     except Exception as e:  # the catalog stack (SQLAlchemy, HTTP, S3, OS) has no common root
-        message = f"{what}: {type(e).__name__}: {e}".splitlines()[0]
+        config_problem = _config_problem(e, _props)
+        if config_problem is not None:
+            raise ConfigError(config_problem) from e
+        message = f"{what}: {_describe(e, _props)}"
         if _contended(e):  # another committer holds the catalog's lock: refresh and retry as on a conflict
             raise CommitConflict(message) from e
         if _environmental(e):
@@ -100,6 +150,68 @@ def _environmental(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _config_problem(e: BaseException, props: Mapping[str, str]) -> str | None:
+    """The ``[catalog]`` mistake behind ``e``, in spoold's words; None when it is not one."""
+    text = str(e)
+    if (isinstance(e, NoSuchPropertyException) and "URI" in text) or "URI missing" in text:
+        return "`[catalog] uri` is missing"
+    if "Could not infer the catalog type from the uri" in text:
+        return f"[catalog] type is missing and cannot be told from uri {props.get('uri', '')!r}: set [catalog] type"
+    if isinstance(e, NotInstalledError):
+        missing = next((c.name for c in _chain(e) if isinstance(c, ModuleNotFoundError) and c.name), None)
+        pip = re.search(r"pip install (.*)$", text)
+        return (f"[catalog] type {props.get('type', '?')!r} needs the Python module {missing or '?'!r}, which "
+                f"is not installed" + (f" (pip install {pip.group(1)})" if pip else ""))
+    if m := re.match(r"Could not initialize FileIO: (.*)", text):
+        return f"[catalog] py-io-impl: cannot load {m.group(1)!r}"
+    if "No default path is set" in text:
+        return "`[catalog] warehouse` is missing: spoold needs it to create tables"
+    if isinstance(e, NoSuchPropertyException):
+        return f"[catalog]: {_spoold_terms(text)}"
+    return None
+
+
+def _describe(e: BaseException, props: Mapping[str, str]) -> str:
+    """One line saying what failed, naming the catalog's path or URI ([catalog] uri)."""
+    chain = list(_chain(e))
+    root = chain[-1]
+    db = sqlite_path(props)
+    if db is not None and any(type(c).__module__ == "sqlite3" for c in chain):
+        sqlite_error = next(c for c in chain if type(c).__module__ == "sqlite3")
+        hint = " (does its directory exist, and may spoold write there?)" if "unable to open" in str(
+            sqlite_error) else ""
+        return f"SQLite catalog {db} ([catalog] uri): {_first_line(sqlite_error)}{hint}"
+    if any(type(c).__module__.startswith(("requests", "urllib3")) for c in chain) or isinstance(root, OSError) and \
+            isinstance(root, (ConnectionError, TimeoutError)):
+        return f"cannot reach the catalog at {props.get('uri', '?')} ([catalog] uri): {_first_line(root)}"
+    return _spoold_terms(f"{type(e).__name__}: {_first_line(e)}")
+
+
+_ENV_RE = re.compile(r"PYICEBERG_CATALOG__\w+?__(\w+)")
+
+
+def _spoold_terms(text: str) -> str:
+    """pyiceberg's advice speaks of its CLI flags and environment variables; spoold has ``[catalog]`` keys."""
+    text = re.sub(r"please provide (it )?using --(\w+), the config or environment variable \S+",
+                  lambda m: f"set [catalog] {m.group(2)}", text)
+    text = _ENV_RE.sub(lambda m: f"[catalog] {m.group(1).lower().replace('__', '.')}", text)
+    return re.sub(r"(?<![\w-])--(uri|warehouse|catalog)\b", r"[catalog] \1", text)
 
 
 def _contended(e: BaseException | None) -> bool:

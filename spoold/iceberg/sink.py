@@ -19,13 +19,14 @@ from typing import Protocol
 import numpy as np
 from pyiceberg.table import Table, TableProperties
 
+from spoold import metrics
 from spoold._testhooks import reached
 from spoold.config import TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
 from spoold.iceberg.schema import type_conflicts
-from spoold.iceberg.snapshots import MemoTransaction, expire_snapshots, snapshot_files, sync_local_files
+from spoold.iceberg.snapshots import MemoTransaction, expire_snapshots, sync_snapshot
 from spoold.iceberg.tables import Tables
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.settle import Batch, settle
@@ -36,9 +37,30 @@ COMMIT_ATTEMPTS = 10
 
 @dataclass(frozen=True, slots=True)
 class CommitOutcome:
+    """What one commit did. ``snapshot_id``: the snapshot holding the rows (the new one, or the one
+    every row was already in); ``verified``: this spool's commits to that table need no re-check
+    (see :mod:`spoold.iceberg.verify`; a fake sink's rows are taken as verified)."""
+
     committed: int
     deduplicated: int
     snapshot_id: int | None
+    table_uuid: str | None = None
+    metadata_location: str | None = None
+    verified: bool = True
+
+    def then(self, later: CommitOutcome) -> CommitOutcome:
+        """This commit and a ``later`` one of the same rows' chunk, as one outcome (rows add up).
+
+        The snapshot to verify is the later one when both are in one table (its
+        history holds the earlier one); if the table changed in between, the
+        earlier one, whose loss a look must be able to find.
+        """
+        snap = later if later.snapshot_id is not None else self
+        if self.snapshot_id is not None and later.snapshot_id is not None and self.table_uuid != later.table_uuid:
+            snap = self
+        return CommitOutcome(self.committed + later.committed, self.deduplicated + later.deduplicated,
+                             snap.snapshot_id, snap.table_uuid, snap.metadata_location,
+                             self.verified and later.verified)
 
 
 class TableSink(Protocol):
@@ -95,7 +117,8 @@ class Sink(Tables):
                 keep = settle(batch.keys, idx.contains_fingerprints(fh, fl, order), (fh, fl, order))
                 dups = len(batch) - len(keep)
                 if not keep:
-                    return CommitOutcome(0, dups, idx.snapshot_id)
+                    return CommitOutcome(0, dups, idx.snapshot_id, str(tbl.metadata.table_uuid),
+                                         tbl.metadata_location, self.verified(spec))
                 with catalog_errors(f"cannot convert rows for {spec.identifier}"):
                     data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
                     if len(keep) < len(batch):
@@ -108,6 +131,7 @@ class Sink(Tables):
                         reached("commit.staged")  # test-only mark: files written, the catalog not told yet
             except CommitConflict as e:
                 self._shared.add(spec.identifier)
+                metrics.commit_conflict(spec.identifier)
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
                 time.sleep(wait)
@@ -120,13 +144,15 @@ class Sink(Tables):
             snap = new.current_snapshot()
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
             with catalog_errors(f"cannot sync the files of {spec.identifier}'s new snapshot"):
-                sync_local_files(snapshot_files(new))  # before flush deletes the spool copy
+                sync_snapshot(new)  # before flush deletes the spool copy
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
             self._latest[spec.identifier] = new
+            uuid = str(new.metadata.table_uuid)
+            verified = self.confirm(spec, uuid, snap.snapshot_id)  # may load afresh: the index is ahead then
             if self.config.flush.expire_snapshots:
-                expire_snapshots(new)
-            return CommitOutcome(len(keep), dups, snap.snapshot_id)
+                expire_snapshots(self._latest.get(spec.identifier, new))
+            return CommitOutcome(len(keep), dups, snap.snapshot_id, uuid, new.metadata_location, verified)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
 
 

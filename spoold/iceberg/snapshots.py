@@ -75,6 +75,27 @@ def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
     return len(old)
 
 
+def history_ids(tbl: Table) -> set[int]:
+    """Ids of the current snapshot and its ancestors: the commits whose rows the table holds now."""
+    ids: set[int] = set()
+    snap = tbl.current_snapshot()
+    while snap is not None and snap.snapshot_id not in ids:
+        ids.add(snap.snapshot_id)
+        snap = tbl.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    return ids
+
+
+def sync_snapshot(tbl: Table) -> None:
+    """Make the current snapshot's files durable where they are local files (see :func:`sync_local_files`).
+
+    On object storage every file is durable once its upload returned and the
+    catalog's acknowledgement is the commit point: nothing is synced, and the
+    manifests are not read back to list the files.
+    """
+    if _is_local(tbl.metadata_location):
+        sync_local_files(snapshot_files(tbl))
+
+
 def snapshot_files(tbl: Table) -> list[str]:
     """Every file the current snapshot added: data files, manifests, manifest list, metadata."""
     snap = tbl.current_snapshot()
@@ -98,10 +119,9 @@ def sync_local_files(paths: list[str]) -> None:
     """
     dirs: set[str] = set()
     for path in paths:
-        parsed = urlparse(path)
-        if parsed.scheme not in ("", "file"):
+        if not _is_local(path):
             continue
-        local = unquote(parsed.path)
+        local = unquote(urlparse(path).path)
         fd = os.open(local, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -110,3 +130,7 @@ def sync_local_files(paths: list[str]) -> None:
         dirs.add(os.path.dirname(local))
     for d in dirs:
         fsync_dir(Path(d))
+
+
+def _is_local(path: str) -> bool:
+    return urlparse(path).scheme in ("", "file")

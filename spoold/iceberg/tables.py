@@ -1,9 +1,18 @@
 """Tables in the catalog: load (or reuse the last version), create, evolve, and check it is still ours.
 
-spoold refuses to write into a table whose uuid differs from the one this
-spool committed to (``<spool>/<table>/.table-uuid``), or into one that has
-vanished, so a catalog that is moved away or comes back empty never receives
-rows meant for the real table.
+A create response is never trusted: some catalogs' create is not atomic (a
+second create of the same name may answer 200 and silently replace the first
+table), so after creating, spoold loads the table the catalog serves and
+adopts that one. Hosts that create a table at the same moment all end up
+writing into the one the catalog serves.
+
+Once this spool's commits are *verified* in a table (see
+:mod:`spoold.iceberg.verify`), its uuid is pinned in
+``<spool>/<table>/.table-uuid``; from then on spoold refuses to write into a
+table with another uuid, or to re-create one that has vanished, so a catalog
+that is moved away or comes back empty never receives rows meant for the real
+table. Before that, nothing is pinned: a table another host created (or
+re-created) is adopted, never refused.
 """
 
 from __future__ import annotations
@@ -15,13 +24,14 @@ from typing import Any
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 
 from spoold.config import Config, TableSpec
-from spoold.errors import CatalogError
-from spoold.iceberg.catalog import catalog_errors, open_catalog
+from spoold.errors import CatalogError, ConfigError
+from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
-from spoold.iceberg.snapshots import sync_local_files
+from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keyindex import KeyIndex
 from spoold.spool import write_atomic
 
@@ -48,12 +58,18 @@ class Tables:
         self._indexes: dict[str, KeyIndex] = {}  # the committed-key index per table (see Sink)
         self._latest: dict[str, Table] = {}  # the last version loaded or committed, per table
         self._shared: set[str] = set()  # tables another writer commits to: reusing _latest only costs there
+        self._pins: dict[str, str | None] = {}  # the pinned uuid per table, as read from (or written to) disk
         self.host = socket.gethostname()
 
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = open_catalog(self.config)
         return self._catalog
+
+    @property
+    def exclusive_create(self) -> bool:
+        """True when the catalog's create can never replace an existing table (see :func:`exclusive_create`)."""
+        return exclusive_create(self.catalog())
 
     # -- tables -----------------------------------------------------------------
     def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
@@ -86,13 +102,21 @@ class Tables:
         """Load (or reuse, see :meth:`load`) or create the table, then add any of ``types``' columns it lacks."""
         tbl = self.load(spec, reuse=reuse) or self._create(spec, types)
         missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
-        if missing:
+        widen = widenings(spec, tbl.schema())
+        if missing or widen:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
                 with tbl.update_schema() as update:
                     for name, typ in missing.items():
                         update.add_column((name,), ICEBERG_TYPES[typ])  # a tuple: "meta.src" is one name, not a path
+                    for name, typ in widen.items():
+                        update.update_column((name,), ICEBERG_TYPES[typ])
                 sync_local_files([tbl.metadata_location])
-            log.info("table %s: added columns %s", spec.identifier, ", ".join(f"{c} {t}" for c, t in missing.items()))
+            if missing:
+                log.info("table %s: added columns %s", spec.identifier,
+                         ", ".join(f"{c} {t}" for c, t in missing.items()))
+            if widen:
+                log.info("table %s: widened columns %s (as the config declares)", spec.identifier,
+                         ", ".join(f"{c} to {t}" for c, t in widen.items()))
         return tbl
 
     def _create(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
@@ -107,47 +131,129 @@ class Tables:
             except Exception:
                 if not cat.namespace_exists(ns):  # else another process created it between check and insert
                     raise
+            created = None
             try:
-                tbl = cat.create_table(
+                created = cat.create_table(
                     spec.identifier,
                     schema=schema,
                     partition_spec=partition_spec(spec, schema),
                     properties={"spoold.key": spec.key, **CREATED_TABLE_PROPERTIES},
                 )
-                sync_local_files([tbl.metadata_location])
-                log.info("table %s: created", spec.identifier)
+                sync_local_files([created.metadata_location])
             except TableAlreadyExistsError:  # another process won the race
+                pass
+            # Adopt the table the catalog serves, not the one the create answered: where a create is
+            # not atomic, two hosts' creates may both "succeed" and the name goes to the last writer.
+            try:
                 tbl = cat.load_table(spec.identifier)
+            except NoSuchTableError:
+                raise CatalogError(f"table {spec.identifier} is not served right after it was created "
+                                   "(dropped meanwhile?); trying again later") from None
+        if created is None:
+            log.info("table %s: created by another writer meanwhile; adopting it", spec.identifier)
+        elif created.metadata.table_uuid != tbl.metadata.table_uuid:
+            log.warning("table %s: created (uuid %s), but the catalog serves uuid %s (another writer created it "
+                        "at the same moment); adopting the served table", spec.identifier,
+                        created.metadata.table_uuid, tbl.metadata.table_uuid)
+        else:
+            log.info("table %s: created", spec.identifier)
         self._check_uuid(spec, tbl)
         self._latest[spec.identifier] = tbl
         return tbl
 
+    # -- the pinned uuid -------------------------------------------------------------
     def _uuid_file(self, spec: TableSpec) -> Any:
         return self.config.spool_root / spec.identifier / ".table-uuid"
 
-    def _check_not_vanished(self, spec: TableSpec) -> None:
+    def pinned(self, spec: TableSpec) -> str | None:
+        """The uuid of the table this spool's commits were verified in (None: not verified yet)."""
+        if spec.identifier not in self._pins:
+            try:
+                self._pins[spec.identifier] = self._uuid_file(spec).read_text().strip() or None
+            except FileNotFoundError:
+                self._pins[spec.identifier] = None
+        return self._pins[spec.identifier]
+
+    def verified(self, spec: TableSpec) -> bool:
+        """True once this spool's commits were verified in the table (a commit there needs no re-check)."""
+        return self.pinned(spec) is not None
+
+    def pin(self, spec: TableSpec, uuid: str) -> None:
+        """Remember ``uuid`` as the table this spool commits to (called once a commit is verified)."""
         path = self._uuid_file(spec)
-        if path.exists():
+        if path.parent.is_dir():  # (a table this spool never held a row of: kept in memory only)
+            write_atomic(path, uuid.encode())
+        self._pins[spec.identifier] = uuid
+        log.info("table %s: verified (uuid %s); this spool trusts its commits there from now on", spec.identifier, uuid)
+
+    def confirm(self, spec: TableSpec, uuid: str, snapshot_id: int) -> bool:
+        """After a commit to a table not verified yet: pin it if that is safe at once; True if pinned.
+
+        Safe at once only where the catalog's create can never replace a table
+        (then no late create can undo the commit), and only when a fresh load
+        shows the commit in the history of the table the catalog serves.
+        Elsewhere the commit is verified later (:mod:`spoold.iceberg.verify`).
+        """
+        if self.verified(spec) or not self.exclusive_create:
+            return self.verified(spec)
+        self._latest.pop(spec.identifier, None)
+        try:
+            served = self.load(spec)
+        except CatalogError as e:  # the commit stands; it is verified later instead
+            log.info("table %s: cannot verify the commit now: %s", spec.identifier, e)
+            return False
+        if served is None or str(served.metadata.table_uuid) != uuid or snapshot_id not in history_ids(served):
+            return False
+        self.pin(spec, uuid)
+        return True
+
+    def _check_not_vanished(self, spec: TableSpec) -> None:
+        known = self.pinned(spec)
+        if known is not None:
             raise CatalogError(
-                f"table {spec.identifier} (uuid {path.read_text().strip()}) has vanished from the catalog; "
-                f"not re-creating it (is the catalog the right one? delete {path} to start a new table)"
+                f"table {spec.identifier} (uuid {known}) has vanished from the catalog; not re-creating it "
+                f"(is the catalog the right one? delete {self._uuid_file(spec)} to start a new table)"
             )
 
     def _check_uuid(self, spec: TableSpec, tbl: Table) -> None:
-        """Refuse to write into a different table than the one this spool committed to."""
-        path = self._uuid_file(spec)
+        """Refuse to write into a different table than the one this spool's commits were verified in."""
+        known = self.pinned(spec)
         uuid = str(tbl.metadata.table_uuid)
-        try:
-            known = path.read_text().strip()
-        except FileNotFoundError:
-            if path.parent.is_dir():
-                write_atomic(path, uuid.encode())
-            return
-        if known != uuid:
+        if known is not None and known != uuid:
             raise CatalogError(
                 f"table {spec.identifier} was replaced (uuid {uuid}, this spool committed to {known}); "
-                f"delete {path} to accept the new table"
+                f"delete {self._uuid_file(spec)} to accept the new table"
             )
+
+
+# The promotions Iceberg allows between the types a config can declare (table type, config type).
+_WIDENINGS = {("int", "long"), ("float", "double")}
+
+
+def widenings(spec: TableSpec, schema: Schema) -> dict[str, str]:
+    """Declared columns whose config type widens the table's (``int`` → ``long``, ``float`` → ``double``).
+
+    Raises ConfigError for any other difference between a declared type and the
+    table's: Iceberg cannot change it in place, and writing on would truncate
+    or reject values.
+    """
+    out = {}
+    for col in spec.columns:
+        try:
+            field = schema.find_field(col.name)
+        except ValueError:
+            continue  # a new column: added, not changed
+        have = str(field.field_type)
+        if field.field_type == ICEBERG_TYPES[col.type]:
+            continue
+        if (have, col.type) in _WIDENINGS:
+            out[col.name] = col.type
+            continue
+        raise ConfigError(
+            f"tables.{spec.identifier!r}.columns.{col.name}: the table's column {col.name!r} is {have}, the config "
+            f"declares {col.type}; Iceberg can only widen int to long and float to double (declare {have} "
+            "again, or write to a new table)")
+    return out
 
 
 def snapshot_id(tbl: Table) -> int | None:

@@ -40,6 +40,7 @@ class SourceLine:
     end: int
     rows: list[dict[str, object]]
     error: str | None
+    partial: bool = False  # the last line of the file, without its b"\n" (only with include_partial)
 
 
 def expand_sources(patterns: Sequence[str]) -> list[Path]:
@@ -91,6 +92,7 @@ def read_lines(
     *,
     lineno: int = 1,
     include_partial: bool = False,
+    fd: int | None = None,
 ) -> Iterator[SourceLine]:
     """Yield each complete line of ``path`` from byte ``offset`` on, materialized as ``fmt``.
 
@@ -98,16 +100,18 @@ def read_lines(
     Blank lines are skipped but counted. A last line without ``b"\\n"`` is
     yielded only with ``include_partial`` (history files are finished; a
     live file's last line may still be being written). A bad line comes back
-    with ``error`` set and reading goes on; only I/O errors raise.
+    with ``error`` set and reading goes on, whatever the format's reader
+    raised for it; only I/O errors raise. ``fd``: read this open file (the
+    caller's, left open) instead of opening ``path``, which then only names it.
     """
     # Not a generator itself, so an unknown format fails at the call, not at the first next().
-    return _read(materializer(fmt), os.fspath(path), offset, lineno, include_partial)
+    return _read(materializer(fmt), os.fspath(path), offset, lineno, include_partial, fd)
 
 
 def _read(
-    materialize: Materializer, name: str, offset: int, lineno: int, include_partial: bool
+    materialize: Materializer, name: str, offset: int, lineno: int, include_partial: bool, fd: int | None
 ) -> Iterator[SourceLine]:
-    with open(name, "rb", buffering=0) as f:
+    with open(name, "rb", buffering=0) if fd is None else open(fd, "rb", buffering=0, closefd=False) as f:
         f.seek(offset)
         pos = offset  # byte offset of the next unconsumed byte
         pending: list[bytes] = []  # pieces of a line that spans blocks
@@ -134,6 +138,8 @@ def _read(
                         rows, error = materialize(line), None
                     except SourceLineError as e:
                         rows, error = [], str(e)
+                    except Exception as e:  # whatever a format raises is that line's failure, never the reader's
+                        rows, error = [], _unexpected(e)
                     yield SourceLine(name, lineno, pos, end, rows, error)
                 pos = end
                 lineno += 1
@@ -141,6 +147,7 @@ def _read(
                 pending.append(tail)
         if pending and include_partial:
             if (item := _source_line(materialize, name, lineno, pos, b"".join(pending))) is not None:
+                item.partial = True
                 yield item
 
 
@@ -154,3 +161,10 @@ def _source_line(materialize: Materializer, name: str, lineno: int, start: int, 
         return SourceLine(name, lineno, start, end, materialize(content), None)
     except SourceLineError as e:
         return SourceLine(name, lineno, start, end, [], str(e))
+    except Exception as e:
+        return SourceLine(name, lineno, start, end, [], _unexpected(e))
+
+
+def _unexpected(e: Exception) -> str:
+    """The error of a line a format's reader failed on in a way it does not check for (e.g. a bug)."""
+    return f"cannot materialize: {type(e).__name__}: {e}"

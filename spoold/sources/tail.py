@@ -1,142 +1,111 @@
 """Live tailing of ``[[sources]]``: new complete lines → rows → spool, then a durable offset.
 
-For every source glob, the files that exist now and those that appear later
-are read from their saved offset with :func:`read_lines` (complete lines only,
-so a partial last line waits), materialized with the same reader backfill
-uses, appended to the spool (durable on return) and ONLY THEN is the file's
-new offset published (atomic write under ``<spool root>/.tail/``). A crash in
-between re-reads those lines; their keys make that harmless.
+Files are followed by identity (device + inode), not by name. New complete
+lines are read from the saved :class:`Position` (partial last lines wait),
+materialized with the reader backfill uses, appended to the spool (durable on
+return) and ONLY THEN does the offset move (``<spool root>/.tail/``). A crash
+in between re-reads those lines; their keys make that harmless.
 
-A file whose inode changed (replaced) or that shrank or was rewritten below
-its offset (truncated) is read again from its start. Work per pass is bounded
-so one huge file cannot hold up flushes. A bad source line is logged (rate
-limited) and skipped; the tailer never stops on input.
+Rotation (:mod:`.rotation`): a name that now holds another inode (logrotate's
+rename-and-create, also while spoold was stopped) has its old inode looked up
+by inode in its directory and read to its end under its new name, until it
+has been quiet for ``rotated_quiet_s`` (producers may write to an open
+descriptor after the rename) or is gone. A file that shrank below its offset
+or no longer matches its fingerprint (copytruncate, a rewrite in place) has
+the rest of its rotated copy read first, if a sibling starts with the bytes
+already read, and is then read again from its start.
+
+No line stops a file: a line that cannot be materialized or encoded goes to
+the table's quarantine with its reason and bytes, and the offset moves past
+it. Failures of the environment leave the offset where it is: a full spool
+parks the file until a flush frees room (the file keeps the rows meanwhile;
+a pass is at most a quarter of ``[spool] max_bytes``, so it fits an emptied
+spool), any other (the spool's disk, reading the source) retries it with
+backoff. Symlinked sources are watched at their target's directory too.
+Work per pass is bounded.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from spoold._testhooks import reached
 from spoold.config import SourceSpec
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, SpoolFull
 from spoold.scheduler import LogLimiter
-from spoold.sources.reader import has_magic, jsonl_under, read_lines
-from spoold.spool import Spool, write_atomic
+from spoold.sources.follow import Follow, Followed
+from spoold.sources.pack import line_record, pack
+from spoold.sources.position import PositionStore
+from spoold.sources.reader import SourceLine, read_lines
+from spoold.sources.rotation import find_copy
+from spoold.spool import Spool
 
 log = logging.getLogger(__name__)
 
 OFFSETS_DIR = ".tail"
 MAX_LINES_PER_PASS = 50_000
 MAX_BYTES_PER_PASS = 8 << 20  # transcript lines can be huge (tool output): bound memory too
-_CHECK_BYTES = 64  # bytes just before the offset, to notice a file rewritten under us
+ROTATED_QUIET_S = 30.0  # a rotated file is read until it has not changed for this long
+_RETRY_S = (1.0, 30.0)  # backoff of a file whose rows could not be spooled (spool full, disk error)
 
 
-@dataclass(slots=True)
-class Offset:
-    """Where reading resumes in one file, and how to tell it is still the same file."""
-
-    path: str
-    table: str
-    dev: int = 0
-    ino: int = 0
-    offset: int = 0
-    lineno: int = 1
-    check: str = ""  # hash of the _CHECK_BYTES before ``offset``
-    size: int = 0  # size when last looked at (for lag), not persisted as truth
-
-
-@dataclass(slots=True)
-class _Source:
-    spec: SourceSpec
-    pattern: str
-    base: Path  # the longest directory prefix without wildcards: what to watch
-    regex: re.Pattern[str]
-    files: set[str] = field(default_factory=set)
+class _Moved(Exception):
+    """The follow's path is gone or holds another inode now."""
 
 
 class Tailer:
     """Tails the configured sources into ``spool`` (one thread; the daemon loop drives it)."""
 
-    def __init__(
-        self, spool: Spool, sources: Sequence[SourceSpec], *, max_lines: int = MAX_LINES_PER_PASS,
-        max_bytes: int = MAX_BYTES_PER_PASS,
-    ) -> None:
+    def __init__(self, spool: Spool, sources: Sequence[SourceSpec], *, max_lines: int = MAX_LINES_PER_PASS,
+                 max_bytes: int = MAX_BYTES_PER_PASS, rotated_quiet_s: float = ROTATED_QUIET_S) -> None:
         self.spool = spool
+        limit = spool.bounds.limits.max_bytes  # a pass must fit in an emptied spool
         self.max_lines = max_lines
-        self.max_bytes = max_bytes
+        self.max_bytes = min(max_bytes, max(1, limit // 4)) if limit else max_bytes
         self.dir = spool.root / OFFSETS_DIR
-        self._sources = [_source(s) for s in sources]
-        self._offsets: dict[str, Offset] = {}  # by offset-file key
-        self._owner: dict[str, tuple[int, str]] = {}  # offset key → (source index, path)
-        self._dirty: dict[str, None] = {}  # insertion-ordered: a file with more left goes to the back
+        self.files = Followed(PositionStore(self.dir), sources, spool.root, rotated_quiet_s)
+        self._retry: dict[str, float] = {}  # key → monotonic time of its next try after a failure
+        self._parked: dict[str, str] = {}  # key → table: refused by a full spool, waiting for room
         self._errors = LogLimiter()
-        self._loaded = False
 
-    # -- what to watch ----------------------------------------------------------
+    # -- what to watch, what changed ------------------------------------------------
     def watch_paths(self) -> list[Path]:
-        """Existing base directories of the source globs (a missing one is picked up by ``discover``)."""
-        return sorted({s.base for s in self._sources if s.base.is_dir()})
+        """Existing source directories, and those of symlink targets and rotated files outside them."""
+        return [p for p in self.files.wanted_paths() if p.is_dir()]
 
     def wanted_paths(self) -> list[Path]:
-        """Every base directory, existing or not."""
-        return sorted({s.base for s in self._sources})
+        """Every directory to watch, existing or not."""
+        return self.files.wanted_paths()
 
     def covers(self, path: str) -> bool:
-        """True if ``path`` lies under one of the watched source directories."""
-        return any(_under(path, s.base) for s in self._sources)
+        """True if an event at ``path`` may concern a tailed file (the daemon then calls :meth:`on_change`)."""
+        return self.files.covers(path)
 
-    # -- discovery --------------------------------------------------------------
     def discover(self) -> None:
-        """Glob every source; start tailing new files, forget vanished ones."""
-        self._load()
-        for i, src in enumerate(self._sources):
-            found = {os.path.abspath(p) for p in glob.glob(src.pattern, recursive=True) if os.path.isfile(p)}
-            for path in found - src.files:
-                self._add(i, path)
-            for path in src.files - found:
-                self._drop(i, path)
-            for path in found & src.files:
-                # Safety net for a missed event: anything that moved since the last look is read.
-                key = _key(src.spec.table, path)
-                off = self._offsets[key]
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                if st.st_size != off.offset or (st.st_dev, st.st_ino) != (off.dev, off.ino):
-                    self._dirty[key] = None
-                off.size = st.st_size
-        for key, off in list(self._offsets.items()):
-            if key not in self._owner and not os.path.exists(off.path):
-                self._offsets.pop(key)  # an offset of a file gone while we were not running
-                (self.dir / f"{key}.json").unlink(missing_ok=True)
+        """Glob every source; tail new files, notice moved and vanished ones, retire rotated ones."""
+        self.files.discover()
 
     def on_change(self, path: str, deleted: bool = False) -> bool:
         """A filesystem event at ``path``; True when it concerns a tailed (or newly matching) file."""
-        hit = False
-        for i, src in enumerate(self._sources):
-            key = _key(src.spec.table, path)
-            if path in src.files:
-                self._dirty[key] = None
-                hit = True
-            elif not deleted and src.regex.match(path) and os.path.isfile(path):
-                hit = self._add(i, path) or hit
-        return hit
+        return self.files.on_change(path)
 
     def has_work(self) -> bool:
-        return bool(self._dirty)
+        """True while some file has lines to read now (or a failed one is due for another try)."""
+        dirty = self.files.dirty
+        for key, table in list(self._parked.items()):
+            if key not in self.files.follows:
+                del self._parked[key]
+            elif not self.spool.bounds.full(table):  # room again: read on from its offset
+                del self._parked[key]
+                dirty[key] = None
+            else:
+                dirty.pop(key, None)  # a parked file waits for room, not for its next change
+        return bool(dirty) or (bool(self._retry) and min(self._retry.values()) <= time.monotonic())
 
     # -- reading ----------------------------------------------------------------
     def run_pass(self, max_lines: int | None = None) -> dict[str, int]:
@@ -145,152 +114,140 @@ class Tailer:
         At most ``max_lines`` source lines (and about ``max_bytes`` bytes) are
         read; files with more left stay dirty, behind the others, for the next pass.
         """
-        self._load()
+        files = self.files
+        files.load()
+        now = time.monotonic()
+        for key in [k for k, at in self._retry.items() if at <= now]:
+            del self._retry[key]
+            if key in files.follows:
+                files.dirty[key] = None
         budget = self.max_lines if max_lines is None else max_lines
         byte_budget = self.max_bytes
         appended: dict[str, int] = {}
-        for key in list(self._dirty):
+        for key in list(files.dirty):
             if budget <= 0 or byte_budget <= 0:
                 break
-            del self._dirty[key]
-            owner = self._owner.get(key)
-            if owner is None:
-                continue
-            src = self._sources[owner[0]]
+            if key not in files.dirty or key not in files.follows or key in self._parked:
+                files.dirty.pop(key, None)
+                continue  # forgotten since the pass began, or waiting for room
+            del files.dirty[key]
+            f = files.follows[key]
+            table = files.spec(f).table
             try:
-                rows, lines, nbytes, more = self._read_file(src, self._offsets[key], budget, byte_budget)
-            except FileNotFoundError:
-                log.info("source %s: gone; no longer tailed", owner[1])
-                self._drop(owner[0], owner[1])
+                rows, lines, nbytes, more = self._read(f, budget, byte_budget)
+            except _Moved:
+                files.moved(f)
+                continue
+            except SpoolFull as e:
+                self._parked[key] = table
+                self._log_error(f"full:{table}", "source %s: waiting for room in the spool: %s", f.pos.path, e)
                 continue
             except (OSError, SpooldError) as e:
-                # Cannot read it or cannot spool right now: the offset stays, the next event
-                # or rescan tries again.
-                self._log_error(f"io:{key}", "source %s: not tailed this time: %s", owner[1], e)
+                # Cannot read it or cannot spool right now: the offset stays; tried again after a pause.
+                f.failures += 1
+                self._retry[key] = time.monotonic() + min(_RETRY_S[1], _RETRY_S[0] * 2 ** (f.failures - 1))
+                self._log_error(f"io:{key}", "source %s: not tailed this time, retrying: %s", f.pos.path, e)
                 continue
+            f.failures = 0
             budget -= lines
             byte_budget -= nbytes
             if rows:
-                appended[src.spec.table] = appended.get(src.spec.table, 0) + rows
+                appended[table] = appended.get(table, 0) + rows
             if more:
-                self._dirty[key] = None
+                files.dirty[key] = None
         return appended
 
-    def _read_file(self, src: _Source, off: Offset, budget: int, byte_budget: int) -> tuple[int, int, int, bool]:
+    def _read(self, f: Follow, budget: int, byte_budget: int) -> tuple[int, int, int, bool]:
         """Tail one file; returns (rows appended, lines read, bytes read, more left)."""
-        st = os.stat(off.path)
-        if not self._same_file(off, st):
-            replaced = (off.dev, off.ino) != (st.st_dev, st.st_ino)
-            log.info("source %s: %s; reading it again from the start", off.path,
-                     "replaced" if replaced else "truncated or rewritten")
-            off.offset, off.lineno, off.check = 0, 1, ""
-        off.dev, off.ino, off.size = st.st_dev, st.st_ino, st.st_size
-        if st.st_size <= off.offset:
-            return 0, 0, 0, False
-        rows: list[dict[str, object]] = []
-        lines = 0
-        end, lineno = off.offset, off.lineno
-        more = False
-        for line in read_lines(off.path, src.spec.format, off.offset, lineno=off.lineno):
-            if line.error is not None:
-                self._log_error(f"line:{src.spec.path}", "source %s line %d: skipped: %s",
-                                line.path, line.lineno, line.error)
-            else:
-                rows.extend(line.rows)
-            end, lineno = line.end, line.lineno + 1
-            lines += 1
-            if lines >= budget or end - off.offset >= byte_budget:
-                more = True
-                break
-        if end == off.offset:
-            return 0, lines, 0, False  # only a partial line (or blank lines) so far
-        if rows:
-            self.spool.append(src.spec.table, rows)  # durable when it returns ...
-            reached("tail.appended")  # test-only mark: a crash here re-reads these lines
-        check = _check_hash(off.path, end)
-        read = end - off.offset
-        off.offset, off.lineno, off.check = end, lineno, check
-        self._save(off)  # ... and only then does the offset move past those lines
-        return len(rows), lines, read, more
+        pos, spec = f.pos, self.files.spec(f)
+        try:
+            fd = os.open(pos.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise _Moved from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != pos.identity:
+                raise _Moved
+            f.size, f.mtime_ns = st.st_size, st.st_mtime_ns
+            if not pos.same_file(fd, st):
+                if not f.live:  # a rotated file only ever goes on; this is not the one we were reading
+                    self.files.forget(f.key, f"source {pos.path}: changed after its rotation")
+                    return 0, 0, 0, False
+                if self._rewritten(f):
+                    return 0, 0, 0, False  # its rotated copy is read first
+            quiet = not f.live and time.time() - st.st_mtime >= self.files.rotated_quiet_s
+            if st.st_size <= pos.offset:
+                if quiet:
+                    self.files.forget(f.key, f"source {pos.path} (rotated): read to its end")
+                return 0, 0, 0, False
+            start = pos.offset
+            good: list[SourceLine] = []
+            bad: list[tuple[SourceLine, str]] = []
+            end, lineno, lines, more = start, pos.lineno, 0, False
+            # A rotated file that stopped changing is finished: its unterminated last line is final too.
+            for line in read_lines(pos.path, spec.format, start, lineno=pos.lineno, include_partial=quiet, fd=fd):
+                if line.error is not None:
+                    bad.append((line, line.error))
+                elif line.rows:
+                    good.append(line)
+                end, lineno = line.end, line.lineno + 1
+                lines += 1
+                if lines >= budget or end - start >= byte_budget:
+                    more = True
+                    break
+            if end == start:
+                return 0, lines, 0, False  # only a partial line (or blank lines) so far
+            envs, poison = pack(good)
+            self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
+            if envs:
+                self.spool.append_lines(spec.table, envs)  # durable when it returns ...
+                reached("tail.appended")  # test-only mark: a crash here re-reads these lines
+            pos.move(fd, st, end, lineno)
+            self.files.save(f)  # ... and only then does the offset move past those lines
+            if quiet and end >= st.st_size:
+                self.files.forget(f.key, f"source {pos.path} (rotated): read to its end")
+            return sum(n for _, n in envs), lines, end - start, more
+        finally:
+            os.close(fd)
 
-    @staticmethod
-    def _same_file(off: Offset, st: os.stat_result) -> bool:
-        if not off.ino:
-            return True  # never read: start from offset 0 anyway
-        if (off.dev, off.ino) != (st.st_dev, st.st_ino) or st.st_size < off.offset:
-            return False
-        return not off.check or _check_hash(off.path, off.offset) == off.check
+    def _rewritten(self, f: Follow) -> bool:
+        """``f`` shrank below its offset or changed under it: read its rotated copy (if any) first, then it."""
+        pos = f.pos
+        copy = find_copy(pos, [os.path.dirname(pos.path), os.path.dirname(f.real)], pos.path) if pos.offset else None
+        log.info("source %s: truncated or rewritten; %s", pos.path, f"reading the rest of its copy {copy} first, "
+                 "then it from its start" if copy else "reading it again from its start")
+        if copy is not None:
+            self.files.add_copy(f, copy)
+        pos.reset()
+        self.files.dirty[f.key] = None
+        return copy is not None
+
+    def _quarantine(self, f: Follow, fd: int, bad: list[tuple[SourceLine, str]]) -> None:
+        if not bad:
+            return
+        spec = self.files.spec(f)
+        records = [line_record(reason, line, fd, format=spec.format, source="tail") for line, reason in bad]
+        # Named by the first bad line: a pass retried after a failure replaces the file, never doubles it.
+        self.spool.quarantine(spec.table, f"tail-{f.key[:16]}-{bad[0][0].start:015d}", records)
+        line, reason = bad[0]
+        self._log_error(f"line:{spec.path}", "source %s line %d: quarantined (%d line(s) in this read): %s",
+                        line.path, line.lineno, len(bad), reason)
 
     # -- lag ----------------------------------------------------------------------
     def lag(self) -> list[dict[str, Any]]:
         """Per source: files tailed, bytes read and bytes not yet read (as of the last look)."""
         out = []
-        for src in self._sources:
-            offs = [self._offsets[_key(src.spec.table, p)] for p in sorted(src.files)]
-            done = sum(min(o.offset, o.size) for o in offs)
+        for i, g in enumerate(self.files.globs):
+            follows = [f for f in self.files.follows.values() if f.src == i]
             out.append({
-                "table": src.spec.table,
-                "path": src.spec.path,
-                "format": src.spec.format,
-                "files": len(offs),
-                "offset_bytes": done,
-                "lag_bytes": sum(max(0, o.size - o.offset) for o in offs),
+                "table": g.spec.table,
+                "path": g.spec.path,
+                "format": g.spec.format,
+                "files": len(follows),
+                "offset_bytes": sum(min(f.pos.offset, f.size) for f in follows),
+                "lag_bytes": sum(max(0, f.size - f.pos.offset) for f in follows),
             })
         return out
-
-    # -- offsets on disk ----------------------------------------------------------
-    def _add(self, index: int, path: str) -> bool:
-        src = self._sources[index]
-        key = _key(src.spec.table, path)
-        if key in self._owner:  # the same file under two globs of one table: tail it once
-            return False
-        if _under(path, Path(os.path.abspath(self.spool.root))):
-            return False  # a glob that reaches into the spool must not tail spoold's own files
-        src.files.add(path)
-        self._owner[key] = (index, path)
-        off = self._offsets.setdefault(key, Offset(path=path, table=src.spec.table))
-        try:
-            off.size = os.stat(path).st_size
-        except OSError:
-            pass
-        self._dirty[key] = None
-        return True
-
-    def _drop(self, index: int, path: str) -> None:
-        src = self._sources[index]
-        key = _key(src.spec.table, path)
-        src.files.discard(path)
-        self._owner.pop(key, None)
-        self._dirty.pop(key, None)
-        if self._offsets.pop(key, None) is not None:
-            try:
-                (self.dir / f"{key}.json").unlink()
-            except FileNotFoundError:
-                pass
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        if not self.dir.is_dir():
-            return
-        for f in self.dir.glob("*.json"):
-            try:
-                doc = orjson.loads(f.read_bytes())
-                off = Offset(path=doc["path"], table=doc["table"], dev=int(doc["dev"]), ino=int(doc["ino"]),
-                             offset=int(doc["offset"]), lineno=int(doc["lineno"]), check=str(doc.get("check", "")))
-            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                # Unreadable offset: the file is read again from its start (keys make that harmless).
-                log.warning("tail offsets %s unreadable (%s); that file will be re-read", f, e)
-                continue
-            self._offsets[_key(off.table, off.path)] = off
-
-    def _save(self, off: Offset) -> None:
-        if not self.dir.is_dir():
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        doc = {"path": off.path, "table": off.table, "dev": off.dev, "ino": off.ino, "offset": off.offset,
-               "lineno": off.lineno, "check": off.check, "at": round(time.time(), 3)}
-        write_atomic(self.dir / f"{_key(off.table, off.path)}.json", orjson.dumps(doc))
 
     def _log_error(self, key: str, msg: str, *args: object) -> None:
         suppressed = self._errors.allow(key, time.monotonic())
@@ -299,77 +256,3 @@ class Tailer:
         if suppressed:
             msg += f" (and {suppressed} more like it in the last minute)"
         log.warning(msg, *args)
-
-
-def _key(table: str, path: str) -> str:
-    return hashlib.sha256(f"{table}\0{path}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
-
-
-def _check_hash(path: str, offset: int) -> str:
-    if offset <= 0:
-        return ""
-    start = max(0, offset - _CHECK_BYTES)
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(offset - start)
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
-def _under(path: str, base: Path) -> bool:
-    b = str(base)
-    return path == b or path.startswith(b.rstrip("/") + "/")
-
-
-def _source(spec: SourceSpec) -> _Source:
-    pattern = os.path.abspath(os.path.expanduser(spec.path))
-    if not has_magic(pattern) and os.path.isdir(pattern):
-        pattern = jsonl_under(pattern)  # as backfill reads a directory
-    parts = pattern.split("/")
-    fixed = []
-    for part in parts[:-1]:
-        if has_magic(part):
-            break
-        fixed.append(part)
-    base = Path("/".join(fixed) or "/")
-    return _Source(spec, pattern, base, _glob_regex(pattern))
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex matching the paths ``glob.glob(pattern, recursive=True)`` would return (hidden names excluded)."""
-    parts = pattern.split("/")
-    out = []
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if part == "**":
-            out.append(r"(?:(?!\.)[^/]+/)*" if not last else r"(?:(?!\.)[^/]+/?)*")
-            continue
-        out.append(_component_regex(part) + ("" if last else "/"))
-    return re.compile("".join(out) + r"\Z")
-
-
-def _component_regex(part: str) -> str:
-    if not has_magic(part):
-        return re.escape(part)
-    out = [r"(?!\.)"] if part[0] in "*?[" else []
-    i = 0
-    while i < len(part):
-        c = part[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = part.find("]", i + 2)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = part[i + 1 : j]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-

@@ -25,7 +25,9 @@ Each content part of a message becomes one row with exactly these columns:
 element that is a bare string is likewise a ``text`` part. A list element
 that is neither an object nor a string, or an object without a string
 ``type``, becomes kind ``"unknown"`` with its JSON as text, so no content is
-dropped silently. ``content`` that is neither a string nor a list is an error.
+dropped silently. ``content`` that is neither a string nor a list is an error, and so is a
+part nested too deeply to write back as JSON (orjson reads 1,024 levels but
+writes ~254).
 """
 
 from __future__ import annotations
@@ -110,4 +112,7 @@ def _kind_and_text(part: object) -> tuple[str, str]:
 
 
 def _as_json(value: object) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # orjson reads 1,024 levels of nesting but writes only ~254
+        raise SourceLineError("a content part is nested too deeply to store as JSON") from None

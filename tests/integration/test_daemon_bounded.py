@@ -5,19 +5,15 @@ The real daemon (``python -m spoold run``) against a temp spool and a real SQLit
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import read_table, run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
+from daemonproc import DaemonProc, notify_socket, wait_for
 
 from spoold.config import load_config
 from spoold.spool import Spool
@@ -38,32 +34,6 @@ def backlog(cfg: Path, table: str, n: int) -> None:
     spool = Spool.from_config(load_config(cfg))
     for i in range(0, n, 10_000):
         spool.append(table, [{"part_id": f"r{j}", "n": j} for j in range(i, min(n, i + 10_000))])
-
-
-@contextmanager
-def notify_socket() -> Iterator[tuple[str, list[tuple[float, str]]]]:
-    """A private NOTIFY_SOCKET; yields its address and the (time, datagram) pairs received."""
-    name = f"spoold-test-{uuid.uuid4().hex}"
-    got: list[tuple[float, str]] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind("\0" + name)
-        sock.settimeout(0.1)
-        done = threading.Event()
-
-        def receive() -> None:
-            while not done.is_set():
-                try:
-                    got.append((time.monotonic(), sock.recv(65536).decode()))
-                except TimeoutError:
-                    continue
-
-        rx = threading.Thread(target=receive)
-        rx.start()
-        try:
-            yield "@" + name, got
-        finally:
-            done.set()
-            rx.join()
 
 
 def hold_flush_lock(cfg: Path, table: str) -> subprocess.Popen[bytes]:

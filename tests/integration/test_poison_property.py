@@ -83,7 +83,9 @@ def _envelopes(rows: list[dict[str, bytes]], sizes: list[int]) -> bytes:
 def _quarantined_keys(qdir: Path) -> list[str]:
     keys = []
     for p in qdir.glob("*.jsonl"):
-        for line in p.read_text().splitlines():
+        for line in p.read_text().split("\n"):
+            if not line:
+                continue
             rec = json.loads(line)
             if rec.get("key"):
                 keys.append(rec["key"])

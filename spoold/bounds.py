@@ -1,0 +1,161 @@
+"""The spool's bounds (SPEC "Operating it"): pending bytes per table and free space on its filesystem.
+
+An append that would cross ``[spool] max_bytes`` (a table's pending bytes:
+``active.jsonl`` plus its flush files) or leave less than ``min_free_bytes``
+free on the spool's filesystem is refused whole with :class:`SpoolFull`.
+Nothing acknowledged is ever dropped to make room: a flush frees it. Only
+appends are bounded; rotation, flush and quarantine never are (a flush is
+what frees room).
+
+The check runs under the table's append lock on every append, so it is kept
+cheap: one ``fstat`` and one ``fstatvfs`` of the open active file, and the
+flush files' total size, listed again only when the table's directory changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from spoold.config import SpoolLimits
+from spoold.errors import SpoolFull
+
+AUTO_FREE_FRACTION = 0.02  # min_free_bytes by default: 2% of the spool's filesystem ...
+AUTO_FREE_MAX = 256 << 20  # ... and never more than 256 MiB
+# A directory changed within this long of its listing may change again without its mtime moving
+# (timestamps come from a coarse clock): such a listing is not trusted twice.
+_RACY_NS = 100_000_000
+
+
+def min_free(limits: SpoolLimits, fs_bytes: int) -> int:
+    """Free bytes to keep on a filesystem of ``fs_bytes``: the setting, or the default share of it."""
+    if limits.min_free_bytes != SpoolLimits.AUTO_FREE:
+        return limits.min_free_bytes
+    return min(int(fs_bytes * AUTO_FREE_FRACTION), AUTO_FREE_MAX)
+
+
+class Bounds:
+    """The bounds of one spool root; thread-safe. ``rotated`` names a table's flush files."""
+
+    def __init__(self, root: Path, limits: SpoolLimits, rotated: re.Pattern[str], active: str) -> None:
+        self.root = root
+        self.limits = limits
+        self._rotated = rotated
+        self._active = active
+        self._sizes: dict[str, tuple[int, int]] = {}  # table → (its directory's mtime_ns, flush files' bytes)
+        self._refused: dict[str, int] = {}  # table → size of the last append refused in this process
+        self._guard = threading.Lock()
+
+    # -- the check (under the table's append lock) -------------------------------------
+    def check(self, table: str, fd: int, size: int, *, staged: bool = False) -> None:
+        """Raise :class:`SpoolFull` if appending ``size`` bytes to ``table``'s active ``fd`` would cross a bound.
+
+        ``staged``: ``fd`` is instead a staging file that already holds the ``size``
+        bytes (a large append published by rename), so their space is already taken.
+        """
+        pending = self.pending_bytes(table) if staged else os.fstat(fd).st_size + self.rotated_bytes(table)
+        fs = os.fstatvfs(fd) if self.limits.min_free_bytes else None
+        refusal = self._refusal(table, pending, size, fs, size if staged else 0)
+        with self._guard:
+            if refusal is None:
+                self._refused.pop(table, None)
+                return
+            self._refused[table] = size
+        raise SpoolFull(refusal)
+
+    def disk_full(self, table: str, size: int, e: OSError) -> SpoolFull | None:
+        """The retryable SpoolFull an append of ``size`` bytes that failed with ``e`` raises, if the disk is full."""
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return None
+        with self._guard:
+            self._refused[table] = size
+        return SpoolFull(f"spool full: no space left on the spool's filesystem for an append of {size} bytes "
+                         f"to table {table} ({e.strerror})")
+
+    def _refusal(self, table: str, pending: int, size: int, fs: os.statvfs_result | None, taken: int) -> str | None:
+        """Why an append of ``size`` bytes must be refused, or None (``fs`` None: no free space to keep;
+        ``taken``: bytes of it already written, no longer free)."""
+        limit = self.limits.max_bytes
+        if limit and pending + size > limit:
+            if size > limit:
+                return (f"spool full: an append of {size} bytes to table {table} is larger than "
+                        f"[spool] max_bytes = {limit} on its own")
+            return (f"spool full: table {table} has {pending} bytes pending; {size} more would cross "
+                    f"[spool] max_bytes = {limit} (a flush frees room)")
+        if fs is None:
+            return None
+        free, keep = fs.f_bavail * fs.f_frsize + taken, min_free(self.limits, fs.f_blocks * fs.f_frsize)
+        if free - size < keep:
+            return (f"spool full: {free} bytes free on the spool's filesystem; an append of {size} bytes to "
+                    f"table {table} would leave less than [spool] min_free_bytes = {keep}")
+        return None
+
+    # -- what the daemon, status and metrics show -----------------------------------------
+    def pending_bytes(self, table: str) -> int:
+        """Bytes ``table`` has pending: ``active.jsonl`` plus its flush files."""
+        try:
+            active = os.stat(self.root / table / self._active).st_size
+        except FileNotFoundError:
+            active = 0
+        return active + self.rotated_bytes(table)
+
+    def room(self, table: str) -> int:
+        """Bytes an append to ``table`` could add right now (may be negative); a hint, the check decides."""
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return 0
+        room = fs.f_bavail * fs.f_frsize - min_free(self.limits, fs.f_blocks * fs.f_frsize)
+        if self.limits.max_bytes:
+            room = min(room, self.limits.max_bytes - self.pending_bytes(table))
+        return room
+
+    def full(self, table: str) -> bool:
+        """True while ``table`` takes no append: no room, or less than this process's last refused append needs."""
+        with self._guard:
+            need = self._refused.get(table, 1)
+        return self.room(table) < need
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the spool's filesystem (as an unprivileged writer sees them); None if unknown."""
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return None
+        return fs.f_bavail * fs.f_frsize
+
+    # -- the flush files' size, cached -----------------------------------------------------
+    def rotated_bytes(self, table: str) -> int:
+        """Total size of ``table``'s flush files; listed again only when its directory changed.
+
+        Flush files are immutable: only a rotation (a new one) or a flush (removing
+        some) changes the total, and both change the directory's mtime.
+        """
+        d = self.root / table
+        try:
+            mtime = os.stat(d).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+        with self._guard:
+            cached = self._sizes.get(table)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        listed_at = time.time_ns()
+        total = 0
+        with os.scandir(d) as entries:
+            for e in entries:
+                if self._rotated.fullmatch(e.name):
+                    try:
+                        total += e.stat().st_size
+                    except FileNotFoundError:
+                        pass  # flushed while we looked
+        with self._guard:
+            if mtime < listed_at - _RACY_NS:
+                self._sizes[table] = (mtime, total)
+            else:
+                self._sizes.pop(table, None)
+        return total

@@ -1,0 +1,57 @@
+"""Source lines → envelope lines for the spool, with each line that cannot be stored set aside.
+
+A tailing pass encodes all its rows at once, so the usual case costs one
+encode. When that fails (a value nested deeper than orjson writes: it reads
+1,024 levels but writes ~254; a column name no envelope carries), the lines
+are halved until every failing one is alone: those come back with their
+reason, for quarantine, and every other line is spooled. A failing line
+costs O(log n) re-encodes of shrinking halves, never one encode per line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from spoold.envelope import envelopes
+from spoold.errors import SpooldError
+from spoold.sources.reader import SourceLine
+from spoold.spool import quarantine_record
+
+Envelope = tuple[bytes, int]  # an encoded envelope line and its row count
+
+
+def pack(lines: Sequence[SourceLine]) -> tuple[list[Envelope], list[tuple[SourceLine, str]]]:
+    """Envelopes of the rows of ``lines``, and the lines whose rows cannot be encoded, with why."""
+    rows = [row for line in lines for row in line.rows]
+    if not rows:
+        return [], []
+    try:
+        return list(envelopes(rows)), []
+    except Exception as e:  # whatever encoding raises is the fault of some line's rows
+        if len(lines) == 1:
+            return [], [(lines[0], _reason(e))]
+    mid = len(lines) // 2
+    first, bad_first = pack(lines[:mid])
+    second, bad_second = pack(lines[mid:])
+    return first + second, bad_first + bad_second
+
+
+def line_record(reason: str, line: SourceLine, fd: int, **extra: Any) -> dict[str, Any]:
+    """A quarantine record of source ``line`` (read back from ``fd``: its exact bytes, without the newline)."""
+    raw = os.pread(fd, line.end - line.start, line.start)
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    return quarantine_record(reason, line.path, line.lineno, raw, offset=line.start, **extra)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, TypeError) and "Recursion" in str(e):
+        return "a value is nested too deeply to store in the spool (orjson writes at most ~254 levels)"
+    if isinstance(e, SpooldError):
+        return f"cannot store in the spool: {e}"
+    return f"cannot store in the spool: {type(e).__name__}: {e}"
+
+
+__all__ = ["Envelope", "line_record", "pack"]
