@@ -201,10 +201,10 @@ def test_tailer_killed_between_spool_append_and_offset_save(
     hooks.wait_paused(d.proc.pid, alive=lambda: d.proc.poll() is None)
     d.kill()
 
-    # The window was hit: the rows are in the spool, the offset is not on disk.
+    # The window was hit: the rows are in the spool, the offset on disk has not moved past them.
     assert sorted(spooled_keys(cfg)) == sorted(f"t{i}" for i in range(50))
     offsets = tmp_path / "state" / "spool" / OFFSETS_DIR
-    assert not offsets.is_dir() or not list(offsets.glob("*.json"))
+    assert [orjson.loads(p.read_bytes())["offset"] for p in offsets.glob("*.json")] in ([], [0])
     assert table(cfg) is None
 
     d = daemons(cfg)
@@ -236,3 +236,34 @@ def test_shutdown_past_its_timeout_exits_0_and_leaves_the_rows_spooled(
     assert snapshots(cfg) == 1  # the second commit never reached the catalog
     assert flush_json(cfg) == {"committed": 20, "deduplicated": 0, "quarantined": 0}
     assert committed(cfg) == Counter(["warm"] + [f"s{i}" for i in range(20)])
+
+
+# -- quarantine replay: rows re-spooled, their records not removed yet --------------------------------
+def test_replay_killed_between_respool_and_record_removal(tmp_path: Path) -> None:
+    declared = '[tables."ev.q".columns]\npart_id = "string!"\nn = "{}"\n'
+    cfg = write_config(tmp_path, declared.format("int"))
+    Spool.from_config(load_config(cfg)).append("ev.q", [{"part_id": f"w{i}", "n": 3_000_000_000} for i in range(50)])
+    assert json.loads(run_spoold("flush", "--json", "--config", str(cfg)).stdout)["tables"]["ev.q"]["quarantined"] == 50
+    cfg = write_config(tmp_path, declared.format("long"))  # widened: the records pass now
+    hooks = Hooks(tmp_path / "hooks", pause_at="replay.respooled@1")
+    proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "replay", "ev.q", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
+    hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
+    kill(proc)
+
+    # The window was hit: each row is both re-spooled and still in quarantine.
+    config = load_config(cfg)
+    spool = Spool.from_config(config)
+    validator = Validator(config.table("ev.q"))
+    respooled = [k for p in spool.pending("ev.q") for _, _, v in read_validated(p, validator) for k in v.keys]
+    qfiles = list((spool.table_dir("ev.q") / "quarantine").glob("*.jsonl"))
+    records = [orjson.loads(line) for q in qfiles for line in q.read_bytes().splitlines()]
+    assert sorted(respooled) == sorted(r["row"][0] for r in records) == sorted(f"w{i}" for i in range(50))
+
+    out = run_spoold("quarantine", "replay", "ev.q", "--json", "--config", str(cfg))
+    assert out.returncode == 0 and json.loads(out.stdout)["replayed"] == 50  # the same records again
+    flushed = run_spoold("flush", "--json", "--config", str(cfg))
+    assert json.loads(flushed.stdout)["tables"]["ev.q"] == {"committed": 50, "deduplicated": 50, "quarantined": 0}
+    tbl = Sink(config).load(config.table("ev.q"))
+    assert Counter(tbl.scan().to_arrow().column("part_id").to_pylist()) == Counter(f"w{i}" for i in range(50))
+    assert not list((spool.table_dir("ev.q") / "quarantine").glob("*.jsonl"))
