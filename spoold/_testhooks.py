@@ -11,8 +11,10 @@ Points: ``commit.staged`` (a commit's data and manifests are written, the
 catalog has not accepted it), ``flush.committed`` (the catalog accepted the
 commit, the flush files it finished are neither deleted nor held yet),
 ``flush.removed`` (they are), ``tail.appended`` (a tailer's rows are durably
-spooled, its offset is not saved yet), ``replay.respooled`` (a quarantine
-replay's rows are durably spooled, their records are not removed yet).
+spooled, its offset is not saved yet), ``backfill.committed`` (a backfill
+chunk is committed, the source cursors it covers are not saved yet),
+``replay.respooled`` (a quarantine replay's rows are durably spooled, their
+records are not removed yet).
 """
 
 from __future__ import annotations

@@ -86,8 +86,9 @@ def test_known_bug():
 def test_a_skip_must_say_why_and_fails_under_ci(tmp_path: Path) -> None:
     suite = tmp_path / "suite"  # the suite's conftest, beside a test file of skips
     (suite / "tests").mkdir(parents=True)
-    for name in ("conftest.py", "daemonproc.py"):
-        (suite / "tests" / name).write_bytes((REPO / "tests" / name).read_bytes())
+    for helper in (REPO / "tests").glob("*.py"):  # conftest and the helper modules it loads
+        if not helper.name.startswith("test_"):
+            (suite / "tests" / helper.name).write_bytes(helper.read_bytes())
     (suite / "tests" / "test_skips.py").write_text(SKIPPING)
     (suite / "pytest.ini").write_text("[pytest]\npythonpath = tests\naddopts = --import-mode=importlib\n")
 

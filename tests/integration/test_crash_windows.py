@@ -30,6 +30,7 @@ from testhooks import Hooks
 from spoold.config import load_config
 from spoold.envelope import Validator
 from spoold.iceberg.sink import Sink
+from spoold.sources.cursor import CURSORS_DIR
 from spoold.sources.tail import OFFSETS_DIR
 from spoold.spool import Spool, read_validated
 
@@ -267,3 +268,34 @@ def test_replay_killed_between_respool_and_record_removal(tmp_path: Path) -> Non
     tbl = Sink(config).load(config.table("ev.q"))
     assert Counter(tbl.scan().to_arrow().column("part_id").to_pylist()) == Counter(f"w{i}" for i in range(50))
     assert not list((spool.table_dir("ev.q") / "quarantine").glob("*.jsonl"))
+
+
+# -- backfill: a chunk committed, the source cursor not moved past it yet ------------------------------
+def test_backfill_killed_between_its_commit_and_its_cursor_save(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    src = tmp_path / "history.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"part_id": f"h{i}", "n": i}) + b"\n" for i in range(300)))
+    args = ("backfill", "app.rows", "--source", str(src), "--limit", "100", "--json", "--config", str(cfg))
+    hooks = Hooks(tmp_path / "hooks", pause_at="backfill.committed@1")
+    proc = subprocess.Popen([sys.executable, "-m", "spoold", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
+    hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
+    kill(proc)
+
+    # The window was hit: the first 100 rows are committed, the cursor has not moved past them.
+    config = load_config(cfg)
+    tbl = Sink(config).load(config.table("app.rows"))
+    assert len(tbl.scan().to_arrow()) == 100
+    cursors = config.spool_root / CURSORS_DIR / "app.rows"
+    assert [orjson.loads(p.read_bytes())["offset"] for p in cursors.glob("*.json")] in ([], [0])
+
+    runs = []
+    for _ in range(4):
+        out = run_spoold(*args)
+        assert out.returncode == 0, out.stderr
+        runs.append({k: json.loads(out.stdout)[k] for k in ("written", "skipped_committed")})
+    # The first run reads the committed rows again and keeps none; the next ones go on from there.
+    assert runs == [{"written": 0, "skipped_committed": 100}, {"written": 100, "skipped_committed": 0},
+                    {"written": 100, "skipped_committed": 0}, {"written": 0, "skipped_committed": 0}]
+    keys = Sink(config).load(config.table("app.rows")).scan().to_arrow().column("part_id").to_pylist()
+    assert Counter(keys) == Counter(f"h{i}" for i in range(300))
