@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 RANDOM_TEST = "tests/integration/test_random_ops.py::test_random_spool_operations_keep_every_row_exactly_once"
@@ -34,6 +35,7 @@ def decisions(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(("chunk_rows ", "step "))]
 
 
+@pytest.mark.slow  # three pytest runs
 def test_a_seed_replays_a_randomized_test_exactly(tmp_path: Path) -> None:
     runs = {name: pytest_run(tmp_path / name, str(REPO / RANDOM_TEST), seed=seed)
             for name, seed in (("a", 12345), ("b", 12345), ("c", 54321))}
@@ -45,6 +47,7 @@ def test_a_seed_replays_a_randomized_test_exactly(tmp_path: Path) -> None:
     assert a != c  # and the seed is what decides them
 
 
+@pytest.mark.slow  # two pytest runs
 def test_a_run_without_a_seed_prints_the_one_it_drew_and_it_replays(tmp_path: Path) -> None:
     first = pytest_run(tmp_path / "first", str(REPO / RANDOM_TEST), seed=None)
     assert first.returncode == 0, first.stdout[-3000:]
@@ -53,6 +56,7 @@ def test_a_run_without_a_seed_prints_the_one_it_drew_and_it_replays(tmp_path: Pa
     assert decisions(again.stdout) == decisions(first.stdout)
 
 
+@pytest.mark.slow  # three pytest runs of a Hypothesis module
 def test_a_seed_replays_hypothesis_examples(tmp_path: Path) -> None:
     verbose = ("--hypothesis-verbosity=verbose", "-q", str(REPO / HYPOTHESIS_TEST))
     # (one hash seed: the examples print sets, whose order would differ between processes)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import run_spoold, write_config
 from daemonproc import DaemonProc, wait_for
 from testhooks import Hooks
@@ -219,6 +220,7 @@ def test_tailer_killed_between_spool_append_and_offset_save(
 
 
 # -- shutdown: a commit that outlives shutdown_timeout_s ------------------------------------------------
+@pytest.mark.slow  # waits out shutdown_timeout_s + 5 s
 def test_shutdown_past_its_timeout_exits_0_and_leaves_the_rows_spooled(
     tmp_path: Path, daemons: Callable[..., DaemonProc]
 ) -> None:

@@ -296,6 +296,7 @@ def flushes_logged(log: str) -> list[tuple[int, int]]:
     return [(int(c), int(n)) for c, n in re.findall(r"committed (\d+) row\(s\), (\d+) deduplicated", log)]
 
 
+@pytest.mark.slow  # two daemon lifetimes, seven waits
 def test_tailing_captures_every_line_once(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
     src = tmp_path / "src"
     src.mkdir()

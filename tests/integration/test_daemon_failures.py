@@ -78,6 +78,7 @@ def test_a_loop_error_is_logged_and_the_daemon_goes_on(tmp_path: Path, daemons: 
 
 @pytest.mark.xfail(strict=True, reason="issue 15 finding: an error observing one table aborts the loop turn before "
                    "the touched set is cleared and before due tables flush, so while it lasts no table flushes")
+@pytest.mark.slow  # fails on its deadline (~17 s) while the bug stands
 def test_a_table_that_keeps_failing_does_not_stall_the_others(
     tmp_path: Path, daemons: Callable[..., DaemonProc]
 ) -> None:
