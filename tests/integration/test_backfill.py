@@ -87,6 +87,7 @@ def _balanced(s: dict[str, Any]) -> None:
 # -- acceptance 1: committed C, spooled S, source C ∪ S ∪ N --------------------------------
 
 
+@pytest.mark.slow  # 11-19 s: seven CLI runs
 def test_writes_exactly_the_rows_neither_committed_nor_spooled(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     c, s, n = _rows("c", 40), _rows("s", 30), _rows("n", 50)
