@@ -35,7 +35,8 @@ from pathlib import Path
 
 from spoold.config import SpoolLimits
 from spoold.envelope import envelopes
-from spoold.spool import ACTIVE, Spool, flush_name
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE, flush_name
 
 TABLE = "bench.events"
 ENVELOPE_ROWS = 100

@@ -100,7 +100,8 @@ def run_spoold(workdir: Path, source: Path, n: int, chunk_rows: int, tag: str) -
     """Wall and CPU seconds (all threads) of one flush of the spooled source, on a fresh catalog."""
     from spoold.flush import flush_table
     from spoold.iceberg.sink import Sink
-    from spoold.spool import ACTIVE, Spool
+    from spoold.spool import Spool
+    from spoold.spoolfiles import ACTIVE
 
     config = make_config(workdir / f"spoold-{tag}", chunk_rows)
     spool = Spool.from_config(config)

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from typing import IO, Any
 
 from spoold.config import Config
-from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, columnize, encode, envelopes
+from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, columnize, envelopes
 from spoold.errors import InputError
 from spoold.sources import SourceLineError
 from spoold.sources.jsonl import parse_object
@@ -61,27 +61,10 @@ def _check(validator: Validator, rows: list[dict[str, Any]], linenos: list[int])
         raise InputError(f"line {linenos[first.index]}: {first.reason}")
 
 
-def encode_rows(rows: list[dict[str, Any]], linenos: list[int]) -> list[tuple[bytes, int]]:
-    """The rows as envelope lines; InputError naming the line of a row no envelope can carry.
-
-    The rules accept any nesting orjson can write on its own, but an envelope wraps a
-    value three levels deeper; the rare row that fits alone and not in an envelope is
-    found only when the batch fails to encode.
-    """
-    try:
-        return list(envelopes(rows))
-    except TypeError:
-        for row, lineno in zip(rows, linenos):
-            try:
-                encode(list(row), [list(row.values())])
-            except TypeError:
-                raise InputError(f"line {lineno}: a value is nested too deeply to store in the spool") from None
-        raise
-
-
 def _envelope_lines(lines: IO[bytes], validator: Validator, counter: list[int]) -> Iterator[bytes]:
-    for rows, linenos in validated_batches(lines, validator):
-        for line, _ in encode_rows(rows, linenos):
+    # Every row that passed the rules fits in an envelope (they refuse what no envelope can carry).
+    for rows, _linenos in validated_batches(lines, validator):
+        for line, _ in envelopes(rows):
             yield line
         counter[0] += len(rows)
 

@@ -40,7 +40,8 @@ from spoold.settle import Batch, settle
 from spoold.sources import SourceLine
 from spoold.sources.cursor import Cursors
 from spoold.sources.position import Position
-from spoold.spool import Spool, quarantine_record
+from spoold.spool import Spool
+from spoold.spoolfiles import quarantine_record
 
 log = logging.getLogger("spoold.backfill")
 GROUP_ROWS = 4096  # rows validated and looked up together: amortises per-call costs, bounds memory

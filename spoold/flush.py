@@ -29,7 +29,8 @@ from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.iceberg.verify import Keeper, recheck
 from spoold.pipeline import CommitPipeline
 from spoold.settle import Batch, gc_paused
-from spoold.spool import Spool, quarantine_record, read_validated, write_atomic
+from spoold.spool import Spool, write_atomic
+from spoold.spoolfiles import quarantine_record, read_validated
 from spoold.status import LAST_FLUSH
 
 log = logging.getLogger(__name__)

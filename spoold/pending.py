@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 
 from spoold import held
-from spoold.spool import Spool, first_envelope
+from spoold.spool import Spool
+from spoold.spoolfiles import first_envelope
 
 _DEFAULT_RATIO = 1 / 200  # rows per byte when a pending file's first envelope is unreadable
 

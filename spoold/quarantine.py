@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from spoold.spool import QUARANTINE, Spool
+from spoold.spool import Spool
+from spoold.spoolfiles import QUARANTINE
 
 # Reasons name the offending value ("cannot cast 3000000000 to int"); the summary
 # groups them without it, so a thousand rows rejected for one cause count as one reason.

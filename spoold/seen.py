@@ -24,7 +24,8 @@ from spoold.held import spooled
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import Sink
 from spoold.keyindex import KeyIndex
-from spoold.spool import Spool, read_validated
+from spoold.spool import Spool
+from spoold.spoolfiles import read_validated
 
 log = logging.getLogger("spoold.backfill")  # backfill's messages, under its logger name
 

@@ -14,11 +14,8 @@ receive a late write. Only ``append``, ``rotate``, ``quarantine`` and
 
 from __future__ import annotations
 
-import base64
-import fcntl
 import grp
 import os
-import re
 import stat
 import threading
 import time
@@ -27,88 +24,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from spoold.bounds import Bounds
 from spoold.config import Config, SpoolLimits, validate_identifier
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
-from spoold.envelope import LineResult, Validator, envelopes
+from spoold.envelope import envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
+from spoold.locks import Busy, FileLocks
+from spoold.spoolfiles import (
+    ACTIVE,
+    FLUSH_RE,
+    QUARANTINE,
+    READ_BLOCK,
+    flush_name,
+    flush_seq,
+    quarantine_record,
+    record_line,
+)
 
-ACTIVE = "active.jsonl"
-QUARANTINE = "quarantine"
-_FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
-_READ_BLOCK = 1 << 20
 STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
-
-
-def flush_name(seq: int) -> str:
-    return f"flush-{seq:020d}.jsonl"
-
-
-def flush_seq(path: Path) -> int | None:
-    m = _FLUSH_RE.fullmatch(path.name)
-    return int(m.group(1)) if m else None
-
-
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
-    """Yield ``(lineno, line without newline, terminated)`` for every line of ``path``."""
-    with open(path, "rb", buffering=_READ_BLOCK) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.endswith(b"\n"):
-                yield lineno, line[:-1], True
-            else:
-                yield lineno, line, False
-
-
-def read_validated(path: Path, validator: Validator) -> Iterator[tuple[int, bytes, LineResult]]:
-    """Every line of a pending spool file with THE verdict of the envelope rules.
-
-    An unterminated last line of a *rotated* file is a torn write (rejected);
-    in ``active.jsonl`` it may be a write still in progress, so it is skipped.
-    """
-    active = path.name == ACTIVE
-    for lineno, raw, terminated in iter_lines(path):
-        if not terminated and active:
-            return
-        yield lineno, raw, validator.line(raw, terminated)
-
-
-def first_envelope(path: Path) -> tuple[float, float] | None:
-    """(write time, rows per byte) of a pending file's first envelope; None if it has none readable.
-
-    Envelopes carry ``at`` (when they were written), so the first one dates the
-    file's oldest row; its size gives a cheap estimate of the file's row count.
-    """
-    try:
-        with open(path, "rb") as f:
-            first = f.readline()
-        env = orjson.loads(first) if first.endswith(b"\n") else None
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    at = env.get("at") if isinstance(env, dict) else None
-    rows = env.get("rows") if isinstance(env, dict) else None
-    if isinstance(at, (int, float)) and not isinstance(at, bool) and isinstance(rows, list) and rows:
-        return float(at), len(rows) / len(first)
-    return None
-
-
-def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
-    """A quarantine entry, one grep-able JSON line (the format: docs/quarantine.md).
-
-    A ``raw`` line that is not UTF-8 keeps its exact bytes (``raw_b64``) and a
-    readable rendering with the bad bytes escaped (``raw_escaped``).
-    """
-    kind = "row" if "row" in extra else "source" if "format" in extra else "line"
-    rec: dict[str, Any] = {"reason": reason, "kind": kind, "file": file, "line": line, **extra}
-    if raw is not None:
-        try:
-            rec["raw"] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            rec["raw_b64"] = base64.b64encode(raw).decode("ascii")
-            rec["raw_escaped"] = raw.decode("utf-8", "backslashreplace")
-    rec["at"] = time.time()
-    return rec
 
 
 class Spool:
@@ -117,13 +50,12 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str], group: str | None = None,
                  limits: SpoolLimits | None = None) -> None:
         self.root = Path(root)
-        self.bounds = Bounds(self.root, limits or SpoolLimits(), _FLUSH_RE, ACTIVE)
+        self.bounds = Bounds(self.root, limits or SpoolLimits(), FLUSH_RE, ACTIVE)
         self._gid = _group_id(group) if group else None
         self._dir_mode = 0o2770 if group else 0o700
         self._file_mode = 0o660 if group else 0o600
         self._dirs: dict[str, Path] = {}
-        self._locks: dict[str, tuple[threading.Lock, int, int]] = {}  # name -> (lock, fd, pid that opened fd)
-        self._guard = threading.Lock()
+        self._locks = FileLocks(self._file_mode, self._chown)
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
@@ -176,7 +108,7 @@ class Spool:
         d = self.table_dir(table)
         if not d.is_dir():
             return []
-        files = [p for p in d.iterdir() if _FLUSH_RE.fullmatch(p.name)]
+        files = [p for p in d.iterdir() if FLUSH_RE.fullmatch(p.name)]
         return sorted(files, key=lambda p: p.name)
 
     def pending(self, table: str) -> list[Path]:
@@ -262,7 +194,7 @@ class Spool:
             for line in it:
                 pending.append(line)
                 size += len(line)
-                if size >= _READ_BLOCK:
+                if size >= READ_BLOCK:
                     staged = self._stage(table, fd, b"".join(pending), staged)
                     pending, size = [], 0
             staged = self._stage(table, fd, b"".join(pending), staged)
@@ -320,7 +252,7 @@ class Spool:
         qdir = self.table_dir(table, create=True) / QUARANTINE
         self._mkdir(qdir)
         path = qdir / f"{name}.jsonl"
-        write_atomic(path, b"".join(_record_line(r) for r in records), self._file_mode)
+        write_atomic(path, b"".join(record_line(r) for r in records), self._file_mode)
         return path
 
     def remove(self, paths: Iterable[Path]) -> None:
@@ -341,10 +273,7 @@ class Spool:
         A long-lived producer never needs it; a process making many handles
         (e.g. one per test) does, or it runs out of file descriptors.
         """
-        with self._guard:
-            locks, self._locks = self._locks, {}
-        for _, fd, _ in locks.values():
-            os.close(fd)
+        self._locks.close()
 
     def sweep_temp(self, table: str | None = None, older_than_s: float = 3600.0) -> int:
         """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.
@@ -385,32 +314,11 @@ class Spool:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
         if not os.path.isdir(d):
             self.table_dir(table, create=True)
-        pid = os.getpid()
-        with self._guard:
-            entry = self._locks.get(table + "/" + name)
-            if entry is None or entry[2] != pid:
-                # flock belongs to the open file, which a forked child shares with its parent:
-                # a child must open its own, or parent and child would not exclude each other
-                if entry is not None:
-                    os.close(entry[1])
-                fd = os.open(d / name, os.O_RDWR | os.O_CREAT, self._file_mode)
-                self._chown(fd)
-                entry = self._locks[table + "/" + name] = (threading.Lock(), fd, pid)
-        tlock, fd, _ = entry
-        # flock is per open file; threads of this process need their own lock
-        if not tlock.acquire(blocking=wait):
-            raise TableBusy(f"table {table} is being flushed by another thread of this process")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise TableBusy(f"table {table} is being flushed by another process (e.g. `spoold flush`)") from None
-            try:
+            with self._locks.hold(d / name, wait=wait):
                 yield d
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            tlock.release()
+        except Busy as e:
+            raise TableBusy(f"table {table} is being flushed by {e} (e.g. `spoold flush`)") from None
 
     def _repair_tail(self, table: str, fd: int) -> None:
         """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
@@ -419,7 +327,7 @@ class Spool:
             return
         pos = size
         while pos > 0:
-            start = max(0, pos - _READ_BLOCK)
+            start = max(0, pos - READ_BLOCK)
             block = os.pread(fd, pos - start, start)
             nl = block.rfind(b"\n")
             if nl >= 0:
@@ -438,7 +346,7 @@ class Spool:
             last = int(seq_file.read_text() or 0)
         except (FileNotFoundError, ValueError):
             last = 0
-        existing = [flush_seq(p) or 0 for p in d.iterdir() if _FLUSH_RE.fullmatch(p.name)]
+        existing = [flush_seq(p) or 0 for p in d.iterdir() if FLUSH_RE.fullmatch(p.name)]
         seq = max([last, *existing]) + 1
         write_atomic(seq_file, str(seq).encode(), self._file_mode)
         return seq
@@ -465,22 +373,6 @@ class Spool:
             os.fchown(fd, -1, self._gid)
         if stat.S_IMODE(st.st_mode) != self._file_mode:
             os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
-
-
-def _record_line(rec: dict[str, Any]) -> bytes:
-    """One quarantine record as a JSON line, even when a rejected value is nested too deeply to
-    write as JSON (orjson writes 253 levels): that value is kept as its Python repr instead."""
-    try:
-        return orjson.dumps(rec, default=str) + b"\n"
-    except TypeError:
-        safe = {}
-        for k, v in rec.items():
-            try:
-                orjson.dumps(v, default=str)
-                safe[k] = v
-            except TypeError:
-                safe[f"{k}_repr"] = repr(v)
-        return orjson.dumps(safe, default=str) + b"\n"
 
 
 def _group_id(name: str) -> int:

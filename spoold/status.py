@@ -25,7 +25,8 @@ from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError, UsageError
 from spoold.held import spooled
 from spoold.quarantine import count_records
-from spoold.spool import Spool, first_envelope, iter_lines
+from spoold.spool import Spool
+from spoold.spoolfiles import first_envelope, iter_lines
 
 LAST_FLUSH = ".last-flush.json"  # this spool's last flush attempt of a table (flush.py writes it)
 DAEMON_STATE = ".daemon.json"  # written by the daemon (report.py)

@@ -15,7 +15,8 @@ from conftest import run_spoold
 
 from spoold.config import TableSpec, load_config
 from spoold.envelope import Validator
-from spoold.spool import ACTIVE, Spool, read_validated
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE, read_validated
 
 T = "chat.parts"
 DECLARED = f"""

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from spoold.config import TableSpec, load_config
 from spoold.envelope import Validator
-from spoold.spool import ACTIVE, STAGE_BYTES, Spool, iter_lines
+from spoold.spool import STAGE_BYTES, Spool
+from spoold.spoolfiles import ACTIVE, iter_lines
 
 TABLE = "app.events"
 DECLARED = f"""

@@ -16,7 +16,8 @@ from spoold.bounds import AUTO_FREE_MAX, min_free
 from spoold.config import ConfigError, SpoolLimits, parse_config
 from spoold.envelope import envelopes
 from spoold.errors import SpoolError, SpoolFull
-from spoold.spool import ACTIVE, Spool, flush_name, quarantine_record
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE, flush_name, quarantine_record
 
 T = "t.events"
 
@@ -125,7 +126,7 @@ def test_a_large_staged_append_is_bounded_too(tmp_path: Path, monkeypatch: pytes
     """An append stream past STAGE_BYTES is staged in a file and published by rename: the same bounds apply,
     and it gives up as soon as what it staged cannot fit, leaving neither rows nor its temp file."""
     monkeypatch.setattr(spool_module, "STAGE_BYTES", 5_000)
-    monkeypatch.setattr(spool_module, "_READ_BLOCK", 5_000)
+    monkeypatch.setattr(spool_module, "READ_BLOCK", 5_000)
     spool = Spool(tmp_path / "spool", limits=SpoolLimits(max_bytes=60_000))
     spool.append(T, rows(10))
     before = pending(spool)

@@ -16,7 +16,8 @@ from spoold.config import Config, load_config
 from spoold.iceberg.sink import CommitOutcome
 from spoold.iceberg.verify import Keeper
 from spoold.pending import Pending
-from spoold.spool import ACTIVE, Spool
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE
 
 T = "app.events"
 

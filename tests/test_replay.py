@@ -11,7 +11,8 @@ from spoold.config import Column, TableSpec
 from spoold.envelope import Validator
 from spoold.quarantine import quarantine_doc, reason_group
 from spoold.replay import judge
-from spoold.spool import Spool, quarantine_record
+from spoold.spool import Spool
+from spoold.spoolfiles import quarantine_record
 
 SPEC = TableSpec("t.x", columns=(Column("part_id", "string", True), Column("n", "long")), declared=True)
 ENVELOPE = b'{"version":1,"columns":["part_id","n"],"rows":[["a",1],["b","x"],["c",3]]}'

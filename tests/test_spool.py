@@ -23,15 +23,8 @@ import pytest
 from spoold.config import TableSpec
 from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, encode
 from spoold.errors import SpoolError, UsageError
-from spoold.spool import (
-    ACTIVE,
-    QUARANTINE,
-    Spool,
-    iter_lines,
-    quarantine_record,
-    read_validated,
-    write_atomic,
-)
+from spoold.spool import Spool, write_atomic
+from spoold.spoolfiles import ACTIVE, QUARANTINE, iter_lines, quarantine_record, read_validated
 
 T = "t.events"
 

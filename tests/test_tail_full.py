@@ -11,7 +11,8 @@ import pytest
 from spoold.config import SourceSpec, SpoolLimits
 from spoold.sources import tail as tail_module
 from spoold.sources.tail import Tailer
-from spoold.spool import Spool, iter_lines
+from spoold.spool import Spool
+from spoold.spoolfiles import iter_lines
 
 TABLE = "t.src"
 

@@ -22,7 +22,8 @@ from spoold.envelope import parse_envelope
 from spoold.sources import reader
 from spoold.sources.position import HEAD_BYTES, file_key
 from spoold.sources.tail import OFFSETS_DIR, Tailer
-from spoold.spool import QUARANTINE, Spool, iter_lines
+from spoold.spool import Spool
+from spoold.spoolfiles import QUARANTINE, iter_lines
 
 TABLE = "t.src"
 

@@ -29,7 +29,8 @@ from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.seen import spooled_keys
 from spoold.settle import Batch
 from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
-from spoold.spool import Spool, flush_name
+from spoold.spool import Spool
+from spoold.spoolfiles import flush_name
 
 CORPUS = FIXTURES / "envelopes" / "malformed"
 LOCAL_CC = FIXTURES / "sources" / "claude-code"

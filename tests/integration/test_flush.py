@@ -34,7 +34,8 @@ from spoold.config import load_config
 from spoold.errors import CatalogError
 from spoold.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool, flush_name
+from spoold.spool import Spool
+from spoold.spoolfiles import flush_name
 
 CORPUS = FIXTURES / "envelopes"
 CORPUS_TABLE = "corpus.events"

@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spoold.config import load_config
 from spoold.envelope import encode
-from spoold.spool import Spool, iter_lines
+from spoold.spool import Spool
+from spoold.spoolfiles import iter_lines
 
 T = "ops.events"
 

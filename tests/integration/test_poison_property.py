@@ -22,13 +22,14 @@ from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spoold.append import encode_rows, validated_batches
+from spoold.append import validated_batches
 from spoold.config import load_config
-from spoold.envelope import Validator
+from spoold.envelope import Validator, envelopes
 from spoold.errors import InputError
 from spoold.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import ACTIVE, Spool
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE
 
 TABLE = """
 [tables."app.p"]
@@ -136,8 +137,7 @@ def test_spoold_append_validation_either_takes_everything_or_names_a_line(rows: 
     data = b"\n".join(orjson.dumps(r).replace(b'"DEEP"', DEEP) for r in rows) + b"\n"
     validator = Validator(load_config(write_config(Path(tempfile.mkdtemp()))).table("app.x"), cast=False)
     try:
-        lines = [line for got, linenos in validated_batches(io.BytesIO(data), validator)
-                 for line in encode_rows(got, linenos)]
+        lines = [line for got, _ in validated_batches(io.BytesIO(data), validator) for line in envelopes(got)]
     except InputError as e:
         assert str(e).startswith("line "), e
         return

@@ -17,7 +17,8 @@ import pytest
 from conftest import read_table, run_spoold, write_config
 
 from spoold.config import load_config
-from spoold.spool import ACTIVE, Spool
+from spoold.spool import Spool
+from spoold.spoolfiles import ACTIVE
 
 T = "ev.q"
 DECLARED = f'[tables."{T}".columns]\npart_id = "string!"\nn = "{{}}"\n'

@@ -28,7 +28,8 @@ from spoold.config import SourceSpec, load_config
 from spoold.envelope import parse_envelope
 from spoold.iceberg.sink import Sink
 from spoold.sources.tail import Tailer
-from spoold.spool import QUARANTINE, Spool, iter_lines
+from spoold.spool import Spool
+from spoold.spoolfiles import QUARANTINE, iter_lines
 
 TABLE = "src.poison"
 HOSTILE = ["meta.src", "a.b.c", " ", "\t", "ünïcødé", "emoji 🚀", "x" * 300, "new\nline", "quote\"name", "_", ""]
