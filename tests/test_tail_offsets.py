@@ -16,7 +16,8 @@ import pytest
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
 from spoold.sources.tail import OFFSETS_DIR, Tailer
-from spoold.spool import Spool, iter_lines
+from spoold.spool import Spool
+from spoold.spoolfiles import iter_lines
 
 TABLE = "t.src"
 

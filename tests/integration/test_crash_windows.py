@@ -33,7 +33,8 @@ from spoold.envelope import Validator
 from spoold.iceberg.sink import Sink
 from spoold.sources.cursor import CURSORS_DIR
 from spoold.sources.tail import OFFSETS_DIR
-from spoold.spool import Spool, read_validated
+from spoold.spool import Spool
+from spoold.spoolfiles import read_validated
 
 TABLE = "app.events"
 EVENTS = """
