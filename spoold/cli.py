@@ -84,6 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dry-run", action="store_true",
                    help="count and show a sample of keys; write nothing, move no cursor")
 
+    m = sub.add_parser("maintain", parents=[common], help="compact small files, drop repeated keys, expire history, "
+                       "delete orphans", description="Table maintenance now (the daemon also runs it by itself): "
+                       "compact each partition's small data files (one row per key kept), expire snapshots "
+                       "and delete the files only they referenced, delete orphan files older than "
+                       "[maintain] orphan_age_s. See docs/maintenance.md.")
+    m.add_argument("tables", nargs="*", metavar="TABLE",
+                   help="tables to maintain (default: every table of the config and the spool)")
+    m.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="expire snapshots older than this (e.g. 0s, 36h, 7d; default: [maintain] "
+                   "max_snapshot_age_s, else the table's history.expire.max-snapshot-age-ms)")
+    m.add_argument("--keep", type=_positive_int, metavar="N",
+                   help="always keep the newest N snapshots (default: [maintain] keep_snapshots, else the "
+                   "table's history.expire.min-snapshots-to-keep)")
+    m.add_argument("--dry-run", action="store_true", help="report what would be done; change nothing")
+
     s = sub.add_parser("status", parents=[common], help="spooled, quarantined and committed rows per table",
                        description="Every table of the config, the spool and the catalog that spoold wrote to, "
                        "with its last flush, backfill and maintenance (read from the table). Never needs the "
@@ -130,6 +145,15 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _duration(text: str) -> float:
+    from spoold.maintenance import parse_duration
+
+    try:
+        return parse_duration(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
@@ -290,6 +314,24 @@ def cmd_replay(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     return 0
 
 
+def cmd_maintain(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    from spoold.iceberg.maintain import Options, maintain_tables
+
+    for t in args.tables:
+        validate_identifier(t)
+    opts = Options(older_than_s=args.older_than, keep=args.keep, dry_run=args.dry_run)
+    reports, errors = maintain_tables(config, args.tables or None, opts)
+    doc: dict[str, Any] = {"tables": {t: r.as_dict() for t, r in reports.items()}}
+    if errors:
+        doc["errors"] = {t: str(e) for t, e in errors.items()}
+    lines = [r.line(t) for t, r in reports.items()] or (["no tables to maintain"] if not errors else [])
+    if as_json or lines:
+        _emit(doc, as_json, "\n".join(lines))
+    for t, e in errors.items():
+        print(f"spoold: error: {t}: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.daemon import run_daemon
     from spoold.runlock import daemon_lock
@@ -300,6 +342,6 @@ def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 _COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run,
-             "quarantine": cmd_quarantine, "quarantine replay": cmd_replay}
+             "quarantine": cmd_quarantine, "quarantine replay": cmd_replay, "maintain": cmd_maintain}
 
 __all__ = ["main", "setup_logging", "InputError", "UsageError"]

@@ -150,9 +150,24 @@ class MaintainSettings:
     """``[maintain]``: table maintenance the daemon runs by itself between flushes."""
 
     enabled: bool = True
+    # Triggers, per table (docs/maintenance.md): this daemon's commits since the last run...
     every_commits: int = 50
+    # ...data files added since the last run, by any writer (each flush adds small ones; 0: off)...
+    small_files: int = 100
+    # ...and time since the last run, for a table that has had commits since (0: off).
+    interval_s: float = 86400.0
+    # Retention: expire snapshots older than this, always keeping the newest keep_snapshots.
+    # 0: the table's history.expire.max-snapshot-age-ms / min-snapshots-to-keep (Iceberg: 5 days / 1).
+    max_snapshot_age_s: float = 0.0
+    keep_snapshots: int = 0
+    # Files no metadata references are deleted only once older than this: another writer's
+    # files are unreferenced until its commit lands (Iceberg's own default: 3 days).
+    orphan_age_s: float = 259200.0
+    # Compaction's target file size where the table sets no write.target-file-size-bytes
+    # (Iceberg's 512 MB suits clusters; a small host rewrites 64 MB groups comfortably).
+    target_file_bytes: int = 64 << 20
 
-    ZERO_OK = frozenset[str]()
+    ZERO_OK = frozenset({"small_files", "interval_s", "max_snapshot_age_s", "keep_snapshots"})
 
 
 @dataclass(frozen=True)

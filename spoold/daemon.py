@@ -27,13 +27,13 @@ from watchfiles import Change, watch
 
 from spoold import systemd
 from spoold.config import Config, load_config
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, one_line
 from spoold.footprint import loaded, restart_lean
 from spoold.report import Report
 from spoold.scheduler import LogLimiter, TableState, due_tables
 from spoold.sources.tail import Tailer
 from spoold.spool import Spool
-from spoold.worker import Worker, one_line
+from spoold.worker import Worker
 
 log = logging.getLogger("spoold.daemon")
 
@@ -198,6 +198,9 @@ class Daemon:
             if self._stop_signal is not None or self._reload:
                 break
             self.worker.flush(table, stop=self._stopping, tick=self._alive)
+        if self._stop_signal is None and not due_tables(self.states, time.time(), self.config.flush) \
+                and self.worker.maintain():  # a slice of maintenance, between flushes
+            self._busy_at = time.monotonic()
         if self.states or self.tailer.has_work() or not loaded():
             self._busy_at = mono
         elif self.may_restart and 0 < self.config.flush.idle_restart_s <= mono - self._busy_at:

@@ -64,3 +64,10 @@ class DataError(SpooldError):
     Not retryable: the same rows fail the same way every time, so flush isolates
     them into quarantine instead of retrying them forever.
     """
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one log line: spoold's own message, or the exception's type and first line."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if isinstance(e, SpooldError) and text else f"{type(e).__name__}: {text}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from spoold import metrics
 from spoold.config import Config
-from spoold.errors import SpooldError, TableBusy
+from spoold.errors import SpooldError, TableBusy, one_line
 from spoold.footprint import preload, release
 from spoold.pending import Pending
 from spoold.report import Report
@@ -105,16 +105,16 @@ class Worker:
         first, rows = self.pending.probe(table)
         self._set(table, after_success(prev, now, first, rows))
 
+    def maintain(self) -> bool:
+        """A bounded slice of table maintenance, once the flush stack is loaded; True if it did work.
+
+        The daemon calls it when no flush is due (see :mod:`spoold.iceberg.upkeep`).
+        """
+        return self._sink is not None and self._sink.maintain()
+
     def flush_all(self, tables: list[str], *, stop: Callable[[], bool], tick: Callable[[], None]) -> None:
         """Flush each of ``tables`` until ``stop()`` (the shutdown flush)."""
         for table in tables:
             if stop():
                 break
             self.flush(table, stop=stop, tick=tick)
-
-
-def one_line(e: BaseException) -> str:
-    """An error as one log line: spoold's own message, else the exception's type and first line."""
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if isinstance(e, SpooldError) and text else f"{type(e).__name__}: {text}"

@@ -24,8 +24,6 @@ from spoold.config import DaemonSettings, FlushSettings, MaintainSettings
 DOCS = REPO / "docs"
 SAMPLE = REPO / "systemd" / "spoold.toml"
 # Pages other branches are adding; the links to them are checked once they exist.
-PENDING = {"fleet.md", "testing.md", "maintenance.md"}
-PENDING_COMMANDS = {"maintain"}  # documented in commands.md, built on another branch
 
 
 def config_keys() -> dict[str, set[str]]:
@@ -84,7 +82,7 @@ def test_the_reference_documents_no_command_that_does_not_exist() -> None:
     documented = set(re.findall(r"^## `spoold ([a-z]+(?: [a-z]+)?)", (DOCS / "commands.md").read_text(),
                                 re.MULTILINE))
     documented = {d.split(" ")[0] if d.split(" ")[0] not in ("quarantine",) else d for d in documented}
-    assert documented - set(commands()) <= PENDING_COMMANDS, documented - set(commands())
+    assert documented <= set(commands()), documented - set(commands())
 
 
 def pages() -> list[Path]:
@@ -101,8 +99,6 @@ def test_links_stay_inside_the_repository_and_resolve() -> None:
                 continue
             path = (page.parent / target.split("#")[0]).resolve()
             assert path.is_relative_to(REPO), f"{page.name} links outside the repository: {target}"
-            if path.name in PENDING and path.parent == DOCS:
-                continue
             assert path.exists(), f"{page.name} links to a missing file: {target}"
 
 

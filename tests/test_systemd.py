@@ -162,6 +162,7 @@ def test_example_config_has_exactly_the_known_keys() -> None:
     assert set(cfg["flush"]) == set(FlushSettings.__dataclass_fields__)
     assert set(cfg["daemon"]) == set(DaemonSettings.__dataclass_fields__)
     assert set(cfg["maintain"]) == set(MaintainSettings.__dataclass_fields__)
+    assert cfg["maintain"] == {k: getattr(MaintainSettings(), k) for k in MaintainSettings.__dataclass_fields__}
     table = cfg["tables"]["chat.parts"]
     assert set(table) == {"key", "legacy_key", "partition_by", "columns"}
     assert table["columns"]["part_id"] == "string!"

@@ -17,17 +17,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from pyiceberg.table import Table, TableProperties
+from pyiceberg.table import Table
 
 from spoold import metrics
 from spoold._testhooks import reached
-from spoold.config import TableSpec
+from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
+from spoold.iceberg.expire import expire_after_commit
 from spoold.iceberg.schema import type_conflicts
-from spoold.iceberg.snapshots import MemoTransaction, expire_snapshots, sync_snapshot
+from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, without_auto_retry
 from spoold.iceberg.tables import Tables
+from spoold.iceberg.upkeep import Maintainer
 from spoold.keyindex import KeyIndex, fingerprints
 from spoold.settle import Batch, settle
 
@@ -76,7 +78,15 @@ class TableSink(Protocol):
 
 
 class Sink(Tables):
-    """Tables (one catalog connection) plus a committed-key index per table, and the commit loop."""
+    """Tables (one catalog connection) plus a committed-key index per table, the commit loop, and maintenance."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.upkeep = Maintainer(config)  # counts this Sink's commits; runs maintenance when asked
+
+    def maintain(self) -> bool:
+        """Steps of due table maintenance for ~0.2 s (the daemon's hook while no flush is due); see :mod:`.upkeep`."""
+        return self.upkeep.step(self, time.time())
 
     # -- committed keys ---------------------------------------------------------
     def index(self, spec: TableSpec) -> KeyIndex:
@@ -125,7 +135,7 @@ class Sink(Tables):
                         data = data.take(keep)
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
-                    new = _without_auto_retry(tbl)
+                    new = without_auto_retry(tbl)
                     with MemoTransaction(new) as tx:
                         tx.append(data, snapshot_properties=summary)
                         reached("commit.staged")  # test-only mark: files written, the catalog not told yet
@@ -150,18 +160,9 @@ class Sink(Tables):
             self._latest[spec.identifier] = new
             uuid = str(new.metadata.table_uuid)
             verified = self.confirm(spec, uuid, snap.snapshot_id)  # may load afresh: the index is ahead then
+            self.upkeep.committed(spec.identifier)
             if self.config.flush.expire_snapshots:
-                expire_snapshots(self._latest.get(spec.identifier, new))
+                expire_after_commit(self._latest.get(spec.identifier, new), self.config.maintain)
             return CommitOutcome(len(keep), dups, snap.snapshot_id, uuid, new.metadata_location, verified)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
 
-
-def _without_auto_retry(tbl: Table) -> Table:
-    """A view of ``tbl`` whose commits fail on conflict instead of rebasing blindly.
-
-    The retry count is read from the table's properties; we override it in our
-    local copy of the metadata only (the catalog's copy is untouched).
-    """
-    props = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
-    metadata = tbl.metadata.model_copy(update={"properties": props})
-    return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog)

@@ -1,10 +1,8 @@
-"""A table's snapshots around spoold's commits: commit them cheaply, make them durable, trim history."""
+"""A table's snapshots around spoold's commits: commit them cheaply (no blind rebase), make them durable."""
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -12,14 +10,8 @@ from urllib.parse import unquote, urlparse
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import update_table_metadata
-from pyiceberg.table.update.snapshot import ExpireSnapshots
-from pyiceberg.utils.properties import property_as_int
 
-from spoold.errors import SpooldError
-from spoold.iceberg.catalog import catalog_errors
 from spoold.spool import fsync_dir
-
-log = logging.getLogger(__name__)
 
 
 class MemoTransaction(Transaction):
@@ -44,35 +36,15 @@ class MemoTransaction(Transaction):
         return memo[2]
 
 
-def expire_snapshots(tbl: Table, now_ms: int | None = None) -> int:
-    """Expire snapshots as the table's ``history.expire.*`` properties say; returns how many.
+def without_auto_retry(tbl: Table) -> Table:
+    """A view of ``tbl`` whose commits fail on conflict instead of rebasing blindly.
 
-    Iceberg's defaults: older than 5 days, keeping at least one. Branch and tag
-    heads are never expired, and no data file is deleted: in an append-only table
-    every data file is still referenced by the current snapshot. Best effort: a
-    conflict or a catalog error just leaves the history for the next commit.
+    The retry count is read from the table's properties; we override it in our
+    local copy of the metadata only (the catalog's copy is untouched).
     """
-    props = tbl.metadata.properties
-    max_age = property_as_int(props, TableProperties.MAX_SNAPSHOT_AGE_MS, TableProperties.MAX_SNAPSHOT_AGE_MS_DEFAULT)
-    keep = property_as_int(
-        props, TableProperties.MIN_SNAPSHOTS_TO_KEEP, TableProperties.MIN_SNAPSHOTS_TO_KEEP_DEFAULT
-    )
-    cutoff = (int(time.time() * 1000) if now_ms is None else now_ms) - (max_age or 0)
-    protected = {ref.snapshot_id for ref in tbl.metadata.refs.values()}
-    snaps = sorted(tbl.metadata.snapshots, key=lambda s: s.timestamp_ms)
-    old = [s.snapshot_id for s in snaps[: max(0, len(snaps) - max(1, keep or 1))]
-           if s.timestamp_ms < cutoff and s.snapshot_id not in protected]
-    if not old:
-        return 0
-    try:
-        with catalog_errors(f"cannot expire snapshots of {tbl.name()}"):
-            ExpireSnapshots(MemoTransaction(tbl, autocommit=True)).by_ids(old).commit()  # by_id reads it twice
-    except SpooldError as e:
-        log.debug("%s", e)
-        return 0
-    log.info("table %s: expired %d snapshot(s) older than %.1f h", ".".join(tbl.name()), len(old),
-             (max_age or 0) / 3_600_000)
-    return len(old)
+    props = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    metadata = tbl.metadata.model_copy(update={"properties": props})
+    return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog)
 
 
 def history_ids(tbl: Table) -> set[int]:
