@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from spoold import held
+from spoold._testhooks import reached
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.iceberg.sink import CommitOutcome, Sink
@@ -249,6 +250,7 @@ class BackfillRun:
                 self.copies.remove(copy)
         self.s.written += out.committed
         self.s.skipped_committed += out.deduplicated  # another committer got there first
+        reached("backfill.committed")  # test-only mark: a crash here reads these rows again, settles them
         self.cursors.save(marks)
         gc.collect(1)  # the young cycles a commit leaves (the caller's loop runs with GC off)
 

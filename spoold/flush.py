@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from spoold._testhooks import reached
 from spoold.config import Config
 from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
@@ -181,7 +182,9 @@ class _Flush:
             result.deduplicated += out.deduplicated
             result.snapshot_id = out.snapshot_id or result.snapshot_id
             # every row of these files is in a durable commit (or quarantine) now: deleted, or held until verified
+            reached("flush.committed")  # test-only mark: a crash here must double nothing
             self.keeper.settled(chunk.names, done, out)
+            reached("flush.removed")
 
         props = {"spoold.op": "flush", "spoold.files": ",".join(chunk.names)}
         self.pipeline.submit(chunk.batch, self.validator, props, committed)

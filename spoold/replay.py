@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from spoold._testhooks import reached
 from spoold.config import Config
 from spoold.envelope import LineResult, Validator, columnize
 from spoold.quarantine import files, read
@@ -90,6 +91,7 @@ def _replay_file(spool: Spool, table: str, path: Path, validator: Validator, sum
     if not replayed or summary.dry_run:
         return
     spool.append(table, rows)  # durable (fsync'd) before any record goes
+    reached("replay.respooled")  # test-only mark: a crash here leaves the rows in both places
     if kept:
         write_atomic(path, b"".join(orjson.dumps(r, default=str) + b"\n" for r in kept))
     else:

@@ -45,16 +45,59 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+def _session_seed() -> int:
+    """The suite's seed: ``SPOOLD_TEST_SEED``, else one drawn now and put in the environment, so xdist
+    workers and the processes tests start share it and a failing run can be replayed exactly."""
+    env = os.environ.get("SPOOLD_TEST_SEED")
+    if env:
+        return int(env)
+    seed = random.SystemRandom().randrange(1 << 32)
+    os.environ["SPOOLD_TEST_SEED"] = str(seed)
+    return seed
+
+
+SEED = _session_seed()
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis draws its examples from the suite's seed too, unless --hypothesis-seed says otherwise.
+    if config.getoption("hypothesis_seed", None) is None:
+        from hypothesis import core
+
+        core.global_force_seed = SEED
+
+
+def pytest_report_header() -> str:
+    return f"SPOOLD_TEST_SEED={SEED} (set it to replay this run's randomized tests and Hypothesis examples)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        rep.sections.append(("seed", f"replay with SPOOLD_TEST_SEED={SEED}"))
+    elif rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ").strip()
+        reason = "" if reason == "Skipped" else reason  # pytest.skip() with no reason
+        if CI or not reason:
+            # A skip hides a test that did not run: in CI (a server or a tool missing) that is a failure,
+            # and anywhere a skip must say why.
+            rep.outcome = "failed"
+            rep.longrepr = f"skipped {'under CI=true' if CI else 'without a reason'}: {reason or '(no reason)'}"
+
+
 @pytest.fixture
-def rng() -> random.Random:
+def rng(request: pytest.FixtureRequest) -> random.Random:
     """A seeded random generator for randomized tests: ``SPOOLD_TEST_SEED=N`` replays a run exactly.
 
-    The seed is printed, so a failing test's captured output names the value to replay it with.
+    Each test draws from its own stream (the seed and its node id), so its draws do not depend on
+    which other tests ran. The seed is printed, so a failing test's output names the value to replay.
     """
-    env = os.environ.get("SPOOLD_TEST_SEED")
-    seed = int(env) if env else random.SystemRandom().randrange(1 << 32)
-    print(f"SPOOLD_TEST_SEED={seed}")
-    return random.Random(seed)
+    print(f"SPOOLD_TEST_SEED={SEED}")
+    return random.Random(f"{SEED}/{request.node.nodeid}")
 
 
 def write_config(tmp_path: Path, body: str = "", *, name: str = "spoold.toml", catalog: str | None = None,

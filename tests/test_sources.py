@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from spoold.sources import (
@@ -107,11 +111,25 @@ def test_transcript_fixture_materializes_as_specified(path: Path) -> None:
             assert isinstance(row["text"], str)
 
 
-@pytest.mark.parametrize("path", _transcript_files(), ids=lambda p: p.name)
-def test_same_line_gives_identical_rows(path: Path) -> None:
-    for line in path.read_bytes().splitlines():
-        assert transcript_format.materialize(line) == transcript_format.materialize(line)
-    assert _lines(path, "transcript") == _lines(path, "transcript")
+_DUMP_ROWS = """
+import sys, orjson
+from spoold.sources import read_lines
+for path in sys.argv[1:]:
+    for sl in read_lines(path, "transcript"):
+        sys.stdout.buffer.write(orjson.dumps([sl.lineno, sl.start, sl.end, sl.rows, sl.error]) + b"\\n")
+"""
+
+
+def test_same_line_gives_identical_rows_in_every_process() -> None:
+    """The same source line, read by two processes (another hash seed, as a tailing daemon and a later
+    backfill would be), gives byte-identical rows, in the same order, with the same keys."""
+    files = [str(p) for p in _transcript_files()]
+    outs = [subprocess.run([sys.executable, "-c", _DUMP_ROWS, *files], capture_output=True, timeout=120,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout for seed in ("1", "2")]
+    assert outs[0] == outs[1]
+    here = b"".join(orjson.dumps([sl.lineno, sl.start, sl.end, sl.rows, sl.error]) + b"\n"
+                    for f in files for sl in _lines(Path(f), "transcript"))
+    assert here == outs[0] and len(outs[0].splitlines()) == sum(len(Path(f).read_bytes().splitlines()) for f in files)
 
 
 def _line(name: str, lineno: int) -> bytes:

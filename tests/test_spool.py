@@ -485,13 +485,12 @@ def _acked(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_of_a_producer_mid_append_never_corrupts_other_rows(tmp_path: Path) -> None:
+def test_sigkill_of_a_producer_mid_append_never_corrupts_other_rows(tmp_path: Path, rng: random.Random) -> None:
     """Kill -9 a producer writing 6 MiB envelopes, over and over, next to a steady small producer."""
     root = tmp_path / "spool"
     spool = Spool(root)
     stop, small_ack = tmp_path / "stop", tmp_path / "small.ack"
     small = subprocess.Popen([sys.executable, "-c", SMALL_PRODUCER, str(root), T, str(small_ack), str(stop)])
-    rng = random.Random(1234)
     big_acked: list[str] = []
     torn_seen = 0
     in_flight = set()

@@ -20,6 +20,7 @@ import numpy as np
 from pyiceberg.table import Table
 
 from spoold import metrics
+from spoold._testhooks import reached
 from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
@@ -137,6 +138,7 @@ class Sink(Tables):
                     new = without_auto_retry(tbl)
                     with MemoTransaction(new) as tx:
                         tx.append(data, snapshot_properties=summary)
+                        reached("commit.staged")  # test-only mark: files written, the catalog not told yet
             except CommitConflict as e:
                 self._shared.add(spec.identifier)
                 metrics.commit_conflict(spec.identifier)

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spoold._testhooks import reached
 from spoold.config import SourceSpec
 from spoold.errors import SpooldError, SpoolFull
 from spoold.scheduler import LogLimiter
@@ -200,6 +201,7 @@ class Tailer:
             self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
             if envs:
                 self.spool.append_lines(spec.table, envs)  # durable when it returns ...
+                reached("tail.appended")  # test-only mark: a crash here re-reads these lines
             pos.move(fd, st, end, lineno)
             self.files.save(f)  # ... and only then does the offset move past those lines
             if quiet and end >= st.st_size:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
+from testhooks import Hooks
 
 from spoold.backfill import backfill
 from spoold.config import load_config
@@ -87,6 +88,7 @@ def _balanced(s: dict[str, Any]) -> None:
 # -- acceptance 1: committed C, spooled S, source C ∪ S ∪ N --------------------------------
 
 
+@pytest.mark.slow  # 11-19 s: seven CLI runs
 def test_writes_exactly_the_rows_neither_committed_nor_spooled(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     c, s, n = _rows("c", 40), _rows("s", 30), _rows("n", 50)
@@ -249,9 +251,9 @@ def test_legacy_spooled_rows_suppress_matching_transcript_rows(tmp_path: Path) -
 # -- acceptance 4: backfill and flush at the same moment --------------------------------------
 
 
-def _start(cfg: Path, *args: str) -> subprocess.Popen[bytes]:
+def _start(cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "spoold", "--config", str(cfg), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
 def test_concurrent_flush_and_backfills_never_double_a_key(tmp_path: Path) -> None:
@@ -263,9 +265,16 @@ def test_concurrent_flush_and_backfills_never_double_a_key(tmp_path: Path) -> No
     source = spooled + new
     random.Random(4).shuffle(source)
     src = _write_jsonl(tmp_path / "src.jsonl", source)
-    procs = [_start(cfg, "flush"),
-             _start(cfg, "backfill", "chat.parts", "--source", str(src), "--all", "--json"),
-             _start(cfg, "backfill", "chat.parts", "--source", str(src), "--all", "--json")]
+    # A barrier: each stops once its first commit is staged, and all are let go together, so their
+    # commits race (else unequal start-up times can let one finish before the next begins).
+    hooks = Hooks(tmp_path / "hooks", pause_at="commit.staged@1")
+    procs = [_start(cfg, "flush", env=hooks.env()),
+             _start(cfg, "backfill", "chat.parts", "--source", str(src), "--all", "--json", env=hooks.env()),
+             _start(cfg, "backfill", "chat.parts", "--source", str(src), "--all", "--json", env=hooks.env())]
+    for p in procs:
+        hooks.wait_paused(p.pid, alive=lambda p=p: p.poll() is None)
+    for p in procs:
+        hooks.resume(p.pid)
     outs = [p.communicate(timeout=180) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err.decode()

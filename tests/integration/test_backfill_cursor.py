@@ -57,6 +57,7 @@ def deep(levels: int) -> bytes:
 # -- acceptance 14.1: limited runs walk the whole history -------------------------------------------
 
 
+@pytest.mark.slow  # ~16 s: many backfill runs
 def test_default_limited_runs_walk_through_the_history_and_say_when_the_limit_stopped_them(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     src = write(tmp_path / "history.jsonl", rows("h", 2500))

@@ -27,6 +27,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, read_table, run_spoold, write_config
+from daemonproc import wait_for
+from testhooks import WINDOWS, Hooks, overlapped, windows_hit
 
 from spoold.config import load_config
 from spoold.errors import CatalogError
@@ -194,7 +196,6 @@ def test_leftovers_next_to_new_rows_with_a_warm_sink(tmp_path: Path) -> None:
 
 
 # -- 3. SIGKILL at random points of a large flush ---------------------------------------------------------
-@pytest.mark.slow
 def test_a_warm_sink_with_a_stale_schema_fails_one_flush_then_judges_like_a_fresh_one(tmp_path: Path) -> None:
     """A daemon's Sink reuses the table version it last saw; another writer adds a column meanwhile.
 
@@ -217,41 +218,73 @@ def test_a_warm_sink_with_a_stale_schema_fails_one_flush_then_judges_like_a_fres
     assert sorted(committed_keys(cfg)) == ["a0", "a1", "a2", "b1"]
 
 
-def test_sigkill_at_random_points_of_large_flushes_loses_and_doubles_nothing(tmp_path: Path) -> None:
+@pytest.mark.slow  # ten flushes of 33,000 rows
+def test_sigkill_at_random_points_of_large_flushes_loses_and_doubles_nothing(tmp_path: Path, rng: random.Random
+                                                                            ) -> None:
+    """A soak on top of the deterministic crash windows (test_crash_windows.py): ten flushes killed at
+    random times, each kill placed in its window by the marks the flush wrote (spoold._testhooks)."""
     cfg = write_config(tmp_path, EVENTS + "\n[flush]\nchunk_rows = 5000\n")
     spool = spool_of(cfg)
-    seed = int(os.environ.get("SPOOLD_TEST_SEED", time.time_ns() % 1_000_000))
-    rng = random.Random(seed)
+    hooks = Hooks(tmp_path / "hooks")
     expected: set[str] = set()
-    killed = completed = 0
-    window = 2.0  # kill somewhere in here; narrowed to the length of a flush that got to finish
+    killed: list[int] = []
+    completed = 0
+    to_commit = None  # how long the last flush took from its start to its first commit: aims "early" kills
+    window = 2.0  # "anywhere" kills land in here; narrowed to the length of a flush that got to finish
     for rnd in range(10):
         new = rows(f"r{rnd}-", 0, 30_000)
         old = rng.sample(sorted(expected), min(len(expected), 3000))  # re-sent keys: already committed or not
         spool.append("app.events", new + [{"part_id": k, "n": -1, "text": "again"} for k in old])
         expected |= {r["part_id"] for r in new}
-        started = time.monotonic()
+        # Random times, from three anchors, so the soak covers the windows before and inside the commits
+        # (timed from the start alone, on a loaded machine every kill can land before the first commit).
+        anchor = ("in commits", "anywhere", "early")[rnd % 3]
+        anchor = "in commits" if anchor == "early" and to_commit is None else anchor
+        delay = {"early": rng.uniform(0.1, 0.9) * (to_commit or 0), "in commits": rng.uniform(0.0, 0.3),
+                 "anywhere": rng.uniform(0.3, window)}[anchor]
+        print(f"round {rnd}: kill {delay:.2f}s after {'the first commit' if anchor == 'in commits' else 'start'}")
+        snaps_before = len(table_of(cfg).snapshots()) if table_of(cfg) is not None else 0
+        started, started_at = time.monotonic(), time.time()
         proc = subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--config", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
+        if anchor == "in commits":
+            wait_for(lambda p=proc: p.poll() is not None or any(m.point == "commit.staged" for m in hooks.marks(p.pid)),
+                     "the flush's first commit")
         try:
-            proc.wait(timeout=rng.uniform(0.3, window))
+            proc.wait(timeout=delay)
             window = max(0.5, time.monotonic() - started)
             completed += 1
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
-            killed += 1
+            killed.append(proc.pid)
+            # The marks agree with the catalog: each commit staged became a snapshot, but maybe the one
+            # the kill cut short (and a kill before any commit added none).
+            staged = sum(m.point == "commit.staged" for m in hooks.marks(proc.pid))
+            added = len(table_of(cfg).snapshots()) - snaps_before if table_of(cfg) is not None else 0
+            assert staged - 1 <= added <= staged, (added, staged)
+        marks = hooks.marks(proc.pid)
+        if staged_at := [m.at for m in marks if m.point == "commit.staged"]:
+            to_commit = staged_at[0] - started_at
+        if marks:  # a flush killed late still says how far it got: "anywhere" reaches that far
+            window = max(window, marks[-1].at - started_at + 0.5)
+    hits = windows_hit(hooks, killed)
+    print(f"{len(killed)} flushes killed, {completed} completed; kills by window: {dict(hits)}")
+    assert sum(hits.values()) == len(killed)
+    assert hits[WINDOWS[None]] >= 1, f"no kill landed before a commit: {dict(hits)}"
+    assert len(killed) - hits[WINDOWS[None]] >= 1, f"no kill landed inside or after a commit: {dict(hits)}"
     assert flush(cfg)  # the survivor flush finishes whatever the kills left
     keys = Counter(committed_keys(cfg))
     doubled = [k for k, n in keys.items() if n > 1]
-    assert not doubled, f"seed {seed}: doubled keys {doubled[:5]}"
-    assert set(keys) == expected, f"seed {seed}: lost {len(expected - set(keys))} row(s)"
+    assert not doubled, f"doubled keys {doubled[:5]}"
+    assert set(keys) == expected, f"lost {len(expected - set(keys))} row(s)"
     assert quarantine(cfg, "app.events") == []
     assert spool.pending("app.events") == []
+
+
+def table_of(cfg: Path) -> Any:
     config = load_config(cfg)
-    tbl = Sink(config).load(config.table("app.events"))
-    assert tbl is not None
-    print(f"seed {seed}: {killed} flushes killed, {completed} completed, {len(tbl.snapshots())} commits")
+    return Sink(config).load(config.table("app.events"))
 
 
 # -- 4. two committers racing on one table -----------------------------------------------------------------
@@ -267,8 +300,16 @@ def test_two_processes_flushing_overlapping_keys_to_one_table(tmp_path: Path) ->
         spool_a.append("app.events", a)
         spool_b.append("app.events", b)
         expected |= {r["part_id"] for r in a + b}
+        # A barrier: each stops once its first commit is staged; both are let go together, so they race
+        # (their imports and reads take unequal times, and would let one finish before the other began).
+        hooks = Hooks(tmp_path / f"hooks{rnd}", pause_at="commit.staged@1")
         procs = [subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--config", str(c), "--json"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in (cfg_a, cfg_b)]
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **hooks.env()})
+                 for c in (cfg_a, cfg_b)]
+        for p in procs:
+            hooks.wait_paused(p.pid, alive=lambda p=p: p.poll() is None)
+        for p in procs:
+            hooks.resume(p.pid)
         outs = [p.communicate(timeout=120) for p in procs]
         for p, (_out, err) in zip(procs, outs):
             assert p.returncode == 0, err.decode()  # a conflict or a locked catalog is retried, not fatal
@@ -279,6 +320,30 @@ def test_two_processes_flushing_overlapping_keys_to_one_table(tmp_path: Path) ->
         assert [k for k, n in keys.items() if n > 1] == []
         assert set(keys) == expected
         assert spool_a.pending("app.events") == spool_b.pending("app.events") == []
+        spans = [hooks.span(p.pid) for p in procs]
+        assert overlapped(*spans), spans  # (certain after the barrier; says so if the barrier breaks)
+
+
+def test_a_commit_overtaken_by_another_committer_is_resettled_not_doubled(tmp_path: Path) -> None:
+    """The race made certain: A has written its files and is about to commit when B commits overlapping keys."""
+    cfg_a = write_config(tmp_path, EVENTS, name="a.toml", spool=str(tmp_path / "spool-a"))
+    cfg_b = write_config(tmp_path, EVENTS, name="b.toml", spool=str(tmp_path / "spool-b"))
+    spool_of(cfg_a).append("app.events", rows("y", 0, 4000))
+    spool_of(cfg_b).append("app.events", rows("y", 2000, 6000))
+    hooks = Hooks(tmp_path / "hooks", pause_at="commit.staged@1")
+    a = subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--json", "--config", str(cfg_a)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **hooks.env()})
+    hooks.wait_paused(a.pid, alive=lambda: a.poll() is None)
+    assert flush(cfg_b) == {"app.events": {"committed": 4000, "deduplicated": 0, "quarantined": 0}}
+    hooks.resume(a.pid)
+    out, err = a.communicate(timeout=120)
+    assert a.returncode == 0, err.decode()
+    # A's first commit was based on a table without B's rows: it conflicted, was settled again, and
+    # committed only the keys B had not.
+    assert json.loads(out)["tables"]["app.events"] == {"committed": 2000, "deduplicated": 2000, "quarantined": 0}
+    assert [m.point for m in hooks.marks(a.pid)].count("commit.staged") == 2
+    assert b"commit conflict" in err, err.decode()
+    assert Counter(committed_keys(cfg_a)) == Counter(f"y{i}" for i in range(6000))
 
 
 # -- 5. the malformed corpus -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import REPO, read_table, run_spoold, write_config
 
 from spoold.config import load_config
@@ -87,6 +88,7 @@ def records(cfg: Path) -> list[Record]:
     return [Record.from_json(p.read_bytes()) for p in sorted(d.glob("*.json"))]
 
 
+@pytest.mark.slow  # ~14 s
 def test_a_late_create_after_this_hosts_commit_loses_no_row(tmp_path: Path) -> None:
     """The silent loss: A creates, commits 300 rows and exits 0; B's late create then replaces the table."""
     a, b = host(tmp_path, "a", late="after-commit"), host(tmp_path, "b")

@@ -1,0 +1,55 @@
+"""Test-only marks and pauses at named points, so crash tests can kill inside the window they mean.
+
+Off unless ``SPOOLD_TEST_HOOKS`` names a directory when spoold is imported; a
+point then costs one global lookup. On, every :func:`reached` appends
+``<point> <pid> <n> <epoch time>`` to ``<dir>/marks`` (``n``: the how-many-th
+time this process got there), and the point named in ``SPOOLD_TEST_PAUSE_AT``
+(``point`` or ``point@n``) publishes that line as ``<dir>/paused.<pid>`` and
+waits there until ``<dir>/resume.<pid>`` appears or the test kills the process.
+
+Points: ``commit.staged`` (a commit's data and manifests are written, the
+catalog has not accepted it), ``flush.committed`` (the catalog accepted the
+commit, the flush files it finished are neither deleted nor held yet),
+``flush.removed`` (they are), ``tail.appended`` (a tailer's rows are durably
+spooled, its offset is not saved yet), ``backfill.committed`` (a backfill
+chunk is committed, the source cursors it covers are not saved yet),
+``replay.respooled`` (a quarantine replay's rows are durably spooled, their
+records are not removed yet).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_DIR = os.environ.get("SPOOLD_TEST_HOOKS") or None
+_PAUSE_AT = os.environ.get("SPOOLD_TEST_PAUSE_AT", "")
+_counts: dict[str, int] = {}
+
+
+def reached(point: str) -> None:
+    """Mark ``point`` (and pause there if asked); nothing at all unless the tests switched hooks on."""
+    if _DIR is None:
+        return
+    _mark(_DIR, point)
+
+
+def _mark(directory: str, point: str) -> None:
+    n = _counts[point] = _counts.get(point, 0) + 1
+    pid = os.getpid()
+    line = f"{point} {pid} {n} {time.time():.6f}\n".encode()
+    fd = os.open(os.path.join(directory, "marks"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines of concurrent processes never interleave
+    finally:
+        os.close(fd)
+    name, _, nth = _PAUSE_AT.partition("@")
+    if name != point or n != int(nth or 1):
+        return
+    tmp = os.path.join(directory, f".paused.{pid}")
+    with open(tmp, "wb") as f:
+        f.write(line)
+    os.replace(tmp, os.path.join(directory, f"paused.{pid}"))  # whole when the test sees it
+    resume = os.path.join(directory, f"resume.{pid}")
+    while not os.path.exists(resume):
+        time.sleep(0.02)

@@ -1,0 +1,73 @@
+"""A tail offset file that cannot be read (issue 15): its source file is read again from the start.
+
+(Stale offsets and a spool that refuses the tailer's append are covered in
+test_tail_rotation.py and test_tail.py.) The reread is harmless: the rows'
+keys settle it at flush; the tailer neither stops nor skips the other files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+import pytest
+
+from spoold.config import SourceSpec
+from spoold.envelope import parse_envelope
+from spoold.sources.tail import OFFSETS_DIR, Tailer
+from spoold.spool import Spool
+from spoold.spoolfiles import iter_lines
+
+TABLE = "t.src"
+
+
+def spooled_keys(spool: Spool) -> list[str]:
+    keys = []
+    for path in spool.pending(TABLE):
+        for _, raw, terminated in iter_lines(path):
+            env, err = parse_envelope(raw, terminated)
+            assert err is None, err
+            keys += [row[env["columns"].index("part_id")] for row in env["rows"]]
+    return keys
+
+
+def line(key: str) -> bytes:
+    return orjson.dumps({"part_id": key}) + b"\n"
+
+
+def drain(spool: Spool, src: Path) -> None:
+    """A tailer as a (re)started daemon makes one, run until it has read everything."""
+    t = Tailer(spool, [SourceSpec(TABLE, str(src / "*.jsonl"), "jsonl")])
+    t.discover()
+    while t.has_work():
+        t.run_pass()
+
+
+@pytest.mark.parametrize("garbage", [
+    b"{not json", b'{"path": 1}', b"",
+    b'{"path": "/x", "table": "t.src", "dev": 1, "ino": "not a number", "offset": 0, "lineno": 1}',
+], ids=["not-json", "fields-missing", "empty", "bad-number"])
+def test_a_corrupt_offset_file_means_reading_that_file_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes(line("a1") + line("a2"))
+    (src / "b.jsonl").write_bytes(line("b1"))
+    drain(spool, src)
+    by_path = {orjson.loads(p.read_bytes())["path"]: p for p in (spool.root / OFFSETS_DIR).glob("*.json")}
+    assert sorted(by_path) == [str(src / "a.jsonl"), str(src / "b.jsonl")]
+    by_path[str(src / "a.jsonl")].write_bytes(garbage)  # e.g. a disk that lost the rename's data
+
+    with caplog.at_level(logging.WARNING):
+        drain(spool, src)  # a restarted daemon
+    assert "unreadable" in caplog.text and "will be read from its start" in caplog.text
+    assert sorted(spooled_keys(spool)) == ["a1", "a1", "a2", "a2", "b1"]  # a.jsonl again, b.jsonl not
+    # and its offset is whole again: another restart reads nothing
+    drain(spool, src)
+    assert sorted(spooled_keys(spool)) == ["a1", "a1", "a2", "a2", "b1"]
+    docs = [orjson.loads(p.read_bytes()) for p in (spool.root / OFFSETS_DIR).glob("*.json")]
+    assert sorted((d["path"], d["offset"]) for d in docs) == [
+        (str(src / "a.jsonl"), len(line("a1") + line("a2"))), (str(src / "b.jsonl"), len(line("b1")))]
