@@ -229,11 +229,22 @@ class Daemon:
         self.report.ping()
 
     # -- shutdown -------------------------------------------------------------------
+    def _pending_tables(self, tables: list[str]) -> list[str]:
+        """Those of ``tables`` with rows pending; one whose spool cannot be looked at is left out (logged)."""
+        out = []
+        for table in tables:
+            try:
+                if self.spool.pending(table):
+                    out.append(table)
+            except OSError as e:
+                log.error("table %s: cannot look at its spool: %s", table, one_line(e))
+        return out
+
     def _shutdown(self) -> int:
         """Flush everything pending within shutdown_timeout_s, then report exit 0."""
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "stop"
         timeout = self.config.flush.shutdown_timeout_s
-        tables = [t for t in self.spool.tables() if self.spool.pending(t)]
+        tables = self._pending_tables(self.spool.tables())
         systemd.notify("STOPPING=1", f"STATUS=stopping: flushing {len(tables)} table(s)")
         self.report.draining()
         log.info("%s: flushing %d table(s) before exit (at most %ss)", name, len(tables), timeout)
@@ -252,7 +263,7 @@ class Daemon:
             worker.join(min(interval or 1.0, max(0.0, end - time.monotonic()), 1.0))
             if interval is not None:
                 systemd.notify("WATCHDOG=1")
-        left = [t for t in tables if self.spool.pending(t)]
+        left = self._pending_tables(tables)
         if worker.is_alive():
             log.warning("shutdown flush still running after %ss; exiting, rows stay in the spool: %s", timeout,
                         ", ".join(left))

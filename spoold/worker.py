@@ -45,8 +45,16 @@ class Worker:
 
     # -- the schedule's view ------------------------------------------------------
     def observe(self, table: str, now: float, *, changed: bool) -> None:
-        """Fold what the spool holds for ``table`` right now into its state."""
-        first, rows = self.pending.probe(table)
+        """Fold what the spool holds for ``table`` right now into its state; never raises: a table whose
+        spool cannot be looked at keeps its state (logged, rate-limited) and holds up no other table."""
+        try:
+            first, rows = self.pending.probe(table)
+        except Exception as e:
+            if (more := self.errors.note(f"observe:{table}", now)) is not None:
+                log.error("table %s: cannot look at its spool (the daemon goes on): %s%s", table, one_line(e), more,
+                          exc_info=not isinstance(e, (SpooldError, OSError)))
+            return
+        self.errors.forget(f"observe:{table}")
         self._set(table, observe(self.states.get(table, TableState()), now, first, rows, changed=changed))
 
     def _set(self, table: str, state: TableState) -> None:
