@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spoold.config import SpoolLimits
 from spoold.envelope import envelopes
+from spoold.settings import SpoolLimits
 from spoold.spool import Spool
 from spoold.spoolfiles import ACTIVE, flush_name
 

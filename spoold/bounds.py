@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from spoold.config import SpoolLimits
 from spoold.errors import SpoolFull
+from spoold.settings import SpoolLimits
 
 AUTO_FREE_FRACTION = 0.02  # min_free_bytes by default: 2% of the spool's filesystem ...
 AUTO_FREE_MAX = 256 << 20  # ... and never more than 256 MiB

@@ -20,6 +20,7 @@ from typing import Any
 
 from spoold.catalog_keys import validate_catalog
 from spoold.errors import ConfigError, UsageError
+from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings, SpoolLimits
 
 COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
 SOURCE_FORMATS = ("jsonl", "transcript")
@@ -90,84 +91,6 @@ class SourceSpec:
     table: str
     path: str
     format: str
-
-
-@dataclass(frozen=True, slots=True)
-class FlushSettings:
-    debounce_s: float = 120.0
-    max_delay_s: float = 600.0
-    max_rows: int = 100_000
-    chunk_rows: int = 100_000
-    shutdown_timeout_s: float = 30.0
-    retry_max_s: float = 300.0
-    # Expire snapshots past the table's own history.expire.* properties after a commit:
-    # every flush adds one, and pyiceberg's commit cost grows with the snapshots kept.
-    expire_snapshots: bool = True
-    # An idle daemon re-executes itself after this long to hand back the flush stack's
-    # memory (~120 MB that CPython never returns); 0: never.
-    idle_restart_s: float = 300.0
-    # A chunk (one commit) is also cut at this many bytes of spool lines, so memory is
-    # bounded by bytes, not only by rows (rows of 1 MB each would otherwise need GBs).
-    chunk_bytes: int = 64 << 20
-    # Until a fresh load this long after one of this spool's commits to a table still shows it, the
-    # spool keeps the committed rows (a create that is not atomic may yet replace a new table; see
-    # spoold/iceberg/verify.py). Not waited for where the catalog's create is exclusive (SQL).
-    verify_after_s: float = 60.0
-
-    ZERO_OK = frozenset({"idle_restart_s", "verify_after_s"})
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolLimits:
-    """``[spool] max_bytes`` and ``min_free_bytes``: past either, an append is refused whole (SpoolFull)."""
-
-    # Pending bytes per table (active + flush files); 0: no per-table bound.
-    max_bytes: int = 0
-    # Free bytes kept on the spool's filesystem; 0: none. AUTO_FREE: 2% of the filesystem, at most 256 MiB.
-    min_free_bytes: int = -1
-
-    ZERO_OK = frozenset({"max_bytes", "min_free_bytes"})
-    AUTO_FREE = -1
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonSettings:
-    """``[daemon]``: what ``spoold run`` serves and how it watches."""
-
-    # HOST:PORT for GET /metrics and GET /health; empty: off.
-    listen: str = ""
-    # Full look at spool and sources even without events (a safety net for missed events).
-    rescan_s: float = 60.0
-    # A failure that keeps recurring (a table's flush, the watcher) is logged at its first
-    # occurrence, then again at most this often, with how many were not (-v logs each).
-    log_repeat_s: float = 60.0
-
-    ZERO_OK = frozenset[str]()
-
-
-@dataclass(frozen=True, slots=True)
-class MaintainSettings:
-    """``[maintain]``: table maintenance the daemon runs by itself between flushes."""
-
-    enabled: bool = True
-    # Triggers, per table (docs/maintenance.md): this daemon's commits since the last run...
-    every_commits: int = 50
-    # ...data files added since the last run, by any writer (each flush adds small ones; 0: off)...
-    small_files: int = 100
-    # ...and time since the last run, for a table that has had commits since (0: off).
-    interval_s: float = 86400.0
-    # Retention: expire snapshots older than this, always keeping the newest keep_snapshots.
-    # 0: the table's history.expire.max-snapshot-age-ms / min-snapshots-to-keep (Iceberg: 5 days / 1).
-    max_snapshot_age_s: float = 0.0
-    keep_snapshots: int = 0
-    # Files no metadata references are deleted only once older than this: another writer's
-    # files are unreferenced until its commit lands (Iceberg's own default: 3 days).
-    orphan_age_s: float = 259200.0
-    # Compaction's target file size where the table sets no write.target-file-size-bytes
-    # (Iceberg's 512 MB suits clusters; a small host rewrites 64 MB groups comfortably).
-    target_file_bytes: int = 64 << 20
-
-    ZERO_OK = frozenset({"small_files", "interval_s", "max_snapshot_age_s", "keep_snapshots"})
 
 
 @dataclass(frozen=True)

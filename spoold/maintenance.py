@@ -20,9 +20,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from spoold.config import FlushSettings, MaintainSettings
 from spoold.errors import UsageError
 from spoold.scheduler import backoff_delay
+from spoold.settings import FlushSettings, MaintainSettings
 
 MIN_GAP_S = 5.0  # runs of one table are at least this far apart, whatever the triggers say
 RETRY_MAX_S = 3600.0  # cap of the backoff after failed runs

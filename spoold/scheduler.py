@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from spoold.config import FlushSettings
+from spoold.settings import FlushSettings
 
 RETRY_BASE_S = 1.0  # first backoff after a failure; doubles per failure up to retry_max_s
 

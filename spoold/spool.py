@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from spoold.bounds import Bounds
-from spoold.config import Config, SpoolLimits, validate_identifier
+from spoold.config import Config, validate_identifier
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
 from spoold.locks import Busy, FileLocks
+from spoold.settings import SpoolLimits
 from spoold.spoolfiles import (
     ACTIVE,
     FLUSH_RE,

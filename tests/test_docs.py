@@ -18,8 +18,9 @@ import pytest
 from conftest import REPO, run_spoold, write_config
 
 from spoold.catalog_keys import CATALOG_KEYS, FILE_IO_KEYS
-from spoold.cli import _parser, main
-from spoold.config import DaemonSettings, FlushSettings, MaintainSettings
+from spoold.cli import main
+from spoold.cliargs import parser
+from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings
 
 DOCS = REPO / "docs"
 SAMPLE = REPO / "systemd" / "spoold.toml"
@@ -64,7 +65,7 @@ def test_every_catalog_key_spoold_accepts_is_in_the_reference() -> None:
 
 
 def commands() -> list[str]:
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     return list(sub.choices)
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from maintkit import TABLE, commit, files_under, key_counts, live_data_files, local, make_config, table
 
-from spoold.config import Config, MaintainSettings, load_config
+from spoold.config import Config, load_config
 from spoold.iceberg.compact import plan, rewrite
 from spoold.iceberg.expire import Retention, expirable, expire_snapshots, retention
 from spoold.iceberg.reachable import files_of, manifests_of, metadata_files, referenced
 from spoold.iceberg.rewrite import commit_rewrites
 from spoold.iceberg.sink import Sink
+from spoold.settings import MaintainSettings
 
 ALL = Retention(max_age_ms=0, keep=1)
 

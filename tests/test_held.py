@@ -13,8 +13,7 @@ from conftest import write_config
 
 from spoold import held
 from spoold.config import Config, load_config
-from spoold.iceberg.sink import CommitOutcome
-from spoold.iceberg.sink import Sink
+from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.iceberg.verify import Keeper, recheck
 from spoold.pending import Pending
 from spoold.spool import Spool

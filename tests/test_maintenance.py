@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from spoold.config import MaintainSettings
 from spoold.errors import UsageError
 from spoold.maintenance import (
     MIN_GAP_S,
@@ -17,6 +16,7 @@ from spoold.maintenance import (
     parse_duration,
     sweep_due,
 )
+from spoold.settings import MaintainSettings
 
 S = MaintainSettings(every_commits=5, small_files=20, interval_s=3600.0)
 NOW = 1_000_000.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from spoold.config import FlushSettings
 from spoold.scheduler import (
     LogLimiter,
     TableState,
@@ -16,6 +15,7 @@ from spoold.scheduler import (
     is_due,
     observe,
 )
+from spoold.settings import FlushSettings
 
 S = FlushSettings(debounce_s=10.0, max_delay_s=60.0, max_rows=1000, retry_max_s=40.0)
 T0 = 1_000_000.0

@@ -152,7 +152,7 @@ def test_unit_essentials() -> None:
 
 def test_example_config_has_exactly_the_known_keys() -> None:
     # The config loader refuses unknown keys; the example must not teach any.
-    from spoold.config import DaemonSettings, FlushSettings, MaintainSettings
+    from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings
 
     cfg = tomllib.loads(EXAMPLE_CONFIG.read_text())
     assert set(cfg) == {"spool", "catalog", "flush", "daemon", "maintain", "tables", "sources"}

@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from spoold.config import SourceSpec, SpoolLimits
+from spoold.config import SourceSpec
+from spoold.settings import SpoolLimits
 from spoold.sources import tail as tail_module
 from spoold.sources.tail import Tailer
 from spoold.spool import Spool

@@ -23,11 +23,11 @@ from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.utils.properties import property_as_bool, property_as_int
 
-from spoold.config import MaintainSettings
 from spoold.errors import SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.reachable import files_of, fs_path, manifests_of, statistics_of
 from spoold.iceberg.snapshots import MemoTransaction
+from spoold.settings import MaintainSettings
 
 log = logging.getLogger(__name__)
 _GC_ENABLED = "gc.enabled"
