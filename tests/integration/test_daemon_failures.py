@@ -50,6 +50,14 @@ def first_look_done(d: DaemonProc, root: Path) -> None:
              "the daemon's first look at the spool")
 
 
+def injected(tmp_path: Path, code: str) -> dict[str, str]:
+    """The environment that loads ``code`` as ``sitecustomize`` into the daemon's interpreter only."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(code)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(inject), os.environ.get("PYTHONPATH")) if p)}
+
+
 # -- an error inside a loop turn ------------------------------------------------------------------------
 def _unstattable_table(root: Path, table: str) -> Path:
     """A table whose active.jsonl is a symlink to itself: stat() fails with ELOOP, an OSError nothing expects."""
@@ -110,14 +118,10 @@ spoold.scheduler.due_tables = due_tables
 
 
 def test_a_loop_error_is_logged_and_the_daemon_goes_on(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(LOOP_FAILS)
     fails = tmp_path / "loop-fails"
     cfg = write_config(tmp_path, FLUSH)
     root = tmp_path / "state" / "spool"
-    pythonpath = os.pathsep.join(p for p in (str(inject), os.environ.get("PYTHONPATH")) if p)
-    d = daemons(cfg, env={"PYTHONPATH": pythonpath, "INJECT_LOOP_FAILS": str(fails)})
+    d = daemons(cfg, env={**injected(tmp_path, LOOP_FAILS), "INJECT_LOOP_FAILS": str(fails)})
     first_look_done(d, root)
     lands(cfg, ["before"], "a row before the error")
     fails.touch()
@@ -175,14 +179,10 @@ watchfiles.watch = watch
 def test_a_failing_watcher_is_retried_and_rows_land_meanwhile(
     tmp_path: Path, daemons: Callable[..., DaemonProc]
 ) -> None:
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(SITECUSTOMIZE)
     fails, watching = tmp_path / "watch-fails", tmp_path / "watching"
     fails.touch()
     cfg = write_config(tmp_path, FLUSH)
-    pythonpath = os.pathsep.join(p for p in (str(inject), os.environ.get("PYTHONPATH")) if p)
-    d = daemons(cfg, env={"PYTHONPATH": pythonpath, "INJECT_WATCH_FAILS": str(fails),
+    d = daemons(cfg, env={**injected(tmp_path, SITECUSTOMIZE), "INJECT_WATCH_FAILS": str(fails),
                           "INJECT_WATCHING": str(watching)})
     wait_for(lambda: "file watcher failed, retrying: OSError: [Errno 28] OS file watch limit reached" in d.log(),
              "the watcher's failure logged")
