@@ -407,6 +407,7 @@ def test_tables_spoold_creates_drop_old_metadata_files_and_merge_manifests(confi
     sink.commit(spec, batch(["m0"]), TYPES, {})
     tbl = sink.load(spec)
     assert tbl is not None and tbl.properties["write.metadata.delete-after-commit.enabled"] == "true"
+    assert tbl.properties["write.metadata.previous-versions-max"] == "20"
     with tbl.transaction() as tx:
         tx.set_properties({"write.metadata.previous-versions-max": "2", "commit.manifest.min-count-to-merge": "3"})
     for i in range(1, 6):

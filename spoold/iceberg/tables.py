@@ -39,12 +39,14 @@ log = logging.getLogger(__name__)
 # Properties of the tables spoold creates (their owner can change them):
 # - each commit writes a new metadata file as big as the history kept (~1 KB a snapshot); a daemon
 #   flushing every minute would pile up gigabytes of old ones a day, so only the last
-#   `write.metadata.previous-versions-max` (100) are kept;
+#   `write.metadata.previous-versions-max` are kept: 20 (Iceberg's default, 100, is ~100 x the
+#   history in bytes; an old metadata file only serves to point the table back by hand);
 # - each commit adds a manifest; merging them once there are `commit.manifest.min-count-to-merge`
 #   (100), as Java Iceberg does by default, keeps commits and readers' planning from growing with
 #   the number of commits.
 CREATED_TABLE_PROPERTIES = {
     TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true",
+    TableProperties.METADATA_PREVIOUS_VERSIONS_MAX: "20",
     TableProperties.MANIFEST_MERGE_ENABLED: "true",
 }
 
