@@ -226,3 +226,52 @@ def test_a_rewrite_cut_short_at_any_step_leaves_no_file_behind(cfg: Config, monk
         assert set(files_under(tbl, "data")) == before and rw.outputs == []
     rw = rewrite(tbl, group, spec.key, 64 << 20)  # and uninterrupted it completes
     assert len(rw.outputs) == 1 and set(files_under(tbl, "data")) - before == {local(rw.outputs[0].file_path)}
+
+
+@pytest.mark.parametrize("failing", ["load", "sync"])
+def test_a_compaction_that_landed_keeps_its_files_when_a_step_after_its_commit_fails(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The catalog took the replace, then the reload (or the fsync) after it failed: the new files are the
+    table's data now. They used to be deleted as 'not committed', leaving a snapshot that pointed at
+    missing files (every scan and every fresh key index failed)."""
+    from spoold.errors import CatalogError
+    from spoold.iceberg import maintain as maintain_mod
+    from spoold.iceberg.tables import Tables
+
+    sink = Sink(cfg)
+    for i in range(4):
+        commit(sink, [f"k{i}-{j}" for j in range(50)])
+    tables, landed = Tables(cfg), []
+    real_load, real_sync = Tables.load, rewrite_mod.sync_local_files
+
+    def load(self: Tables, spec: Any, **kw: Any) -> Any:
+        if landed and failing == "load":
+            raise CatalogError("cannot load app.events: timed out (injected, after the commit landed)")
+        return real_load(self, spec, **kw)
+
+    def sync(paths: list[str]) -> None:
+        landed.append(True)
+        if failing == "sync":
+            raise OSError(5, "Input/output error (injected)")
+        real_sync(paths)
+
+    monkeypatch.setattr(Tables, "load", load)
+    monkeypatch.setattr(rewrite_mod, "sync_local_files", sync)
+    steps = maintain_mod.run_steps(tables, cfg, cfg.table(TABLE), maintain_mod.Options(orphans=False),
+                                   maintain_mod.Report())
+    if failing == "sync":
+        with pytest.raises(CatalogError, match="it was committed"):
+            for _ in steps:
+                pass
+    else:
+        with pytest.raises(CatalogError):  # the expiry after the compaction cannot load the table either
+            for _ in steps:
+                pass
+    monkeypatch.undo()
+    assert landed
+    tbl = table(cfg)
+    assert tbl.current_snapshot().summary.operation.value == "replace"
+    assert key_counts(cfg) == Counter(f"k{i}-{j}" for i in range(4) for j in range(50))  # every file is there
+    commit(Sink(cfg), ["new", "k0-0"])  # a fresh key index reads the whole table: flushing goes on
+    assert sum(key_counts(cfg).values()) == 201

@@ -130,8 +130,11 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
                 report.duplicates_removed += rw.duplicates
         elif pending:
             props = {"spoold.op": "maintain", "spoold.host": tables.host, "spoold.rows": "0"}
-            done, _, _ = commit_rewrites(tables, spec, pending, props)
-            pending = []
+            # Handed over before the commit: one that raises may still have landed (an unknown outcome, a
+            # step after it failing), and its outputs are then the table's data. commit_rewrites deletes
+            # only outputs it knows no snapshot took; any others are orphans for a later run.
+            to_commit, pending = pending, []
+            done, _, _ = commit_rewrites(tables, spec, to_commit, props)
             for rw in done:
                 report.files_compacted += len(rw.group.inputs)
                 report.files_written += len(rw.outputs)

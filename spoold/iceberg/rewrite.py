@@ -30,7 +30,7 @@ from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFil
 from pyiceberg.utils.properties import property_as_int
 
 from spoold.config import TableSpec
-from spoold.errors import CommitConflict
+from spoold.errors import CatalogError, CommitConflict
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.compact import Rewrite, discard, live_files
 from spoold.iceberg.snapshots import MemoTransaction, snapshot_files, sync_local_files, without_auto_retry
@@ -145,10 +145,15 @@ def commit_rewrites(tables: Tables, spec: TableSpec, rewrites: list[Rewrite],
                      spec.identifier, e, wait)
             time.sleep(wait)
             continue
-        with catalog_errors(f"cannot sync the files of {spec.identifier}'s compaction"):
+        # The commit stands from here on: what follows must not undo it.
+        with catalog_errors(f"cannot sync the files of {spec.identifier}'s compaction (it was committed)"):
             sync_local_files(snapshot_files(new))
-            producer.drop_unused_manifests(new)
-        tables.load(spec)  # so the next flush through ``tables`` starts from the new version, not a conflict
+        try:
+            with catalog_errors(f"cannot tidy up after {spec.identifier}'s compaction"):
+                producer.drop_unused_manifests(new)
+                tables.load(spec)  # so the next flush through ``tables`` starts from the new version
+        except CatalogError as e:
+            log.warning("table %s: %s (the compaction is committed; left for a later run)", spec.identifier, e)
         return pending, dropped, new
     for r in pending:
         if tbl is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.metadata import TableMetadata
@@ -89,11 +89,13 @@ def sync_local_files(paths: list[str]) -> None:
     a flush could leave it pointing at files the page cache never wrote, with
     the spool copy already deleted. Object stores are durable on upload.
     """
+    from pyiceberg.io.pyarrow import PyArrowFileIO  # loaded by the write that made these files anyway
+
     dirs: set[str] = set()
     for path in paths:
         if not _is_local(path):
             continue
-        local = unquote(urlparse(path).path)
+        local = PyArrowFileIO.parse_location(path)[2]  # as pyiceberg wrote it: %-escapes are literal
         fd = os.open(local, os.O_RDONLY)
         try:
             os.fsync(fd)

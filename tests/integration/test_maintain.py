@@ -192,3 +192,29 @@ def test_sigkill_at_random_points_of_maintain_loses_and_doubles_nothing(tmp_path
     assert key_counts(c) == expected and duckdb_scan(tbl.metadata_location)[0][0] == sum(expected.values())
     refs = {local(p) for p in referenced(tbl)}
     assert [p for p in files_under(tbl) if p not in refs] == []  # the killed runs' orphans are gone
+
+
+def test_a_partition_value_that_needs_escaping_flushes_and_compacts_in_one_go(tmp_path: Path) -> None:
+    """pyiceberg %-escapes partition values in paths (``src=host%3A1%2F%C3%A9``) and writes that literal
+    name; spoold's fsync after a commit used to unescape it, fail on a file that does not exist, and
+    keep the spool file (one failed flush per batch, and no fsync of the data); compaction failed too."""
+    from conftest import write_config
+
+    cfg = write_config(tmp_path, '[tables."app.src"]\npartition_by = ["src"]\n[tables."app.src".columns]\n'
+                                 'part_id = "string!"\nsrc = "string"\n')
+    for i in range(4):
+        rows = b"".join(orjson.dumps({"part_id": f"k{i}-{j}", "src": "host:1/\u00e9 %41"}) + b"\n" for j in range(5))
+        out = run_spoold("append", "app.src", "-", "--config", str(cfg), input=rows)
+        assert out.returncode == 0, out.stderr.decode()
+        out = run_spoold("flush", "--config", str(cfg), "--json")
+        assert out.returncode == 0 and b"error" not in out.stderr, out.stderr.decode()
+        assert orjson.loads(out.stdout)["tables"]["app.src"]["committed"] == 5
+    c = load_config(cfg)
+    assert not list((c.spool_root / "app.src").glob("flush-*.jsonl"))  # nothing left for a second flush
+    doc = maintain(cfg, "app.src")["app.src"]
+    assert doc["files_before"] == 4 and doc["files_after"] == 1, doc
+    tbl = Sink(c).load(c.table("app.src"))
+    assert tbl is not None
+    data = tbl.scan().to_arrow()
+    assert sorted(data.column("part_id").to_pylist()) == sorted(f"k{i}-{j}" for i in range(4) for j in range(5))
+    assert set(data.column("src").to_pylist()) == {"host:1/\u00e9 %41"}
