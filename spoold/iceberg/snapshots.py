@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.metadata import TableMetadata
-from pyiceberg.table.update import update_table_metadata
 
 from spoold.spool import fsync_dir
 
@@ -32,8 +32,30 @@ class MemoTransaction(Transaction):
         base, updates = self._table.metadata, self._updates
         memo = self._memo
         if memo is None or memo[0] is not base or memo[1] is not updates:
-            memo = self._memo = (base, updates, update_table_metadata(base, updates) if updates else base)
+            memo = self._memo = (base, updates, staged_metadata(base, updates) if updates else base)
         return memo[2]
+
+
+def staged_metadata(base: TableMetadata, updates: tuple[Any, ...]) -> TableMetadata:
+    """``update_table_metadata(base, updates)`` without its final deep copy of the whole metadata.
+
+    The copy costs ~20 us a snapshot kept (3.5 ms at 160) at each staged change
+    of a commit, and guards nothing here: the models are frozen and every
+    update builds new ones. What the catalog writes is still validated in full
+    by pyiceberg's own commit. (``tests/test_sink.py`` checks both agree.)
+    """
+    from pyiceberg.table.update import _apply_table_update, _TableMetadataUpdateContext
+    from pyiceberg.utils.datetime import datetime_to_millis
+
+    context = _TableMetadataUpdateContext()
+    new = base
+    for update in updates:
+        new = _apply_table_update(update, new, context)
+    if context.has_changes() and base.last_updated_ms == new.last_updated_ms:
+        new = new.model_copy(update={"last_updated_ms": datetime_to_millis(datetime.now().astimezone())})
+    new.spec().check_compatible(new.schema())
+    new.sort_order().check_compatible(new.schema())
+    return new
 
 
 def without_auto_retry(tbl: Table) -> Table:
