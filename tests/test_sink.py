@@ -433,6 +433,7 @@ def test_tables_spoold_creates_drop_old_metadata_files_and_merge_manifests(confi
     tbl = sink.load(spec)
     assert tbl is not None and tbl.properties["write.metadata.delete-after-commit.enabled"] == "true"
     assert tbl.properties["write.metadata.previous-versions-max"] == "20"
+    assert tbl.properties["commit.manifest.min-count-to-merge"] == "16"
     with tbl.transaction() as tx:
         tx.set_properties({"write.metadata.previous-versions-max": "2", "commit.manifest.min-count-to-merge": "3"})
     for i in range(1, 6):
