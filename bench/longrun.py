@@ -180,10 +180,11 @@ def report(mode: str, r: dict[str, Any], flushes: int) -> None:
     print(f"  pyiceberg full scan: {s['pyiceberg']:.3f} s vs {s['pyiceberg_one']:.3f} s for one data file "
           f"({s['pyiceberg'] / s['pyiceberg_one']:.1f}x)")
     if mode == "on":
-        targets = [("latency", ratio <= 1.3), ("metadata", meta <= 2.0)]
-        if "duckdb_count" in s:
-            targets.append(("scan", max(s["duckdb_count"] / s["duckdb_count_one"],
-                                        s["duckdb_scan"] / s["duckdb_scan_one"]) <= 2.0))
+        # The target is on a full scan: DuckDB's aggregate over every column if DuckDB is
+        # installed, else pyiceberg's. The count(*) above reads only metadata (milliseconds: the metadata
+        # file grows with the snapshots kept); it is printed, not judged.
+        full = s["duckdb_scan"] / s["duckdb_scan_one"] if "duckdb_scan" in s else s["pyiceberg"] / s["pyiceberg_one"]
+        targets = [("latency", ratio <= 1.3), ("metadata", meta <= 2.0), ("full scan", full <= 2.0)]
         print("  targets: " + ", ".join(f"{n} {'met' if ok else 'MISSED'}" for n, ok in targets))
 
 
