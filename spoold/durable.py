@@ -9,6 +9,7 @@ started.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Iterable
@@ -26,20 +27,33 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Publish ``data`` at ``path``: write a temp file, fsync, rename, fsync the directory."""
+    os.close(_publish(path, data, mode, lock=False))
+
+
+def write_atomic_locked(path: Path, data: bytes, mode: int = 0o600) -> int:
+    """:func:`write_atomic`, with the file ``flock``ed (exclusive) before it appears under its name.
+
+    Returns the descriptor that holds the lock; closing it drops the lock.
+    """
+    return _publish(path, data, mode, lock=True)
+
+
+def _publish(path: Path, data: bytes, mode: int, *, lock: bool) -> int:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per thread too
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
+        write_all(fd, data)
+        os.fsync(fd)
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
+        os.close(fd)
         tmp.unlink(missing_ok=True)  # a full disk must not also keep the torn temp file's blocks
         raise
-    fsync_dir(path.parent)
+    return fd
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from spoold.durable import write_all
+from spoold.durable import write_atomic_locked
 from spoold.envelope import envelopes
 from spoold.spool import Spool, fsync_dir, write_atomic
 
@@ -128,22 +128,8 @@ def write_copy(spool: Spool, table: str, rows: list[Any]) -> Copy:
     failed), it is re-queued at the next look: if the commit never happened
     (or its outcome was lost), flush commits the rows instead.
     """
-    d = _make_dir(spool, table)
-    path = d / f"backfill-{time.time_ns()}-{os.getpid()}.jsonl"
-    tmp = d / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        write_all(fd, b"".join(line for line, _ in envelopes(rows)))
-        os.fsync(fd)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.replace(tmp, path)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(d)
-    return Copy(path, fd)
+    path = _make_dir(spool, table) / f"backfill-{time.time_ns()}-{os.getpid()}.jsonl"
+    return Copy(path, write_atomic_locked(path, b"".join(line for line, _ in envelopes(rows))))
 
 
 @contextmanager
