@@ -50,7 +50,8 @@ The rules that follow, for each spool and table:
    chunk's rows into ``.held/``, then commits; the copy is then treated as a
    held flush file (deleted once verified, re-queued if its commit vanished,
    and re-queued when it has no record because the run died before its
-   commit returned). A verified table needs no copy.
+   commit returned; while the run lives, the copy is locked and every look
+   leaves it alone). A verified table needs no copy.
 
 What this does not cover: a create that takes longer than ``verify_after_s``
 between its check and its write, landing after the pin. Give a slow gateway
