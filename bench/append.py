@@ -35,8 +35,8 @@ from pathlib import Path
 
 from spoold.envelope import envelopes
 from spoold.settings import SpoolLimits
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE, flush_name
+from spoold.spool.files import ACTIVE, flush_name
+from spoold.spool.spool import Spool
 
 TABLE = "bench.events"
 ENVELOPE_ROWS = 100

@@ -68,7 +68,7 @@ def setup(d: Path, rows: int, committed: int, spooled: int) -> None:
     from spoold.envelope import Validator
     from spoold.iceberg.schema import to_arrow
     from spoold.iceberg.sink import Sink
-    from spoold.spool import Spool
+    from spoold.spool.spool import Spool
 
     (d / "spoold.toml").write_text(_config_text(d))
     config = load_config(d / "spoold.toml")
@@ -190,7 +190,7 @@ def main() -> None:
 
         import pyiceberg.catalog.sql  # noqa: F401  (imported before timing either run)
 
-        from spoold.backfill import backfill
+        from spoold.backfill.run import backfill
         from spoold.config import load_config
 
         config = load_config(d / "spoold.toml")

@@ -63,9 +63,9 @@ def host(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     from spoold.config import load_config
     from spoold.errors import SpooldError
-    from spoold.flush import flush_table
+    from spoold.flush.flush import flush_table
     from spoold.iceberg.sink import Sink
-    from spoold.spool import Spool
+    from spoold.spool.spool import Spool
 
     config = load_config(plan["config"])
     spool, table, name = Spool.from_config(config), plan["table"], plan["host"]

@@ -90,7 +90,7 @@ def gen_rows(n: int, prefix: str = "m", days: int = 7, seed: int = 1) -> Any:
 
 
 def write_spool(config: Any, rows: Any) -> None:
-    from spoold.spool import Spool
+    from spoold.spool.spool import Spool
 
     Spool.from_config(config).append(TABLE, rows)
 
@@ -98,10 +98,10 @@ def write_spool(config: Any, rows: Any) -> None:
 # -- 1. throughput ---------------------------------------------------------------------------------------------
 def run_spoold(workdir: Path, source: Path, n: int, chunk_rows: int, tag: str) -> tuple[float, float]:
     """Wall and CPU seconds (all threads) of one flush of the spooled source, on a fresh catalog."""
-    from spoold.flush import flush_table
+    from spoold.flush.flush import flush_table
     from spoold.iceberg.sink import Sink
-    from spoold.spool import Spool
-    from spoold.spoolfiles import ACTIVE
+    from spoold.spool.files import ACTIVE
+    from spoold.spool.spool import Spool
 
     config = make_config(workdir / f"spoold-{tag}", chunk_rows)
     spool = Spool.from_config(config)
@@ -180,8 +180,8 @@ def throughput(workdir: Path, n: int, chunk_rows: int, runs: int = 2) -> None:
 
 # -- 2. a small flush into an empty vs a large table -------------------------------------------------------
 def small_flush(config: Any, sink: Any, rows: list[dict[str, Any]]) -> float:
-    from spoold.flush import flush_table
-    from spoold.spool import Spool
+    from spoold.flush.flush import flush_table
+    from spoold.spool.spool import Spool
 
     spool = Spool.from_config(config)
     spool.append(TABLE, rows)
@@ -261,7 +261,7 @@ def table_size(workdir: Path, committed: int, files: int, small: int, reps: int 
 
 # -- 3. peak RSS (child) ---------------------------------------------------------------------------------------
 def child_flush(workdir: Path, source: Path, n: int, chunk_rows: int) -> None:
-    import spoold.flush  # noqa: F401 - imports first, so the baseline includes them
+    import spoold.flush.flush  # noqa: F401 - imports first, so the baseline includes them
     import spoold.iceberg.sink  # noqa: F401
 
     base = rss_mb()
@@ -281,7 +281,7 @@ def peak_rss(workdir: Path, n: int, chunk_rows: int) -> None:
 
 # -- 4. KeyIndex memory (child) ------------------------------------------------------------------------------------
 def child_index(keys: int) -> None:
-    from spoold.keyindex import KeyIndex
+    from spoold.keys.index import KeyIndex
 
     base, batch = rss_mb(), 100_000
     idx = KeyIndex()

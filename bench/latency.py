@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 from spoold.config import load_config
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 TABLE = "bench.latency"
 

@@ -107,10 +107,10 @@ def scans(tbl: Any, catalog: Any) -> dict[str, float]:
 
 
 def run_mode(workdir: Path, flushes: int, rows: int, maintain: bool) -> dict[str, Any]:
-    from spoold import maintenance
-    from spoold.flush import flush_table
+    from spoold.daemon import maintenance
+    from spoold.flush.flush import flush_table
     from spoold.iceberg.sink import Sink
-    from spoold.spool import Spool
+    from spoold.spool.spool import Spool
 
     state = workdir / ("on" if maintain else "off")
     shutil.rmtree(state, ignore_errors=True)
@@ -190,7 +190,7 @@ def report(mode: str, r: dict[str, Any], flushes: int) -> None:
 
 # -- 2. peak RSS of a compaction ------------------------------------------------------------------------------
 def child_compact(state: Path) -> None:
-    from spoold.iceberg.maintain import Options, Report, run_steps
+    from spoold.iceberg.maintain.run import Options, Report, run_steps
     from spoold.iceberg.tables import Tables
 
     config = make_config(state, True)
@@ -200,7 +200,7 @@ def child_compact(state: Path) -> None:
     import pyarrow.compute  # noqa: F401  (imports are not the compaction's memory)
     import pyarrow.dataset  # noqa: F401
 
-    from spoold.iceberg.compact import plan
+    from spoold.iceberg.maintain.compact import plan
 
     plan(tbl, config.maintain.target_file_bytes)
     with open("/proc/self/clear_refs", "w") as f:
@@ -219,9 +219,9 @@ def _status(field: str) -> float:
 
 
 def rss(workdir: Path, files: int = 40, rows: int = 25_000) -> None:
-    from spoold.flush import flush_table
+    from spoold.flush.flush import flush_table
     from spoold.iceberg.sink import Sink
-    from spoold.spool import Spool
+    from spoold.spool.spool import Spool
 
     state = workdir / "rss"
     shutil.rmtree(state, ignore_errors=True)

@@ -99,7 +99,7 @@ def _peak_mb() -> float:
 
 
 def child_cli(args: list[str]) -> None:
-    from spoold.cli import main
+    from spoold.cli.entry import main
 
     t0 = time.perf_counter()
     rc = main(args)

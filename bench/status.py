@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from spoold.config import load_config
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 TABLES = ("app.events", "app.users", "chat.parts", "chat.sessions", "ops.audit")
 PYICEBERG_WAY = """
@@ -69,10 +69,10 @@ def main() -> None:
         spool.append(TABLES[0], [{"part_id": "bad", "n": "not a number"}])
         status = timed([sys.executable, "-m", "spoold", "status", "--json", "--config", str(cfg_path)], runs)
         pyiceberg = timed([sys.executable, "-c", PYICEBERG_WAY, str(cfg_path), *TABLES], runs)
-        baseline = timed([sys.executable, "-c", "import spoold.cli"], runs)
+        baseline = timed([sys.executable, "-c", "import spoold.cli.entry"], runs)
     print(f"{len(TABLES)} tables x {commits} commits, {runs} runs each (fresh process per run)")
     for name, t in (("spoold status --json", status), ("import + load via pyiceberg", pyiceberg),
-                    ("python -c 'import spoold.cli'", baseline)):
+                    ("python -c 'import spoold.cli.entry'", baseline)):
         print(f"  {name:32s} median {statistics.median(t):.3f} s, best {min(t):.3f} s")
 
 

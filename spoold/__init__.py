@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from spoold.config import Config, TableSpec, load_config
     from spoold.errors import SpooldError
-    from spoold.spool import Spool
+    from spoold.spool.spool import Spool
 
 __all__ = ["Config", "Spool", "SpooldError", "TableSpec", "load_config"]
 __version__ = "0.1.0"
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # The public names load on first use (PEP 562): importing the package alone, as pytest does
 # for the plugin (spoold.testing) in every run of everyone who installed spoold, costs nothing.
 _EXPORTS = {"Config": "spoold.config", "TableSpec": "spoold.config", "load_config": "spoold.config",
-            "SpooldError": "spoold.errors", "Spool": "spoold.spool"}
+            "SpooldError": "spoold.errors", "Spool": "spoold.spool.spool"}
 
 
 def __getattr__(name: str) -> Any:

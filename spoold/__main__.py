@@ -1,3 +1,3 @@
-from spoold.cli import main
+from spoold.cli.entry import main
 
 raise SystemExit(main())

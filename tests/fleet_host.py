@@ -6,7 +6,7 @@ The plan (JSON): ``config`` (the host's spoold.toml), ``table``, ``host`` (its
 name), ``barrier`` (a directory shared by the hosts), ``hosts`` (how many) and
 ``steps``: a list of row lists, each row ``[key, n]``. For each step the host
 appends the rows, waits until every host is ready for that step, then runs
-the real CLI's ``flush`` (``spoold.cli.main``, in this process, so the hosts
+the real CLI's ``flush`` (``spoold.cli.entry.main``, in this process, so the hosts
 meet after their imports and their flushes — and creates — start together).
 A last step with no rows lets each host look at what it holds. Exits with the
 first non-zero flush status (0 if all succeeded); the flushes' JSON goes to
@@ -32,9 +32,9 @@ def barrier(directory: Path, step: int, host: str, hosts: int, timeout: float = 
 
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
-    import spoold.flush  # noqa: F401 - the whole flush stack, loaded before the hosts meet
+    import spoold.flush.flush  # noqa: F401 - the whole flush stack, loaded before the hosts meet
     from spoold import Spool, load_config
-    from spoold.cli import main as spoold
+    from spoold.cli.entry import main as spoold
 
     config = load_config(plan["config"])
     spool = Spool.from_config(config)

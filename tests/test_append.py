@@ -15,8 +15,8 @@ from conftest import run_spoold
 
 from spoold.config import TableSpec, load_config
 from spoold.envelope import Validator
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE, read_validated
+from spoold.spool.files import ACTIVE, read_validated
+from spoold.spool.spool import Spool
 
 T = "chat.parts"
 DECLARED = f"""
@@ -151,7 +151,7 @@ def test_missing_file_exits_2_naming_it(cfg: Path, tmp_path: Path) -> None:
 def test_append_does_not_import_pyarrow_or_pyiceberg(cfg: Path) -> None:
     code = (
         "import sys, io\n"
-        "from spoold.cli import main\n"
+        "from spoold.cli.entry import main\n"
         "sys.stdin = io.TextIOWrapper(io.BytesIO(b'{\"part_id\": \"light\"}\\n'))\n"
         f"assert main(['append', {T!r}, '--config', {str(cfg)!r}]) == 0\n"
         "heavy = sorted(m for m in sys.modules if m.startswith(('pyarrow', 'pyiceberg', 'numpy', 'sqlalchemy')))\n"

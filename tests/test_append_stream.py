@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from spoold.config import TableSpec, load_config
 from spoold.envelope import Validator
-from spoold.spool import STAGE_BYTES, Spool
-from spoold.spoolfiles import ACTIVE, iter_lines
+from spoold.spool.files import ACTIVE, iter_lines
+from spoold.spool.spool import STAGE_BYTES, Spool
 
 TABLE = "app.events"
 DECLARED = f"""
@@ -82,7 +82,7 @@ def test_memory_stays_bounded_whatever_the_input_size(tmp_path: Path) -> None:
         for i in range(0, 200_000, 20_000):
             f.write(rows(20_000, i))  # ~50 MB
     # The CLI's own peak (VmHWM: ru_maxrss would carry the forking test process's peak over the exec).
-    code = ("import sys\nfrom spoold.cli import main\nrc = main(sys.argv[1:])\n"
+    code = ("import sys\nfrom spoold.cli.entry import main\nrc = main(sys.argv[1:])\n"
             "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].split()[1]\n"
             "print(int(hwm) // 1024, rc, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code, "append", TABLE, str(src), "--config", str(cfg)],

@@ -11,14 +11,14 @@ import orjson
 import pytest
 
 from spoold import durable
-from spoold import spool as spool_module
-from spoold.bounds import AUTO_FREE_MAX, min_free
 from spoold.config import ConfigError, parse_config
 from spoold.envelope import envelopes
 from spoold.errors import SpoolError, SpoolFull
 from spoold.settings import SpoolLimits
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE, flush_name, quarantine_record
+from spoold.spool import spool as spool_module
+from spoold.spool.bounds import AUTO_FREE_MAX, min_free
+from spoold.spool.files import ACTIVE, flush_name, quarantine_record
+from spoold.spool.spool import Spool
 
 T = "t.events"
 

@@ -122,7 +122,7 @@ def test_main_is_callable_in_process(config_path: Callable[..., Path], capsys: p
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from spoold.cli import main
+    from spoold.cli.entry import main
 
     cfg = config_path()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(ROW)))

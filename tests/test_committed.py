@@ -12,12 +12,12 @@ from maintkit import TABLE, key_counts, make_config, table
 from pyiceberg.table import Table
 
 from spoold.config import Config, load_config
-from spoold.iceberg.compact import plan, rewrite
-from spoold.iceberg.maintain import Options, Report, run_steps
-from spoold.iceberg.rewrite import commit_rewrites
+from spoold.iceberg.maintain.compact import plan, rewrite
+from spoold.iceberg.maintain.rewrite import commit_rewrites
+from spoold.iceberg.maintain.run import Options, Report, run_steps
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.tables import Tables
-from spoold.settle import Batch
+from spoold.keys.settle import Batch
 
 TYPES = {"part_id": "string", "n": "long", "ts": "timestamptz"}
 
@@ -77,7 +77,7 @@ def test_another_writers_rewrite_or_delete_rebuilds_the_index(cfg: Config, full_
     spec = cfg.table(TABLE)
     tbl = table(cfg)
     rws = [rewrite(tbl, g, spec.key, 64 << 20) for g in plan(tbl, 64 << 20)]
-    from spoold.iceberg import rewrite as rewrite_mod
+    from spoold.iceberg.maintain import rewrite as rewrite_mod
 
     unmarked = ("spoold.keys", "other")  # a rewrite that does not vouch for the key set (another tool's)
     original = rewrite_mod.KEYS_KEPT

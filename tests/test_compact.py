@@ -24,10 +24,10 @@ from maintkit import (
 )
 
 from spoold.config import Config, load_config
-from spoold.iceberg import rewrite as rewrite_mod
-from spoold.iceberg.compact import MIN_GROUP_FILES, SMALL_FRACTION, plan, rewrite
-from spoold.iceberg.reachable import referenced
-from spoold.iceberg.rewrite import commit_rewrites
+from spoold.iceberg.maintain import rewrite as rewrite_mod
+from spoold.iceberg.maintain.compact import MIN_GROUP_FILES, SMALL_FRACTION, plan, rewrite
+from spoold.iceberg.maintain.reachable import referenced
+from spoold.iceberg.maintain.rewrite import commit_rewrites
 from spoold.iceberg.sink import Sink
 
 PROPS = {"spoold.op": "maintain", "spoold.host": "test", "spoold.rows": "0"}
@@ -192,7 +192,7 @@ def test_a_commit_that_lands_meanwhile_is_kept_and_a_group_whose_inputs_went_is_
 
 def test_a_table_with_delete_files_is_not_compacted(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """spoold writes no delete files, and a rewrite would have to apply another writer's: leave such a table."""
-    from spoold.iceberg import compact as compact_mod
+    from spoold.iceberg.maintain import compact as compact_mod
 
     sink = Sink(cfg)
     for i in range(3):
@@ -205,8 +205,8 @@ def test_a_table_with_delete_files_is_not_compacted(cfg: Config, monkeypatch: py
 
 
 def test_a_rewrite_cut_short_at_any_step_leaves_no_file_behind(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spoold.iceberg import compact as compact_mod
-    from spoold.iceberg.compact import Rewrite, rewrite_steps
+    from spoold.iceberg.maintain import compact as compact_mod
+    from spoold.iceberg.maintain.compact import Rewrite, rewrite_steps
 
     monkeypatch.setattr(compact_mod, "_ROW_GROUP_BYTES", 1)  # every batch written at once: files exist mid-way
     sink = Sink(cfg)
@@ -236,7 +236,7 @@ def test_a_compaction_that_landed_keeps_its_files_when_a_step_after_its_commit_f
     table's data now. They used to be deleted as 'not committed', leaving a snapshot that pointed at
     missing files (every scan and every fresh key index failed)."""
     from spoold.errors import CatalogError
-    from spoold.iceberg import maintain as maintain_mod
+    from spoold.iceberg.maintain import run as maintain_mod
     from spoold.iceberg.tables import Tables
 
     sink = Sink(cfg)

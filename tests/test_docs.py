@@ -18,8 +18,8 @@ import pytest
 from conftest import REPO, run_spoold, write_config
 
 from spoold.catalog_keys import CATALOG_KEYS, FILE_IO_KEYS
-from spoold.cli import main
-from spoold.cliargs import parser
+from spoold.cli.args import parser
+from spoold.cli.entry import main
 from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings
 
 DOCS = REPO / "docs"

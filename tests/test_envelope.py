@@ -471,7 +471,7 @@ def _assert_committable(spec: TableSpec, v: Validator, result: LineResult) -> No
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(envelopes(), min_size=1, max_size=3), st.booleans())
 def test_validator_never_raises_and_never_accepts_what_flush_cannot_commit(lines: list[bytes], declared: bool) -> None:
-    from spoold.settle import Batch
+    from spoold.keys.settle import Batch
 
     spec = TYPED if declared else UNDECLARED
     v = Validator(spec)  # one validator over several lines, like a flush over a file

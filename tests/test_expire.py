@@ -12,10 +12,10 @@ import pytest
 from maintkit import TABLE, commit, files_under, key_counts, live_data_files, local, make_config, table
 
 from spoold.config import Config, load_config
-from spoold.iceberg.compact import plan, rewrite
-from spoold.iceberg.expire import Retention, expirable, expire_snapshots, retention
-from spoold.iceberg.reachable import files_of, manifests_of, metadata_files, referenced
-from spoold.iceberg.rewrite import commit_rewrites
+from spoold.iceberg.maintain.compact import plan, rewrite
+from spoold.iceberg.maintain.expire import Retention, expirable, expire_snapshots, retention
+from spoold.iceberg.maintain.reachable import files_of, manifests_of, metadata_files, referenced
+from spoold.iceberg.maintain.rewrite import commit_rewrites
 from spoold.iceberg.sink import Sink
 from spoold.settings import MaintainSettings
 

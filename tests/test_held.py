@@ -1,4 +1,4 @@
-"""Held spool files (spoold/held.py) and what a commit's outcome makes of spool files (Keeper, verify.py).
+"""Held spool files (spoold/spool/held.py) and what a commit's outcome makes of spool files (Keeper, verify.py).
 
 No catalog here: the outcomes are built by hand, as the Sink returns them.
 """
@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import write_config
 
-from spoold import held
 from spoold.config import Config, load_config
+from spoold.daemon.pending import Pending
 from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.iceberg.verify import Keeper, recheck
-from spoold.pending import Pending
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE
+from spoold.spool import held
+from spoold.spool.files import ACTIVE
+from spoold.spool.spool import Spool
 
 T = "app.events"
 

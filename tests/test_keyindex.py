@@ -15,8 +15,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spoold.keyindex import KeyIndex, blake2b_fingerprints, fingerprints
-from spoold.settle import settle
+from spoold.keys.index import KeyIndex, blake2b_fingerprints, fingerprints
+from spoold.keys.settle import settle
 
 
 def test_empty_index_holds_nothing() -> None:
@@ -37,7 +37,7 @@ def test_added_keys_are_found_and_others_are_not() -> None:
 
 def test_fingerprints_fall_back_to_blake2b_when_the_hash_key_is_not_secret() -> None:
     """With a fixed PYTHONHASHSEED anyone can compute hash(): a producer could craft colliding keys."""
-    code = ("from spoold.keyindex import fingerprints, blake2b_fingerprints as b; k = ['part-1', 'x:0'];"
+    code = ("from spoold.keys.index import fingerprints, blake2b_fingerprints as b; k = ['part-1', 'x:0'];"
             "f = fingerprints(k); g = b(k); print((f[0] == g[0]).all() and (f[1] == g[1]).all())")
     for seed, want in (("0", "True"), ("12345", "True"), ("random", "False")):
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},

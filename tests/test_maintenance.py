@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spoold.errors import UsageError
-from spoold.maintenance import (
+from spoold.daemon.maintenance import (
     MIN_GAP_S,
     RETRY_MAX_S,
     Upkeep,
@@ -16,6 +15,7 @@ from spoold.maintenance import (
     parse_duration,
     sweep_due,
 )
+from spoold.errors import UsageError
 from spoold.settings import MaintainSettings
 
 S = MaintainSettings(every_commits=5, small_files=20, interval_s=3600.0)

@@ -16,10 +16,10 @@ import pytest
 from daemonproc import http_get
 from prometheus_client.parser import text_string_to_metric_families
 
-from spoold import metrics
 from spoold.config import ConfigError, parse_config, parse_listen
+from spoold.daemon import metrics
+from spoold.daemon.metrics import DRAINING, RUNNING, STARTING, Server, health
 from spoold.errors import SpooldError
-from spoold.metrics import DRAINING, RUNNING, STARTING, Server, health
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = 1_000_000.0
@@ -69,8 +69,9 @@ def test_malformed_listen_addresses_are_refused_at_config_load(listen: str) -> N
 
 
 def test_counting_is_free_and_imports_nothing_without_a_listener() -> None:
-    code = ("import sys\nimport spoold.daemon, spoold.metrics\n"
-            "spoold.metrics.flushed('a.b', 'ok', 1.0, {'committed': 1}); spoold.metrics.commit_conflict('a.b')\n"
+    code = ("import sys\nimport spoold.daemon.loop, spoold.daemon.metrics\n"
+            "from spoold.daemon import metrics\n"
+            "metrics.flushed('a.b', 'ok', 1.0, {'committed': 1}); metrics.commit_conflict('a.b')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prometheus_client', 'http', 'ssl')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"

@@ -12,11 +12,11 @@ import pytest
 from maintkit import TABLE, age, commit, files_under, key_counts, local, make_config, table
 
 from spoold.config import Config, load_config
-from spoold.iceberg.compact import plan, rewrite
-from spoold.iceberg.expire import Retention, expire_snapshots
-from spoold.iceberg.orphans import delete_orphans
-from spoold.iceberg.reachable import referenced
-from spoold.iceberg.rewrite import commit_rewrites
+from spoold.iceberg.maintain.compact import plan, rewrite
+from spoold.iceberg.maintain.expire import Retention, expire_snapshots
+from spoold.iceberg.maintain.orphans import delete_orphans
+from spoold.iceberg.maintain.reachable import referenced
+from spoold.iceberg.maintain.rewrite import commit_rewrites
 from spoold.iceberg.sink import Sink
 
 DAYS = 86400.0

@@ -9,10 +9,10 @@ import orjson
 
 from spoold.config import Column, TableSpec
 from spoold.envelope import Validator
-from spoold.quarantine import quarantine_doc, reason_group
-from spoold.replay import judge
-from spoold.spool import Spool
-from spoold.spoolfiles import quarantine_record
+from spoold.flush.replay import judge
+from spoold.spool.files import quarantine_record
+from spoold.spool.quarantine import quarantine_doc, reason_group
+from spoold.spool.spool import Spool
 
 SPEC = TableSpec("t.x", columns=(Column("part_id", "string", True), Column("n", "long")), declared=True)
 ENVELOPE = b'{"version":1,"columns":["part_id","n"],"rows":[["a",1],["b","x"],["c",3]]}'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spoold.scheduler import (
+from spoold.daemon.scheduler import (
     LogLimiter,
     TableState,
     after_failure,

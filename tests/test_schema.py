@@ -15,7 +15,7 @@ from spoold.config import Column, PartitionField, TableSpec
 from spoold.envelope import Validator
 from spoold.errors import ConfigError
 from spoold.iceberg.schema import new_schema, partition_spec, table_types, to_arrow, type_conflicts
-from spoold.settle import Batch
+from spoold.keys.settle import Batch
 
 SPEC = TableSpec(
     "chat.parts",

@@ -29,8 +29,8 @@ from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.schema import new_schema
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.snapshots import MemoTransaction, without_auto_retry
-from spoold.keyindex import KeyIndex
-from spoold.settle import Batch
+from spoold.keys.index import KeyIndex
+from spoold.keys.settle import Batch
 
 TABLE = """
 [tables."app.events"]

@@ -21,9 +21,9 @@ from conftest import write_config
 import spoold.iceberg.sink as sink_module
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError, CommitConflict
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import COMMIT_ATTEMPTS, Sink
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 EVENTS = """
 [tables."app.events"]

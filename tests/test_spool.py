@@ -23,8 +23,8 @@ import pytest
 from spoold.config import TableSpec
 from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, encode
 from spoold.errors import SpoolError, UsageError
-from spoold.spool import Spool, write_atomic
-from spoold.spoolfiles import ACTIVE, QUARANTINE, iter_lines, quarantine_record, read_validated
+from spoold.spool.files import ACTIVE, QUARANTINE, iter_lines, quarantine_record, read_validated
+from spoold.spool.spool import Spool, write_atomic
 
 T = "t.events"
 
@@ -352,7 +352,7 @@ def test_write_atomic_publishes_whole_files(tmp_path: Path, umask022: None) -> N
 
 PRODUCER = """
 import sys
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 root, table, who, calls, per_call = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 spool = Spool(root)
 for c in range(calls):
@@ -362,7 +362,7 @@ for c in range(calls):
 
 ROTATOR = """
 import os, sys, time
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 root, table, stop, log = sys.argv[1:5]
 spool = Spool(root)
 with open(log, "w") as out:
@@ -449,7 +449,7 @@ def test_a_spool_shared_across_fork_still_locks_out_late_writes(tmp_path: Path) 
 BIG_PRODUCER = """
 import os, sys
 from spoold.envelope import encode
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 root, table, ack = sys.argv[1:4]
 spool = Spool(root)
 blob = "y" * (6 << 20)
@@ -463,7 +463,7 @@ with open(ack, "a") as out:
 
 SMALL_PRODUCER = """
 import os, sys
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 root, table, ack, stop = sys.argv[1:5]
 spool = Spool(root)
 with open(ack, "a") as out:

@@ -23,11 +23,11 @@ import orjson
 import pytest
 from conftest import read_table, run_spoold, write_config
 
+from spoold.backfill.seen import spooled_keys
 from spoold.config import TableSpec, load_config
+from spoold.daemon.pending import Pending
 from spoold.envelope import Validator
-from spoold.pending import Pending
-from spoold.seen import spooled_keys
-from spoold.spool import STAGE_BYTES, Spool
+from spoold.spool.spool import STAGE_BYTES, Spool
 
 TABLE = "app.events"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spoold import systemd
+from spoold.daemon import systemd
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "spoold.service"
@@ -79,7 +79,7 @@ def test_notify_never_raises_on_socket_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "absent.sock"))
-    with caplog.at_level(logging.DEBUG, logger="spoold.systemd"):
+    with caplog.at_level(logging.DEBUG, logger="spoold.daemon.systemd"):
         assert systemd.notify("READY=1") is False
     assert "READY=1" in caplog.text
     # A closed peer: the socket file exists but nothing is bound to it.

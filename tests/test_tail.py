@@ -13,8 +13,8 @@ import pytest
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
 from spoold.sources.tail import OFFSETS_DIR, Tailer
-from spoold.spool import Spool
-from spoold.spoolfiles import iter_lines
+from spoold.spool.files import iter_lines
+from spoold.spool.spool import Spool
 
 TABLE = "t.src"
 
@@ -262,8 +262,8 @@ def test_a_glob_reaching_into_the_spool_never_tails_it(spool: Spool, tmp_path: P
 
 def test_a_row_with_an_empty_column_name_is_skipped_not_blocking_the_file(tmp_path: Path) -> None:
     """One bad line must not hold back the lines after it (the offset moves past it)."""
-    from spoold.spool import Spool
-    from spoold.spoolfiles import iter_lines
+    from spoold.spool.files import iter_lines
+    from spoold.spool.spool import Spool
 
     src = tmp_path / "src" / "a.jsonl"
     src.parent.mkdir()

@@ -12,8 +12,8 @@ from spoold.config import SourceSpec
 from spoold.settings import SpoolLimits
 from spoold.sources import tail as tail_module
 from spoold.sources.tail import Tailer
-from spoold.spool import Spool
-from spoold.spoolfiles import iter_lines
+from spoold.spool.files import iter_lines
+from spoold.spool.spool import Spool
 
 TABLE = "t.src"
 

@@ -16,8 +16,8 @@ import pytest
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
 from spoold.sources.tail import OFFSETS_DIR, Tailer
-from spoold.spool import Spool
-from spoold.spoolfiles import iter_lines
+from spoold.spool.files import iter_lines
+from spoold.spool.spool import Spool
 
 TABLE = "t.src"
 

@@ -22,8 +22,8 @@ from spoold.envelope import parse_envelope
 from spoold.sources import reader
 from spoold.sources.position import HEAD_BYTES, file_key
 from spoold.sources.tail import OFFSETS_DIR, Tailer
-from spoold.spool import Spool
-from spoold.spoolfiles import QUARANTINE, iter_lines
+from spoold.spool.files import QUARANTINE, iter_lines
+from spoold.spool.spool import Spool
 
 TABLE = "t.src"
 

@@ -19,8 +19,8 @@ from pyiceberg.table.snapshots import Operation
 
 from spoold.config import TableSpec
 from spoold.iceberg.catalog import catalog_errors
-from spoold.iceberg.rewrite import is_compaction
-from spoold.keyindex import KeyIndex
+from spoold.iceberg.maintain.rewrite import is_compaction
+from spoold.keys.index import KeyIndex
 
 log = logging.getLogger(__name__)
 

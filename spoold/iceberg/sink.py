@@ -19,19 +19,19 @@ from typing import Protocol
 import numpy as np
 from pyiceberg.table import Table
 
-from spoold import metrics
 from spoold._testhooks import reached
 from spoold.config import Config, TableSpec
+from spoold.daemon import metrics
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
-from spoold.iceberg.expire import expire_after_commit
+from spoold.iceberg.maintain.expire import expire_after_commit
 from spoold.iceberg.schema import type_conflicts
 from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, without_auto_retry
 from spoold.iceberg.tables import Tables
 from spoold.iceberg.upkeep import Maintainer
-from spoold.keyindex import KeyIndex, fingerprints
-from spoold.settle import Batch, settle
+from spoold.keys.index import KeyIndex, fingerprints
+from spoold.keys.settle import Batch, settle
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10

@@ -32,8 +32,8 @@ from spoold.errors import CatalogError, ConfigError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
 from spoold.iceberg.snapshots import history_ids, sync_local_files
-from spoold.keyindex import KeyIndex
-from spoold.spool import write_atomic
+from spoold.keys.index import KeyIndex
+from spoold.spool.spool import write_atomic
 
 log = logging.getLogger(__name__)
 # Properties of the tables spoold creates (their owner can change them):

@@ -1,4 +1,4 @@
-"""The daemon's side of maintenance: count commits, decide (pure, :mod:`spoold.maintenance`), run steps.
+"""The daemon's side of maintenance: count commits, decide (pure, :mod:`spoold.daemon.maintenance`), run steps.
 
 Each :class:`~spoold.iceberg.sink.Sink` holds a Maintainer: its commits are
 counted (:meth:`Maintainer.committed`) and the daemon calls
@@ -24,11 +24,11 @@ from dataclasses import replace
 import orjson
 
 from spoold.config import Config
+from spoold.daemon.maintenance import Upkeep, after_commit, after_failure, after_run, due, sweep_due
+from spoold.daemon.scheduler import LogLimiter
 from spoold.errors import SpooldError, one_line
-from spoold.iceberg.maintain import LOCAL_STATE, Options, Report, last_record, run_steps, totals
+from spoold.iceberg.maintain.run import LOCAL_STATE, Options, Report, last_record, run_steps, totals
 from spoold.iceberg.tables import Tables
-from spoold.maintenance import Upkeep, after_commit, after_failure, after_run, due, sweep_due
-from spoold.scheduler import LogLimiter
 
 log = logging.getLogger(__name__)
 _UNSEEN = Upkeep()

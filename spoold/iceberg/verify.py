@@ -25,7 +25,7 @@ The rules that follow, for each spool and table:
    created it.
 2. Until a table is *verified* (``<spool>/<table>/.table-uuid`` pinned), a
    spool file whose rows were committed is not deleted: it is held aside in
-   ``.held/`` with a record of the commits that hold its rows (:mod:`spoold.held`;
+   ``.held/`` with a record of the commits that hold its rows (:mod:`spoold.spool.held`;
    not under ``flush-*.jsonl``, so flush does not read it; status and backfill
    count it as spooled). A flush file split across chunks records every chunk's
    commit: the table may have changed between two of them.
@@ -65,13 +65,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from spoold import held
 from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, SpoolError
 from spoold.iceberg.sink import CommitOutcome
 from spoold.iceberg.snapshots import history_ids
 from spoold.iceberg.tables import Tables
-from spoold.spool import Spool
+from spoold.spool import held
+from spoold.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 RETRY_S = 10.0  # a look the catalog could not answer is tried again after at least this long

@@ -17,7 +17,7 @@ from typing import Any
 from spoold.envelope import envelopes
 from spoold.errors import SpooldError
 from spoold.sources.reader import SourceLine
-from spoold.spoolfiles import quarantine_record
+from spoold.spool.files import quarantine_record
 
 Envelope = tuple[bytes, int]  # an encoded envelope line and its row count
 

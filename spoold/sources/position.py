@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from spoold.spool import write_atomic
+from spoold.spool.spool import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -36,14 +36,14 @@ from typing import Any
 
 from spoold._testhooks import reached
 from spoold.config import SourceSpec
+from spoold.daemon.scheduler import LogLimiter
 from spoold.errors import SpooldError, SpoolFull
-from spoold.scheduler import LogLimiter
 from spoold.sources.follow import Follow, Followed
 from spoold.sources.pack import line_record, pack
 from spoold.sources.position import PositionStore
 from spoold.sources.reader import SourceLine, read_lines
 from spoold.sources.rotation import find_copy
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -173,7 +173,7 @@ class SpooldDaemon:
 
 def _spool_line(env: SpooldEnv, table: str) -> str:
     """What is still spooled or was quarantined for ``table``, with the first quarantine reason."""
-    from spoold.status import spool_status
+    from spoold.cli.status import spool_status
 
     s = spool_status(env._spool_handle(), table)
     text = f"{s['spooled_rows']} row(s) pending in {s['spooled_files']} file(s), {s['quarantined']} quarantined"

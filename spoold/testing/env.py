@@ -22,7 +22,7 @@ import pytest
 
 from spoold.config import Config, parse_config, validate_identifier
 from spoold.errors import SpooldError, UsageError
-from spoold.spool import Spool, write_atomic
+from spoold.spool.spool import Spool, write_atomic
 from spoold.testing.daemon import SpooldDaemon
 
 CATALOG_NAME = "spoold"
@@ -134,7 +134,7 @@ class SpooldEnv:
         for the named tables (default: every spooled table); raises the error of
         a table whose flush failed (e.g. a refused schema change).
         """
-        from spoold.flush import flush_all
+        from spoold.flush.flush import flush_all
 
         results, errors = flush_all(self.config(), self._spool_handle(), self._sink_handle(), list(tables) or None)
         if errors:

@@ -20,17 +20,17 @@ import pytest
 from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
 from testhooks import Hooks
 
-from spoold.backfill import backfill
+from spoold.backfill.run import backfill
+from spoold.backfill.seen import spooled_keys
 from spoold.config import load_config
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.seen import spooled_keys
-from spoold.settle import Batch
+from spoold.keys.settle import Batch
 from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
-from spoold.spool import Spool
-from spoold.spoolfiles import flush_name
+from spoold.spool.files import flush_name
+from spoold.spool.spool import Spool
 
 CORPUS = FIXTURES / "envelopes" / "malformed"
 LOCAL_CC = FIXTURES / "sources" / "claude-code"
@@ -465,7 +465,7 @@ def test_backfill_command_does_not_leave_the_sigint_handler_installed() -> None:
     """The library restores the previous SIGINT handler, so embedding it doesn't swallow Ctrl-C."""
     code = (
         "import signal, sys\n"
-        "from spoold.cli import main\n"
+        "from spoold.cli.entry import main\n"
         "before = signal.getsignal(signal.SIGINT)\n"
         "rc = main(['backfill', 'chat.parts', '--source', sys.argv[1], '--limit', '5', '--dry-run',\n"
         "           '--json', '--config', sys.argv[2]])\n"

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from conftest import FIXTURES, read_table, run_spoold, write_config
 
-from spoold.backfill import backfill as backfill_library
+from spoold.backfill.run import backfill as backfill_library
 from spoold.config import load_config
 from spoold.errors import CatalogError
 from spoold.iceberg.sink import Sink

@@ -28,13 +28,13 @@ from conftest import run_spoold, write_config
 from daemonproc import DaemonProc, wait_for
 from testhooks import Hooks
 
+from spoold.backfill.cursor import CURSORS_DIR
 from spoold.config import load_config
 from spoold.envelope import Validator
 from spoold.iceberg.sink import Sink
-from spoold.sources.cursor import CURSORS_DIR
 from spoold.sources.tail import OFFSETS_DIR
-from spoold.spool import Spool
-from spoold.spoolfiles import read_validated
+from spoold.spool.files import read_validated
+from spoold.spool.spool import Spool
 
 TABLE = "app.events"
 EVENTS = """

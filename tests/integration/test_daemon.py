@@ -26,7 +26,7 @@ from daemonproc import DaemonProc, wait_for
 from testhooks import WINDOWS, Hooks, windows_hit
 
 from spoold.config import load_config
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 TABLE = "ev.rows"
 # The longest a flush of a few rows may take here, first import of the flush stack included (~1 s on an
@@ -457,7 +457,7 @@ def test_idle_restart_s_0_means_never(tmp_path: Path, monkeypatch: pytest.Monkey
                                       restarts: bool) -> None:
     """The loop's decision after a long idle time (10**6 s): 0 must mean "never", not "the default"
     (300 s, which 10**6 s of idleness would pass) nor "at once"; a positive value is honoured."""
-    import spoold.daemon as daemon
+    import spoold.daemon.loop as daemon
 
     cfg = config(tmp_path, extra=f"idle_restart_s = {idle_restart_s}\n")
     calls: list[int] = []

@@ -16,7 +16,7 @@ from conftest import read_table, run_spoold, write_config
 from daemonproc import DaemonProc, notify_socket, wait_for
 
 from spoold.config import load_config
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 
 def config(tmp_path: Path, extra: str = "", sources: str = "") -> Path:
@@ -41,7 +41,7 @@ def hold_flush_lock(cfg: Path, table: str) -> subprocess.Popen[bytes]:
     code = (
         "import sys, time\n"
         "from spoold.config import load_config\n"
-        "from spoold.spool import Spool\n"
+        "from spoold.spool.spool import Spool\n"
         "with Spool.from_config(load_config(sys.argv[1])).flush_lock(sys.argv[2]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"

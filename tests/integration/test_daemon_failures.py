@@ -20,7 +20,7 @@ from conftest import run_spoold, write_config
 from daemonproc import DaemonProc, wait_for
 
 from spoold.config import load_config
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 TABLE = "ev.rows"
 COMMIT_S = 15.0  # as in test_daemon.py: a flush of a few rows on a loaded machine, first import included
@@ -105,15 +105,15 @@ def test_a_table_that_keeps_failing_does_not_stall_the_others(
 # Loaded into the daemon's interpreter only (PYTHONPATH): while the flag file exists, every loop turn
 # fails (the scheduler's choice of due tables raises), as an unforeseen bug would.
 LOOP_FAILS = """
-import os, spoold.scheduler
-_real, _flag = spoold.scheduler.due_tables, os.environ["INJECT_LOOP_FAILS"]
+import os, spoold.daemon.scheduler
+_real, _flag = spoold.daemon.scheduler.due_tables, os.environ["INJECT_LOOP_FAILS"]
 
 def due_tables(*args, **kwargs):
     if os.path.exists(_flag):
         raise RuntimeError("injected loop failure")
     return _real(*args, **kwargs)
 
-spoold.scheduler.due_tables = due_tables
+spoold.daemon.scheduler.due_tables = due_tables
 """
 
 

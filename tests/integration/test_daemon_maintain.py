@@ -18,7 +18,7 @@ from conftest import write_config
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 TABLE = "ev.rows"
 DEADLINE_S = 90.0

@@ -10,7 +10,7 @@ event (the mutation), and each must fail on its deadline.
 By hand (from the repository root)::
 
     cp -r spoold /tmp/mut/ && sed -i 's/^                self._touched.add(table)$/                pass/' \\
-        /tmp/mut/spoold/daemon.py
+        /tmp/mut/spoold/daemon/loop.py
     cd /tmp && PYTHONPATH=/tmp/mut python -m pytest -c $OLDPWD/pyproject.toml --rootdir $OLDPWD \\
         $OLDPWD/tests/integration/test_daemon.py -k 'debounce or trickle or size_threshold or quarantined'
 """
@@ -28,7 +28,7 @@ import pytest
 from conftest import REPO
 
 # (file, the line that hands a spool change to the schedule, what it becomes)
-MUTATION = ("spoold/daemon.py", "                self._touched.add(table)\n",
+MUTATION = ("spoold/daemon/loop.py", "                self._touched.add(table)\n",
             "                pass  # mutation: spool change events are ignored\n")
 TESTS = [
     "test_rows_commit_after_the_debounce_of_quiet",
@@ -53,7 +53,7 @@ def test_daemon_tests_fail_when_the_daemon_ignores_spool_change_events(tmp_path:
     pkg = mutated_copy(tmp_path / "pkg")
     env = {**os.environ, "PYTHONPATH": str(pkg)}
     # The copy is what the test process and the daemons it starts import (cwd is not the repository).
-    probe = subprocess.run([sys.executable, "-c", "import spoold.daemon as d; print(d.__file__)"], cwd=tmp_path,
+    probe = subprocess.run([sys.executable, "-c", "import spoold.daemon.loop as d; print(d.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == str(pkg / "spoold" / "daemon.py"), probe.stderr
 

@@ -25,10 +25,10 @@ import pytest
 from conftest import REPO, run_spoold, write_config
 from servers import SeaweedFS, catalog_for
 
+from spoold.cli.status import status
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
-from spoold.status import status
+from spoold.spool.spool import Spool
 
 BACKENDS = ["rest", "postgres"]
 HOSTS = 3

@@ -32,10 +32,10 @@ from testhooks import WINDOWS, Hooks, overlapped, windows_hit
 
 from spoold.config import load_config
 from spoold.errors import CatalogError
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
-from spoold.spoolfiles import flush_name
+from spoold.spool.files import flush_name
+from spoold.spool.spool import Spool
 
 CORPUS = FIXTURES / "envelopes"
 CORPUS_TABLE = "corpus.events"

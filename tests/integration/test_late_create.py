@@ -27,10 +27,10 @@ import pytest
 from conftest import REPO, read_table, run_spoold, write_config
 
 from spoold.config import load_config
-from spoold.held import HELD, Record
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.verify import recheck
-from spoold.spool import Spool
+from spoold.spool.held import HELD, Record
+from spoold.spool.spool import Spool
 
 TABLE = """
 [tables."app.events"]

@@ -21,7 +21,7 @@ from conftest import run_spoold
 from maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
 
 from spoold.config import Config, load_config
-from spoold.iceberg.reachable import referenced
+from spoold.iceberg.maintain.reachable import referenced
 from spoold.iceberg.sink import Sink
 
 KEYS = ("at", "host", "duration_s", "snapshots_expired", "files_before", "files_after", "duplicates_removed",

@@ -18,8 +18,8 @@ from conftest import run_spoold, write_config
 from maintkit import TABLE, TABLE_TOML, commit, key_counts, table
 
 from spoold.config import load_config
-from spoold.iceberg.orphans import delete_orphans
-from spoold.iceberg.reachable import filesystem, fs_path, referenced
+from spoold.iceberg.maintain.orphans import delete_orphans
+from spoold.iceberg.maintain.reachable import filesystem, fs_path, referenced
 from spoold.iceberg.sink import Sink
 
 pytestmark = pytest.mark.slow

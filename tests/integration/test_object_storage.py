@@ -22,9 +22,9 @@ from servers import SeaweedFS
 import spoold.iceberg.snapshots
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 
 def config_for(tmp_path: Path, table: str, catalog: str | None) -> Config:

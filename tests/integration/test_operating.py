@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spoold.config import load_config
 from spoold.envelope import encode
-from spoold.spool import Spool
-from spoold.spoolfiles import iter_lines
+from spoold.spool.files import iter_lines
+from spoold.spool.spool import Spool
 
 T = "ops.events"
 

@@ -19,8 +19,8 @@ import pytest
 from conftest import read_table, run_spoold, write_config
 
 from spoold.config import load_config
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE
+from spoold.spool.files import ACTIVE
+from spoold.spool.spool import Spool
 
 DECLARED = """
 [tables."app.s"]
@@ -132,9 +132,9 @@ def test_a_flush_killed_while_isolating_a_poison_row_loses_and_doubles_nothing(t
         "import sys\n"
         "from spoold.config import load_config\n"
         "from spoold.iceberg.sink import Sink\n"
-        "from spoold.spool import Spool\n"
-        "from spoold.flush import flush_table\n"
-        "import spoold.pipeline as p\n"
+        "from spoold.spool.spool import Spool\n"
+        "from spoold.flush.flush import flush_table\n"
+        "import spoold.flush.pipeline as p\n"
         "real, n = p.Sink.commit, [0]\n"
         "def commit(self, *a, **k):\n"
         "    out = real(self, *a, **k)\n"

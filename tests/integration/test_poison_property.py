@@ -22,14 +22,14 @@ from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spoold.append import validated_batches
+from spoold.cli.append import validated_batches
 from spoold.config import load_config
 from spoold.envelope import Validator, envelopes
 from spoold.errors import InputError
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE
+from spoold.spool.files import ACTIVE
+from spoold.spool.spool import Spool
 
 TABLE = """
 [tables."app.p"]

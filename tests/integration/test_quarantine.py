@@ -17,8 +17,8 @@ import pytest
 from conftest import read_table, run_spoold, write_config
 
 from spoold.config import load_config
-from spoold.spool import Spool
-from spoold.spoolfiles import ACTIVE
+from spoold.spool.files import ACTIVE
+from spoold.spool.spool import Spool
 
 T = "ev.q"
 DECLARED = f'[tables."{T}".columns]\npart_id = "string!"\nn = "{{}}"\n'
@@ -196,7 +196,7 @@ def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
 
 def test_a_replay_that_died_after_re_spooling_doubles_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The narrowest window: rows re-spooled (durably) but their records not yet removed."""
-    import spoold.replay
+    import spoold.flush.replay
 
     cfg = cfg_with(tmp_path, "int")
     spool(cfg).append(T, [{"part_id": f"w{i}", "n": 3_000_000_000} for i in range(50)])
@@ -206,10 +206,10 @@ def test_a_replay_that_died_after_re_spooling_doubles_nothing(tmp_path: Path, mo
     def die(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(spoold.replay, "fsync_dir", die)
-    monkeypatch.setattr(spoold.replay.Path, "unlink", die)
+    monkeypatch.setattr(spoold.flush.replay, "fsync_dir", die)
+    monkeypatch.setattr(spoold.flush.replay.Path, "unlink", die)
     with pytest.raises(KeyboardInterrupt):
-        spoold.replay.replay(load_config(cfg), T)
+        spoold.flush.replay.replay(load_config(cfg), T)
     monkeypatch.undo()
     assert len(_keys_in_quarantine(qdir(tmp_path))) == 50 and len(_keys_in_spool(spool(cfg))) == 50
     assert replay(cfg)["replayed"] == 50  # the same records again: their rows are spooled twice now

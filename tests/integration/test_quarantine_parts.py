@@ -15,12 +15,12 @@ import orjson
 import pytest
 from conftest import write_config
 
-import spoold.flush
+import spoold.flush.flush
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool, flush_name
+from spoold.spool.spool import Spool, flush_name
 
 TABLE = "app.events"
 EVENTS = '[tables."app.events"]\n[tables."app.events".columns]\npart_id = "string!"\n'
@@ -75,7 +75,7 @@ def test_ten_thousand_rejects_a_part_and_a_retried_flush_rewrites_the_same_parts
 
 def test_rejects_are_also_cut_by_their_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 64 MB of rejected lines would make a slow test; the same rule, at 100 KB.
-    monkeypatch.setattr(spoold.flush, "_QUARANTINE_PART_BYTES", 100 * 1024)
+    monkeypatch.setattr(spoold.flush.flush, "_QUARANTINE_PART_BYTES", 100 * 1024)
     config, spool = setup(tmp_path, chunk_rows=100_000)
     spool.append_lines(TABLE, [b"x" * 1023 + b"%04d\n" % i for i in range(1_000)])  # 1,027 bytes each
     spool.rotate(TABLE)

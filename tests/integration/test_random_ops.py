@@ -14,9 +14,9 @@ from pathlib import Path
 from conftest import write_config
 
 from spoold.config import load_config
-from spoold.flush import flush_table
+from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import Sink
-from spoold.spool import Spool
+from spoold.spool.spool import Spool
 
 TABLE = "app.events"
 

@@ -28,8 +28,8 @@ from spoold.config import SourceSpec, load_config
 from spoold.envelope import parse_envelope
 from spoold.iceberg.sink import Sink
 from spoold.sources.tail import Tailer
-from spoold.spool import Spool
-from spoold.spoolfiles import QUARANTINE, iter_lines
+from spoold.spool.files import QUARANTINE, iter_lines
+from spoold.spool.spool import Spool
 
 TABLE = "src.poison"
 HOSTILE = ["meta.src", "a.b.c", " ", "\t", "ünïcødé", "emoji 🚀", "x" * 300, "new\nline", "quote\"name", "_", ""]
@@ -132,7 +132,7 @@ def test_the_tailer_spools_every_valid_line_once_and_quarantines_every_poison_on
 def test_backfill_writes_every_valid_line_once_and_sets_every_poison_one_aside(
     kinds: list[tuple[str, str, int]], limit: int | None
 ) -> None:
-    from spoold.backfill import backfill
+    from spoold.backfill.run import backfill
 
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(write_config(Path(tmp), "[flush]\nchunk_rows = 4\n"))

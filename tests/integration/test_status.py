@@ -17,9 +17,9 @@ from typing import Any
 
 from conftest import run_spoold, write_config
 
+from spoold.cli.status import committed_status
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink
-from spoold.status import committed_status
 
 
 def ok(proc: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
@@ -84,7 +84,7 @@ def test_runs_are_read_from_the_table_so_every_host_sees_them(tmp_path: Path) ->
     config = load_config(cfg)
     sink = Sink(config)
     from spoold.envelope import Validator
-    from spoold.settle import Batch
+    from spoold.keys.settle import Batch
 
     spec = config.table("t.x")
     validator = Validator(spec, {"n": "long"})
@@ -143,7 +143,7 @@ def test_status_reads_the_local_catalog_without_loading_pyiceberg(tmp_path: Path
     cfg = write_config(tmp_path)
     ok(run_spoold("append", "t.x", "--config", str(cfg), input=rows("a", 2)))
     ok(run_spoold("flush", "--config", str(cfg)))
-    code = ("import sys, json; from spoold.config import load_config; from spoold.status import status\n"
+    code = ("import sys, json; from spoold.config import load_config; from spoold.cli.status import status\n"
             f"doc = status(load_config({str(cfg)!r}))\n"
             "print(json.dumps([doc['tables']['t.x']['committed_rows'],"
             " sorted(m for m in sys.modules if m.split('.')[0] in ('pyiceberg', 'pyarrow', 'sqlalchemy'))]))")

@@ -1,0 +1,148 @@
+"""The command line's grammar: every command, option and ``--help`` text, and the checks of option values.
+
+:mod:`spoold.cli.entry` parses with :func:`parser` and runs the command; nothing
+here imports more than the standard library and spoold's light modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from spoold.errors import UsageError
+from spoold.sources.detect import RULE as FORMAT_RULE
+
+_DESCRIPTION = """\
+spoold lands event rows into Apache Iceberg tables: nothing lost, nothing doubled.
+Producers append rows to a local spool; the daemon (or `spoold flush`) commits them.
+Config: --config PATH, else $SPOOLD_CONFIG, else ./spoold.toml, else
+/etc/spoold/spoold.toml, else embedded defaults under $STATE_DIRECTORY or
+$XDG_STATE_HOME/spoold (SQLite catalog, local warehouse)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        self.exit(2, f"spoold: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file (TOML)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON object")
+    common.add_argument(
+        "--log-format", choices=("text", "json"), default=argparse.SUPPRESS, help="log line format on stderr"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+
+    p = _Parser(prog="spoold", description=_DESCRIPTION, parents=[common],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from spoold import __version__
+
+    p.add_argument("--version", action="version", version=f"spoold {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd Type=notify)",
+                   description="Watch the spool and configured sources; commit on a debounce; "
+                   "SIGTERM flushes and exits, SIGHUP reloads the config.")
+
+    a = sub.add_parser("append", parents=[common], help="append JSON rows (one object per line) to a table's spool",
+                       description="Each input line is a JSON object (one row; keys are column names). "
+                       "The whole input is validated first: on any bad line nothing is appended (exit 2).")
+    a.add_argument("table", help="table identifier, namespace.name")
+    a.add_argument("file", nargs="?", default="-", help="input file, or - for stdin (default)")
+
+    f = sub.add_parser("flush", parents=[common], help="rotate and commit now, once",
+                       description="Rotate each table's active spool and commit every pending row, once.")
+    f.add_argument("tables", nargs="*", metavar="TABLE", help="tables to flush (default: every spooled table)")
+
+    b = sub.add_parser("backfill", parents=[common], help="import history from source files without doubling",
+                       description="Materialize rows from source files and write only those whose key is "
+                       "neither committed nor spooled, at most --limit rows a run: run it again to go on. "
+                       "Ctrl-C stops after the current chunk (exit 130). Exit 2 when every row it "
+                       "materialized was quarantined (a wrong --format or table config).")
+    b.add_argument("table", help="table identifier, namespace.name")
+    b.add_argument("--source", action="append", required=True, metavar="PATH",
+                   help="file, directory or glob (repeatable)")
+    b.add_argument("--format", choices=("auto", "jsonl", "transcript"), default="auto",
+                   help=f"source format; {FORMAT_RULE}")
+    lim = b.add_mutually_exclusive_group()
+    lim.add_argument("--limit", type=_positive_int, default=1000, metavar="N",
+                     help="consider at most N materialized rows this run (default 1000); each source file's "
+                     "cursor remembers where the run stopped, so the next run goes on from there")
+    lim.add_argument("--all", action="store_true", help="no limit: read on to the end of every source")
+    b.add_argument("--restart", action="store_true",
+                   help="read every source from its start, ignoring the cursors of earlier runs")
+    b.add_argument("--dry-run", action="store_true",
+                   help="count and show a sample of keys; write nothing, move no cursor")
+
+    m = sub.add_parser("maintain", parents=[common], help="compact small files, drop repeated keys, expire history, "
+                       "delete orphans", description="Table maintenance now (the daemon also runs it by itself): "
+                       "compact each partition's small data files (one row per key kept), expire snapshots "
+                       "and delete the files only they referenced, delete orphan files older than "
+                       "[maintain] orphan_age_s. See docs/maintenance.md.")
+    m.add_argument("tables", nargs="*", metavar="TABLE",
+                   help="tables to maintain (default: every table of the config and the spool)")
+    m.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="expire snapshots older than this (e.g. 0s, 36h, 7d; default: [maintain] "
+                   "max_snapshot_age_s, else the table's history.expire.max-snapshot-age-ms)")
+    m.add_argument("--keep", type=_positive_int, metavar="N",
+                   help="always keep the newest N snapshots (default: [maintain] keep_snapshots, else the "
+                   "table's history.expire.min-snapshots-to-keep)")
+    m.add_argument("--dry-run", action="store_true", help="report what would be done; change nothing")
+
+    s = sub.add_parser("status", parents=[common], help="spooled, quarantined and committed rows per table",
+                       description="Every table of the config, the spool and the catalog that spoold wrote to, "
+                       "with its last flush, backfill and maintenance (read from the table). Never needs the "
+                       "catalog: when it is unreachable, committed fields are null and catalog_error says why.")
+    s.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all)")
+
+    q = sub.add_parser("quarantine", parents=[common], help="what is in quarantine, by reason",
+                       description="Records per table and reason, oldest and newest. The records are JSON lines "
+                       "under <spool>/<table>/quarantine/ (grep them); `spoold quarantine replay TABLE` "
+                       "validates them again and re-spools those that pass.")
+    q.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all with a quarantine)")
+    r = sub.add_parser("quarantine replay", parents=[common], help="re-validate quarantined records; re-spool "
+                       "those that pass now", description="Validate every quarantined record of TABLE again "
+                       "against the current config and table schema; re-spool those that pass (flush then "
+                       "commits them, without doubles) and keep the rest with their reasons. Safe to interrupt "
+                       "and to run again.")
+    r.add_argument("table", help="table identifier, namespace.name")
+    r.add_argument("--dry-run", action="store_true", help="count what would be replayed; change nothing")
+    return p
+
+
+def join_replay(argv: list[str]) -> list[str]:
+    """``quarantine replay`` is one command to argparse: join the two words where they are the command."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--config", "--log-format"):
+            i += 2
+            continue
+        if a.startswith("-"):
+            i += 1
+            continue
+        if a == "quarantine" and i + 1 < len(argv) and argv[i + 1] == "replay":
+            return [*argv[:i], "quarantine replay", *argv[i + 2:]]
+        return argv
+    return argv
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    from spoold.daemon.maintenance import parse_duration
+
+    try:
+        return parse_duration(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -1,0 +1,1 @@
+"""`spoold run`: the loop, per-table workers, scheduling, systemd, metrics and the HTTP server."""

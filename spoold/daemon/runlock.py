@@ -1,0 +1,56 @@
+"""One daemon per spool root: ``spoold run`` holds an exclusive lock on ``<spool root>/.daemon.lock``.
+
+Two daemons on one spool would both tail the same sources and race on every
+flush. The lock is ``flock`` on a file under the spool root, so it is released
+by the kernel whenever its holder exits (even on SIGKILL): no stale pid file
+to clean up. The holder writes its pid into the file for the error message.
+The file is opened close-on-exec: the daemon's lean restart (``execv``, same
+pid) lets it go and the new image takes it again at its start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from spoold.errors import SpooldError
+from spoold.spool.spool import Spool
+
+LOCK = ".daemon.lock"
+
+
+class AlreadyRunning(SpooldError):
+    """Another ``spoold run`` holds this spool root (exit 1)."""
+
+
+@contextmanager
+def daemon_lock(spool: Spool) -> Iterator[None]:
+    """Hold the spool root's daemon lock for the block; raise AlreadyRunning at once if another process has it."""
+    spool.make_root()
+    path = spool.root / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(f"spoold is already running on spool root {spool.root} (pid {_holder(fd)}); "
+                                 "one daemon per spool root: stop it first, or give this one its own "
+                                 "[spool] root") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking it would race a starting daemon)
+
+
+def _holder(fd: int) -> str:
+    """The pid the lock's holder wrote (it writes it right after locking: wait a moment for it)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "unknown"

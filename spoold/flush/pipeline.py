@@ -1,0 +1,94 @@
+"""Commit chunk k on a worker thread while chunk k+1 is read (flush and backfill), isolating poison rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from spoold.config import TableSpec
+from spoold.envelope import Validator
+from spoold.errors import DataError
+from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.keys.settle import Batch
+
+# reject(batch, row, reason): row ``row`` of ``batch`` cannot be committed, durably set aside when it returns
+Reject = Callable[[Batch, int, str], None]
+_TICK_S = 1.0  # how often a wait for a commit lets the caller show it is alive (systemd watchdog)
+
+
+class CommitPipeline:
+    """Commits chunks on a worker thread while the caller reads and validates the next one.
+
+    Parquet encoding and file I/O release the GIL, so the two overlap. At most
+    one commit is in flight: memory stays near two chunks, its error surfaces
+    at the next ``submit`` or ``join``, and ``then`` (e.g. deleting the spool
+    files the chunk finished) runs only after every earlier commit is durable.
+    A chunk that brings new columns is waited for at once: the table must have
+    them, and their types be pinned (an inferred ``long`` must not take a later
+    float), before more rows are validated. ``tick`` is called about every
+    second while the caller waits, so a long commit never starves a watchdog.
+    """
+
+    def __init__(self, sink: Sink, spec: TableSpec, reject: Reject, tick: Callable[[], None] | None = None) -> None:
+        self.sink, self.spec, self.reject, self.tick = sink, spec, reject, tick
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
+        self._inflight: tuple[Future[CommitOutcome], Callable[[CommitOutcome], None]] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A commit is in flight: the committed-key index may not show its keys yet."""
+        return self._inflight is not None
+
+    def submit(self, batch: Batch, validator: Validator, props: Mapping[str, str],
+               then: Callable[[CommitOutcome], None]) -> None:
+        """Commit ``batch`` (after the one in flight); ``then(outcome)`` once it is durable."""
+        self.join()
+        new_columns = bool(validator.inferred())
+        # a copy of the types: the caller's validator goes on learning new columns meanwhile
+        job = self._pool.submit(commit_isolating, self.sink, self.spec, batch, dict(validator.types), props,
+                                self.reject)
+        self._inflight = (job, then)
+        if new_columns:
+            self.join()
+            validator.pinned = frozenset(validator.types)
+
+    def join(self) -> None:
+        """Wait for the commit in flight, if any, and run its ``then`` (its error is raised here)."""
+        if self._inflight is not None:
+            (job, then), self._inflight = self._inflight, None
+            while True:
+                try:
+                    outcome = job.result(timeout=_TICK_S if self.tick is not None else None)
+                    break
+                except FutureTimeout:
+                    if self.tick is not None:
+                        self.tick()
+            then(outcome)
+
+    def close(self) -> None:
+        """Let a commit in flight end (also after an error: cutting it short is safe, waiting is simpler)."""
+        self._pool.shutdown(wait=True)
+
+
+def commit_isolating(sink: Sink, spec: TableSpec, batch: Batch, types: Mapping[str, str],
+                     props: Mapping[str, str], reject: Reject) -> CommitOutcome:
+    """Commit ``batch``; when the rows themselves cannot be committed, find the ones that can't by halving.
+
+    ``Sink.commit`` raises :class:`DataError` only after a second try on a fresh
+    table version failed the same way. Each half is then committed on its own
+    (the good rows land, one snapshot per half), down to single rows, which go to
+    ``reject`` with the error. A failure of the environment (catalog down, disk
+    full) during the search propagates: nothing is set aside for it, the rows
+    stay spooled and the next flush settles again.
+    """
+    try:
+        return sink.commit(spec, batch, types, props)
+    except DataError as e:
+        if len(batch) == 1:
+            reject(batch, 0, str(e))
+            return CommitOutcome(0, 0, None)
+        mid = len(batch) // 2
+        first = commit_isolating(sink, spec, batch.part(0, mid), types, props, reject)
+        second = commit_isolating(sink, spec, batch.part(mid, len(batch)), types, props, reject)
+        return first.then(second)

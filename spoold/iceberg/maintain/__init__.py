@@ -1,0 +1,1 @@
+"""Table maintenance behind the Iceberg seam: compaction, expiry, orphan cleanup."""

@@ -1,0 +1,1 @@
+"""The key vocabulary: settling rows against keys already seen, and the committed-key index."""

@@ -1,0 +1,109 @@
+"""The spool's files, read-only: their names, their lines with THE verdicts, and the quarantine record format.
+
+Reading never locks producers out: flush files are immutable once rotated, and
+``active.jsonl`` is read only up to its last complete line. Writing them is
+:class:`spoold.spool.spool.Spool`'s job.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoold.envelope import LineResult, Validator
+
+ACTIVE = "active.jsonl"
+QUARANTINE = "quarantine"
+FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
+READ_BLOCK = 1 << 20
+
+
+def flush_name(seq: int) -> str:
+    return f"flush-{seq:020d}.jsonl"
+
+
+def flush_seq(path: Path) -> int | None:
+    m = FLUSH_RE.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield ``(lineno, line without newline, terminated)`` for every line of ``path``."""
+    with open(path, "rb", buffering=READ_BLOCK) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.endswith(b"\n"):
+                yield lineno, line[:-1], True
+            else:
+                yield lineno, line, False
+
+
+def read_validated(path: Path, validator: Validator) -> Iterator[tuple[int, bytes, LineResult]]:
+    """Every line of a pending spool file with THE verdict of the envelope rules.
+
+    An unterminated last line of a *rotated* file is a torn write (rejected);
+    in ``active.jsonl`` it may be a write still in progress, so it is skipped.
+    """
+    active = path.name == ACTIVE
+    for lineno, raw, terminated in iter_lines(path):
+        if not terminated and active:
+            return
+        yield lineno, raw, validator.line(raw, terminated)
+
+
+def first_envelope(path: Path) -> tuple[float, float] | None:
+    """(write time, rows per byte) of a pending file's first envelope; None if it has none readable.
+
+    Envelopes carry ``at`` (when they were written), so the first one dates the
+    file's oldest row; its size gives a cheap estimate of the file's row count.
+    """
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+        env = orjson.loads(first) if first.endswith(b"\n") else None
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    at = env.get("at") if isinstance(env, dict) else None
+    rows = env.get("rows") if isinstance(env, dict) else None
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and isinstance(rows, list) and rows:
+        return float(at), len(rows) / len(first)
+    return None
+
+
+def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
+    """A quarantine entry, one grep-able JSON line (the format: docs/quarantine.md).
+
+    A ``raw`` line that is not UTF-8 keeps its exact bytes (``raw_b64``) and a
+    readable rendering with the bad bytes escaped (``raw_escaped``).
+    """
+    kind = "row" if "row" in extra else "source" if "format" in extra else "line"
+    rec: dict[str, Any] = {"reason": reason, "kind": kind, "file": file, "line": line, **extra}
+    if raw is not None:
+        try:
+            rec["raw"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rec["raw_b64"] = base64.b64encode(raw).decode("ascii")
+            rec["raw_escaped"] = raw.decode("utf-8", "backslashreplace")
+    rec["at"] = time.time()
+    return rec
+
+
+def record_line(rec: dict[str, Any]) -> bytes:
+    """One quarantine record as a JSON line, even when a rejected value is nested too deeply to
+    write as JSON (orjson writes 253 levels): that value is kept as its Python repr instead."""
+    try:
+        return orjson.dumps(rec, default=str) + b"\n"
+    except TypeError:
+        safe = {}
+        for k, v in rec.items():
+            try:
+                orjson.dumps(v, default=str)
+                safe[k] = v
+            except TypeError:
+                safe[f"{k}_repr"] = repr(v)
+        return orjson.dumps(safe, default=str) + b"\n"

@@ -1,0 +1,383 @@
+"""The on-disk spool: locked, fsync'd appends; atomic rotation; read-only listing.
+
+Layout per table (SPEC "On-disk spool layout")::
+
+    <root>/<table>/active.jsonl          producers append here, under .lock
+    <root>/<table>/flush-<seq>.jsonl     rotated, immutable
+    <root>/<table>/quarantine/*.jsonl    rejected lines/rows with their reason
+    <root>/<table>/.lock, .seq           the append/rotate lock, the sequence counter
+
+Appends and rotation take one exclusive lock, so a rotated flush file can never
+receive a late write. Only ``append``, ``rotate``, ``quarantine`` and
+``remove`` change anything; listing and reading never lock producers out.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from spoold.config import Config, validate_identifier
+from spoold.durable import append_all, fsync_dir, write_all, write_atomic
+from spoold.envelope import envelopes
+from spoold.errors import SpoolError, TableBusy, UsageError
+from spoold.locks import Busy, FileLocks
+from spoold.settings import SpoolLimits
+from spoold.spool.bounds import Bounds
+from spoold.spool.files import (
+    ACTIVE,
+    FLUSH_RE,
+    QUARANTINE,
+    READ_BLOCK,
+    flush_name,
+    flush_seq,
+    quarantine_record,
+    record_line,
+)
+
+STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
+
+
+class Spool:
+    """Producers' and flushers' handle on a spool root (thread-safe)."""
+
+    def __init__(self, root: str | os.PathLike[str], group: str | None = None,
+                 limits: SpoolLimits | None = None) -> None:
+        self.root = Path(root)
+        self.bounds = Bounds(self.root, limits or SpoolLimits(), FLUSH_RE, ACTIVE)
+        self._gid = _group_id(group) if group else None
+        self._dir_mode = 0o2770 if group else 0o700
+        self._file_mode = 0o660 if group else 0o600
+        self._dirs: dict[str, Path] = {}
+        self._locks = FileLocks(self._file_mode, self._chown)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Spool:
+        return cls(config.spool_root, config.spool_group, config.spool_limits)
+
+    # -- layout -----------------------------------------------------------------
+    def table_dir(self, table: str, *, create: bool = False) -> Path:
+        path = self.root / validate_identifier(table)
+        if create and not path.is_dir():
+            self._mkdir(self.root)
+            self._mkdir(path)
+        return path
+
+    def make_root(self) -> None:
+        """Create the spool root (0700, or 2770 for a producer group) if it is missing."""
+        try:
+            self._mkdir(self.root)
+        except OSError as e:
+            raise SpoolError(f"cannot create the spool root {self.root}: {e}") from e
+
+    def tables(self) -> list[str]:
+        """Tables that have a spool directory (valid identifiers only)."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.iterdir()):
+            if p.is_dir():
+                try:
+                    out.append(validate_identifier(p.name))
+                except UsageError:
+                    continue  # not a table's directory (spoold never creates such names)
+        return out
+
+    def table_of(self, path: str, root: str | None = None) -> str | None:
+        """The table whose spool directory holds ``path``; None for the root's and tables' internal
+        files (dot files) and for quarantine. ``root``: this spool's root, already resolved."""
+        root = root or str(self.root.resolve())
+        if not path.startswith(root + "/"):
+            return None
+        parts = path[len(root) + 1 :].split("/")
+        if parts[0].startswith(".") or (len(parts) > 1 and (parts[1] == QUARANTINE or parts[1].startswith("."))):
+            return None
+        try:
+            return validate_identifier(parts[0])
+        except UsageError:
+            return None
+
+    def flush_files(self, table: str) -> list[Path]:
+        """Rotated files awaiting a flush, oldest first."""
+        d = self.table_dir(table)
+        if not d.is_dir():
+            return []
+        files = [p for p in d.iterdir() if FLUSH_RE.fullmatch(p.name)]
+        return sorted(files, key=lambda p: p.name)
+
+    def pending(self, table: str) -> list[Path]:
+        """Flush files oldest first, then ``active.jsonl`` if it has bytes."""
+        files = self.flush_files(table)
+        active = self.table_dir(table) / ACTIVE
+        try:
+            if active.stat().st_size > 0:
+                files.append(active)
+        except FileNotFoundError:
+            pass
+        return files
+
+    # -- writing ----------------------------------------------------------------
+    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append row objects (column → value); durable (fsync'd) when this returns."""
+        lines = list(envelopes(rows))
+        self.append_lines(table, lines)
+        return sum(n for _, n in lines)
+
+    def append_lines(self, table: str, lines: Iterable[tuple[bytes, int] | bytes]) -> None:
+        """Append pre-encoded envelope lines: one write each, one fsync for the call; all or nothing.
+
+        Raises :class:`SpoolFull` (retryable) when the spool's bounds or a full disk refuse them.
+        """
+        payloads = [x[0] if isinstance(x, tuple) else x for x in lines]
+        if not payloads:
+            return
+        size = sum(map(len, payloads))
+        try:
+            with self._locked(table) as d:
+                created = False
+                try:
+                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
+                except FileNotFoundError:
+                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+                    created = True
+                try:
+                    self._chown(fd)
+                    self._repair_tail(table, fd)
+                    self.bounds.check(table, fd, size)
+                    append_all(fd, payloads)
+                    if created:  # a new file's name is durable only once its directory is synced
+                        fsync_dir(d)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            if (full := self.bounds.disk_full(table, size, e)) is None:
+                raise
+            raise full from e
+
+    def append_stream(self, table: str, lines: Iterable[bytes]) -> None:
+        """Append envelope lines from an iterable, all or nothing, in memory bounded by ``STAGE_BYTES``.
+
+        A small input goes to ``active.jsonl`` like any append. A large one is
+        written to a temp file in the table's directory as the iterable yields
+        (an error the iterable raises, e.g. a bad input line, removes it:
+        nothing is appended), fsync'd once, and published under the lock as the
+        next flush file, after rotating what producers appended before it, so
+        spool order is kept. A crash before the rename leaves only the temp
+        file, which flush sweeps once it is old.
+        """
+        it = iter(lines)
+        head: list[bytes] = []
+        size = 0
+        for line in it:
+            head.append(line)
+            size += len(line)
+            if size > STAGE_BYTES:
+                break
+        else:
+            self.append_lines(table, head)
+            return
+        d = self.table_dir(table, create=True)
+        tmp = d / f".stage-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        staged = 0
+        try:
+            self._chown(fd)
+            staged = self._stage(table, fd, b"".join(head), staged)
+            pending: list[bytes] = []
+            size = 0
+            for line in it:
+                pending.append(line)
+                size += len(line)
+                if size >= READ_BLOCK:
+                    staged = self._stage(table, fd, b"".join(pending), staged)
+                    pending, size = [], 0
+            staged = self._stage(table, fd, b"".join(pending), staged)
+            os.fsync(fd)
+            with self._locked(table) as d:
+                self._rotate_locked(table, d)
+                self.bounds.check(table, fd, staged, staged=True)
+                os.rename(tmp, d / flush_name(self._next_seq(d)))
+                fsync_dir(d)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and (full := self.bounds.disk_full(table, staged, e)) is not None:
+                raise full from e
+            raise
+        finally:
+            os.close(fd)
+
+    def _stage(self, table: str, fd: int, data: bytes, staged: int) -> int:
+        """Write ``data`` to a staging file holding ``staged`` bytes; SpoolFull as soon as it cannot fit."""
+        write_all(fd, data)
+        self.bounds.check(table, fd, staged + len(data), staged=True)
+        return staged + len(data)
+
+    def rotate(self, table: str) -> Path | None:
+        """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
+        d = self.table_dir(table)
+        if not (d / ACTIVE).exists():
+            return None
+        with self._locked(table) as d:
+            return self._rotate_locked(table, d)
+
+    def _rotate_locked(self, table: str, d: Path) -> Path | None:
+        active = d / ACTIVE
+        try:
+            fd = os.open(active, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return None
+        try:
+            self._repair_tail(table, fd)
+            empty = os.fstat(fd).st_size == 0
+        finally:
+            os.close(fd)
+        if empty:
+            return None
+        seq = self._next_seq(d)
+        target = d / flush_name(seq)
+        os.rename(active, target)
+        fsync_dir(d)
+        return target
+
+    def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
+        """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
+        if not records:
+            return None
+        qdir = self.table_dir(table, create=True) / QUARANTINE
+        self._mkdir(qdir)
+        path = qdir / f"{name}.jsonl"
+        write_atomic(path, b"".join(record_line(r) for r in records), self._file_mode)
+        return path
+
+    def remove(self, paths: Iterable[Path]) -> None:
+        """Delete flush files whose rows are durably committed."""
+        dirs = set()
+        for p in paths:
+            try:
+                p.unlink()
+                dirs.add(p.parent)
+            except FileNotFoundError:
+                pass
+        for d in dirs:
+            fsync_dir(d)
+
+    def close(self) -> None:
+        """Close the lock files this handle keeps open between calls (the next call reopens them).
+
+        A long-lived producer never needs it; a process making many handles
+        (e.g. one per test) does, or it runs out of file descriptors.
+        """
+        self._locks.close()
+
+    def sweep_temp(self, table: str | None = None, older_than_s: float = 3600.0) -> int:
+        """Remove temp files a killed ``write_atomic`` left in ``table``'s directories.
+
+        ``None``: in the spool root's own files instead (``.daemon.json``, the
+        tail offsets). Only old ones: a live writer renames its temp file
+        within moments.
+        """
+        cutoff = time.time() - older_than_s
+        removed = 0
+        d = self.table_dir(table) if table is not None else self.root
+        sub = d.glob(f"{QUARANTINE}/.*.tmp") if table is not None else d.glob(".*/.*.tmp")
+        for tmp in [*d.glob(".*.tmp"), *sub]:
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    @contextmanager
+    def flush_lock(self, table: str, *, wait: bool = True) -> Iterator[Path]:
+        """Held while flushing ``table``, so two flushers of one spool don't do the work twice.
+
+        Correctness never depends on it (keys do that); producers never wait on it.
+        ``wait=False`` raises :class:`TableBusy` at once when another flush holds it:
+        the daemon's loop must never block on a stopped or stuck ``spoold flush``.
+        """
+        with self._locked(table, ".flush-lock", wait=wait) as d:
+            yield d
+
+    # -- internals --------------------------------------------------------------
+    @contextmanager
+    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True) -> Iterator[Path]:
+        d = self._dirs.get(table)
+        if d is None:
+            d = self._dirs[table] = self.table_dir(table)  # validated once per table
+        if not os.path.isdir(d):
+            self.table_dir(table, create=True)
+        try:
+            with self._locks.hold(d / name, wait=wait):
+                yield d
+        except Busy as e:
+            raise TableBusy(f"table {table} is being flushed by {e} (e.g. `spoold flush`)") from None
+
+    def _repair_tail(self, table: str, fd: int) -> None:
+        """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        pos = size
+        while pos > 0:
+            start = max(0, pos - READ_BLOCK)
+            block = os.pread(fd, pos - start, start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                pos = start + nl + 1
+                break
+            pos = start
+        tail = os.pread(fd, size - pos, pos)
+        rec = quarantine_record("torn write: unterminated last line of active.jsonl", ACTIVE, -1, tail, offset=pos)
+        self.quarantine(table, f"torn-{time.time_ns()}", [rec])
+        os.ftruncate(fd, pos)
+        os.fsync(fd)
+
+    def _next_seq(self, d: Path) -> int:
+        seq_file = d / ".seq"
+        try:
+            last = int(seq_file.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            last = 0
+        existing = [flush_seq(p) or 0 for p in d.iterdir() if FLUSH_RE.fullmatch(p.name)]
+        seq = max([last, *existing]) + 1
+        write_atomic(seq_file, str(seq).encode(), self._file_mode)
+        return seq
+
+    def _mkdir(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            self._mkdir(path.parent)  # missing parents (the embedded state dir) are as private as the spool
+        try:
+            path.mkdir(mode=self._dir_mode)
+        except FileExistsError:
+            return
+        fsync_dir(path.parent)
+        if self._gid is not None:
+            os.chown(path, -1, self._gid)
+            os.chmod(path, self._dir_mode)  # mkdir's mode is masked by the umask
+
+    def _chown(self, fd: int) -> None:
+        if self._gid is None:
+            return
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return  # its owner, another producer, set it up; only the owner may change it
+        if st.st_gid != self._gid:
+            os.fchown(fd, -1, self._gid)
+        if stat.S_IMODE(st.st_mode) != self._file_mode:
+            os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise SpoolError(f"spool.group: no such group {name!r}") from None
