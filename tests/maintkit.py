@@ -12,7 +12,7 @@ from conftest import write_config
 
 from spoold.config import Config, load_config
 from spoold.iceberg.sink import Sink
-from spoold.keys.settle import Batch
+from spoold.keys.batch import Batch
 
 TABLE = "app.events"
 TABLE_TOML = """

@@ -17,7 +17,7 @@ from spoold.iceberg.maintain.rewrite import commit_rewrites
 from spoold.iceberg.maintain.run import Options, Report, run_steps
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.tables import Tables
-from spoold.keys.settle import Batch
+from spoold.keys.batch import Batch
 
 TYPES = {"part_id": "string", "n": "long", "ts": "timestamptz"}
 

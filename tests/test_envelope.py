@@ -471,7 +471,7 @@ def _assert_committable(spec: TableSpec, v: Validator, result: LineResult) -> No
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(envelopes(), min_size=1, max_size=3), st.booleans())
 def test_validator_never_raises_and_never_accepts_what_flush_cannot_commit(lines: list[bytes], declared: bool) -> None:
-    from spoold.keys.settle import Batch
+    from spoold.keys.batch import Batch
 
     spec = TYPED if declared else UNDECLARED
     v = Validator(spec)  # one validator over several lines, like a flush over a file
@@ -486,7 +486,7 @@ def test_validator_never_raises_and_never_accepts_what_flush_cannot_commit(lines
         _assert_committable(spec, v, result)
         batch.add(result)
     # flush commits the rows of several lines at once, with the types as they are at the end
-    from spoold.iceberg.schema import new_schema
+    from spoold.iceberg.schema import batch_to_arrow, new_schema
 
-    table = batch.to_arrow(new_schema(spec, v.types))
+    table = batch_to_arrow(batch, new_schema(spec, v.types))
     assert table.num_rows == len(batch) and table.column(spec.key).to_pylist() == batch.keys

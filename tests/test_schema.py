@@ -14,8 +14,8 @@ from pyiceberg.types import FloatType, IntegerType, ListType, LongType, NestedFi
 from spoold.config import Column, PartitionField, TableSpec
 from spoold.envelope import Validator
 from spoold.errors import ConfigError
-from spoold.iceberg.schema import new_schema, partition_spec, table_types, to_arrow, type_conflicts
-from spoold.keys.settle import Batch
+from spoold.iceberg.schema import batch_to_arrow, new_schema, partition_spec, table_types, to_arrow, type_conflicts
+from spoold.keys.batch import Batch
 
 SPEC = TableSpec(
     "chat.parts",
@@ -164,8 +164,18 @@ def test_a_batch_gives_the_same_table_however_it_is_cut_into_segments(
     n = len(batch)
     assert set(batch.columns()) == ({"part_id"} | {c for _, cols in envelopes for c in cols} if n else set())
     for _ in range(2):  # a retried commit assembles it again
-        table = batch.to_arrow(BATCH_SCHEMA)
+        table = batch_to_arrow(batch, BATCH_SCHEMA)
         assert table.schema == to_arrow({}, 0, BATCH_SCHEMA).schema and table.num_rows == n
         assert table.column("n").type == pa.int64() and table.column("tags").null_count == n
         assert table.to_pydict() == to_arrow(expected, n, BATCH_SCHEMA).to_pydict()
         assert table.column("extra").null_count == n and batch.keys == expected["part_id"]
+
+
+def test_batch_arrow_types_are_what_pyiceberg_writes_for_each_type() -> None:
+    """The batch converts values without pyiceberg; the seam then needs no cast for any type spoold writes."""
+    from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+    from spoold.iceberg.schema import ICEBERG_TYPES
+    from spoold.keys.batch import ARROW_TYPES
+
+    assert {name: schema_to_pyarrow(t) for name, t in ICEBERG_TYPES.items()} == ARROW_TYPES

@@ -29,8 +29,8 @@ from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.schema import new_schema
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.snapshots import MemoTransaction, without_auto_retry
+from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex
-from spoold.keys.settle import Batch
 
 TABLE = """
 [tables."app.events"]
@@ -184,19 +184,19 @@ def test_a_commit_landing_between_settle_and_append_is_resettled_not_doubled(
     spec = config.table("app.events")
     ours, theirs = Sink(config), Sink(config)
     ours.commit(spec, batch(keys("base", 10)), TYPES, {})
-    real_to_arrow = Batch.to_arrow
+    real_arrays = Batch.arrays
     attempts = []
 
-    def racing_to_arrow(self: Batch, *args: Any) -> pa.Table:
-        # to_arrow runs after settle and before append: the other committer lands right here.
+    def racing_arrays(self: Batch, *args: Any) -> Any:
+        # arrays() runs after settle and before append: the other committer lands right here.
         attempts.append(1)
         if len(attempts) == 1 and self is mine:
-            monkeypatch.setattr(Batch, "to_arrow", real_to_arrow)
+            monkeypatch.setattr(Batch, "arrays", real_arrays)
             theirs.commit(spec, batch(keys("k", 300)), TYPES, {})  # k0..k299
-            monkeypatch.setattr(Batch, "to_arrow", racing_to_arrow)
-        return real_to_arrow(self, *args)
+            monkeypatch.setattr(Batch, "arrays", racing_arrays)
+        return real_arrays(self, *args)
 
-    monkeypatch.setattr(Batch, "to_arrow", racing_to_arrow)
+    monkeypatch.setattr(Batch, "arrays", racing_arrays)
     mine = batch(keys("k", 500, start=200))  # k200..k699: 100 overlap
     out = ours.commit(spec, mine, TYPES, {})
     assert len(attempts) == 2  # the first append conflicted; the second was re-settled

@@ -39,7 +39,7 @@ from spoold.backfill.write import BackfillRun, BackfillSummary
 from spoold.config import Config
 from spoold.errors import InputError
 from spoold.iceberg.sink import Sink
-from spoold.keys.settle import gc_paused
+from spoold.keys.batch import gc_paused
 from spoold.progress import Progress
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
 from spoold.sources.detect import format_chooser

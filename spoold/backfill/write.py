@@ -34,8 +34,9 @@ from spoold.envelope import Validator, columnize
 from spoold.flush.pipeline import CommitPipeline
 from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.iceberg.verify import Keeper
+from spoold.keys.batch import Batch
 from spoold.keys.index import fingerprints
-from spoold.keys.settle import Batch, settle
+from spoold.keys.settle import settle
 from spoold.progress import Progress
 from spoold.sources import SourceLine
 from spoold.sources.position import Position

@@ -29,7 +29,7 @@ from spoold.flush.pipeline import CommitPipeline
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.iceberg.verify import Keeper, recheck
-from spoold.keys.settle import Batch, gc_paused
+from spoold.keys.batch import Batch, gc_paused
 from spoold.spool.files import quarantine_record, read_validated
 from spoold.spool.spool import Spool, write_atomic
 

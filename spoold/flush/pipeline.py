@@ -10,7 +10,7 @@ from spoold.config import TableSpec
 from spoold.envelope import Validator
 from spoold.errors import DataError
 from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.keys.settle import Batch
+from spoold.keys.batch import Batch
 
 # reject(batch, row, reason): row ``row`` of ``batch`` cannot be committed, durably set aside when it returns
 Reject = Callable[[Batch, int, str], None]

@@ -36,6 +36,7 @@ from pyiceberg.types import (
 
 from spoold.config import TableSpec
 from spoold.errors import ConfigError
+from spoold.keys.batch import Batch
 
 ICEBERG_TYPES: dict[str, IcebergType] = {
     "string": StringType(),
@@ -129,6 +130,11 @@ def arrow_type(name: str) -> pa.DataType | None:
 
 
 _ARROW_TYPES: dict[str, pa.DataType] = {}
+
+
+def batch_to_arrow(batch: Batch, schema: Schema) -> pa.Table:
+    """A batch's rows as an Arrow table shaped exactly like ``schema`` (built anew at each call: a retry needs it)."""
+    return to_arrow(batch.arrays(), len(batch), schema)
 
 
 def to_arrow(values: Mapping[str, list[Any] | pa.Array | pa.ChunkedArray], nrows: int, schema: Schema) -> pa.Table:

@@ -26,12 +26,13 @@ from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
 from spoold.iceberg.maintain.expire import expire_after_commit
-from spoold.iceberg.schema import type_conflicts
+from spoold.iceberg.schema import batch_to_arrow, type_conflicts
 from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, without_auto_retry
 from spoold.iceberg.tables import Tables
 from spoold.iceberg.upkeep import Maintainer
+from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex, fingerprints
-from spoold.keys.settle import Batch, settle
+from spoold.keys.settle import settle
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 10
@@ -130,7 +131,7 @@ class Sink(Tables):
                     return CommitOutcome(0, dups, idx.snapshot_id, str(tbl.metadata.table_uuid),
                                          tbl.metadata_location, self.verified(spec))
                 with catalog_errors(f"cannot convert rows for {spec.identifier}"):
-                    data = batch.to_arrow(tbl.schema())  # rebuilt on every attempt
+                    data = batch_to_arrow(batch, tbl.schema())  # rebuilt on every attempt
                     if len(keep) < len(batch):
                         data = data.take(keep)
                 summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.metadata import TableMetadata
 
-from spoold.spool.spool import fsync_dir
+from spoold.durable import fsync_dir
 
 
 class MemoTransaction(Transaction):

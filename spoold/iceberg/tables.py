@@ -28,12 +28,12 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 
 from spoold.config import Config, TableSpec
+from spoold.durable import write_atomic
 from spoold.errors import CatalogError, ConfigError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
 from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keys.index import KeyIndex
-from spoold.spool.spool import write_atomic
 
 log = logging.getLogger(__name__)
 # Properties of the tables spoold creates (their owner can change them):

@@ -27,7 +27,7 @@ from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.flush.flush import flush_table
 from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.keys.settle import Batch
+from spoold.keys.batch import Batch
 from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
 from spoold.spool.files import flush_name
 from spoold.spool.spool import Spool

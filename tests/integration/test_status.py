@@ -84,7 +84,7 @@ def test_runs_are_read_from_the_table_so_every_host_sees_them(tmp_path: Path) ->
     config = load_config(cfg)
     sink = Sink(config)
     from spoold.envelope import Validator
-    from spoold.keys.settle import Batch
+    from spoold.keys.batch import Batch
 
     spec = config.table("t.x")
     validator = Validator(spec, {"n": "long"})

@@ -45,7 +45,7 @@ from pyiceberg.utils.properties import property_as_int
 from spoold.errors import DataError
 from spoold.iceberg.snapshots import sync_local_files
 from spoold.keys.index import KeyIndex, fingerprints
-from spoold.keys.settle import _repeats
+from spoold.keys.settle import repeats
 
 log = logging.getLogger(__name__)
 SMALL_FRACTION = 0.75  # a file below this share of the target is compacted (Java Iceberg's default)
@@ -235,7 +235,7 @@ def _keep_masks(tbl: Table, group: Group, key: str, out: Rewrite) -> Generator[N
     del parts
     rank = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
     # The flush's own rule: the first occurrence of a key stays (here: the earliest-committed copy).
-    keep = null | ~_repeats(hi, lo, np.argsort(hi, kind="stable"))
+    keep = null | ~repeats(hi, lo, np.argsort(hi, kind="stable"))
     orders = [i.order for i in group.inputs]
     for other in group.older:
         later = np.flatnonzero(keep & ~null & (rank >= _first_rank_after(orders, other.order)))
