@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -96,17 +97,24 @@ def test_another_writers_rewrite_or_delete_rebuilds_the_index(cfg: Config, full_
 
 def test_the_daemons_own_run_keeps_its_index_off_the_snapshots_it_expires(
         tmp_path: Path, full_scans: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from spoold.iceberg import upkeep
+    from spoold.daemon import maintainer as maintainer_mod
+    from spoold.iceberg.sink import NoEvents
 
-    monkeypatch.setattr(upkeep, "SLICE_S", 0.0)  # one step per call
+    monkeypatch.setattr(maintainer_mod, "SLICE_S", 0.0)  # one step per call
     cfg = load_config(make_config(tmp_path, "\n[maintain]\nevery_commits = 4\nmax_snapshot_age_s = 0.001\n"
                                             "keep_snapshots = 1\n"))
-    sink = Sink(cfg)  # the daemon's
+    daemon = maintainer_mod.Maintainer(cfg)
+
+    class Counted(NoEvents):
+        def committed(self, table: str) -> None:
+            daemon.committed(table)
+
+    sink = Sink(cfg, events=Counted())  # the daemon's
     for i in range(4):
         flush(sink, [f"k{i}"])
     flush(Sink(cfg), ["other"])  # another writer: the daemon's index is one snapshot behind
     steps = 0
-    while sink.maintain():  # the daemon's hook, called while no flush is due, until nothing is left to do
+    while daemon.step(sink, time.time()):  # the daemon's hook, called while no flush is due, until done
         steps += 1
     tbl = table(cfg)
     assert steps >= 4 and len(tbl.snapshots()) == 1 and tbl.current_snapshot().summary.operation.value == "replace"

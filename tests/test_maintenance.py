@@ -7,7 +7,7 @@ import pytest
 from spoold.daemon.maintenance import (
     MIN_GAP_S,
     RETRY_MAX_S,
-    Upkeep,
+    MaintenanceState,
     after_commit,
     after_failure,
     after_run,
@@ -22,8 +22,8 @@ S = MaintainSettings(every_commits=5, small_files=20, interval_s=3600.0)
 NOW = 1_000_000.0
 
 
-def committed(n: int, state: Upkeep | None = None, files: int | None = None) -> Upkeep:
-    state = state or Upkeep()
+def committed(n: int, state: MaintenanceState | None = None, files: int | None = None) -> MaintenanceState:
+    state = state or MaintenanceState()
     for _ in range(n):
         state = after_commit(state, files)
     return state
@@ -35,13 +35,13 @@ def test_every_commits_makes_a_table_due() -> None:
 
 
 def test_data_files_added_since_the_last_run_make_it_due_whoever_added_them() -> None:
-    state = after_run(Upkeep(), NOW - 2 * MIN_GAP_S, files_after=10)
+    state = after_run(MaintenanceState(), NOW - 2 * MIN_GAP_S, files_after=10)
     assert due(after_commit(state, 29), NOW, S) is None  # 19 added
     assert due(after_commit(state, 30), NOW, S) == "small files"  # another host's flushes count too
 
 
 def test_interval_fires_only_for_a_table_with_commits_since_its_last_run() -> None:
-    ran = after_run(Upkeep(), NOW - 3600, files_after=1)
+    ran = after_run(MaintenanceState(), NOW - 3600, files_after=1)
     assert due(ran, NOW, S) is None  # quiet table: nothing to maintain
     assert due(committed(1, ran), NOW, S) == "interval"
     assert due(committed(1, ran), NOW - 1, S) is None
@@ -49,13 +49,13 @@ def test_interval_fires_only_for_a_table_with_commits_since_its_last_run() -> No
 
 
 def test_zero_switches_a_trigger_off_and_disabled_switches_all_off() -> None:
-    state = committed(1, after_run(Upkeep(), NOW - 10**6, files_after=0), files=10**6)
+    state = committed(1, after_run(MaintenanceState(), NOW - 10**6, files_after=0), files=10**6)
     assert due(state, NOW, MaintainSettings(every_commits=5, small_files=0, interval_s=0.0)) is None
     assert due(committed(50), NOW, MaintainSettings(enabled=False)) is None
 
 
 def test_runs_of_a_table_are_spaced_whatever_the_triggers() -> None:
-    ran = after_run(Upkeep(), NOW, files_after=0)
+    ran = after_run(MaintenanceState(), NOW, files_after=0)
     busy = committed(100, ran, files=10**6)
     assert due(busy, NOW + MIN_GAP_S - 1, S) is None
     assert due(busy, NOW + MIN_GAP_S, S) == "commits"
@@ -94,8 +94,8 @@ def test_bad_durations_are_refused(text: str) -> None:
 
 
 def test_orphans_are_swept_at_the_first_run_then_at_most_once_per_interval() -> None:
-    assert sweep_due(Upkeep(), NOW, S)
-    swept = after_run(Upkeep(), NOW, 1)
+    assert sweep_due(MaintenanceState(), NOW, S)
+    swept = after_run(MaintenanceState(), NOW, 1)
     assert not sweep_due(swept, NOW + 3599, S) and sweep_due(swept, NOW + 3600, S)
     assert after_run(swept, NOW + 100, 1, swept=False).last_sweep == NOW  # a run without a sweep keeps the time
     assert not sweep_due(swept, NOW + 86399, MaintainSettings(interval_s=0)) and sweep_due(

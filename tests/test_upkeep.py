@@ -12,9 +12,9 @@ import pytest
 from conftest import write_config
 
 from spoold.config import load_config
+from spoold.daemon import maintainer as maintainer_mod
+from spoold.daemon.maintainer import Maintainer
 from spoold.errors import CatalogError
-from spoold.iceberg import upkeep
-from spoold.iceberg.upkeep import Maintainer
 
 TABLE = "a.b"
 
@@ -44,8 +44,8 @@ def test_a_run_goes_step_by_step_and_commits_meanwhile_count_for_the_next(
             steps.append(name)
             yield name
 
-    monkeypatch.setattr(upkeep, "run_steps", run)
-    monkeypatch.setattr(upkeep, "SLICE_S", 0.0)  # one step per call (else: as many as 0.2 s allow)
+    monkeypatch.setattr(maintainer_mod, "run_steps", run)
+    monkeypatch.setattr(maintainer_mod, "SLICE_S", 0.0)  # one step per call (else: as many as 0.2 s allow)
     m = maintainer(tmp_path, 1)
     assert not m.step(NoCatalog(), time.time()) and not m.busy  # one commit: not due
     m.committed(TABLE)
@@ -62,7 +62,7 @@ def test_a_failing_run_backs_off_and_is_logged_once_a_minute(tmp_path: Path, mon
         raise CatalogError("catalog down")
         yield "never"
 
-    monkeypatch.setattr(upkeep, "run_steps", broken)
+    monkeypatch.setattr(maintainer_mod, "run_steps", broken)
     m = maintainer(tmp_path, 2)
     with caplog.at_level(logging.ERROR):
         assert m.step(NoCatalog(), time.time())

@@ -179,7 +179,8 @@ def cmd_replay(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 def cmd_maintain(args: argparse.Namespace, config: Config, as_json: bool) -> int:
-    from spoold.iceberg.maintain.run import Options, maintain_tables
+    from spoold.cli.maintain import maintain_tables
+    from spoold.iceberg.maintain.run import Options
 
     for t in args.tables:
         validate_identifier(t)

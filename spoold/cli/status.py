@@ -23,14 +23,13 @@ import orjson
 from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError, UsageError
+from spoold.iceberg.properties import LAST_MAINTENANCE
 from spoold.spool.files import first_envelope, iter_lines
 from spoold.spool.held import spooled
+from spoold.spool.layout import DAEMON_STATE, LAST_FLUSH
 from spoold.spool.quarantine import count_records
 from spoold.spool.spool import Spool
 
-LAST_FLUSH = ".last-flush.json"  # this spool's last flush attempt of a table (flush.py writes it)
-DAEMON_STATE = ".daemon.json"  # written by the daemon (report.py)
-LAST_MAINTENANCE = "spoold.last-maintenance"  # table property: the last maintenance run, compact JSON
 RUN_KINDS = {"flush": "last_flush", "backfill": "last_backfill", "maintain": "last_maintenance"}
 _SUMMARY_SKIP = frozenset({"spoold.op", "spoold.files"})  # (files: a flush's spool file names, long)
 

@@ -33,7 +33,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True, slots=True)
-class Upkeep:
+class MaintenanceState:
     """What the daemon knows of one table's maintenance.
 
     ``last_run``/``files_after``: when the last run ended and how many data
@@ -52,12 +52,12 @@ class Upkeep:
     last_sweep: float | None = None  # this daemon's last orphan sweep of the table
 
 
-def sweep_due(state: Upkeep, now: float, settings: MaintainSettings) -> bool:
+def sweep_due(state: MaintenanceState, now: float, settings: MaintainSettings) -> bool:
     """Whether a run starting at ``now`` also sweeps for orphans: at most once per ``interval_s`` (else a day)."""
     return state.last_sweep is None or now - state.last_sweep >= (settings.interval_s or 86400.0)
 
 
-def due(state: Upkeep, now: float, settings: MaintainSettings) -> str | None:
+def due(state: MaintenanceState, now: float, settings: MaintainSettings) -> str | None:
     """The trigger that makes ``state``'s table due at ``now`` (``"commits"``, ...), or None."""
     if not settings.enabled or (state.retry_at is not None and now < state.retry_at):
         return None
@@ -75,19 +75,19 @@ def due(state: Upkeep, now: float, settings: MaintainSettings) -> str | None:
     return None
 
 
-def after_commit(state: Upkeep, data_files: int | None) -> Upkeep:
+def after_commit(state: MaintenanceState, data_files: int | None) -> MaintenanceState:
     """A commit by this daemon landed; ``data_files``: the table's data-file count after it, if known."""
     return replace(state, commits=state.commits + 1,
                    data_files=data_files if data_files is not None else state.data_files)
 
 
-def after_run(state: Upkeep, now: float, files_after: int | None, *, swept: bool = True) -> Upkeep:
+def after_run(state: MaintenanceState, now: float, files_after: int | None, *, swept: bool = True) -> MaintenanceState:
     """A run finished: the triggers start over."""
-    return Upkeep(data_files=files_after, last_run=now, files_after=files_after,
+    return MaintenanceState(data_files=files_after, last_run=now, files_after=files_after,
                   last_sweep=now if swept else state.last_sweep)
 
 
-def after_failure(state: Upkeep, now: float, error: str, jitter: float) -> Upkeep:
+def after_failure(state: MaintenanceState, now: float, error: str, jitter: float) -> MaintenanceState:
     """A run failed: retried after a backoff (~30 s, doubling, capped at ``RETRY_MAX_S``), triggers kept."""
     failures = state.failures + 1
     return replace(state, failures=failures, last_error=error,

@@ -18,12 +18,12 @@ from typing import Any
 
 import orjson
 
-from spoold.cli.status import DAEMON_STATE
 from spoold.config import Config
 from spoold.daemon import systemd
 from spoold.daemon.metrics import DRAINING, Server
 from spoold.daemon.scheduler import TableState
 from spoold.sources.tail import Tailer
+from spoold.spool.layout import DAEMON_STATE
 from spoold.spool.spool import Spool, write_atomic
 
 log = logging.getLogger("spoold.daemon.loop")

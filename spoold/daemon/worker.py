@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spoold.config import Config
 from spoold.daemon import metrics
@@ -26,6 +26,9 @@ from spoold.daemon.report import Report
 from spoold.daemon.scheduler import LogLimiter, TableState, after_failure, after_success, observe
 from spoold.errors import SpooldError, TableBusy, one_line
 from spoold.spool.spool import Spool
+
+if TYPE_CHECKING:
+    from spoold.daemon.maintainer import Maintainer
 
 log = logging.getLogger("spoold.daemon.loop")
 
@@ -41,6 +44,7 @@ class Worker:
         self.states: dict[str, TableState] = {}
         self.pending = Pending(spool)  # a new spool: no cached probe carries over
         self._sink: Any = None  # spoold.iceberg.sink.Sink, imported at the first flush (pyiceberg is heavy)
+        self._maintainer: Maintainer | None = None  # maintenance through that sink's catalog connection
         self._preloading: threading.Thread | None = None
 
     # -- the schedule's view ------------------------------------------------------
@@ -68,6 +72,7 @@ class Worker:
     # -- flushing -----------------------------------------------------------------
     def flush(self, table: str, *, stop: Callable[[], bool], tick: Callable[[], None]) -> None:
         """Flush ``table`` once; never raises (a failure backs the table off and is logged, rate-limited)."""
+        from spoold.daemon.maintainer import Maintainer
         from spoold.flush.flush import FlushResult, flush_table  # pyiceberg/pyarrow load at the first flush
         from spoold.iceberg.sink import Sink
 
@@ -75,7 +80,9 @@ class Worker:
         result, started = FlushResult(), time.monotonic()  # what a failed flush committed still counts
         try:
             if self._sink is None:
-                self._sink = Sink(self.config)
+                # A fresh catalog connection drops the maintenance run in progress and its commit counts.
+                self._maintainer = Maintainer(self.config)
+                self._sink = Sink(self.config, events=_Events(self._maintainer))
             flush_table(self.config, self.spool, self._sink, table, wait=False, stop=stop, tick=tick, result=result)
         except TableBusy as e:
             # Not a failure: another flusher (e.g. `spoold flush`) is committing these rows right now.
@@ -116,9 +123,11 @@ class Worker:
     def maintain(self) -> bool:
         """A bounded slice of table maintenance, once the flush stack is loaded; True if it did work.
 
-        The daemon calls it when no flush is due (see :mod:`spoold.iceberg.upkeep`).
+        The daemon calls it when no flush is due (see :mod:`spoold.daemon.maintainer`).
         """
-        return self._sink is not None and self._sink.maintain()
+        if self._sink is None or self._maintainer is None:
+            return False
+        return self._maintainer.step(self._sink, time.time())
 
     def flush_all(self, tables: list[str], *, stop: Callable[[], bool], tick: Callable[[], None]) -> None:
         """Flush each of ``tables`` until ``stop()`` (the shutdown flush)."""
@@ -126,3 +135,16 @@ class Worker:
             if stop():
                 break
             self.flush(table, stop=stop, tick=tick)
+
+
+class _Events:
+    """The sink's commit events, counted: Prometheus' conflict counter and the maintenance triggers."""
+
+    def __init__(self, maintainer: Maintainer) -> None:
+        self._maintainer = maintainer
+
+    def committed(self, table: str) -> None:
+        self._maintainer.committed(table)
+
+    def conflict(self, table: str) -> None:
+        metrics.commit_conflict(table)

@@ -21,7 +21,6 @@ import orjson
 import pyarrow as pa
 
 from spoold._testhooks import reached
-from spoold.cli.status import LAST_FLUSH
 from spoold.config import Config
 from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
@@ -31,6 +30,7 @@ from spoold.iceberg.sink import CommitOutcome, Sink
 from spoold.iceberg.verify import Keeper, recheck
 from spoold.keys.batch import Batch, gc_paused
 from spoold.spool.files import quarantine_record, read_validated
+from spoold.spool.layout import LAST_FLUSH
 from spoold.spool.spool import Spool, write_atomic
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from pyiceberg.table import Table
 
 from spoold._testhooks import reached
 from spoold.config import Config, TableSpec
-from spoold.daemon import metrics
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
@@ -29,7 +28,6 @@ from spoold.iceberg.maintain.expire import expire_after_commit
 from spoold.iceberg.schema import batch_to_arrow, type_conflicts
 from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, without_auto_retry
 from spoold.iceberg.tables import Tables
-from spoold.iceberg.upkeep import Maintainer
 from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex, fingerprints
 from spoold.keys.settle import settle
@@ -78,16 +76,35 @@ class TableSink(Protocol):
     ) -> CommitOutcome: ...
 
 
+class SinkEvents(Protocol):
+    """What a sink reports as it commits, to whoever counts (the daemon's metrics and maintenance).
+
+    The seam is handed one and never imports the side that counts.
+    """
+
+    def committed(self, table: str) -> None:
+        """A commit to ``table`` landed (called on the commit path: no I/O)."""
+
+    def conflict(self, table: str) -> None:
+        """A commit to ``table`` conflicted with another writer's and is being re-settled."""
+
+
+class NoEvents:
+    """Nobody counts (``spoold flush``, backfill, tests)."""
+
+    def committed(self, table: str) -> None:
+        pass
+
+    def conflict(self, table: str) -> None:
+        pass
+
+
 class Sink(Tables):
-    """Tables (one catalog connection) plus a committed-key index per table, the commit loop, and maintenance."""
+    """Tables (one catalog connection) plus a committed-key index per table and the commit loop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, events: SinkEvents | None = None) -> None:
         super().__init__(config)
-        self.upkeep = Maintainer(config)  # counts this Sink's commits; runs maintenance when asked
-
-    def maintain(self) -> bool:
-        """Steps of due table maintenance for ~0.2 s (the daemon's hook while no flush is due); see :mod:`.upkeep`."""
-        return self.upkeep.step(self, time.time())
+        self.events: SinkEvents = events or NoEvents()
 
     # -- committed keys ---------------------------------------------------------
     def index(self, spec: TableSpec) -> KeyIndex:
@@ -142,7 +159,7 @@ class Sink(Tables):
                         reached("commit.staged")  # test-only mark: files written, the catalog not told yet
             except CommitConflict as e:
                 self._shared.add(spec.identifier)
-                metrics.commit_conflict(spec.identifier)
+                self.events.conflict(spec.identifier)
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
                 time.sleep(wait)
@@ -161,7 +178,7 @@ class Sink(Tables):
             self._latest[spec.identifier] = new
             uuid = str(new.metadata.table_uuid)
             verified = self.confirm(spec, uuid, snap.snapshot_id)  # may load afresh: the index is ahead then
-            self.upkeep.committed(spec.identifier)
+            self.events.committed(spec.identifier)
             if self.config.flush.expire_snapshots:
                 expire_after_commit(self._latest.get(spec.identifier, new), self.config.maintain)
             return CommitOutcome(len(keep), dups, snap.snapshot_id, uuid, new.metadata_location, verified)

@@ -4,10 +4,10 @@ A run: plan the compaction; rewrite the groups, one file read or written
 per step; commit every rewritten group in ONE ``replace`` snapshot; expire
 snapshots and delete the files only they referenced; delete orphan files;
 then record the run in the table property ``spoold.last-maintenance``
-(where ``spoold status`` on any host finds it) and in the spool's
-``<table>/.last-maintenance.json`` (the daemon's cheap view for its
-triggers). ``spoold maintain`` runs the steps
-back to back; the daemon (:mod:`.upkeep`) runs one step between flushes.
+(where ``spoold status`` on any host finds it); the caller keeps a copy in
+the spool. ``spoold maintain`` (:mod:`spoold.cli.maintain`) runs the steps
+back to back; the daemon (:mod:`spoold.daemon.maintainer`) runs a slice of
+them between flushes.
 """
 
 from __future__ import annotations
@@ -24,19 +24,17 @@ import orjson
 from pyiceberg.table import Table
 
 from spoold.config import Config, TableSpec
-from spoold.errors import CommitConflict, SpooldError, UsageError
+from spoold.errors import CommitConflict
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.maintain.compact import Rewrite, discard, plan, rewrite_steps, target_bytes
 from spoold.iceberg.maintain.expire import Expired, expire_snapshots, retention
 from spoold.iceberg.maintain.orphans import delete_orphans
 from spoold.iceberg.maintain.rewrite import commit_rewrites
+from spoold.iceberg.properties import LAST_MAINTENANCE
 from spoold.iceberg.snapshots import MemoTransaction
 from spoold.iceberg.tables import Tables
-from spoold.spool.spool import Spool, write_atomic
 
 log = logging.getLogger(__name__)
-LAST_MAINTENANCE = "spoold.last-maintenance"  # table property: the last run, as compact JSON
-LOCAL_STATE = ".last-maintenance.json"  # the same, in the table's spool directory
 _ATTEMPTS = 8
 _DONE = object()
 # The property's fields (the contract with `spoold status`); the CLI reports these and more.
@@ -165,40 +163,7 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
     report.duration_s = round(time.time() - started, 3)
     if not opts.dry_run:
         _record(tables, spec, report)
-        d = tables.config.spool_root / spec.identifier
-        if d.is_dir():
-            write_atomic(d / LOCAL_STATE, report.record())
     log.info("%s", report.line(spec.identifier))
-
-
-def maintain_tables(config: Config, names: list[str] | None, opts: Options) -> tuple[dict[str, Report],
-                                                                                     dict[str, SpooldError]]:
-    """``spoold maintain``: every named table (default: those of the config and the spool), one after another.
-
-    A named table that does not exist is bad input (``UsageError``, before
-    anything runs); unnamed ones that were never committed to are skipped.
-    """
-    tables = Tables(config)
-    wanted = names or sorted(set(config.tables) | set(Spool.from_config(config).tables()))
-    specs = [config.table(n) for n in wanted]
-    existing = []
-    for spec in specs:
-        if tables.load(spec) is not None:
-            existing.append(spec)
-        elif names:
-            raise UsageError(f"table {spec.identifier} does not exist in the catalog")
-    reports: dict[str, Report] = {}
-    errors: dict[str, SpooldError] = {}
-    for spec in existing:
-        report = Report()
-        try:
-            for _ in run_steps(tables, config, spec, opts, report):
-                pass
-            reports[spec.identifier] = report
-        except SpooldError as e:
-            log.error("table %s: maintenance failed: %s", spec.identifier, e)
-            errors[spec.identifier] = e
-    return reports, errors
 
 
 def totals(tbl: Table) -> tuple[int, int]:

@@ -1,14 +1,14 @@
 """The daemon's side of maintenance: count commits, decide (pure, :mod:`spoold.daemon.maintenance`), run steps.
 
-Each :class:`~spoold.iceberg.sink.Sink` holds a Maintainer: its commits are
-counted (:meth:`Maintainer.committed`) and the daemon calls
-``Sink.maintain()`` (:meth:`Maintainer.step`) whenever no flush is due. A
+The daemon's worker holds a Maintainer beside its Sink: the sink reports
+each commit (:meth:`Maintainer.committed`, through the events it is handed)
+and the daemon calls :meth:`Maintainer.step` whenever no flush is due. A
 step is one bounded piece of a run (reading or writing one file of a
 compaction group, the commit, the expiry, the orphan sweep); a call runs
 steps for ``SLICE_S`` (at least one), so a flush that falls due waits for
 that slice and one step at most. A failed run is logged (rate-limited)
 and retried after a backoff; nothing in here can stop capture. The counts
-live with the Sink: a daemon that replaces its Sink (after a failed flush, a
+live beside the Sink: a daemon that replaces its Sink (after a failed flush, a
 reload) starts counting afresh, and the run in progress is dropped (its
 uncommitted files deleted as the run is closed).
 """
@@ -24,14 +24,16 @@ from dataclasses import replace
 import orjson
 
 from spoold.config import Config
-from spoold.daemon.maintenance import Upkeep, after_commit, after_failure, after_run, due, sweep_due
+from spoold.daemon.maintenance import MaintenanceState, after_commit, after_failure, after_run, due, sweep_due
 from spoold.daemon.scheduler import LogLimiter
+from spoold.durable import write_atomic
 from spoold.errors import SpooldError, one_line
-from spoold.iceberg.maintain.run import LOCAL_STATE, Options, Report, last_record, run_steps, totals
+from spoold.iceberg.maintain.run import Options, Report, last_record, run_steps, totals
 from spoold.iceberg.tables import Tables
+from spoold.spool.layout import LAST_MAINTENANCE
 
 log = logging.getLogger(__name__)
-_UNSEEN = Upkeep()
+_UNSEEN = MaintenanceState()
 SLICE_S = 0.2  # a call runs steps for this long at most (plus the last step), then the daemon looks at its flushes
 PROBE_S = 60.0  # a table's data-file count is looked up at most this often (shared tables: a catalog read)
 
@@ -41,7 +43,7 @@ class Maintainer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.states: dict[str, Upkeep] = {}
+        self.states: dict[str, MaintenanceState] = {}
         self.errors = LogLimiter()
         self._probed: dict[str, float] = {}  # when each table's data-file count was last looked up
         # table, its steps, its report, the table's commit count when it started, whether it sweeps orphans
@@ -90,6 +92,7 @@ class Maintainer:
             return True
         except StopIteration:
             self._run = None
+            keep_record(self.config, table, report)
             state = self.states[table]  # flushes committed between the steps count towards the next run
             self.states[table] = replace(after_run(state, time.time(), report.files_after, swept=sweeps),
                                          commits=max(0, state.commits - before))
@@ -129,18 +132,24 @@ class Maintainer:
             self._run[1].close()
             self._run = None
 
-    def _initial(self, table: str, record: dict[str, object] | None) -> Upkeep:
+    def _initial(self, table: str, record: dict[str, object] | None) -> MaintenanceState:
         """Where the triggers start: the newer of the spool's and the table's record of the last run."""
         local = None
         try:
-            local = orjson.loads((self.config.spool_root / table / LOCAL_STATE).read_bytes())
+            local = orjson.loads((self.config.spool_root / table / LAST_MAINTENANCE).read_bytes())
         except (OSError, orjson.JSONDecodeError):
             pass
         best = max((r for r in (local, record) if isinstance(r, dict) and isinstance(r.get("at"), (int, float))),
                    key=lambda r: r["at"], default=None)
         if best is None:
-            return Upkeep()
+            return MaintenanceState()
         files = best.get("files_after")
-        return Upkeep(last_run=float(best["at"]) + float(best.get("duration_s") or 0),
+        return MaintenanceState(last_run=float(best["at"]) + float(best.get("duration_s") or 0),
                       files_after=files if isinstance(files, int) else None)
 
+
+def keep_record(config: Config, table: str, report: Report) -> None:
+    """Keep a finished run's record in the table's spool directory too (the daemon's triggers start from it)."""
+    d = config.spool_root / table
+    if d.is_dir():
+        write_atomic(d / LAST_MAINTENANCE, report.record())
