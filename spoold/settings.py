@@ -30,7 +30,7 @@ class FlushSettings:
     chunk_bytes: int = 64 << 20
     # Until a fresh load this long after one of this spool's commits to a table still shows it, the
     # spool keeps the committed rows (a create that is not atomic may yet replace a new table; see
-    # spoold/iceberg/verify.py). Not waited for where the catalog's create is exclusive (SQL).
+    # docs/fleet.md). Not waited for where the catalog's create is exclusive (SQL).
     verify_after_s: float = 60.0
 
     ZERO_OK = frozenset({"idle_restart_s", "verify_after_s"})

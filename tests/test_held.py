@@ -13,8 +13,8 @@ from conftest import write_config
 
 from spoold.config import Config, load_config
 from spoold.daemon.pending import Pending
+from spoold.flush.verify import Keeper, recheck
 from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.iceberg.verify import Keeper, recheck
 from spoold.spool import held
 from spoold.spool.files import ACTIVE
 from spoold.spool.spool import Spool

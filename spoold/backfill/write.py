@@ -32,8 +32,8 @@ from spoold.backfill.seen import SeenSet
 from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.flush.pipeline import CommitPipeline
+from spoold.flush.verify import Keeper
 from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.iceberg.verify import Keeper
 from spoold.keys.batch import Batch
 from spoold.keys.index import fingerprints
 from spoold.keys.settle import settle
@@ -190,7 +190,7 @@ class BackfillRun:
             if len(self.seen.chunk_keys) >= self.config.flush.chunk_rows:
                 self.seen.roll()
             return
-        if not self.sink.verified(self.spec):  # rows committed there need a copy until then (iceberg/verify.py)
+        if not self.sink.verified(self.spec):  # rows committed there need a copy until then (flush/verify.py)
             bad = {r.index for r in verdict.rejects}
             accepted = [i for i in range(len(rows)) if i not in bad] if bad else None
             self.copy += [rows[accepted[k]] for k in keep] if accepted else [rows[k] for k in keep]

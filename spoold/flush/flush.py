@@ -25,9 +25,9 @@ from spoold.config import Config
 from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
 from spoold.flush.pipeline import CommitPipeline
+from spoold.flush.verify import Keeper, recheck
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.iceberg.verify import Keeper, recheck
 from spoold.keys.batch import Batch, gc_paused
 from spoold.spool.files import quarantine_record, read_validated
 from spoold.spool.layout import LAST_FLUSH

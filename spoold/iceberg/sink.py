@@ -40,7 +40,7 @@ COMMIT_ATTEMPTS = 10
 class CommitOutcome:
     """What one commit did. ``snapshot_id``: the snapshot holding the rows (the new one, or the one
     every row was already in); ``verified``: this spool's commits to that table need no re-check
-    (see :mod:`spoold.iceberg.verify`; a fake sink's rows are taken as verified)."""
+    (see docs/fleet.md; a fake sink's rows are taken as verified)."""
 
     committed: int
     deduplicated: int

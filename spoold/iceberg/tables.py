@@ -7,7 +7,7 @@ adopts that one. Hosts that create a table at the same moment all end up
 writing into the one the catalog serves.
 
 Once this spool's commits are *verified* in a table (see
-:mod:`spoold.iceberg.verify`), its uuid is pinned in
+docs/fleet.md), its uuid is pinned in
 ``<spool>/<table>/.table-uuid``; from then on spoold refuses to write into a
 table with another uuid, or to re-create one that has vanished, so a catalog
 that is moved away or comes back empty never receives rows meant for the real
@@ -196,7 +196,7 @@ class Tables:
         Safe at once only where the catalog's create can never replace a table
         (then no late create can undo the commit), and only when a fresh load
         shows the commit in the history of the table the catalog serves.
-        Elsewhere the commit is verified later (:mod:`spoold.iceberg.verify`).
+        Elsewhere the commit is verified later (docs/fleet.md).
         """
         if self.verified(spec) or not self.exclusive_create:
             return self.verified(spec)

@@ -1,6 +1,6 @@
 """Rows committed to a table not verified yet, held in the spool until a later look shows them still there.
 
-Why (the reasoning is in :mod:`spoold.iceberg.verify`): on a catalog whose
+Why (the reasoning is in docs/fleet.md): on a catalog whose
 create is not atomic, another host's late create can replace a new table
 after this host committed to it, and the commit is then referenced by nothing.
 So until this spool's commits are verified in a table, the spool files whose

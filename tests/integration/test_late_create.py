@@ -27,8 +27,8 @@ import pytest
 from conftest import REPO, read_table, run_spoold, write_config
 
 from spoold.config import load_config
+from spoold.flush.verify import recheck
 from spoold.iceberg.sink import Sink
-from spoold.iceberg.verify import recheck
 from spoold.spool.held import HELD, Record
 from spoold.spool.spool import Spool
 

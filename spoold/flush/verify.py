@@ -1,61 +1,12 @@
 """When may the spool forget rows it committed? Verification of a table before this spool trusts it.
 
-The hazard (issue 12). Some catalogs' create is not atomic: SeaweedFS 4.48's
-REST create checks that the name is free, then writes without a condition,
-and answers 200 to a second create of an existing table. Hosts A and B both
-check, both find the name free, both write: the name goes to whichever wrote
-last. If A created first, committed rows, deleted its spool files and exited,
-B's *late* write then replaces the table, and A's snapshot is referenced by
-nothing: rows lost, silently, with every step acknowledged.
-
-A check right after A's own commit cannot see a write that B has not made
-yet. What bounds the window is that a late create is one that was already
-under way when the table was created (any create that starts later finds the
-table and is answered with it). So a fresh load made at least
-``[flush] verify_after_s`` after A's commit (and so after the table's
-creation) that still shows the commit means any create racing the table's
-creation has landed (assuming none takes longer than that from its check to
-its write) and did not replace the table: the commit is safe for good.
-
-The rules that follow, for each spool and table:
-
-1. A create response is never trusted: the table the catalog serves is loaded
-   and adopted (:mod:`spoold.iceberg.tables`), so hosts creating a table at
-   once all write into the served one and none refuses because another
-   created it.
-2. Until a table is *verified* (``<spool>/<table>/.table-uuid`` pinned), a
-   spool file whose rows were committed is not deleted: it is held aside in
-   ``.held/`` with a record of the commits that hold its rows (:mod:`spoold.spool.held`;
-   not under ``flush-*.jsonl``, so flush does not read it; status and backfill
-   count it as spooled). A flush file split across chunks records every chunk's
-   commit: the table may have changed between two of them.
-3. Once due, the next flush of the table (or the daemon, for a table with
-   nothing else pending) loads the table afresh (:func:`recheck`). A held
-   file whose commits are all in the served table's history is deleted, and
-   the table's uuid is pinned. A held file with a commit missing is logged
-   loudly (the lost snapshot and its metadata location) and put back into the
-   flush queue: flush settles its rows again against the committed keys, so
-   rows that did survive are not doubled and the others are committed into
-   the served table. A catalog that cannot be asked postpones the look;
-   nothing is ever deleted on a guess.
-4. Once pinned, a commit the catalog acknowledged is trusted (commits are
-   compare-and-swap; a later create is answered with the existing table) and
-   flush deletes its files at once. A uuid change after that is refused
-   loudly, as a replaced table always was (``spoold/iceberg/tables.py``).
-5. Where the catalog's create is exclusive (pyiceberg's SQL catalog: an INSERT
-   under a primary key), there is no late create: a fresh load right after
-   the first commit verifies it (``Tables.confirm``) and nothing waits.
-6. Backfill commits straight to the table, with no spool file behind its
-   rows. Into a table not verified yet it first writes a durable copy of each
-   chunk's rows into ``.held/``, then commits; the copy is then treated as a
-   held flush file (deleted once verified, re-queued if its commit vanished,
-   and re-queued when it has no record because the run died before its
-   commit returned; while the run lives, the copy is locked and every look
-   leaves it alone). A verified table needs no copy.
-
-What this does not cover: a create that takes longer than ``verify_after_s``
-between its check and its write, landing after the pin. Give a slow gateway
-a larger ``verify_after_s``; it only delays the first deletions on each host.
+A catalog whose create is not atomic can let a late create replace a new table
+after this spool committed to it. So until a fresh load at least
+``[flush] verify_after_s`` after a commit still shows it, committed spool files
+are held in ``.held/`` (:mod:`spoold.spool.held`); :func:`recheck` then deletes
+them and pins the table's uuid, or re-queues them when their commit is gone.
+The reasoning and the six rules: docs/fleet.md ("Why a look after
+verify_after_s is enough").
 """
 
 from __future__ import annotations
