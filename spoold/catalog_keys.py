@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import unquote
 
 from spoold.errors import ConfigError
 
@@ -111,3 +113,11 @@ def validate_catalog(props: Mapping[str, str]) -> None:
 def _hint(word: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def sqlite_path(props: Mapping[str, str]) -> Path | None:
+    """The database file of an SQLite catalog (``uri = "sqlite:///<path>"``); None for any other catalog."""
+    uri = props.get("uri", "")
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(unquote(uri[len("sqlite:///"):].split("?")[0]))

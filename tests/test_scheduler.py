@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from spoold.daemon.scheduler import (
-    LogLimiter,
     TableState,
     after_failure,
     after_success,
@@ -15,6 +14,7 @@ from spoold.daemon.scheduler import (
     is_due,
     observe,
 )
+from spoold.logs import LogLimiter
 from spoold.settings import FlushSettings
 
 S = FlushSettings(debounce_s=10.0, max_delay_s=60.0, max_rows=1000, retry_max_s=40.0)

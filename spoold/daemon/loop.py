@@ -29,9 +29,10 @@ from spoold.config import Config, load_config
 from spoold.daemon import systemd
 from spoold.daemon.footprint import loaded, restart_lean
 from spoold.daemon.report import Report
-from spoold.daemon.scheduler import LogLimiter, TableState, due_tables
+from spoold.daemon.scheduler import TableState, due_tables
 from spoold.daemon.worker import Worker
 from spoold.errors import SpooldError, one_line
+from spoold.logs import LogLimiter
 from spoold.sources.tail import Tailer
 from spoold.spool.spool import Spool
 

@@ -25,11 +25,11 @@ import orjson
 
 from spoold.config import Config
 from spoold.daemon.maintenance import MaintenanceState, after_commit, after_failure, after_run, due, sweep_due
-from spoold.daemon.scheduler import LogLimiter
 from spoold.durable import write_atomic
 from spoold.errors import SpooldError, one_line
 from spoold.iceberg.maintain.run import Options, Report, last_record, run_steps, totals
 from spoold.iceberg.tables import Tables
+from spoold.logs import LogLimiter
 from spoold.spool.layout import LAST_MAINTENANCE
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ from spoold.daemon import metrics
 from spoold.daemon.footprint import preload, release
 from spoold.daemon.pending import Pending
 from spoold.daemon.report import Report
-from spoold.daemon.scheduler import LogLimiter, TableState, after_failure, after_success, observe
+from spoold.daemon.scheduler import TableState, after_failure, after_success, observe
 from spoold.errors import SpooldError, TableBusy, one_line
+from spoold.logs import LogLimiter
 from spoold.spool.spool import Spool
 
 if TYPE_CHECKING:

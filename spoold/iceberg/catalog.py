@@ -35,9 +35,9 @@ from pyiceberg.exceptions import (
     WaitingForLockException,
 )
 
+from spoold.catalog_keys import sqlite_path
 from spoold.config import Config
 from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError
-from spoold.iceberg.peek import sqlite_path
 
 # The [catalog] of the catalog this process opened last: errors raised later, deep in a commit,
 # do not say which catalog they came from. (A process serves one config; a reload opens anew.)

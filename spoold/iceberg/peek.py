@@ -20,18 +20,11 @@ from urllib.parse import unquote, urlparse
 
 import orjson
 
+from spoold.catalog_keys import sqlite_path
 from spoold.config import Config
 from spoold.errors import SpooldError
 
 Metadata = dict[str, Any]
-
-
-def sqlite_path(props: Mapping[str, str]) -> Path | None:
-    """The database file of an SQLite catalog (``uri = "sqlite:///<path>"``); None for any other catalog."""
-    uri = props.get("uri", "")
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return None
-    return Path(unquote(uri[len("sqlite:///"):].split("?")[0]))
 
 
 def catalog_tables(config: Config, names: Iterable[str] | None = None) -> dict[str, Metadata]:

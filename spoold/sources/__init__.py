@@ -7,14 +7,8 @@ the same keys, whichever path reads it.
 
 from __future__ import annotations
 
-
-class SourceLineError(ValueError):
-    """A source line cannot be materialized; the message says why in a few words."""
-
-
-# The format modules import SourceLineError from this package, so it must be
-# defined before they are imported.
-from spoold.sources.reader import (  # noqa: E402
+from spoold.sources.line import SourceLineError
+from spoold.sources.reader import (
     FORMATS,
     SourceLine,
     expand_sources,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from spoold.sources import SourceLineError
+from spoold.sources.line import SourceLineError
 
 
 def parse_object(line: bytes) -> dict[str, object]:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spoold.sources import SourceLineError, jsonl, transcript
+from spoold.sources import jsonl, transcript
+from spoold.sources.line import SourceLineError
 
 Materializer = Callable[[bytes], list[dict[str, object]]]
 

@@ -36,8 +36,8 @@ from typing import Any
 
 from spoold._testhooks import reached
 from spoold.config import SourceSpec
-from spoold.daemon.scheduler import LogLimiter
 from spoold.errors import SpooldError, SpoolFull
+from spoold.logs import LogLimiter
 from spoold.sources.follow import Follow, Followed
 from spoold.sources.pack import line_record, pack
 from spoold.sources.position import PositionStore

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import orjson
 
-from spoold.sources import SourceLineError
 from spoold.sources.jsonl import parse_object
+from spoold.sources.line import SourceLineError
 
 MESSAGE_TYPES = ("user", "assistant")
 # The columns a transcript materializes to, typed as a ``[tables."x".columns]`` config declares them.
