@@ -77,7 +77,7 @@ def setup(d: Path, rows: int, committed: int, spooled: int) -> None:
     for table in TABLES:
         spec = config.table(table)
         validator = Validator(spec)
-        tbl = sink.ensure(spec, validator.types)
+        tbl = sink.tables.ensure(spec, validator.types)
         step = 250_000  # a few big appends: many data files, like a table built by many flushes
         for start in range(0, committed, step):
             batch = [_row("c", i) for i in range(start, min(committed, start + step))]

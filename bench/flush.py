@@ -209,7 +209,7 @@ def table_size(workdir: Path, committed: int, files: int, small: int, reps: int 
         cfg = make_config(workdir / name, 100_000)
         spec = cfg.table(TABLE)
         t0 = time.perf_counter()
-        tbl = Sink(cfg).ensure(spec, types)
+        tbl = Sink(cfg).tables.ensure(spec, types)
         parts = []
         for f in range(files):
             part = list(gen_rows(per_file, prefix=f"c{f:04d}-", days=1, seed=f))
@@ -232,7 +232,7 @@ def table_size(workdir: Path, committed: int, files: int, small: int, reps: int 
 
     empty_cfg = make_config(workdir / "empty", 100_000)
     sink_empty = Sink(empty_cfg)
-    sink_empty.ensure(empty_cfg.table(TABLE), types)
+    sink_empty.tables.ensure(empty_cfg.table(TABLE), types)
 
     def compare(label: str, seq: int, big_cfg: Any, sink_big: Any) -> None:
         t_empty, t_big = [], []

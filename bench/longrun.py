@@ -153,7 +153,7 @@ def run_mode(workdir: Path, flushes: int, rows: int, maintain: bool) -> dict[str
         "compactions": sum(1 for s in tbl.snapshots() if s.summary and s.summary.operation.value == "replace"),
         "maintenance_s": round(maint_s, 2), "max_step_s": round(max_step, 3),
         "flush_total_s": round(sum(lat), 1),
-        "scan": scans(tbl, sink.catalog()),
+        "scan": scans(tbl, sink.tables.catalog()),
     }
 
 

@@ -129,7 +129,7 @@ def test_a_catalog_without_a_warehouse_is_named_when_a_table_is_created(tmp_path
     cfg = load_config(write_config(tmp_path, catalog=f'[catalog]\ntype = "sql"\n'
                                                       f'uri = "sqlite:///{tmp_path}/c.db"\n'))
     with pytest.raises(ConfigError) as e:
-        Sink(cfg).ensure(cfg.table("a.b"), {"part_id": "string"})
+        Sink(cfg).tables.ensure(cfg.table("a.b"), {"part_id": "string"})
     assert "`[catalog] warehouse` is missing" in str(e.value)
 
 
@@ -147,7 +147,7 @@ def test_the_sqlite_catalog_and_the_warehouse_are_created_private(tmp_path: Path
 
     cfg = load_config(write_config(tmp_path))
     sink = Sink(cfg)
-    sink.ensure(cfg.table("a.b"), {"part_id": "string"})
+    sink.tables.ensure(cfg.table("a.b"), {"part_id": "string"})
     db = tmp_path / "state" / "catalog.db"
     assert sqlite3.connect(db).execute("select count(*) from iceberg_tables").fetchone() == (1,)
     assert db.stat().st_mode & 0o777 == 0o600

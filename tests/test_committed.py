@@ -49,9 +49,11 @@ def flush(sink: Sink, keys: list[str]) -> tuple[int, int]:
     return out.committed, out.deduplicated
 
 
-def maintain(cfg: Config, tables: Tables | None = None, **opts: Any) -> Report:
-    report = Report()
-    for _ in run_steps(tables or Tables(cfg), cfg, cfg.table(TABLE), Options(**opts), report):
+def maintain(cfg: Config, sink: Sink | None = None, **opts: Any) -> Report:
+    """A maintenance run: another process's, or (with ``sink``) the daemon's own, which keeps its index in step."""
+    report, spec = Report(), cfg.table(TABLE)
+    index = (lambda tbl: sink.committed(spec, tbl)) if sink else None
+    for _ in run_steps(sink.tables if sink else Tables(cfg), cfg, spec, Options(**opts), report, index=index):
         pass
     return report
 
@@ -114,7 +116,7 @@ def test_the_daemons_own_run_keeps_its_index_off_the_snapshots_it_expires(
         flush(sink, [f"k{i}"])
     flush(Sink(cfg), ["other"])  # another writer: the daemon's index is one snapshot behind
     steps = 0
-    while daemon.step(sink, time.time()):  # the daemon's hook, called while no flush is due, until done
+    while daemon.step(sink.tables, time.time(), sink.committed):  # as the daemon does, until done
         steps += 1
     tbl = table(cfg)
     assert steps >= 4 and len(tbl.snapshots()) == 1 and tbl.current_snapshot().summary.operation.value == "replace"

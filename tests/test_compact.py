@@ -51,7 +51,7 @@ def compact(cfg: Config, target: int = 64 << 20) -> tuple[list[Any], list[Any]]:
     spec = cfg.table(TABLE)
     tbl = sink.load(spec)
     rewrites = [rewrite(tbl, g, spec.key, target) for g in plan(tbl, target)]
-    done, dropped, _ = commit_rewrites(sink, spec, rewrites, PROPS)
+    done, dropped, _ = commit_rewrites(sink.tables, spec, rewrites, PROPS)
     return done, dropped
 
 
@@ -152,7 +152,7 @@ def test_a_group_whose_witness_changed_before_the_commit_is_dropped_and_nothing_
     rw = rewrite(tbl, group, spec.key, target)
     assert rw.witnesses and rw.outputs
     table(cfg).delete("part_id == 'big9'")  # another writer rewrites the witness (the big file)
-    done, dropped, _ = commit_rewrites(Sink(cfg), spec, [rw], PROPS)
+    done, dropped, _ = commit_rewrites(Sink(cfg).tables, spec, [rw], PROPS)
     assert done == [] and dropped == [rw]
     assert not any(os.path.exists(f.file_path.removeprefix("file://")) for f in rw.outputs)  # its files deleted
     counts = key_counts(cfg)
@@ -178,14 +178,14 @@ def test_a_commit_that_lands_meanwhile_is_kept_and_a_group_whose_inputs_went_is_
         return out
 
     monkeypatch.setattr(rewrite_mod, "live_files", flush_in_between)
-    done, dropped, _ = commit_rewrites(Sink(cfg), spec, rw, PROPS)
+    done, dropped, _ = commit_rewrites(Sink(cfg).tables, spec, rw, PROPS)
     assert len(done) == 1 and not dropped and len(calls) == 2  # retried on top of the flush
     assert key_counts(cfg) == Counter([f"k{i}" for i in range(6)] + ["late"])
     assert len(live_data_files(table(cfg))) == 2  # the compacted file and the late flush's
     monkeypatch.undo()
     # A second compaction planned on the same old state finds its inputs gone: dropped, nothing doubled.
     stale = [rewrite(tbl, g, spec.key, 64 << 20) for g in plan(tbl, 64 << 20)]
-    done, dropped, _ = commit_rewrites(Sink(cfg), spec, stale, PROPS)
+    done, dropped, _ = commit_rewrites(Sink(cfg).tables, spec, stale, PROPS)
     assert done == [] and len(dropped) == 1
     assert key_counts(cfg) == Counter([f"k{i}" for i in range(6)] + ["late"])
 

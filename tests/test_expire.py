@@ -35,7 +35,7 @@ def compacted(cfg: Config, n: int = 6) -> None:
     spec = cfg.table(TABLE)
     tbl = sink.load(spec)
     rws = [rewrite(tbl, g, spec.key, 64 << 20) for g in plan(tbl, 64 << 20)]
-    commit_rewrites(sink, spec, rws, {"spoold.op": "maintain"})
+    commit_rewrites(sink.tables, spec, rws, {"spoold.op": "maintain"})
 
 
 def missing_referenced(tbl: Any) -> list[str]:

@@ -34,7 +34,7 @@ def history(cfg: Config, rng: random.Random) -> None:
         commit(sink, [f"a{i}"], day=i % 2)
     spec = cfg.table(TABLE)
     tbl = sink.load(spec)
-    commit_rewrites(sink, spec, [rewrite(tbl, g, spec.key, 64 << 20) for g in plan(tbl, 64 << 20)], {})
+    commit_rewrites(sink.tables, spec, [rewrite(tbl, g, spec.key, 64 << 20) for g in plan(tbl, 64 << 20)], {})
     expire_snapshots(table(cfg), Retention(max_age_ms=0, keep=rng.randint(2, 4)))
     for i in range(rng.randint(1, 3)):
         commit(sink, [f"b{i}"], day=i % 2)

@@ -29,6 +29,7 @@ from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.schema import new_schema
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.snapshots import MemoTransaction, without_auto_retry
+from spoold.iceberg.tables import Tables
 from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex
 
@@ -79,14 +80,14 @@ def test_ensure_creates_the_declared_table_once_with_required_key_and_partitioni
     spec = config.table("app.events")
     sink = Sink(config)
     assert sink.load(spec) is None
-    tbl = sink.ensure(spec, TYPES)
+    tbl = sink.tables.ensure(spec, TYPES)
     schema = tbl.schema()
     assert [(f.name, str(f.field_type), f.required) for f in schema.fields] == [
         ("part_id", "string", True), ("n", "long", False), ("ts", "timestamptz", False)]
     (field,) = tbl.spec().fields
     assert str(field.transform) == "day" and schema.find_column_name(field.source_id) == "ts"
     assert tbl.properties["spoold.key"] == "part_id"
-    again = Sink(config).ensure(spec, TYPES)
+    again = Sink(config).tables.ensure(spec, TYPES)
     assert again.metadata.table_uuid == tbl.metadata.table_uuid
 
 
@@ -94,7 +95,7 @@ def test_ensure_adds_new_columns_by_schema_evolution(config: Config) -> None:
     spec = config.table("app.events")
     sink = Sink(config)
     sink.commit(spec, batch(keys("e", 3)), TYPES, {})
-    tbl = sink.ensure(spec, {**TYPES, "extra": "double", "flag": "boolean"})
+    tbl = sink.tables.ensure(spec, {**TYPES, "extra": "double", "flag": "boolean"})
     assert [f.name for f in tbl.schema().fields] == ["part_id", "n", "ts", "extra", "flag"]
     rows = tbl.scan().to_arrow().to_pylist()
     assert len(rows) == 3 and all(r["extra"] is None and r["flag"] is None for r in rows)
@@ -103,7 +104,7 @@ def test_ensure_adds_new_columns_by_schema_evolution(config: Config) -> None:
 def race_to_create(config: Config, n: int) -> tuple[list[str], list[Exception]]:
     sinks = [Sink(config) for _ in range(n)]
     for s in sinks:
-        s.catalog()
+        s.tables.catalog()
     gate = threading.Barrier(n)
     uuids: list[str] = []
     errors: list[Exception] = []
@@ -111,7 +112,7 @@ def race_to_create(config: Config, n: int) -> tuple[list[str], list[Exception]]:
     def create(sink: Sink) -> None:
         gate.wait()
         try:
-            uuids.append(str(sink.ensure(config.table("app.events"), TYPES).metadata.table_uuid))
+            uuids.append(str(sink.tables.ensure(config.table("app.events"), TYPES).metadata.table_uuid))
         except Exception as e:  # collected and asserted by the caller
             errors.append(e)
 
@@ -135,7 +136,7 @@ def test_a_replaced_or_vanished_table_is_refused_not_written(config: Config) -> 
     """A spool remembers the table it committed to: a drop or a re-create is not silently accepted."""
     spec = config.table("app.events")
     Sink(config).commit(spec, batch(keys("r", 2)), TYPES, {})
-    cat = Sink(config).catalog()
+    cat = Sink(config).tables.catalog()
     cat.drop_table("app.events")
     with pytest.raises(CatalogError, match="vanished"):
         Sink(config).load(spec)
@@ -150,7 +151,7 @@ def test_a_sink_reusing_its_last_version_still_notices_a_dropped_or_replaced_tab
     spec = config.table("app.events")
     sink = Sink(config)
     sink.commit(spec, batch(keys("r", 2)), TYPES, {})
-    cat = Sink(config).catalog()
+    cat = Sink(config).tables.catalog()
     cat.drop_table("app.events")
     if replace:
         cat.create_table("app.events", schema=new_schema(spec, TYPES))
@@ -271,8 +272,9 @@ def test_a_sink_commits_from_its_last_version_and_a_stale_one_only_costs_a_confl
     ours, other = Sink(config), Sink(config)
     ours.commit(spec, batch(keys("a", 5)), TYPES, {})
     loads: list[int] = []  # metadata reads by `ours` (each one checks the table's uuid)
-    real = Sink._check_uuid
-    monkeypatch.setattr(Sink, "_check_uuid", lambda self, *a: (self is ours and loads.append(1)) or real(self, *a))
+    real = Tables._check_uuid
+    monkeypatch.setattr(Tables, "_check_uuid",
+                        lambda self, *a: (self is ours.tables and loads.append(1)) or real(self, *a))
     assert ours.commit(spec, batch(keys("a", 3, 5)), TYPES, {}).committed == 3
     assert loads == []  # the sole writer: no reload of the metadata before each commit
     other.commit(spec, batch(keys("b", 5)), TYPES, {})  # ours now holds a stale version
@@ -288,7 +290,7 @@ def test_a_sink_commits_from_its_last_version_and_a_stale_one_only_costs_a_confl
 
 
 def test_memo_transaction_sees_each_staged_change(config: Config) -> None:
-    tbl = Sink(config).ensure(config.table("app.events"), TYPES)
+    tbl = Sink(config).tables.ensure(config.table("app.events"), TYPES)
     tx = MemoTransaction(tbl)
     first = tx.table_metadata
     assert tx.table_metadata is first is tbl.metadata  # nothing staged: the base itself, no copy

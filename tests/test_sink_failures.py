@@ -88,8 +88,8 @@ def test_a_namespace_created_by_another_process_between_check_and_insert(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sink = Sink(config)
-    catalog = sink.catalog()
-    other = Sink(config).catalog()
+    catalog = sink.tables.catalog()
+    other = Sink(config).tables.catalog()
 
     def racing_create_namespace(namespace: Any, *args: Any, **kwargs: Any) -> None:
         # The other process's insert lands first; ours then hits the unique key, as in SQL it does.
@@ -97,7 +97,7 @@ def test_a_namespace_created_by_another_process_between_check_and_insert(
         raise sqlalchemy.exc.IntegrityError("INSERT INTO iceberg_namespace_properties", {}, Exception("UNIQUE"))
 
     monkeypatch.setattr(catalog, "create_namespace", racing_create_namespace)
-    tbl = sink.ensure(config.table("app.events"), {"part_id": "string", "n": "long"})
+    tbl = sink.tables.ensure(config.table("app.events"), {"part_id": "string", "n": "long"})
     assert tbl.name() == ("app", "events")
     assert Sink(config).load(config.table("app.events")) is not None
 
@@ -106,7 +106,7 @@ def test_a_namespace_that_cannot_be_created_is_an_error_not_a_guess(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sink = Sink(config)
-    catalog = sink.catalog()
+    catalog = sink.tables.catalog()
 
     def failing_create_namespace(namespace: Any, *args: Any, **kwargs: Any) -> None:
         raise sqlalchemy.exc.OperationalError("INSERT INTO iceberg_namespace_properties", {}, Exception("disk I/O"))
@@ -114,5 +114,5 @@ def test_a_namespace_that_cannot_be_created_is_an_error_not_a_guess(
     monkeypatch.setattr(catalog, "create_namespace", failing_create_namespace)
     # the catalog's own error, not a later "no such namespace" from creating the table
     with pytest.raises(CatalogError, match="cannot create app.events: OperationalError.*disk I/O"):
-        sink.ensure(config.table("app.events"), {"part_id": "string", "n": "long"})
+        sink.tables.ensure(config.table("app.events"), {"part_id": "string", "n": "long"})
     assert not catalog.namespace_exists("app")

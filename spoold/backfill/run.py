@@ -38,7 +38,7 @@ from spoold.backfill.cursor import Cursors
 from spoold.backfill.write import BackfillRun, BackfillSummary
 from spoold.config import Config
 from spoold.errors import InputError
-from spoold.iceberg.sink import Sink
+from spoold.iceberg.sink import Sink, TableSink
 from spoold.keys.batch import gc_paused
 from spoold.progress import Progress
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
@@ -61,7 +61,7 @@ def backfill(
     restart: bool = False,
     progress: Progress | None = None,
     stop: Callable[[], bool] | None = None,
-    sink: Sink | None = None,
+    sink: TableSink | None = None,
 ) -> BackfillSummary:
     """Write the source rows of ``table`` whose keys are neither committed nor spooled.
 

@@ -21,7 +21,7 @@ import numpy as np
 from spoold.config import TableSpec
 from spoold.envelope import Validator
 from spoold.iceberg.schema import table_types
-from spoold.iceberg.sink import Sink
+from spoold.iceberg.sink import TableSink
 from spoold.keys.index import KeyIndex
 from spoold.spool.files import read_validated
 from spoold.spool.held import spooled
@@ -61,7 +61,7 @@ def spooled_keys(spool: Spool, spec: TableSpec, validator: Validator) -> Iterato
 class SeenSet:
     """committed ∪ spooled ∪ kept by this run, looked up a group of keys at a time."""
 
-    def __init__(self, sink: Sink, spool: Spool, spec: TableSpec) -> None:
+    def __init__(self, sink: TableSink, spool: Spool, spec: TableSpec) -> None:
         """Read the spooled keys, then the committed ones (and the table's columns as of those)."""
         tbl = sink.load(spec)
         types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())

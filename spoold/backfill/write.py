@@ -33,7 +33,7 @@ from spoold.config import Config, TableSpec
 from spoold.envelope import Validator, columnize
 from spoold.flush.pipeline import CommitPipeline
 from spoold.flush.verify import Keeper
-from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch
 from spoold.keys.index import fingerprints
 from spoold.keys.settle import settle
@@ -100,7 +100,7 @@ def _picker(positions: list[int]) -> Callable[[list[Any]], list[Any]]:
 class BackfillRun:
     """One backfill run: the seen-set, the chunk being filled, the counts, the cursors to move."""
 
-    def __init__(self, config: Config, spec: TableSpec, sink: Sink, summary: BackfillSummary, cursors: Cursors, *,
+    def __init__(self, config: Config, spec: TableSpec, sink: TableSink, summary: BackfillSummary, cursors: Cursors, *,
                  props: Mapping[str, str], dry_run: bool, limit: int | None, progress: Progress | None,
                  stop: Callable[[], bool] | None) -> None:
         self.config, self.spec, self.sink, self.s, self.cursors = config, spec, sink, summary, cursors
@@ -110,7 +110,8 @@ class BackfillRun:
         summary.unreadable_spool_files += self.seen.unreadable_spool_files
         self.validator = Validator(spec, self.seen.types, self.seen.required)
         self.batch = Batch(self.validator.types)
-        self.pipeline = CommitPipeline(sink, spec, self.reject_commit)  # chunk k commits while chunk k+1 is read
+        # chunk k commits while chunk k+1 is read
+        self.pipeline = CommitPipeline(sink, spec, spool, "backfill", self.rejected_commit)
         self.keeper = Keeper(config, spool, spec.identifier)
         self.copy: list[Any] = []  # the chunk's source rows, kept on disk while the table is not verified
         self.copies: list[held.Copy] = []  # copies whose commit has not returned yet (locked meanwhile)
@@ -222,16 +223,11 @@ class BackfillRun:
             self.pipeline.join()  # the rows before these marks may still be committing
             self.cursors.save(marks)
 
-    def reject_commit(self, batch: Batch, row: int, reason: str) -> None:
-        """A row no commit can take (on the commit thread): quarantined under a name its key decides."""
-        key, values = batch.keys[row], batch.row(row)
-        rec = quarantine_record(f"cannot commit: {reason}", "", -1, key=key, columns=list(values),
-                                row=list(values.values()), source="backfill")
-        tag = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        self.spool.quarantine(self.spec.identifier, f"backfill-commit-{tag}", [rec])
+    def rejected_commit(self, reason: str) -> None:
+        """A row no commit can take was quarantined (on the commit thread)."""
         with self._count_lock:
             self.s.quarantined += 1
-            self.s.first_quarantine_reason = self.s.first_quarantine_reason or f"cannot commit: {reason}"
+            self.s.first_quarantine_reason = self.s.first_quarantine_reason or reason
 
     def close(self) -> None:
         """Stop the commit thread; a copy whose commit never returned is unlocked (the next look re-queues it)."""

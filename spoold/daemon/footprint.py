@@ -45,7 +45,7 @@ def release(sink: Any) -> None:
     SQLite file or a server's idle timeout could leave stale.
     """
     try:
-        engine = getattr(sink.catalog(), "engine", None)
+        engine = getattr(sink.tables.catalog(), "engine", None)
         if engine is not None:
             engine.dispose()
     except Exception as e:  # best effort: the next flush reconnects anyway

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import orjson
 
-from spoold.config import Config
+from spoold.config import Config, TableSpec
 from spoold.daemon.maintenance import MaintenanceState, after_commit, after_failure, after_run, due, sweep_due
 from spoold.durable import write_atomic
 from spoold.errors import SpooldError, one_line
@@ -58,7 +59,7 @@ class Maintainer:
         """A commit to ``table`` landed (no I/O: called on the commit path)."""
         self.states[table] = after_commit(self.states.get(table, _UNSEEN), None)
 
-    def step(self, tables: Tables, now: float) -> bool:
+    def step(self, tables: Tables, now: float, index: Callable[[TableSpec, Any], object] | None = None) -> bool:
         """Steps of the run in progress (or of the due table's new run) for ``SLICE_S``; False when none is due.
 
         At least one step; more while the slice lasts: a step may be reading one
@@ -77,11 +78,10 @@ class Maintainer:
             log.info("table %s: maintenance due (%s)", table, due(self.states[table], now, settings))
             report, spec = Report(), self.config.table(table)
             opts = Options(orphans=sweep_due(self.states[table], now, settings))
-            # Through the Sink this Maintainer belongs to: its committed-key index is kept in step, so the
-            # expiry cannot leave it on an expired snapshot (which would cost the next flush a full rescan).
-            keep_index = getattr(tables, "committed", None)
+            # ``index``: the daemon's Sink's committed-key index, kept in step, so the expiry cannot leave
+            # it on an expired snapshot (which would cost the next flush a full rescan).
             steps = run_steps(tables, self.config, spec, opts, report,
-                              index=(lambda tbl: keep_index(spec, tbl)) if keep_index else None)
+                              index=(lambda tbl: index(spec, tbl)) if index else None)
             self._run = (table, steps, report, self.states[table].commits, opts.orphans)
         table, steps, report, before, sweeps = self._run
         try:

@@ -128,7 +128,7 @@ class Worker:
         """
         if self._sink is None or self._maintainer is None:
             return False
-        return self._maintainer.step(self._sink, time.time())
+        return self._maintainer.step(self._sink.tables, time.time(), self._sink.committed)
 
     def flush_all(self, tables: list[str], *, stop: Callable[[], bool], tick: Callable[[], None]) -> None:
         """Flush each of ``tables`` until ``stop()`` (the shutdown flush)."""

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from spoold.errors import SpooldError, TableBusy
 from spoold.flush.pipeline import CommitPipeline
 from spoold.flush.verify import Keeper, recheck
 from spoold.iceberg.schema import table_types
-from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch, gc_paused
 from spoold.spool.files import quarantine_record, read_validated
 from spoold.spool.layout import LAST_FLUSH
@@ -64,7 +63,7 @@ _QUARANTINE_PART = 10_000  # records
 _QUARANTINE_PART_BYTES = 64 << 20  # raw bytes of the lines they came from
 
 
-def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate: bool = True, wait: bool = True,
+def flush_table(config: Config, spool: Spool, sink: TableSink, table: str, *, rotate: bool = True, wait: bool = True,
                 stop: Callable[[], bool] | None = None, tick: Callable[[], None] | None = None,
                 result: FlushResult | None = None) -> FlushResult:
     """Commit everything pending for ``table`` once. Never raises on bad spool lines or poison rows.
@@ -105,7 +104,7 @@ def flush_table(config: Config, spool: Spool, sink: Sink, table: str, *, rotate:
 class _Flush:
     """One flush of one table: read each file with THE rules, cut chunks by rows and bytes, commit."""
 
-    def __init__(self, config: Config, spool: Spool, sink: Sink, table: str, result: FlushResult,
+    def __init__(self, config: Config, spool: Spool, sink: TableSink, table: str, result: FlushResult,
                  stop: Callable[[], bool] | None, tick: Callable[[], None] | None) -> None:
         self.config, self.spool, self.sink, self.table, self.result = config, spool, sink, table, result
         self.stop, self.tick = stop, tick
@@ -114,7 +113,8 @@ class _Flush:
         types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
         self.validator = Validator(spec, types, required)
         self.chunk = _Chunk(Batch(self.validator.types))
-        self.pipeline = CommitPipeline(sink, spec, self._reject, tick)  # chunk k commits while k+1 is read
+        # chunk k commits while k+1 is read
+        self.pipeline = CommitPipeline(sink, spec, spool, "flush", self._rejected, tick)
         self.keeper = Keeper(config, spool, table)
 
     def run(self, files: list[Path]) -> None:
@@ -189,17 +189,9 @@ class _Flush:
         props = {"spoold.op": "flush", "spoold.files": ",".join(chunk.names)}
         self.pipeline.submit(chunk.batch, self.validator, props, committed)
 
-    def _reject(self, batch: Batch, row: int, reason: str) -> None:
-        """A row no commit can take (runs on the commit thread, before its files can be deleted)."""
-        key = batch.keys[row]
-        values = batch.row(row)
-        rec = quarantine_record(f"cannot commit: {reason}", "", -1, key=key, columns=list(values),
-                                row=list(values.values()), source="flush")
-        # Named by the key, so a retried flush that meets the row again replaces its record.
-        tag = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        self.spool.quarantine(self.table, f"commit-{tag}", [rec])
+    def _rejected(self, reason: str) -> None:
+        """A row no commit can take was quarantined (on the commit thread)."""
         self.result.quarantined += 1
-        log.warning("table %s: row %r cannot be committed, quarantined: %s", self.table, key, reason)
 
     def _publish(self, path: Path, rejects: list[dict[str, Any]]) -> None:
         if rejects:
@@ -225,7 +217,7 @@ def _record(spool: Spool, table: str, started: float, result: FlushResult, outco
 
 
 def flush_all(
-    config: Config, spool: Spool, sink: Sink, tables: list[str] | None = None
+    config: Config, spool: Spool, sink: TableSink, tables: list[str] | None = None
 ) -> tuple[dict[str, FlushResult], dict[str, SpooldError]]:
     """Flush each table (all spooled tables by default); one table's failure doesn't stop the others."""
     results: dict[str, FlushResult] = {}

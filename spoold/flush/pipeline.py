@@ -1,17 +1,22 @@
-"""Commit chunk k on a worker thread while chunk k+1 is read (flush and backfill), isolating poison rows."""
+"""Commit chunk k on a worker thread while chunk k+1 is read (flush and backfill), quarantining poison rows."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from hashlib import blake2b
 
 from spoold.config import TableSpec
 from spoold.envelope import Validator
 from spoold.errors import DataError
-from spoold.iceberg.sink import CommitOutcome, Sink
+from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch
+from spoold.spool.files import quarantine_record
+from spoold.spool.spool import Spool
 
+log = logging.getLogger(__name__)
 # reject(batch, row, reason): row ``row`` of ``batch`` cannot be committed, durably set aside when it returns
 Reject = Callable[[Batch, int, str], None]
 _TICK_S = 1.0  # how often a wait for a commit lets the caller show it is alive (systemd watchdog)
@@ -30,8 +35,10 @@ class CommitPipeline:
     second while the caller waits, so a long commit never starves a watchdog.
     """
 
-    def __init__(self, sink: Sink, spec: TableSpec, reject: Reject, tick: Callable[[], None] | None = None) -> None:
-        self.sink, self.spec, self.reject, self.tick = sink, spec, reject, tick
+    def __init__(self, sink: TableSink, spec: TableSpec, spool: Spool, source: str,
+                 rejected: Callable[[str], None], tick: Callable[[], None] | None = None) -> None:
+        self.sink, self.spec, self.tick = sink, spec, tick
+        self.reject = Poison(spool, spec.identifier, source, rejected)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
         self._inflight: tuple[Future[CommitOutcome], Callable[[CommitOutcome], None]] | None = None
 
@@ -71,7 +78,30 @@ class CommitPipeline:
         self._pool.shutdown(wait=True)
 
 
-def commit_isolating(sink: Sink, spec: TableSpec, batch: Batch, types: Mapping[str, str],
+class Poison:
+    """Quarantines a row no commit can take (on the commit thread, before its spool file can be deleted).
+
+    The record is named by the row's key, so a retried flush or backfill that meets
+    the row again replaces its record instead of adding a second one.
+    ``rejected(reason)`` is told of each (the caller counts them).
+    """
+
+    def __init__(self, spool: Spool, table: str, source: str, rejected: Callable[[str], None]) -> None:
+        self.spool, self.table, self.source, self.rejected = spool, table, source, rejected
+        self.prefix = "commit" if source == "flush" else f"{source}-commit"
+
+    def __call__(self, batch: Batch, row: int, reason: str) -> None:
+        key, values = batch.keys[row], batch.row(row)
+        reason = f"cannot commit: {reason}"
+        rec = quarantine_record(reason, "", -1, key=key, columns=list(values), row=list(values.values()),
+                                source=self.source)
+        tag = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        self.spool.quarantine(self.table, f"{self.prefix}-{tag}", [rec])
+        self.rejected(reason)
+        log.warning("table %s: row %r cannot be committed, quarantined: %s", self.table, key, reason)
+
+
+def commit_isolating(sink: TableSink, spec: TableSpec, batch: Batch, types: Mapping[str, str],
                      props: Mapping[str, str], reject: Reject) -> CommitOutcome:
     """Commit ``batch``; when the rows themselves cannot be committed, find the ones that can't by halving.
 

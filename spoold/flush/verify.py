@@ -18,9 +18,8 @@ from pathlib import Path
 
 from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, SpoolError
-from spoold.iceberg.sink import CommitOutcome
+from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.iceberg.snapshots import history_ids
-from spoold.iceberg.tables import Tables
 from spoold.spool import held
 from spoold.spool.spool import Spool
 
@@ -62,7 +61,7 @@ class Keeper:
                 held.release(path)
 
 
-def recheck(config: Config, spool: Spool, tables: Tables, table: str, now: float | None = None) -> int:
+def recheck(config: Config, spool: Spool, tables: TableSink, table: str, now: float | None = None) -> int:
     """Look at ``table``'s held files that are due: delete those whose commits a fresh load shows,
     put the others back into the flush queue. Returns how many were put back.
 
@@ -99,7 +98,7 @@ def recheck(config: Config, spool: Spool, tables: Tables, table: str, now: float
     return requeued
 
 
-def _look(spool: Spool, tables: Tables, spec: TableSpec, path: Path, rec: held.Record | None, uuid: str | None,
+def _look(spool: Spool, tables: TableSink, spec: TableSpec, path: Path, rec: held.Record | None, uuid: str | None,
           ids: set[int]) -> int:
     """Release ``path`` if the served table holds all its commits, else re-queue it; 1 if re-queued."""
     table = spec.identifier

@@ -65,15 +65,30 @@ class CommitOutcome:
 
 
 class TableSink(Protocol):
-    """What flush and backfill need from Iceberg (a fake can stand in for tests)."""
+    """What flush, the commit pipeline, backfill and its seen-set need from Iceberg: the seam's contract.
 
-    def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None: ...
+    :class:`Sink` is the real one; tests use one configurable fake (tests/support/fakesink.py).
+    """
 
-    def committed(self, spec: TableSpec, table: Table) -> KeyIndex: ...
+    def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
+        """The table as it stands (``reuse``: the last version seen, which may be stale), or None."""
+
+    def verified(self, spec: TableSpec) -> bool:
+        """This spool's commits to the table need no later look (docs/fleet.md)."""
+
+    def pin(self, spec: TableSpec, uuid: str) -> None:
+        """A later look showed this spool's commits: trust the table with this uuid from now on."""
+
+    def index(self, spec: TableSpec) -> KeyIndex:
+        """The committed-key index as it stands (each commit advances it)."""
+
+    def committed(self, spec: TableSpec, table: Table) -> KeyIndex:
+        """The committed-key index, advanced to ``table``'s current snapshot."""
 
     def commit(
         self, spec: TableSpec, batch: Batch, types: Mapping[str, str], props: Mapping[str, str]
-    ) -> CommitOutcome: ...
+    ) -> CommitOutcome:
+        """Settle ``batch`` against the committed keys and commit what is new, in one snapshot."""
 
 
 class SinkEvents(Protocol):
@@ -99,17 +114,32 @@ class NoEvents:
         pass
 
 
-class Sink(Tables):
-    """Tables (one catalog connection) plus a committed-key index per table and the commit loop."""
+class Sink:
+    """The seam's face for flush and backfill: a table registry (one catalog connection), the
+    committed-key index per table, and the commit loop; it satisfies :class:`TableSink`."""
 
     def __init__(self, config: Config, events: SinkEvents | None = None) -> None:
-        super().__init__(config)
+        self.config = config
+        self.tables = Tables(config)
         self.events: SinkEvents = events or NoEvents()
+
+    # -- tables -----------------------------------------------------------------
+    def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
+        """The table, or None when it does not exist yet (see :meth:`Tables.load`)."""
+        return self.tables.load(spec, reuse=reuse)
+
+    def verified(self, spec: TableSpec) -> bool:
+        """This spool's commits to the table need no later look (docs/fleet.md)."""
+        return self.tables.verified(spec)
+
+    def pin(self, spec: TableSpec, uuid: str) -> None:
+        """Trust the table with this uuid from now on (see :meth:`Tables.pin`)."""
+        self.tables.pin(spec, uuid)
 
     # -- committed keys ---------------------------------------------------------
     def index(self, spec: TableSpec) -> KeyIndex:
         """The committed-key index of ``spec``'s table as it stands (each commit advances it)."""
-        return self._indexes.setdefault(spec.identifier, KeyIndex())
+        return self.tables.indexes.setdefault(spec.identifier, KeyIndex())
 
     def committed(self, spec: TableSpec, table: Table) -> KeyIndex:
         """The committed-key index, advanced to ``table``'s current snapshot (see :mod:`.committed`)."""
@@ -134,7 +164,7 @@ class Sink(Tables):
         types = {c: t for c, t in types.items() if c in present}
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                tbl = self.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
+                tbl = self.tables.ensure(spec, types, reuse=not attempt)  # a schema change can conflict too
                 conflicts = type_conflicts(types, batch.columns(), tbl.schema())
                 if conflicts:  # fail rather than let Arrow truncate; the next flush validates anew
                     raise CatalogError(f"table {spec.identifier}: " + ", ".join(
@@ -151,21 +181,21 @@ class Sink(Tables):
                     data = batch_to_arrow(batch, tbl.schema())  # rebuilt on every attempt
                     if len(keep) < len(batch):
                         data = data.take(keep)
-                summary = {"spoold.host": self.host, "spoold.rows": str(len(keep)), **props}
+                summary = {"spoold.host": self.tables.host, "spoold.rows": str(len(keep)), **props}
                 with catalog_errors(f"cannot commit to {spec.identifier}"):
                     new = without_auto_retry(tbl)
                     with MemoTransaction(new) as tx:
                         tx.append(data, snapshot_properties=summary)
                         reached("commit.staged")  # test-only mark: files written, the catalog not told yet
             except CommitConflict as e:
-                self._shared.add(spec.identifier)
+                self.tables.shared(spec)
                 self.events.conflict(spec.identifier)
                 wait = min(2.0, 0.02 * 2**attempt) * (0.5 + random.random())
                 log.info("table %s: commit conflict (%s), re-settling in %.2fs", spec.identifier, e, wait)
                 time.sleep(wait)
                 continue
             except SpooldError:
-                self._latest.pop(spec.identifier, None)
+                self.tables.forget(spec)
                 if attempt:
                     raise  # a DataError twice in a row, on a fresh version: the rows' fault (flush isolates them)
                 continue  # the first try reused a version that may be stale (dropped, replaced): load it afresh
@@ -175,12 +205,12 @@ class Sink(Tables):
                 sync_snapshot(new)  # before flush deletes the spool copy
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
-            self._latest[spec.identifier] = new
+            self.tables.committed_version(spec, new)
             uuid = str(new.metadata.table_uuid)
-            verified = self.confirm(spec, uuid, snap.snapshot_id)  # may load afresh: the index is ahead then
+            verified = self.tables.confirm(spec, uuid, snap.snapshot_id)  # may load afresh: the index is ahead then
             self.events.committed(spec.identifier)
             if self.config.flush.expire_snapshots:
-                expire_after_commit(self._latest.get(spec.identifier, new), self.config.maintain)
+                expire_after_commit(self.tables.latest(spec) or new, self.config.maintain)
             return CommitOutcome(len(keep), dups, snap.snapshot_id, uuid, new.metadata_location, verified)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
 

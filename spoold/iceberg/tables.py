@@ -59,7 +59,7 @@ class Tables:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._catalog: Catalog | None = None
-        self._indexes: dict[str, KeyIndex] = {}  # the committed-key index per table (see Sink)
+        self.indexes: dict[str, KeyIndex] = {}  # the committed-key index per table (kept by the Sink)
         self._latest: dict[str, Table] = {}  # the last version loaded or committed, per table
         self._shared: set[str] = set()  # tables another writer commits to: reusing _latest only costs there
         self._pins: dict[str, str | None] = {}  # the pinned uuid per table, as read from (or written to) disk
@@ -76,10 +76,26 @@ class Tables:
         return exclusive_create(self.catalog())
 
     # -- tables -----------------------------------------------------------------
+    def committed_version(self, spec: TableSpec, tbl: Table) -> None:
+        """``tbl`` is the version a commit through this connection just made (what ``reuse`` hands out next)."""
+        self._latest[spec.identifier] = tbl
+
+    def latest(self, spec: TableSpec) -> Table | None:
+        """The version last loaded or committed through this connection, if any."""
+        return self._latest.get(spec.identifier)
+
+    def forget(self, spec: TableSpec) -> None:
+        """The last version may be stale (a dropped or replaced table): the next load reads the catalog."""
+        self._latest.pop(spec.identifier, None)
+
+    def shared(self, spec: TableSpec) -> None:
+        """Another writer commits to this table: always load it afresh (a stale version wastes a data file)."""
+        self._shared.add(spec.identifier)
+
     def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
         """The table, or None when it does not exist yet.
 
-        ``reuse``: the version this Sink last loaded or committed, if it has
+        ``reuse``: the version last loaded or committed through this connection, if it has
         one, instead of reading the metadata again (with hundreds of snapshots
         kept, that read is a good part of a small flush). It may be stale: a
         commit based on it fails as a conflict, and :meth:`commit` then loads
@@ -89,7 +105,7 @@ class Tables:
         """
         if reuse and spec.identifier not in self._shared:
             tbl = self._latest.get(spec.identifier)
-            idx = self._indexes.get(spec.identifier)
+            idx = self.indexes.get(spec.identifier)
             if tbl is not None and not (idx is not None and idx.built and idx.snapshot_id != snapshot_id(tbl)):
                 return tbl  # (else it is older than what the index has seen: a load raced a commit)
         with catalog_errors(f"cannot load {spec.identifier}"):

@@ -207,7 +207,7 @@ def test_a_warm_sink_with_a_stale_schema_fails_one_flush_then_judges_like_a_fres
     spool, sink = Spool.from_config(config), Sink(config)
     spool.append("app.events", rows("a", 0, 3))
     flush_table(config, spool, sink, "app.events")
-    Sink(config).ensure(config.table("app.events"), {"x": "string"})  # the other writer
+    Sink(config).tables.ensure(config.table("app.events"), {"x": "string"})  # the other writer
     spool.append("app.events", [{"part_id": "b0", "x": 5}, {"part_id": "b1", "x": None}])
     with pytest.raises(CatalogError, match="'x' is string in the table but was validated as long"):
         flush_table(config, spool, sink, "app.events")

@@ -215,5 +215,5 @@ def test_a_sql_catalog_verifies_the_first_commit_at_once_and_holds_nothing(tmp_p
 
 def _served_uuid(cfg: Path) -> str:
     config = load_config(cfg)
-    tbl = Sink(config).catalog().load_table("app.events")
+    tbl = Sink(config).tables.catalog().load_table("app.events")
     return str(tbl.metadata.table_uuid)

@@ -61,7 +61,7 @@ def test_a_table_only_backfill_wrote_is_listed_with_its_rows_and_run(tmp_path: P
 def test_an_unknown_table_exits_2_and_a_foreign_one_is_not_shown(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, '[tables."decl.only"]\n')
     config = load_config(cfg)
-    catalog = Sink(config).catalog()
+    catalog = Sink(config).tables.catalog()
     catalog.create_namespace("other")
     from pyiceberg.schema import Schema
     from pyiceberg.types import NestedField, StringType
@@ -90,7 +90,7 @@ def test_runs_are_read_from_the_table_so_every_host_sees_them(tmp_path: Path) ->
     validator = Validator(spec, {"n": "long"})
     batch = Batch(validator.types)
     batch.add(validator.rows(["part_id", "n"], [["b0", 1], ["b1", 2]]))
-    sink.host = "other-host"
+    sink.tables.host = "other-host"
     sink.commit(spec, batch, validator.types, {"spoold.op": "flush"})
     maint = {"at": 1767268800.0, "host": "m-host", "duration_s": 1.5, "snapshots_expired": 3, "files_before": 9,
              "files_after": 1, "duplicates_removed": 0, "files_deleted": 8, "orphans_deleted": 0}
