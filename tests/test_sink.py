@@ -462,3 +462,19 @@ def test_snapshot_expiry_can_be_switched_off(tmp_path: Path) -> None:
     sink.commit(spec, batch(["b"]), TYPES, {})
     tbl = sink.load(spec)
     assert tbl is not None and len(tbl.snapshots()) == 2
+
+
+def test_the_one_fake_fits_the_seam_contract() -> None:
+    """tests/support's FakeSink has every TableSink member with the same parameters (and nothing the seam lacks)."""
+    import inspect
+
+    from support.fakesink import FakeSink
+
+    from spoold.iceberg.sink import TableSink
+
+    members = {n for n, v in vars(TableSink).items() if callable(v) and not n.startswith("_")}
+    assert members == {"load", "verified", "pin", "index", "committed", "commit"}
+    for name in members:
+        assert list(inspect.signature(getattr(FakeSink, name)).parameters) == \
+            list(inspect.signature(getattr(TableSink, name)).parameters), name
+        assert callable(getattr(Sink, name))

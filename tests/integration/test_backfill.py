@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
+from support.fakesink import FakeSink
 from testhooks import Hooks
 
 from spoold.backfill.run import backfill
@@ -26,8 +27,7 @@ from spoold.config import load_config
 from spoold.envelope import Validator, columnize
 from spoold.errors import InputError
 from spoold.flush.flush import flush_table
-from spoold.iceberg.sink import CommitOutcome, Sink
-from spoold.keys.batch import Batch
+from spoold.iceberg.sink import Sink
 from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
 from spoold.spool.files import flush_name
 from spoold.spool.spool import Spool
@@ -154,20 +154,6 @@ def _candidate_keys() -> set[str]:
     return found | {"active-ok", "active-torn"}
 
 
-class _RecordingSink:
-    """Stands in for the catalog so flush's own verdicts can be compared in-process."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-
-    def load(self, spec: Any, *, reuse: bool = False) -> None:
-        return None
-
-    def commit(self, spec: Any, batch: Batch, types: Any, props: Any) -> CommitOutcome:
-        self.keys.extend(batch.keys)
-        return CommitOutcome(len(batch), 0, None)
-
-
 def test_backfill_reads_the_spool_with_flushs_verdicts(tmp_path: Path) -> None:
     """Flush's reader and backfill's reader over the same files: identical keys pass, nothing else."""
     cfg_file = _corpus_config(tmp_path)
@@ -185,11 +171,11 @@ def test_backfill_reads_the_spool_with_flushs_verdicts(tmp_path: Path) -> None:
     # Flush the very same files (a copy: flush deletes what it commits).
     copy_root = tmp_path / "copy"
     shutil.copytree(config.spool_root, copy_root)
-    sink = _RecordingSink()
+    sink = FakeSink()  # stands in for the catalog: flush's own verdicts, compared in-process
     result = flush_table(config, Spool(copy_root), sink, "corpus.events")  # type: ignore[arg-type]
 
-    assert sorted(backfill_keys) == sorted(sink.keys)
-    assert set(sink.keys) == set(_expected()["committed"]) | {"active-ok"}
+    assert sorted(backfill_keys) == sorted(sink.committed_keys)
+    assert set(sink.committed_keys) == set(_expected()["committed"]) | {"active-ok"}
     # Everything flush quarantined (corpus records, plus the torn active tail cut off at
     # rotation) gave backfill no key.
     assert result.quarantined == len(_expected()["quarantined"])

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import FIXTURES, read_table, run_spoold, write_config
+from support.fakesink import FakeSink, fail_at
 
 from spoold.backfill.run import backfill as backfill_library
 from spoold.config import load_config
@@ -120,17 +121,9 @@ def test_a_cursor_moves_only_past_rows_a_durable_commit_holds(tmp_path: Path) ->
     config = load_config(write_config(tmp_path, "[flush]\nchunk_rows = 10\n"))
     src = write(tmp_path / "h.jsonl", rows("c", 35))
 
-    class CatalogGoesDown(Sink):
-        commits = 0
-
-        def commit(self, *args: Any, **kwargs: Any) -> Any:
-            CatalogGoesDown.commits += 1
-            if CatalogGoesDown.commits == 3:
-                raise CatalogError("catalog down")
-            return super().commit(*args, **kwargs)
-
     with pytest.raises(CatalogError):
-        backfill_library(config, "t.fail", [str(src)], "auto", None, sink=CatalogGoesDown(config))
+        backfill_library(config, "t.fail", [str(src)], "auto", None,
+                         sink=FakeSink(Sink(config), commit=fail_at(3, CatalogError("catalog down"))))
     assert len(keys(config.path, "t.fail")) == 20  # two chunks of 10 landed, the third did not
     again = backfill_library(config, "t.fail", [str(src)], "auto", None)
     assert (again.materialized, again.written, again.skipped_committed) == (15, 15, 0)  # on after the 20

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, read_table, run_spoold, write_config
 from daemonproc import wait_for
+from support.fakesink import FakeSink, fail_at
 from testhooks import WINDOWS, Hooks, overlapped, windows_hit
 
 from spoold.config import load_config
@@ -517,17 +518,9 @@ def test_a_retried_flush_does_not_double_quarantine_entries(tmp_path: Path) -> N
         spool.append_lines("app.events", [b"not json\n"])
         spool.rotate("app.events")
 
-    class FailSecond(Sink):
-        calls = 0
-
-        def commit(self, *args: Any, **kwargs: Any) -> Any:
-            FailSecond.calls += 1
-            if FailSecond.calls == 2:
-                raise CatalogError("catalog went away")
-            return super().commit(*args, **kwargs)
-
     with pytest.raises(CatalogError):
-        flush_table(config, spool, FailSecond(config), "app.events")
+        flush_table(config, spool, FakeSink(Sink(config), commit=fail_at(2, CatalogError("catalog went away"))),
+                    "app.events")
     # The first commit covered file 1 and half of file 2; file 1 is gone, 2 and 3 wait.
     assert [p.name for p in spool.flush_files("app.events")] == [flush_name(2), flush_name(3)]
     result = flush_table(config, spool, Sink(config), "app.events")

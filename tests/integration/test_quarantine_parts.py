@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import write_config
+from support.fakesink import FakeSink, raises
 
 import spoold.flush.flush
 from spoold.config import Config, load_config
@@ -41,13 +42,6 @@ def parts(spool: Spool) -> dict[str, list[dict[str, Any]]]:
     return {p.stem: [orjson.loads(line) for line in p.read_bytes().splitlines()] for p in sorted(qdir.glob("*.jsonl"))}
 
 
-class FailingSink(Sink):
-    """The catalog goes away at the first commit (after some parts were published)."""
-
-    def commit(self, *args: Any, **kwargs: Any) -> Any:
-        raise CatalogError("catalog went away")
-
-
 def test_ten_thousand_rejects_a_part_and_a_retried_flush_rewrites_the_same_parts(tmp_path: Path) -> None:
     config, spool = setup(tmp_path, chunk_rows=5)
     bad = [b"not json %d\n" % i for i in range(25_000)]
@@ -57,7 +51,8 @@ def test_ten_thousand_rejects_a_part_and_a_retried_flush_rewrites_the_same_parts
     stem = flush_name(1).removesuffix(".jsonl")
 
     with pytest.raises(CatalogError):
-        flush_table(config, spool, FailingSink(config), TABLE)
+        # the catalog goes away at the first commit (after some parts were published)
+        flush_table(config, spool, FakeSink(Sink(config), commit=raises(CatalogError("catalog went away"))), TABLE)
     first_try = parts(spool)
     assert f"{stem}-0000000001" in first_try and len(first_try[f"{stem}-0000000001"]) == 10_000
 
