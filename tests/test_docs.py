@@ -140,3 +140,16 @@ def test_every_tested_recipe_runs_as_written(index: int, chat_parts: Path, tmp_p
     assert r.returncode == 0, f"recipe {index} failed:\n{recipe}\n{r.stderr}"
     out = r.stdout
     assert "a:0" in out and "a:2" in out or out.strip().endswith(".metadata.json"), out
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md's tree table names each module in its folder's row, and no module that is gone."""
+    page = (REPO / "docs" / "architecture.md").read_text()
+    named = set()
+    for row in re.findall(r"^\| (leaves|`[a-z/]+/`) \|[^|]*\|(.*)\|$", page, re.MULTILINE):
+        folder = "" if row[0] == "leaves" else row[0].strip("`")
+        named |= {folder + m for m in re.findall(r"`([a-z_]+\.py)`", row[1])}
+    package = REPO / "spoold"
+    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py")}
+    assert sorted(modules - named) == [] and sorted(named - modules) == []
