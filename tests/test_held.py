@@ -42,10 +42,10 @@ def test_a_verified_commit_deletes_its_files_an_unverified_one_holds_them(config
     spool = Spool.from_config(config)
     a, b = flush_file(spool, 3, "a"), flush_file(spool, 2, "b")
     keeper = Keeper(config, spool, T)
-    keeper.settled([a.stem], [a], out(1, verified=True))
+    keeper.commit_done([a.stem], [a], out(1, verified=True))
     assert not a.exists()
     before = time.time()
-    keeper.settled([b.stem], [b], out(2))
+    keeper.commit_done([b.stem], [b], out(2))
     assert not b.exists() and spool.flush_files(T) == []
     ((path, rec),) = held.entries(spool, T)
     assert path.name == b.name and rec is not None
@@ -58,8 +58,8 @@ def test_a_file_split_across_chunks_is_held_with_every_chunks_commit(config: Con
     spool = Spool.from_config(config)
     f = flush_file(spool, 5)
     keeper = Keeper(config, spool, T)
-    keeper.settled([f.stem], [], out(1, uuid="u1"))  # its first rows, in a table later replaced
-    keeper.settled([f.stem], [f], out(2, uuid="u2"))
+    keeper.commit_done([f.stem], [], out(1, uuid="u1"))  # its first rows, in a table later replaced
+    keeper.commit_done([f.stem], [f], out(2, uuid="u2"))
     ((_, rec),) = held.entries(spool, T)
     assert rec is not None and [(c.table_uuid, c.snapshot_id) for c in rec.commits] == [("u1", 1), ("u2", 2)]
 
@@ -69,17 +69,17 @@ def test_a_split_file_finished_once_the_table_is_verified_is_deleted_only_if_eve
     spool = Spool.from_config(config)
     f, g = flush_file(spool, 2, "f"), flush_file(spool, 2, "g")
     keeper = Keeper(config, spool, T)
-    keeper.settled([f.stem, g.stem], [], out(1, uuid="u1"))
-    keeper.settled([f.stem], [f], out(2, uuid="u1", verified=True))  # verified table, same one: trusted
+    keeper.commit_done([f.stem, g.stem], [], out(1, uuid="u1"))
+    keeper.commit_done([f.stem], [f], out(2, uuid="u1", verified=True))  # verified table, same one: trusted
     assert not f.exists() and held.entries(spool, T) == []
-    keeper.settled([g.stem], [g], out(3, uuid="u2", verified=True))  # verified, but its first rows went elsewhere
+    keeper.commit_done([g.stem], [g], out(3, uuid="u2", verified=True))  # verified, but its first rows went elsewhere
     assert [p.name for p, _ in held.entries(spool, T)] == [g.name]
 
 
 def test_requeue_puts_rows_back_where_flush_reads_them(config: Config) -> None:
     spool = Spool.from_config(config)
     f = flush_file(spool, 3)
-    Keeper(config, spool, T).settled([f.stem], [f], out(1))
+    Keeper(config, spool, T).commit_done([f.stem], [f], out(1))
     copy = held.write_copy(spool, T, [{"part_id": "c0"}, {"part_id": "c1"}]).path  # a backfill's copy: no record
     entries = dict(held.entries(spool, T))
     assert entries[copy] is None and entries[spool.table_dir(T) / held.HELD / f.name] is not None
@@ -106,7 +106,7 @@ def test_a_copy_whose_backfill_still_commits_it_is_left_alone_until_its_lock_is_
 def test_the_daemon_counts_held_files_as_pending_only_once_their_look_is_due(config: Config) -> None:
     spool = Spool.from_config(config)
     f = flush_file(spool, 4)
-    Keeper(config, spool, T).settled([f.stem], [f], out(1))
+    Keeper(config, spool, T).commit_done([f.stem], [f], out(1))
     pending = Pending(spool)
     assert pending.probe(T) == (None, 0)  # held, not due: nothing for the scheduler
     ((path, rec),) = held.entries(spool, T)
@@ -119,7 +119,7 @@ def test_the_daemon_counts_held_files_as_pending_only_once_their_look_is_due(con
 def test_a_damaged_record_makes_its_file_due_and_re_queued(config: Config) -> None:
     spool = Spool.from_config(config)
     f = flush_file(spool, 1)
-    Keeper(config, spool, T).settled([f.stem], [f], out(1))
+    Keeper(config, spool, T).commit_done([f.stem], [f], out(1))
     ((path, _),) = held.entries(spool, T)
     path.with_suffix(".json").write_bytes(b"{not json")
     assert held.entries(spool, T) == [(path, None)]

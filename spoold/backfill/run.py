@@ -121,7 +121,7 @@ def backfill(
                     rest = files[index + 1 :]
                     summary.limit_reached = summary.limit_reached or any(cursors.unread(str(p)) for p in rest)
                     break
-            run.settle_group()
+            run.take_group()
             run.commit()
             run.pipeline.join()
         finally:
@@ -225,7 +225,7 @@ def _read_lines(run: BackfillRun, pos: Position, fd: int, fmt: str, done_bytes: 
                 scanned = materialized = 0
                 room = -1 if limit is None else limit - s.materialized
                 _mark_after(cursors, pos, fd, line)
-                run.settle_group()
+                run.take_group()
                 rows_buf, lines_buf = run.rows, run.lines
                 if progress is not None:
                     fractions = [(done_bytes + line.end) / total_bytes] if total_bytes else []

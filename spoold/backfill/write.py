@@ -133,14 +133,14 @@ class BackfillRun:
             self.reject_name = f"backfill-{Path(line.path).stem[:40]}-{tag}-{line.lineno:010d}"
         self.rejects.append(quarantine_record(reason, line.path, line.lineno, row=row, source="backfill"))
 
-    def settle_group(self) -> None:
+    def take_group(self) -> None:
         """Validate the gathered rows, drop those already seen, add the rest to the chunk."""
         rows, lines = self.rows, self.lines
         self.rows, self.lines = [], []
         if rows:
-            self._settle(rows, lines)
+            self._take(rows, lines)
 
-    def _settle(self, rows: list[dict[str, Any]], lines: list[SourceLine]) -> None:
+    def _take(self, rows: list[dict[str, Any]], lines: list[SourceLine]) -> None:
         starts: list[int] = []
 
         def origin(i: int) -> SourceLine:  # the line rows[i] came from (only asked for rejects)
@@ -241,7 +241,7 @@ class BackfillRun:
     def _committed(self, out: CommitOutcome, marks: dict[str, Position], copy: held.Copy | None = None) -> None:
         if copy is not None:  # deleted if the table is verified now, else held with its commit
             try:
-                self.keeper.settled([copy.path.stem], [copy.path], out)
+                self.keeper.commit_done([copy.path.stem], [copy.path], out)
             finally:
                 copy.close()
                 self.copies.remove(copy)

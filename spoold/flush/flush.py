@@ -173,7 +173,7 @@ class _Flush:
             self.tick()
         if not len(chunk.batch):
             self.pipeline.join()  # the files' earlier rows may still be committing
-            self.keeper.settled(chunk.names, chunk.files_done, None)
+            self.keeper.commit_done(chunk.names, chunk.files_done, None)
             return
         result, done = self.result, chunk.files_done
 
@@ -183,7 +183,7 @@ class _Flush:
             result.snapshot_id = out.snapshot_id or result.snapshot_id
             # every row of these files is in a durable commit (or quarantine) now: deleted, or held until verified
             reached("flush.committed")  # test-only mark: a crash here must double nothing
-            self.keeper.settled(chunk.names, done, out)
+            self.keeper.commit_done(chunk.names, done, out)
             reached("flush.removed")
 
         props = {"spoold.op": "flush", "spoold.files": ",".join(chunk.names)}

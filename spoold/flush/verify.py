@@ -34,7 +34,7 @@ class Keeper:
         self.config, self.spool, self.table = config, spool, table
         self._commits: dict[str, list[held.Commit]] = {}  # file stem -> commits to tables not verified
 
-    def settled(self, names: Sequence[str], done: Sequence[Path], out: CommitOutcome | None) -> None:
+    def commit_done(self, names: Sequence[str], done: Sequence[Path], out: CommitOutcome | None) -> None:
         """``out``: the commit of a chunk holding rows of the files ``names`` (None: the chunk had no
         rows); ``done``: the files whose every row is now committed (or quarantined)."""
         if out is not None and out.snapshot_id is not None and not out.verified:
