@@ -295,9 +295,11 @@ def _write(tbl: Table, group: Group, keep: list[np.ndarray], target: int, out: R
                     continue
                 rows = batch if m.all() else batch.filter(pa.array(m))
                 if writer is None:
+                    spec = md.specs()[group.spec_id]
+                    # (no partition key for an unpartitioned spec: its path "" would make "data//file")
                     path = tbl.location_provider().new_data_location(
                         f"00000-{len(out.outputs)}-{write_uuid}.parquet",
-                        _PartitionPath(md.specs()[group.spec_id], group.partition, schema))
+                        _PartitionPath(spec, group.partition, schema) if spec.fields else None)
                     writer = model.create_writer(tbl.io.new_output(path), file_schema, md.properties)
                 buffer.append(_to_requested_schema(file_schema, schema, rows, include_field_ids=True,
                                                    format_model=model))

@@ -21,6 +21,7 @@ with another table is refused whole (see :mod:`.owner`).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def delete_orphans(tbl: Table, reload: Callable[[], Table | None], *, min_age_s:
         return out  # dropped meanwhile: its files are the dropper's business
     uuid = str(fresh.metadata.table_uuid)
     with catalog_errors(f"cannot read the metadata of {name}"):
-        keep = {fs_path(fresh.io, p) for p in referenced(fresh)}
+        keep = {_same(fs_path(fresh.io, p)) for p in referenced(fresh)}
         out.refused = _foreign(fresh, uuid, listed, keep) if uuid == str(tbl.metadata.table_uuid) else \
             f"the table was replaced meanwhile (uuid {tbl.metadata.table_uuid} → {uuid})"
     if out.refused:
@@ -178,5 +179,12 @@ def _list(tbl: Table, roots: list[str]) -> dict[str, _File]:
             if info.type == FileType.File:
                 # A filesystem that reports no time: treat the file as fresh, i.e. never delete it.
                 mtime = info.mtime.timestamp() if info.mtime is not None else time.time()
-                out[info.path] = _File(uri(scheme, netloc, info.path), mtime, info.size or 0)
+                out[_same(info.path)] = _File(uri(scheme, netloc, info.path), mtime, info.size or 0)
     return out
+
+
+def _same(path: str) -> str:
+    """``path`` as compared with the references: repeated slashes as one. A local disk takes ``a//b`` for
+    ``a/b`` (spoold's compaction of an unpartitioned table used to write ``data//file`` into its manifests,
+    and the listing says ``data/file``); on an object store they may be two keys, and then both are kept."""
+    return re.sub("/{2,}", "/", path)
