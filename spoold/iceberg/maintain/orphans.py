@@ -145,7 +145,7 @@ def _foreign(tbl: Table, uuid: str, listed: dict[str, _File], keep: set[str]) ->
 
     Another table's owner marker, or a metadata file this table does not
     reference whose table uuid is another's (or cannot be read: not provably
-    this table's). An empty metadata file (a write cut short) proves nothing.
+    this table's). An empty metadata file (a write cut short) is nobody's: an orphan like any other.
     """
     for path, f in sorted(listed.items()):
         other = owner.marker_uuid(path)
