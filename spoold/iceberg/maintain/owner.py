@@ -55,10 +55,10 @@ def mark_quietly(tbl: Table) -> None:
     """:func:`mark`, best effort (a table spoold just created): a later orphan cleanup retries."""
     try:
         mark(tbl)
-    except Exception as e:  # the FileIO stack (OS, S3...) has no common root; the create stands
+        others = markers_at(tbl) - {str(tbl.metadata.table_uuid)}
+    except Exception as e:  # the FileIO stack (OS, S3, a FileIO that cannot list...) has no common root
         log.info("table %s: cannot write its owner marker %s: %s", ".".join(tbl.name()), marker_location(tbl), e)
         return
-    others = markers_at(tbl) - {str(tbl.metadata.table_uuid)}
     if others:
         log.warning("table %s: its location %s is shared with other table(s) (uuid %s): its orphan files will "
                     "never be cleaned up", ".".join(tbl.name()), tbl.location(), ", ".join(sorted(others)))
