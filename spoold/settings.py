@@ -82,6 +82,10 @@ class MaintainSettings:
     # Files no metadata references are deleted only once older than this: another writer's
     # files are unreferenced until its commit lands (Iceberg's own default: 3 days).
     orphan_age_s: float = 259200.0
+    # Orphan cleanup also sweeps a table's write.data.path / write.metadata.path when they lie outside its
+    # location. Off: anyone with catalog access can point those at any directory, which would then be
+    # emptied; turn it on only where such paths are the table's alone.
+    orphans_outside_location: bool = False
     # Compaction's target file size where the table sets no write.target-file-size-bytes
     # (Iceberg's 512 MB suits clusters; a small host rewrites 64 MB groups comfortably).
     target_file_bytes: int = 64 << 20

@@ -64,12 +64,16 @@ def test_only_old_unreferenced_files_go(cfg: Config, rng: random.Random) -> None
     old = pre + [plant(root / "data" / f"ts_day=2026-01-0{rng.randint(1, 2)}" / f"crashed-{i}.parquet")
             for i in range(rng.randint(1, 4))]
     old.append(plant(root / "metadata" / "deadbeef-m0.avro"))  # a manifest of a failed commit
-    old.append(plant(root / "metadata" / "00001-dropped.metadata.json"))  # left the metadata log
     planted = len(old) - len(pre)
+    # Left the metadata log (a metadata file is an orphan only when it names this table's uuid: see
+    # test_ownership.py).
+    meta = Path(local(tbl.metadata_location)).read_bytes()
+    old.append(plant(root / "metadata" / "00001-dropped.metadata.json", meta))
+    size += len(meta)
     outside = plant(root / "notes.txt")  # not in data/ or metadata/: not the table's to judge
     age(files_under(tbl), 10 * DAYS)  # every file is old now, the referenced ones included
     fresh = [plant(root / "data" / f"in-flight-{i}.parquet") for i in range(rng.randint(1, 3))]
-    fresh.append(plant(root / "metadata" / "99999-in-flight.metadata.json"))
+    fresh.append(plant(root / "metadata" / "99999-in-flight.metadata.json", meta))
 
     out = delete_orphans(tbl, lambda: table(cfg), min_age_s=3 * DAYS)
 

@@ -61,10 +61,11 @@ def open_catalog(config: Config) -> Catalog:
 
 
 def _make_private(config: Config) -> None:
-    """Create the SQLite catalog file 0600 and a local warehouse 0700, so committed rows are as private as
-    spooled ones (SQLite gives its journal the database's mode; nothing in a 0700 warehouse is readable
-    by others). Only what is missing: existing files keep the mode their owner chose. A missing
-    directory is created only for spoold's own state directory; elsewhere SQLite reports it.
+    """Create the SQLite catalog file 0600 and a local warehouse 0700 (with any missing parents), so
+    committed rows are as private as spooled ones (SQLite gives its journal the database's mode; nothing in
+    a 0700 warehouse is readable by others, whatever mode the umask gives the files pyiceberg writes in it).
+    Only what is missing: existing files keep the mode their owner chose. A missing directory for the
+    catalog file is created only for spoold's own state directory; elsewhere SQLite reports it.
     """
     props = config.catalog_props
     db = sqlite_path(props)
@@ -77,12 +78,23 @@ def _make_private(config: Config) -> None:
             pass  # created by another process meanwhile, or opening it will report the problem
     warehouse = props.get("warehouse", "")
     if warehouse.startswith("file://"):
-        path = Path(unquote(urlparse(warehouse).path))
-        if not path.exists() and path.parent.is_dir():
-            try:
-                path.mkdir(mode=0o700)
-            except OSError:
-                pass  # the first write reports it
+        _mkdirs_private(Path(unquote(urlparse(warehouse).path)))
+
+
+def _mkdirs_private(path: Path) -> None:
+    """Create ``path`` and every missing parent 0700 (pyarrow would create the chain 0755 at the first write)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+            os.chmod(d, 0o700)  # (mkdir's mode is masked by the umask; 0700 is what it means here)
+        except FileExistsError:
+            pass  # created by another process meanwhile: its mode is its creator's
+        except OSError:
+            return  # the first write reports it
 
 
 def exclusive_create(catalog: Catalog) -> bool:

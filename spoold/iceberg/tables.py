@@ -31,6 +31,7 @@ from spoold.config import Config, TableSpec
 from spoold.durable import write_atomic
 from spoold.errors import CatalogError, ConfigError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
+from spoold.iceberg.maintain.owner import mark_quietly
 from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
 from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keys.index import KeyIndex
@@ -177,6 +178,7 @@ class Tables:
                         created.metadata.table_uuid, tbl.metadata.table_uuid)
         else:
             log.info("table %s: created", spec.identifier)
+            mark_quietly(tbl)  # its location is this table's: orphan cleanup needs the proof (see maintain/owner.py)
         self._check_uuid(spec, tbl)
         self._latest[spec.identifier] = tbl
         return tbl

@@ -43,6 +43,7 @@ from pyiceberg.typedef import Record
 from pyiceberg.utils.properties import property_as_int
 
 from spoold.errors import DataError
+from spoold.iceberg.maintain.confine import Confine
 from spoold.iceberg.snapshots import sync_local_files
 from spoold.keys.index import KeyIndex, fingerprints
 from spoold.keys.settle import repeats
@@ -194,12 +195,9 @@ def rewrite_steps(tbl: Table, out: Rewrite, key: str, target: int, *,
 
 
 def discard(tbl: Table, rw: Rewrite) -> None:
-    """Delete a rewrite's uncommitted outputs (best effort: orphan cleanup gets any left)."""
-    for f in rw.outputs:
-        try:
-            tbl.io.delete(f.file_path)
-        except OSError:
-            pass
+    """Delete a rewrite's uncommitted outputs (best effort, and only inside the table's location:
+    orphan cleanup gets any left)."""
+    Confine(tbl).tidy(f.file_path for f in rw.outputs)
     rw.outputs = []
 
 
@@ -297,9 +295,11 @@ def _write(tbl: Table, group: Group, keep: list[np.ndarray], target: int, out: R
                     continue
                 rows = batch if m.all() else batch.filter(pa.array(m))
                 if writer is None:
+                    spec = md.specs()[group.spec_id]
+                    # (no partition key for an unpartitioned spec: its path "" would make "data//file")
                     path = tbl.location_provider().new_data_location(
                         f"00000-{len(out.outputs)}-{write_uuid}.parquet",
-                        _PartitionPath(md.specs()[group.spec_id], group.partition, schema))
+                        _PartitionPath(spec, group.partition, schema) if spec.fields else None)
                     writer = model.create_writer(tbl.io.new_output(path), file_schema, md.properties)
                 buffer.append(_to_requested_schema(file_schema, schema, rows, include_field_ids=True,
                                                    format_model=model))
@@ -319,8 +319,7 @@ def _write(tbl: Table, group: Group, keep: list[np.ndarray], target: int, out: R
         if writer is not None:  # the file being written is no output yet: remove it too
             with contextlib.suppress(Exception):
                 writer.close()
-            with contextlib.suppress(OSError):
-                tbl.io.delete(path)
+            Confine(tbl).tidy([path])
         raise
 
 

@@ -8,6 +8,8 @@ expired snapshots (manifest lists, manifests not in any kept snapshot's list,
 the data and delete files those manifests list) minus every file a kept
 snapshot still reads, computed from the metadata the commit returned. A
 table with ``gc.enabled = false`` keeps its files: only its history shrinks.
+A file outside the table's location is never deleted, whatever the expired
+metadata names (see :mod:`.confine`): it is logged once per run and left.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pyiceberg.utils.properties import property_as_bool, property_as_int
 
 from spoold.errors import SpooldError
 from spoold.iceberg.catalog import catalog_errors
+from spoold.iceberg.maintain.confine import Confine
 from spoold.iceberg.maintain.reachable import files_of, fs_path, manifests_of, statistics_of
 from spoold.iceberg.snapshots import MemoTransaction
 from spoold.settings import MaintainSettings
@@ -44,6 +47,7 @@ class Expired:
     snapshots: int = 0
     files_deleted: int = 0
     bytes_deleted: int = 0
+    outside: int = 0  # files only expired snapshots named, kept because they lie outside the location
 
 
 def retention(tbl: Table, settings: MaintainSettings | None = None, *, older_than_s: float | None = None,
@@ -117,8 +121,14 @@ def expire_snapshots(tbl: Table, keep: Retention, *, now_ms: int | None = None, 
         return out
     with catalog_errors(f"cannot list the files of {_name(tbl)}'s expired snapshots"):
         doomed = _unreachable(tbl, gone, kept, before, after)
+    confine = Confine(tbl)
+    outside = {p for p in doomed if not confine.allows(p)}
+    if outside:
+        out.outside = len(outside)
+        log.warning("table %s: %d file(s) named only by expired snapshots lie outside the table's location %s "
+                    "(e.g. %s); not deleting them", _name(tbl), len(outside), tbl.location(), min(outside))
     for path, size in doomed.items():
-        if not dry_run and not _delete(tbl, path):
+        if path in outside or (not dry_run and not _delete(confine, path)):
             continue
         out.files_deleted += 1
         out.bytes_deleted += size
@@ -160,15 +170,14 @@ def _unreachable(tbl: Table, gone: list[Snapshot], kept: list[Snapshot], before:
     return out
 
 
-def _delete(tbl: Table, path: str) -> bool:
+def _delete(confine: Confine, path: str) -> bool:
     try:
-        tbl.io.delete(path)
+        return confine.delete(path)
     except FileNotFoundError:
         return False  # gone already (another run, or a crash after it)
     except OSError as e:  # left for orphan cleanup
-        log.warning("table %s: cannot delete %s: %s", _name(tbl), path, e)
+        log.warning("table %s: cannot delete %s: %s", confine.name, path, e)
         return False
-    return True
 
 
 def _name(tbl: Table) -> str:

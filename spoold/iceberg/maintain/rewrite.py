@@ -33,6 +33,7 @@ from spoold.config import TableSpec
 from spoold.errors import CatalogError, CommitConflict
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.maintain.compact import Rewrite, discard, live_files
+from spoold.iceberg.maintain.confine import Confine
 from spoold.iceberg.snapshots import MemoTransaction, snapshot_files, sync_local_files, without_auto_retry
 from spoold.iceberg.tables import Tables
 
@@ -80,11 +81,7 @@ class ReplaceFiles(_OverwriteFiles):
         """After the commit: delete the manifests written and then merged away (pyiceberg leaves them)."""
         snap = tbl.current_snapshot()
         used = {m.manifest_path for m in snap.manifests(tbl.io)} if snap is not None else set()
-        for path in set(self._written_manifests) - used:
-            try:
-                tbl.io.delete(path)
-            except OSError:
-                pass  # an orphan then, for a later run
+        Confine(tbl).tidy(set(self._written_manifests) - used)  # (what is left is an orphan, for a later run)
 
     def _manifests(self) -> list[ManifestFile]:
         added, self._added_data_files = self._added_data_files, []
