@@ -145,9 +145,11 @@ class Spool:
         files = self.flush_files(table)
         active = self.table_dir(table) / ACTIVE
         try:
-            st = os.lstat(active)  # a planted link is not followed (rotation refuses it)
-            if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+            st = os.lstat(active)  # a planted link is never followed: moved aside, logged
+            if stat.S_ISREG(st.st_mode) and st.st_size > 0 and self._regular(active):
                 files.append(active)
+            elif not stat.S_ISREG(st.st_mode):
+                self._regular(active)
         except FileNotFoundError:
             pass
         return files
