@@ -132,12 +132,12 @@ class Spool:
             return False
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             return True
+        what = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links (a spool file has one)")
         try:
-            aside = move_aside(path)
-            log.warning("%s: not a regular file of the spool (a link or a special file); never read, moved "
-                        "aside to %s", path, aside)
+            log.warning("%s: %s; never read, moved aside to %s", path, what, move_aside(path))
         except OSError as e:  # another user's entry in a sticky directory: only its owner may move it
-            log.warning("%s: not a regular file of the spool (a link or a special file); never read (%s)", path, e)
+            log.warning("%s: %s; never read (cannot move it aside: %s)", path, what, e.strerror)
         return False
 
     def pending(self, table: str) -> list[Path]:

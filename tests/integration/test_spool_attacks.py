@@ -152,8 +152,18 @@ def test_link_attacks_by_a_group_member_are_refused_and_capture_goes_on(base: Pa
 
         append(U, range(3, 6))
         wait_for(lambda: committed(state, U) == 6, "a member's rows committed after the attacks")
-        wait_for(lambda: "flush-00000000000000000999.jsonl" in d.log() and "active.jsonl" in d.log()
-                 and ".lock" in d.log(), "the daemon's log naming the refused files")
+
+        def refused() -> bool:
+            log = d.log()
+            return all(f"{n}: is a symbolic link" in log for n in
+                       ("flush-00000000000000000999.jsonl", "chat.lockattack/.lock", "active.jsonl"))
+
+        # the daemon has looked at every planted file once it logged them, or once it was fooled by them
+        wait_for(lambda: refused() or {t: fingerprint(t) for t in targets} != before
+                 or any(m in spool_bytes(root) for m in markers), "the daemon to meet the planted links")
+        assert {t: fingerprint(t) for t in targets} == before
+        assert not [m for m in markers if m in spool_bytes(root)], "outside content reached the spool"
+        assert refused(), d.log()
     finally:
         assert d.stop() == 0, d.log()
 
