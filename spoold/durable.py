@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from spoold.safefile import open_file, temp_name
 
 
 def fsync_dir(path: Path) -> None:
@@ -39,8 +40,9 @@ def write_atomic_locked(path: Path, data: bytes, mode: int = 0o600) -> int:
 
 
 def _publish(path: Path, data: bytes, mode: int, *, lock: bool) -> int:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per thread too
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # O_EXCL under a name nobody can guess: a producer sharing the directory cannot plant the temp file
+    tmp = path.with_name(temp_name(path.name))
+    fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)  # exactly ``mode``: os.open's is masked by the umask (a producer group needs 0660)
         write_all(fd, data)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from spoold.safefile import open_file
+
 
 class Busy(Exception):
     """The lock is held elsewhere and the caller asked not to wait."""
@@ -24,6 +26,7 @@ class FileLocks:
     """Exclusive locks on files, by path; ``opened(fd)`` runs once on each lock file opened (ownership, mode)."""
 
     def __init__(self, mode: int, opened: Callable[[int], None]) -> None:
+        """Lock files are opened by :func:`spoold.safefile.open_file` (UnsafeFile: a link or not a regular file)."""
         self._mode, self._opened = mode, opened
         self._locks: dict[Path, tuple[threading.Lock, int, int]] = {}  # path -> (thread lock, fd, pid that opened fd)
         self._guard = threading.Lock()
@@ -38,7 +41,7 @@ class FileLocks:
                 # a forked child must open its own, or parent and child would not exclude each other
                 if entry is not None:
                     os.close(entry[1])
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, self._mode)
+                fd = open_file(path, os.O_RDWR | os.O_CREAT, self._mode)  # no link followed, a regular file
                 self._opened(fd)
                 entry = self._locks[path] = (threading.Lock(), fd, pid)
         tlock, fd, _ = entry

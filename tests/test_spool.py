@@ -179,14 +179,15 @@ def test_spool_directories_are_0700_and_files_0600_by_default(tmp_path: Path, um
         assert mode == (0o700 if is_dir else 0o600), f"{name}: {oct(mode)}"
 
 
-def test_group_option_gives_2770_directories_and_0660_files(tmp_path: Path, umask022: None) -> None:
+def test_group_option_gives_3770_directories_and_0660_files(tmp_path: Path, umask022: None) -> None:
     group = grp.getgrgid(os.getgid()).gr_name  # the current user's primary group
     spool = Spool(tmp_path / "spool", group=group)
     _fill(spool)
     for name, mode in _modes(spool.root).items():
         p = spool.root / name
         assert p.stat().st_gid == os.getgid(), name
-        assert mode == (0o2770 if p.is_dir() else 0o660), f"{name}: {oct(mode)}"
+        # setgid + sticky: producers share the directories but cannot rename or delete each other's files
+        assert mode == (0o3770 if p.is_dir() else 0o660), f"{name}: {oct(mode)}"
 
 
 def test_unknown_group_is_a_clear_error(tmp_path: Path) -> None:

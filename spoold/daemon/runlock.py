@@ -5,19 +5,28 @@ flush. The lock is ``flock`` on a file under the spool root, so it is released
 by the kernel whenever its holder exits (even on SIGKILL): no stale pid file
 to clean up. The holder writes its pid into the file for the error message.
 The file is opened close-on-exec: the daemon's lean restart (``execv``, same
-pid) lets it go and the new image takes it again at its start.
+pid) lets it go and the new image takes it again at its start. It is never
+followed as a link and must be the daemon user's: with ``[spool] group`` a
+producer could otherwise plant a link there and have the daemon write its pid
+over any file it can write (the catalog); a planted entry is removed (the
+spool root is the daemon's and sticky, so only the daemon can) and made anew.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from spoold.errors import SpooldError
+from spoold.safefile import UnsafeFile, open_file
 from spoold.spool.spool import Spool
+
+log = logging.getLogger("spoold.daemon")
 
 LOCK = ".daemon.lock"
 
@@ -30,8 +39,13 @@ class AlreadyRunning(SpooldError):
 def daemon_lock(spool: Spool) -> Iterator[None]:
     """Hold the spool root's daemon lock for the block; raise AlreadyRunning at once if another process has it."""
     spool.make_root()
+    owner = os.stat(spool.root).st_uid
+    if spool.group_id is not None and owner != os.geteuid():
+        raise SpooldError(f"spool root {spool.root} is owned by uid {owner}, not this user (uid {os.geteuid()}): "
+                          "with [spool] group the spool root must be the daemon's, or producers could replace "
+                          "its files; create it as the daemon's user (e.g. systemd's StateDirectory=)")
     path = spool.root / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,6 +58,22 @@ def daemon_lock(spool: Spool) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (unlinking it would race a starting daemon)
+
+
+def _open(path: os.PathLike[str]) -> int:
+    """The lock file, ours and regular; a planted one (a link, a FIFO, another user's file) is replaced."""
+    try:
+        return open_file(path, os.O_RDWR | os.O_CREAT, 0o600, owner=os.geteuid())
+    except UnsafeFile as e:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                raise
+            os.unlink(path)  # the entry only: a link is removed, never followed
+        except OSError:
+            raise e from None
+        log.warning("%s; removed it and made the lock file anew", e)
+    return open_file(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, owner=os.geteuid())
 
 
 def _holder(fd: int) -> str:

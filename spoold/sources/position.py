@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from spoold.safefile import UnsafeFile, open_file, private_dir, read_file, temp_name
 from spoold.spool.spool import write_atomic
 
 log = logging.getLogger(__name__)
@@ -128,17 +129,26 @@ class PositionStore:
     def __init__(self, directory: Path, mode: int = 0o600) -> None:
         self.dir = directory
         self.mode = mode
+        self._checked = False
+
+    def _private(self) -> None:
+        """The directory is this user's alone: producers of a group spool cannot plant or read positions."""
+        if not self._checked or not self.dir.is_dir():
+            for note in private_dir(self.dir):
+                log.warning("positions: %s", note)
+            self._checked = True
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Every stored document by key (stale temp files of a killed save are swept)."""
         out: dict[str, dict[str, Any]] = {}
         if not self.dir.is_dir():
             return out
+        self._private()
         cutoff = time.time() - _SWEEP_AGE_S
         for f in self.dir.iterdir():
             if f.name.startswith(".") and f.name.endswith(".tmp"):
                 try:
-                    if f.stat().st_mtime < cutoff:
+                    if f.lstat().st_mtime < cutoff:
                         f.unlink()
                 except OSError:
                     pass
@@ -146,9 +156,9 @@ class PositionStore:
             if f.suffix != ".json":
                 continue
             try:
-                doc = orjson.loads(f.read_bytes())
+                doc = orjson.loads(read_file(f, owner=os.geteuid(), limit=1 << 20))
                 Position.from_doc(doc)
-            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            except (OSError, UnsafeFile, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("position file %s unreadable (%s); that file will be read from its start", f, e)
                 continue
             out[f.stem] = doc
@@ -161,15 +171,16 @@ class PositionStore:
         nothing but a re-read (a new file noted at offset 0): thousands of new
         files at start-up must not cost two fsyncs each.
         """
-        if not self.dir.is_dir():
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.dir.parent.is_dir():
+            self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._private()
         doc = orjson.dumps({**pos.to_doc(), **extra, "at": round(time.time(), 3)})
         path = self.dir / f"{key}.json"
         if sync:
             write_atomic(path, doc, self.mode)
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.mode), "wb") as f:
+        tmp = path.with_name(temp_name(path.name))
+        with open(open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode), "wb") as f:
             f.write(doc)
         os.replace(tmp, path)
 

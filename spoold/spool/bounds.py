@@ -98,7 +98,7 @@ class Bounds:
     def pending_bytes(self, table: str) -> int:
         """Bytes ``table`` has pending: ``active.jsonl`` plus its flush files."""
         try:
-            active = os.stat(self.root / table / self._active).st_size
+            active = os.lstat(self.root / table / self._active).st_size  # a planted link counts as nothing
         except FileNotFoundError:
             active = 0
         return active + self.rotated_bytes(table)
@@ -150,7 +150,7 @@ class Bounds:
             for e in entries:
                 if self._rotated.fullmatch(e.name):
                     try:
-                        total += e.stat().st_size
+                        total += e.stat(follow_symlinks=False).st_size
                     except FileNotFoundError:
                         pass  # flushed while we looked
         with self._guard:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from spoold.envelope import LineResult, Validator
+from spoold.safefile import UnsafeFile, open_file
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
@@ -34,8 +35,11 @@ def flush_seq(path: Path) -> int | None:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
-    """Yield ``(lineno, line without newline, terminated)`` for every line of ``path``."""
-    with open(path, "rb", buffering=READ_BLOCK) as f:
+    """Yield ``(lineno, line without newline, terminated)`` for every line of ``path``.
+
+    UnsafeFile if ``path`` is a link or not a regular file (a producer planted it): never followed.
+    """
+    with open(open_file(path), "rb", buffering=READ_BLOCK) as f:
         for lineno, line in enumerate(f, 1):
             if line.endswith(b"\n"):
                 yield lineno, line[:-1], True
@@ -63,10 +67,10 @@ def first_envelope(path: Path) -> tuple[float, float] | None:
     file's oldest row; its size gives a cheap estimate of the file's row count.
     """
     try:
-        with open(path, "rb") as f:
+        with open(open_file(path), "rb") as f:
             first = f.readline()
         env = orjson.loads(first) if first.endswith(b"\n") else None
-    except (OSError, orjson.JSONDecodeError):
+    except (OSError, UnsafeFile, orjson.JSONDecodeError):
         return None
     at = env.get("at") if isinstance(env, dict) else None
     rows = env.get("rows") if isinstance(env, dict) else None

@@ -22,6 +22,7 @@ imports pyiceberg (the daemon's pending-row probe asks it which files are due).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import stat
 import time
@@ -35,7 +36,10 @@ import orjson
 
 from spoold.durable import write_atomic_locked
 from spoold.envelope import envelopes
+from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file
 from spoold.spool.spool import Spool, fsync_dir, write_atomic
+
+log = logging.getLogger("spoold.spool")
 
 HELD = ".held"
 _STALE_TMP_S = 3600.0
@@ -82,8 +86,9 @@ def entries(spool: Spool, table: str, *, records: bool = True) -> list[tuple[Pat
     """Held files, oldest first, with their records (None: none written yet, or unreadable)."""
     d = held_dir(spool, table)
     try:
+        check_dir(d, owner=_owner(spool))
         names = sorted(os.listdir(d))
-    except FileNotFoundError:
+    except (FileNotFoundError, UnsafeFile):  # a planted one is no held file's: the next hold moves it aside
         return []
     return [(d / n, record(d / n) if records else None) for n in names
             if n.endswith(".jsonl") and not n.startswith(".")]
@@ -137,8 +142,8 @@ def claim(path: Path) -> Iterator[bool]:
     """Whether ``path`` may be released or re-queued now: False while its backfill still commits it
     (or it is gone); the lock taken is held for the block."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = open_file(path)
+    except (FileNotFoundError, UnsafeFile):
         yield False
         return
     try:
@@ -174,7 +179,7 @@ def requeue(spool: Spool, table: str, path: Path) -> None:
         os.rename(path, spool.table_dir(table) / path.name)
         fsync_dir(spool.table_dir(table))
     else:
-        data = path.read_bytes()
+        data = read_file(path, limit=1 << 40)
         if data:
             spool.append_lines(table, [data if data.endswith(b"\n") else data[: data.rfind(b"\n") + 1]])
         path.unlink()
@@ -207,23 +212,36 @@ def _record_path(path: Path) -> Path:
 
 def record(path: Path) -> Record | None:
     try:
-        return Record.from_json(_record_path(path).read_bytes())
-    except (OSError, ValueError, KeyError, TypeError):
+        return Record.from_json(read_file(_record_path(path), limit=1 << 20))
+    except (OSError, UnsafeFile, ValueError, KeyError, TypeError):
         return None  # none yet, or damaged: the file is re-queued, which is always safe
 
 
+def _owner(spool: Spool) -> int:
+    """Held files are the daemon's: the spool root's owner (the daemon's user)."""
+    return os.stat(spool.root).st_uid
+
+
 def _make_dir(spool: Spool, table: str) -> Path:
-    """The table's held directory, with the table directory's mode (status may run as a producer)."""
+    """The table's held directory: the daemon's, which producers may read (status may run as one: 2750 with
+    a group) but not write; a link or another user's directory planted in its place is moved aside."""
     parent = spool.table_dir(table, create=True)
     d = parent / HELD
-    if not d.is_dir():
-        mode = stat.S_IMODE(parent.stat().st_mode)  # the group comes with the setgid bit, as for the table's
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            return d
-        os.chmod(d, mode)  # mkdir's mode is masked by the umask
-        fsync_dir(parent)
+    mode = 0o2750 if spool.group_id is not None else 0o700
+    try:
+        check_dir(d, owner=_owner(spool))
+    except UnsafeFile as e:
+        log.warning("%s; moved aside to %s", e, move_aside(d))
+    try:
+        os.mkdir(d, mode)
+    except FileExistsError:
+        if stat.S_IMODE(os.lstat(d).st_mode) != mode:
+            os.chmod(d, mode)  # an older spoold made it group-writable
+        return d
+    os.chmod(d, mode)  # mkdir's mode is masked by the umask
+    if spool.group_id is not None:
+        os.chown(d, -1, spool.group_id)
+    fsync_dir(parent)
     return d
 
 
@@ -231,7 +249,7 @@ def sweep_temp(spool: Spool, table: str) -> None:
     """Remove temp files a killed ``write_atomic`` left (only old ones: a live writer renames within moments)."""
     for tmp in held_dir(spool, table).glob(".*.tmp"):
         try:
-            if tmp.stat().st_mtime < time.time() - _STALE_TMP_S:
+            if tmp.lstat().st_mtime < time.time() - _STALE_TMP_S:
                 tmp.unlink()
         except FileNotFoundError:
             pass

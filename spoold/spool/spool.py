@@ -15,9 +15,9 @@ receive a late write. Only ``append``, ``rotate``, ``quarantine`` and
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +29,7 @@ from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
 from spoold.locks import Busy, FileLocks
+from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file, temp_name
 from spoold.settings import SpoolLimits
 from spoold.spool.bounds import Bounds
 from spoold.spool.files import (
@@ -37,10 +38,11 @@ from spoold.spool.files import (
     QUARANTINE,
     READ_BLOCK,
     flush_name,
-    flush_seq,
     quarantine_record,
     record_line,
 )
+
+log = logging.getLogger("spoold.spool")
 
 STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
 
@@ -53,7 +55,8 @@ class Spool:
         self.root = Path(root)
         self.bounds = Bounds(self.root, limits or SpoolLimits(), FLUSH_RE, ACTIVE)
         self._gid = _group_id(group) if group else None
-        self._dir_mode = 0o2770 if group else 0o700
+        # setgid: new files get the group; sticky: a producer cannot rename or delete what is not its own
+        self._dir_mode = 0o3770 if group else 0o700
         self._file_mode = 0o660 if group else 0o600
         self._dirs: dict[str, Path] = {}
         self._locks = FileLocks(self._file_mode, self._chown)
@@ -63,17 +66,26 @@ class Spool:
         return cls(config.spool_root, config.spool_group, config.spool_limits)
 
     # -- layout -----------------------------------------------------------------
+    @property
+    def group_id(self) -> int | None:
+        """The producer group's gid (``[spool] group``), None when the spool is private."""
+        return self._gid
+
     def table_dir(self, table: str, *, create: bool = False) -> Path:
+        """``table``'s directory; UnsafeFile if a link (or anything but a directory) stands in its place."""
         path = self.root / validate_identifier(table)
+        check_dir(path)
         if create and not path.is_dir():
             self._mkdir(self.root)
             self._mkdir(path)
         return path
 
     def make_root(self) -> None:
-        """Create the spool root (0700, or 2770 for a producer group) if it is missing."""
+        """Create the spool root (0700, or 3770 for a producer group) if it is missing; give an older
+        group root of ours the sticky bit."""
         try:
             self._mkdir(self.root)
+            self._adopt(self.root)
         except OSError as e:
             raise SpoolError(f"cannot create the spool root {self.root}: {e}") from e
 
@@ -83,7 +95,7 @@ class Spool:
             return []
         out = []
         for p in sorted(self.root.iterdir()):
-            if p.is_dir():
+            if p.is_dir() and not p.is_symlink():  # a link planted in a group spool is no table's
                 try:
                     out.append(validate_identifier(p.name))
                 except UsageError:
@@ -109,16 +121,35 @@ class Spool:
         d = self.table_dir(table)
         if not d.is_dir():
             return []
-        files = [p for p in d.iterdir() if FLUSH_RE.fullmatch(p.name)]
+        files = [p for p in d.iterdir() if FLUSH_RE.fullmatch(p.name) and self._regular(p)]
         return sorted(files, key=lambda p: p.name)
+
+    def _regular(self, path: Path) -> bool:
+        """True for a regular file with one link; anything else (a producer planted it) is moved aside."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return True
+        what = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links (a spool file has one)")
+        try:
+            log.warning("%s: %s; never read, moved aside to %s", path, what, move_aside(path))
+        except OSError as e:  # another user's entry in a sticky directory: only its owner may move it
+            log.warning("%s: %s; never read (cannot move it aside: %s)", path, what, e.strerror)
+        return False
 
     def pending(self, table: str) -> list[Path]:
         """Flush files oldest first, then ``active.jsonl`` if it has bytes."""
         files = self.flush_files(table)
         active = self.table_dir(table) / ACTIVE
         try:
-            if active.stat().st_size > 0:
+            st = os.lstat(active)  # a planted link is never followed: moved aside, logged
+            if stat.S_ISREG(st.st_mode) and st.st_size > 0 and self._regular(active):
                 files.append(active)
+            elif not stat.S_ISREG(st.st_mode):
+                self._regular(active)
         except FileNotFoundError:
             pass
         return files
@@ -143,9 +174,9 @@ class Spool:
             with self._locked(table) as d:
                 created = False
                 try:
-                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND)
+                    fd = self._open_active(d)
                 except FileNotFoundError:
-                    fd = os.open(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+                    fd = open_file(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
                     created = True
                 try:
                     self._chown(fd)
@@ -184,8 +215,8 @@ class Spool:
             self.append_lines(table, head)
             return
         d = self.table_dir(table, create=True)
-        tmp = d / f".stage-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        tmp = d / temp_name("stage")
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
         staged = 0
         try:
             self._chown(fd)
@@ -230,7 +261,7 @@ class Spool:
     def _rotate_locked(self, table: str, d: Path) -> Path | None:
         active = d / ACTIVE
         try:
-            fd = os.open(active, os.O_RDWR | os.O_APPEND)
+            fd = self._open_active(d)
         except FileNotFoundError:
             return None
         try:
@@ -251,6 +282,7 @@ class Spool:
         if not records:
             return None
         qdir = self.table_dir(table, create=True) / QUARANTINE
+        check_dir(qdir)
         self._mkdir(qdir)
         path = qdir / f"{name}.jsonl"
         write_atomic(path, b"".join(record_line(r) for r in records), self._file_mode)
@@ -289,7 +321,7 @@ class Spool:
         sub = d.glob(f"{QUARANTINE}/.*.tmp") if table is not None else d.glob(".*/.*.tmp")
         for tmp in [*d.glob(".*.tmp"), *sub]:
             try:
-                if tmp.stat().st_mtime < cutoff:
+                if tmp.lstat().st_mtime < cutoff:
                     tmp.unlink()
                     removed += 1
             except FileNotFoundError:
@@ -313,13 +345,30 @@ class Spool:
         d = self._dirs.get(table)
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
+            if os.path.isdir(d):
+                self._adopt(d)
         if not os.path.isdir(d):
             self.table_dir(table, create=True)
+        else:
+            check_dir(d)  # a producer's own table directory may have been swapped for a link meanwhile
         try:
             with self._locks.hold(d / name, wait=wait):
                 yield d
         except Busy as e:
             raise TableBusy(f"table {table} is being flushed by {e} (e.g. `spoold flush`)") from None
+
+    def _open_active(self, d: Path) -> int:
+        """``active.jsonl`` for appending: a planted link or special file is moved aside (when this user
+        may), then refused; FileNotFoundError when there is none."""
+        try:
+            return open_file(d / ACTIVE, os.O_RDWR | os.O_APPEND)
+        except UnsafeFile as e:
+            try:
+                aside = move_aside(d / ACTIVE)
+            except OSError:
+                raise e from None  # another user's entry in a sticky directory: the daemon moves it
+            log.warning("%s; moved aside to %s", e, aside)
+            raise FileNotFoundError(d / ACTIVE) from None
 
     def _repair_tail(self, table: str, fd: int) -> None:
         """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
@@ -344,13 +393,40 @@ class Spool:
     def _next_seq(self, d: Path) -> int:
         seq_file = d / ".seq"
         try:
-            last = int(seq_file.read_text() or 0)
+            last = int(read_file(seq_file, limit=64) or 0)
         except (FileNotFoundError, ValueError):
             last = 0
-        existing = [flush_seq(p) or 0 for p in d.iterdir() if FLUSH_RE.fullmatch(p.name)]
+        except UnsafeFile as e:  # a planted link: never read; the names on disk still order the files
+            log.warning("%s; the next sequence number comes from the flush files' names", e)
+            last = 0
+        # held flush files go back under their own names, so theirs count too
+        held = d / ".held"
+        names = [*os.listdir(d), *(os.listdir(held) if held.is_dir() and not held.is_symlink() else [])]
+        existing = [int(m.group(1)) for n in names if (m := FLUSH_RE.fullmatch(n))]
         seq = max([last, *existing]) + 1
         write_atomic(seq_file, str(seq).encode(), self._file_mode)
         return seq
+
+    def _adopt(self, path: Path) -> None:
+        """Give a group directory the sticky bit if ours (an older spoold made them 2770); a daemon running
+        as root also takes over a table directory a producer created, so that producer cannot swap it."""
+        if self._gid is None:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return  # gone, or not a directory: every use checks it again
+        try:
+            st = os.fstat(fd)
+            euid = os.geteuid()
+            if st.st_uid != euid and euid == 0:
+                os.fchown(fd, 0, self._gid)
+            elif st.st_uid != euid:
+                return
+            if stat.S_IMODE(st.st_mode) != self._dir_mode or st.st_uid != euid:
+                os.fchmod(fd, self._dir_mode)
+        finally:
+            os.close(fd)
 
     def _mkdir(self, path: Path) -> None:
         if not path.parent.is_dir():

@@ -391,17 +391,18 @@ def test_bad_source_lines_are_counted_named_and_not_fatal(tmp_path: Path) -> Non
     assert recs[0]["row"]["part_id"] == "a:2"
 
 
-def test_unreadable_spool_file_degrades_to_not_seen(tmp_path: Path) -> None:
+def test_a_spool_entry_that_is_not_a_file_is_moved_aside_and_named(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     _append(cfg, "chat.parts", _rows("s", 4))
     d = load_config(cfg).spool_root / "chat.parts"
-    (d / flush_name(7)).mkdir()  # cannot be read as a file
+    (d / flush_name(7)).mkdir()  # not a file spoold wrote (a producer of a group spool could plant it)
     src = _write_jsonl(tmp_path / "src.jsonl", _rows("s", 4) + _rows("n", 2))
     proc = run_spoold("--config", str(cfg), "backfill", "chat.parts", "--source", str(src), "--all", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert (out["unreadable_spool_files"], out["skipped_spooled"], out["written"]) == (1, 4, 2)
-    assert flush_name(7) in proc.stderr.decode()
+    assert (out["unreadable_spool_files"], out["skipped_spooled"], out["written"]) == (0, 4, 2)
+    assert f"{flush_name(7)}: not a regular file" in proc.stderr.decode()
+    assert not (d / flush_name(7)).exists()
 
 
 def test_sources_may_be_directories_and_globs_with_duplicates_kept_once(tmp_path: Path) -> None:
