@@ -1,8 +1,13 @@
 """Configuration: TOML file, environment and embedded defaults, resolved once.
 
 Lookup order (SPEC "Configuration"): ``--config PATH``, ``$SPOOLD_CONFIG``,
-``./spoold.toml``, ``/etc/spoold/spoold.toml``; with none of them, embedded
-defaults under ``$STATE_DIRECTORY`` (systemd) or ``$XDG_STATE_HOME/spoold``.
+``$XDG_CONFIG_HOME/spoold/spoold.toml`` (``~/.config/...``),
+``/etc/spoold/spoold.toml``; with none of them, embedded defaults under
+``$STATE_DIRECTORY`` (systemd) or ``$XDG_STATE_HOME/spoold``. Never the
+current directory: a producer hook runs wherever its user happens to be, and a
+``spoold.toml`` there (an untrusted checkout) must not choose where rows go or
+which catalog class is imported. A relative ``XDG_*`` value is ignored, as the
+XDG Base Directory spec says.
 Everything is validated here, at load time, so a typo fails before any row
 moves: unknown keys, bad types and bad table identifiers are refused with one
 line naming the key.
@@ -117,12 +122,22 @@ class Config:
         return spec if spec is not None else TableSpec(identifier=identifier)
 
 
+def _xdg_dir(var: str, default: str) -> Path:
+    """``$var`` if it is an absolute path, else ``~/default`` (the XDG spec: relative values are invalid)."""
+    value = os.environ.get(var, "")
+    return Path(value) if os.path.isabs(value) else Path.home() / default
+
+
 def _default_state_dir() -> Path:
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "spoold"
+    return _xdg_dir("XDG_STATE_HOME", ".local/state") / "spoold"
+
+
+def user_config_path() -> Path:
+    """The user's own config file: ``$XDG_CONFIG_HOME/spoold/spoold.toml`` (``~/.config/spoold/spoold.toml``)."""
+    return _xdg_dir("XDG_CONFIG_HOME", ".config") / "spoold" / "spoold.toml"
 
 
 def _default_config_path(arg: str | os.PathLike[str] | None) -> Path | None:
@@ -137,7 +152,7 @@ def _default_config_path(arg: str | os.PathLike[str] | None) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (from $SPOOLD_CONFIG)")
         return path
-    for candidate in (Path("spoold.toml"), SYSTEM_CONFIG):
+    for candidate in (user_config_path(), SYSTEM_CONFIG):  # never ./spoold.toml: see the module docstring
         if candidate.is_file():
             return candidate
     return None
