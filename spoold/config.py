@@ -96,6 +96,7 @@ class SourceSpec:
     table: str
     path: str
     format: str
+    follow_symlinks_outside: bool = False  # tail files a symlink leads to outside the glob's base directory
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:
     where = f"sources[{i}]"
     if not isinstance(s, Mapping):
         raise ConfigError(f"{where}: expected a table")
-    _only_keys(s, f"{where}.", {"table", "path", "format"})
+    _only_keys(s, f"{where}.", {"table", "path", "format", "follow_symlinks_outside"})
     table = _opt(s, f"{where}.table", str)
     path = _opt(s, f"{where}.path", str)
     fmt = _opt(s, f"{where}.format", str) or "jsonl"
@@ -317,10 +318,13 @@ def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:
         raise ConfigError(f"{where}.table: {e}") from None
     if fmt not in SOURCE_FORMATS:
         raise ConfigError(f"{where}.format: expected one of {', '.join(SOURCE_FORMATS)}")
+    outside = s.get("follow_symlinks_outside", False)
+    if not isinstance(outside, bool):
+        raise ConfigError(f"{where}.follow_symlinks_outside: expected true or false")
     path = os.path.expanduser(path)
     if not os.path.isabs(path):
         path = str(base / path)
-    return SourceSpec(table, path, fmt)
+    return SourceSpec(table, path, fmt, outside)
 
 
 def _only_keys(t: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:
