@@ -1,7 +1,16 @@
 """Test-only marks and pauses at named points, so crash tests can kill inside the window they mean.
 
 Off unless ``SPOOLD_TEST_HOOKS`` names a directory when spoold is imported; a
-point then costs one global lookup. On, every :func:`reached` appends
+point then costs one global lookup. Even then only for a directory the tests
+made for it: owned by this process's user, private (no group or other
+permission bits) and holding a file ``enabled`` of that user (tests/testhooks.py
+makes it so); any other is ignored, with one line on stderr. That is why
+hooks in an installed, production spoold are safe: they run no code, read no
+input but the names of files in that directory, and write only inside it, so
+switching them on takes a private directory that only this user (or root)
+can make, i.e. someone who can already act as the daemon. An environment
+variable alone (a producer's hook, a unit's ``Environment=`` typo) can neither
+pause the daemon nor make it append to a file elsewhere. On, every :func:`reached` appends
 ``<point> <pid> <n> <epoch time>`` to ``<dir>/marks`` (``n``: the how-many-th
 time this process got there), and the point named in ``SPOOLD_TEST_PAUSE_AT``
 (``point`` or ``point@n``) publishes that line as ``<dir>/paused.<pid>`` and
@@ -20,9 +29,31 @@ records are not removed yet).
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import time
 
-_DIR = os.environ.get("SPOOLD_TEST_HOOKS") or None
+
+def _enabled(path: str | None) -> str | None:
+    """``path`` if it is a hooks directory the tests made (see the module docstring), else None."""
+    if not path:
+        return None
+    uid = os.geteuid()
+    try:
+        st = os.lstat(path)
+        flag = os.lstat(os.path.join(path, "enabled"))
+        ok = (stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+              and stat.S_ISREG(flag.st_mode) and flag.st_uid == uid)
+    except OSError:
+        ok = False
+    if not ok:
+        sys.stderr.write(f"spoold: SPOOLD_TEST_HOOKS ignored: {path} is not a private directory of this user "
+                         "holding an 'enabled' file\n")
+        return None
+    return path
+
+
+_DIR = _enabled(os.environ.get("SPOOLD_TEST_HOOKS"))
 _PAUSE_AT = os.environ.get("SPOOLD_TEST_PAUSE_AT", "")
 _counts: dict[str, int] = {}
 
@@ -38,7 +69,7 @@ def _mark(directory: str, point: str) -> None:
     n = _counts[point] = _counts.get(point, 0) + 1
     pid = os.getpid()
     line = f"{point} {pid} {n} {time.time():.6f}\n".encode()
-    fd = os.open(os.path.join(directory, "marks"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(directory, "marks"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, line)  # one write with O_APPEND: lines of concurrent processes never interleave
     finally:

@@ -1,8 +1,13 @@
 """Configuration: TOML file, environment and embedded defaults, resolved once.
 
 Lookup order (SPEC "Configuration"): ``--config PATH``, ``$SPOOLD_CONFIG``,
-``./spoold.toml``, ``/etc/spoold/spoold.toml``; with none of them, embedded
-defaults under ``$STATE_DIRECTORY`` (systemd) or ``$XDG_STATE_HOME/spoold``.
+``$XDG_CONFIG_HOME/spoold/spoold.toml`` (``~/.config/...``),
+``/etc/spoold/spoold.toml``; with none of them, embedded defaults under
+``$STATE_DIRECTORY`` (systemd) or ``$XDG_STATE_HOME/spoold``. Never the
+current directory: a producer hook runs wherever its user happens to be, and a
+``spoold.toml`` there (an untrusted checkout) must not choose where rows go or
+which catalog class is imported. A relative ``XDG_*`` value is ignored, as the
+XDG Base Directory spec says.
 Everything is validated here, at load time, so a typo fails before any row
 moves: unknown keys, bad types and bad table identifiers are refused with one
 line naming the key.
@@ -91,6 +96,7 @@ class SourceSpec:
     table: str
     path: str
     format: str
+    follow_symlinks_outside: bool = False  # tail files a symlink leads to outside the glob's base directory
 
 
 @dataclass(frozen=True)
@@ -117,12 +123,22 @@ class Config:
         return spec if spec is not None else TableSpec(identifier=identifier)
 
 
+def _xdg_dir(var: str, default: str) -> Path:
+    """``$var`` if it is an absolute path, else ``~/default`` (the XDG spec: relative values are invalid)."""
+    value = os.environ.get(var, "")
+    return Path(value) if os.path.isabs(value) else Path.home() / default
+
+
 def _default_state_dir() -> Path:
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "spoold"
+    return _xdg_dir("XDG_STATE_HOME", ".local/state") / "spoold"
+
+
+def user_config_path() -> Path:
+    """The user's own config file: ``$XDG_CONFIG_HOME/spoold/spoold.toml`` (``~/.config/spoold/spoold.toml``)."""
+    return _xdg_dir("XDG_CONFIG_HOME", ".config") / "spoold" / "spoold.toml"
 
 
 def _default_config_path(arg: str | os.PathLike[str] | None) -> Path | None:
@@ -137,7 +153,7 @@ def _default_config_path(arg: str | os.PathLike[str] | None) -> Path | None:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (from $SPOOLD_CONFIG)")
         return path
-    for candidate in (Path("spoold.toml"), SYSTEM_CONFIG):
+    for candidate in (user_config_path(), SYSTEM_CONFIG):  # never ./spoold.toml: see the module docstring
         if candidate.is_file():
             return candidate
     return None
@@ -290,7 +306,7 @@ def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:
     where = f"sources[{i}]"
     if not isinstance(s, Mapping):
         raise ConfigError(f"{where}: expected a table")
-    _only_keys(s, f"{where}.", {"table", "path", "format"})
+    _only_keys(s, f"{where}.", {"table", "path", "format", "follow_symlinks_outside"})
     table = _opt(s, f"{where}.table", str)
     path = _opt(s, f"{where}.path", str)
     fmt = _opt(s, f"{where}.format", str) or "jsonl"
@@ -302,10 +318,13 @@ def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:
         raise ConfigError(f"{where}.table: {e}") from None
     if fmt not in SOURCE_FORMATS:
         raise ConfigError(f"{where}.format: expected one of {', '.join(SOURCE_FORMATS)}")
+    outside = s.get("follow_symlinks_outside", False)
+    if not isinstance(outside, bool):
+        raise ConfigError(f"{where}.follow_symlinks_outside: expected true or false")
     path = os.path.expanduser(path)
     if not os.path.isabs(path):
         path = str(base / path)
-    return SourceSpec(table, path, fmt)
+    return SourceSpec(table, path, fmt, outside)
 
 
 def _only_keys(t: Mapping[str, Any], prefix: str, allowed: set[str]) -> None:

@@ -30,7 +30,7 @@ FIXTURES = REPO / "fixtures"
 
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No SPOOLD_CONFIG, no ~/.pyiceberg.yaml, no ./spoold.toml, no systemd env from the caller."""
+    """No SPOOLD_CONFIG, no user config, no ~/.pyiceberg.yaml, no systemd env from the caller."""
     for k in list(os.environ):
         if k.startswith(TEST_VARS):
             continue
@@ -42,6 +42,7 @@ def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("PYICEBERG_HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)  # the user's config is ~/.config, under the fake home
     monkeypatch.chdir(tmp_path)
 
 

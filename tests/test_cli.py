@@ -49,7 +49,7 @@ def test_the_console_script_and_python_m_are_the_same_program(config_path: Calla
 
 
 def test_config_works_before_and_after_the_command(config_path: Callable[..., Path]) -> None:
-    cfg = config_path(name="elsewhere.toml")  # not ./spoold.toml, which would be found without --config
+    cfg = config_path(name="elsewhere.toml")  # (./spoold.toml in the cwd is never read without --config)
     assert run_spoold("--config", str(cfg), "append", "t.x", input=ROW).returncode == 0
     assert run_spoold("append", "t.x", "--config", str(cfg), input=b'{"part_id": "b"}').returncode == 0
     before = run_spoold("--config", str(cfg), "status", "--json")

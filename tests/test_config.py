@@ -25,38 +25,45 @@ def _landed(*roots: Path) -> list[Path]:
 # -- lookup order -----------------------------------------------------------------
 
 def test_lookup_order_through_the_cli(tmp_path: Path) -> None:
-    """--config beats $SPOOLD_CONFIG beats ./spoold.toml beats the embedded defaults."""
-    roots = {n: tmp_path / f"spool-{n}" for n in ("arg", "env", "cwd")}
+    """--config beats $SPOOLD_CONFIG beats the user's config beats the embedded defaults; ./spoold.toml never counts."""
+    roots = {n: tmp_path / f"spool-{n}" for n in ("arg", "env", "user")}
     arg = _config(tmp_path / "a" / "arg.toml", roots["arg"])
     env = _config(tmp_path / "e" / "env.toml", roots["env"])
-    _config(tmp_path / "spoold.toml", roots["cwd"])  # the tests run in tmp_path
+    user = _config(tmp_path / "home" / ".config" / "spoold" / "spoold.toml", roots["user"])  # $HOME is tmp/home
+    cwd_root = tmp_path / "spool-cwd"
+    _config(tmp_path / "spoold.toml", cwd_root)  # the tests run in tmp_path: this one is ignored
     default_root = tmp_path / "xdg-state" / "spoold" / "spool"
     row = b'{"part_id": "a"}\n'
 
     r = run_spoold("append", "t.x", "--config", str(arg), input=row, env={"SPOOLD_CONFIG": str(env)})
     assert r.returncode == 0, r.stderr
-    assert _landed(*roots.values(), default_root) == [roots["arg"]]
+    assert _landed(*roots.values(), default_root, cwd_root) == [roots["arg"]]
 
     r = run_spoold("append", "t.x", input=row, env={"SPOOLD_CONFIG": str(env)})
     assert r.returncode == 0, r.stderr
-    assert _landed(*roots.values(), default_root) == [roots["arg"], roots["env"]]
+    assert _landed(*roots.values(), default_root, cwd_root) == [roots["arg"], roots["env"]]
 
     r = run_spoold("append", "t.x", input=row)
     assert r.returncode == 0, r.stderr
-    assert _landed(*roots.values(), default_root) == list(roots.values())
+    assert _landed(*roots.values(), default_root, cwd_root) == list(roots.values())
 
-    (tmp_path / "spoold.toml").unlink()
+    user.unlink()
     r = run_spoold("append", "t.x", input=row)
     assert r.returncode == 0, r.stderr
-    assert _landed(*roots.values(), default_root) == [*roots.values(), default_root]
+    assert _landed(*roots.values(), default_root, cwd_root) == [*roots.values(), default_root]
 
 
-def test_cwd_config_comes_before_the_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_config_comes_before_the_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = _config(tmp_path / "etc" / "spoold.toml", tmp_path / "sys-spool")
     monkeypatch.setattr(config_mod, "SYSTEM_CONFIG", system)  # never the real /etc
+    _config(tmp_path / "spoold.toml", tmp_path / "cwd-spool")  # the cwd: never read
     assert load_config().spool_root == tmp_path / "sys-spool"
-    _config(tmp_path / "spoold.toml", tmp_path / "cwd-spool")
-    assert load_config().spool_root == tmp_path / "cwd-spool"
+    _config(tmp_path / "home" / ".config" / "spoold" / "spoold.toml", tmp_path / "user-spool")
+    assert load_config().spool_root == tmp_path / "user-spool"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    assert load_config().spool_root == tmp_path / "sys-spool"  # $XDG_CONFIG_HOME replaces ~/.config
+    _config(tmp_path / "xdg-config" / "spoold" / "spoold.toml", tmp_path / "xdg-spool")
+    assert load_config().spool_root == tmp_path / "xdg-spool"
 
 
 def test_embedded_defaults_under_xdg_state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,6 +148,30 @@ def test_unit_essentials() -> None:
     # systemd must not SIGKILL the daemon while it flushes on SIGTERM.
     shutdown_timeout = tomllib.loads(EXAMPLE_CONFIG.read_text())["flush"]["shutdown_timeout_s"]
     assert _seconds(unit["TimeoutStopSec"][0]) > shutdown_timeout
+    # Bounded (issue 19): a runaway is stopped before it starves the host; no home is visible but bound trees.
+    assert unit["MemoryMax"] == ["1G"] and unit["TasksMax"] == ["256"]
+    assert unit["ProtectHome"] == ["tmpfs"] and "BindReadOnlyPaths" not in unit  # the drop-in names the trees
+
+
+def _sources_drop_in() -> list[str]:
+    doc = (REPO / "docs" / "operating.md").read_text()
+    block = re.search(r"```ini\n(# \S+/sources\.conf\n.*?)```", doc, re.S)
+    assert block, "docs/operating.md shows the sources drop-in (sources.conf) in an ini block"
+    lines = [ln for ln in block[1].splitlines() if ln and not ln.startswith("#")]
+    assert lines[0] == "[Service]" and all(ln.startswith("BindReadOnlyPaths=") for ln in lines[1:]), lines
+    return lines[1:]
+
+
+def test_the_documented_sources_drop_in_verifies(installable_unit: Path) -> None:
+    text = installable_unit.read_text()
+    assert "#   BindReadOnlyPaths=" in text  # the unit's own comment points at it
+    installable_unit.write_text(text.replace("\n[Install]", "\n" + "\n".join(_sources_drop_in()) + "\n\n[Install]"))
+    proc = _run(_systemd_analyze(), "verify", str(installable_unit))
+    ours = [line for line in proc.stderr.splitlines() if installable_unit.name in line]
+    assert proc.returncode == 0 and not ours, proc.stderr
+    sec = _run(_systemd_analyze(), "security", "--no-pager", "--offline=true", str(installable_unit))
+    m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", sec.stdout)
+    assert sec.returncode != 0 or (m and float(m[1]) <= MAX_EXPOSURE), sec.stdout
 
 
 def test_example_config_has_exactly_the_known_keys() -> None:

@@ -253,7 +253,8 @@ def test_a_symlinked_source_is_watched_at_its_target(spool: Spool, src: Path, tm
     target = elsewhere / "real.log"
     target.write_bytes(line("s1"))
     (src / "link.jsonl").symlink_to(target)
-    t = tailer(spool, str(src / "*.jsonl"))
+    t = Tailer(spool, [SourceSpec(TABLE, str(src / "*.jsonl"), "jsonl", follow_symlinks_outside=True)])
+    t.discover()
     assert t.watch_paths() == sorted([src, elsewhere])
     drain(t)
     append(target, line("s2"))

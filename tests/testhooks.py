@@ -37,6 +37,8 @@ class Hooks:
     def __init__(self, directory: Path, pause_at: str | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # spoold honours only a private directory of its user, marked enabled
+        (self.dir / "enabled").touch()
         self.pause_at = pause_at
 
     def env(self, pause: bool = True) -> dict[str, str]:

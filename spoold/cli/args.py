@@ -15,9 +15,10 @@ from spoold.sources.detect import RULE as FORMAT_RULE
 _DESCRIPTION = """\
 spoold lands event rows into Apache Iceberg tables: nothing lost, nothing doubled.
 Producers append rows to a local spool; the daemon (or `spoold flush`) commits them.
-Config: --config PATH, else $SPOOLD_CONFIG, else ./spoold.toml, else
-/etc/spoold/spoold.toml, else embedded defaults under $STATE_DIRECTORY or
-$XDG_STATE_HOME/spoold (SQLite catalog, local warehouse)."""
+Config: --config PATH, else $SPOOLD_CONFIG, else ~/.config/spoold/spoold.toml
+($XDG_CONFIG_HOME), else /etc/spoold/spoold.toml (never ./spoold.toml), else
+embedded defaults under $STATE_DIRECTORY or $XDG_STATE_HOME/spoold (SQLite
+catalog, local warehouse)."""
 
 
 class _Parser(argparse.ArgumentParser):

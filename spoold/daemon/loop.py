@@ -10,7 +10,10 @@ can ping the systemd watchdog.
 Signal handlers only set flags (and wake the watcher): SIGTERM/SIGINT flush
 what is pending within ``flush.shutdown_timeout_s`` and exit 0; a second one
 exits at once (the spool is on disk, nothing is lost); SIGHUP reloads the
-config. Nothing a producer or a source writes can make the daemon exit.
+config. Nothing a producer or a source writes can make the daemon exit. One
+thing outside does: a config file it runs by that is gone (with its spool root,
+or for ``_GONE_GRACE_S``) stops it with exit 0, like SIGTERM, instead of making
+a deleted tree (e.g. a test's temporary directory) again; see :meth:`Daemon._world`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ _RUST_TIMEOUT_MS = 250  # longest the loop sleeps without changes: timer precisi
 _WATCH_DEBOUNCE_MS = 300  # longest watchfiles gathers a burst of changes
 _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this often
 _LAST_COMMIT_S = 5.0  # past shutdown_timeout_s, the commit in flight gets this long before the process exits
+_GONE_GRACE_S = 2.0  # a config or spool root missing this long is gone, not being replaced
 
 
 class Daemon:
@@ -62,6 +66,7 @@ class Daemon:
         self._scan = True  # a full look at spool and sources is due (start-up, reload, rescan)
         self._touched: set[str] = set()
         self._last_rescan = time.monotonic()
+        self._gone_at: float | None = None  # when the config file or the spool root was first seen missing
         self._apply(config)
 
     # -- configuration ----------------------------------------------------------
@@ -124,7 +129,8 @@ class Daemon:
         self._rewatch = False
         self._scan = True  # whatever changed before this watcher existed is found by a full look
         try:
-            self.spool.make_root()
+            if self._world(time.monotonic()) is None:
+                self.spool.make_root()  # (not while the tree may be being deleted: see _world)
             self._root_id = _file_id(self.root)
             paths = [self.root, *(str(p) for p in self.tailer.watch_paths())]
             self._watched = paths
@@ -178,6 +184,14 @@ class Daemon:
     def _step(self) -> None:
         now = time.time()
         mono = time.monotonic()
+        world = self._world(mono)
+        if world == "gone":
+            log.warning("config file %s is gone%s: stopping, not making the spool again", self.config.path,
+                        " with the spool root" if _file_id(self.root) is None else "")
+            self._stop_signal = 0  # as a SIGTERM: flush what is pending (if anything is left), exit 0
+            return
+        if world == "wait":
+            return  # no tailing or flushing: either would make the missing root again
         if any(p.is_dir() for p in self._missing):
             self._scan = True  # a source directory appeared: watch it
         if _file_id(self.root) != self._root_id:
@@ -207,6 +221,24 @@ class Daemon:
         elif self.may_restart and 0 < self.config.flush.idle_restart_s <= mono - self._busy_at:
             log.info("idle for %.0fs: restarting to hand back the flush stack's memory", mono - self._busy_at)
             restart_lean()
+
+    def _world(self, mono: float) -> str | None:
+        """"gone" once the config file the daemon runs by is missing together with the spool root, or
+        for ``_GONE_GRACE_S``: its world was deleted, and making the root (with its missing parents)
+        again would bring back a deleted tree. "wait" while only the root is missing, for up to the
+        grace (a tree being deleted may lose its config file last). None: carry on (a root missing
+        past the grace, with the config still there, is made again as before)."""
+        root_gone = _file_id(self.root) is None
+        config_gone = self.config.path is not None and not os.path.exists(self.config.path)
+        if not (root_gone or config_gone):
+            self._gone_at = None
+            return None
+        if self._gone_at is None:
+            self._gone_at = mono
+        late = mono - self._gone_at >= _GONE_GRACE_S
+        if config_gone and (root_gone or late):
+            return "gone"
+        return "wait" if root_gone and not late else None
 
     def _full_scan(self, mono: float) -> None:
         """Start-up, reload and periodic safety net: pending tables from disk, source files by glob."""

@@ -55,6 +55,8 @@ class Followed:
         self.follows: dict[str, Follow] = {}
         self.dirty: dict[str, None] = {}  # insertion-ordered: a file with more left goes to the back
         self._root = os.path.abspath(spool_root)
+        self._real_root = os.path.realpath(spool_root)
+        self._refused: set[str] = set()  # symlinks refused for leading outside their glob's base (logged once)
         self._names: dict[tuple[int, str], str] = {}  # (source index, path the glob matches) → follow key
         self._links: dict[str, set[tuple[int, str]]] = {}  # a symlink's target → the names pointing at it
         self._stored: dict[str, tuple[int, Position]] | None = None  # offsets on disk not attached yet
@@ -128,7 +130,7 @@ class Followed:
         old = self._names.get((i, path))
         try:
             st = os.stat(path)
-            ok = stat.S_ISREG(st.st_mode) and not under(path, self._root)  # never tail spoold's own files
+            ok = stat.S_ISREG(st.st_mode) and self._allowed(i, path)
         except OSError:
             ok = False
         if not ok:
@@ -149,6 +151,27 @@ class Followed:
             self._detach(old, path)
         self._attach(i, path, st, key)
         return True
+
+    def _allowed(self, i: int, path: str) -> bool:
+        """May source ``i`` tail ``path``? Judged by where the path really leads (every symlink resolved):
+
+        never spoold's own files (a symlinked directory under the glob may lead into the spool root),
+        and a symlink's target outside the glob's base only with ``follow_symlinks_outside``: whoever
+        can write into a source directory must not make the daemon read any file the daemon can.
+        The file is then read by this inode only (its identity is checked at every open).
+        """
+        real = os.path.realpath(path)
+        if under(path, self._root) or under(real, self._real_root):
+            return False  # the spool's own files match many globs: no log line for each
+        g = self.globs[i]
+        if g.spec.follow_symlinks_outside or under(real, os.path.realpath(g.base)):
+            self._refused.discard(path)
+            return True
+        if path not in self._refused:
+            self._refused.add(path)
+            log.warning("source %s: not tailed: it leads to %s, outside %s (set [[sources]] "
+                        "follow_symlinks_outside = true to allow)", path, real, g.base)
+        return False
 
     def _attach(self, i: int, path: str, st: os.stat_result, key: str) -> None:
         self._index = None
@@ -209,6 +232,8 @@ class Followed:
         except OSError:
             here = False
         found = pos.path if here else find_inode([os.path.dirname(pos.path)], pos.identity)
+        if found is not None and under(os.path.realpath(found), self._real_root):
+            found = None  # never spoold's own files, whatever an offset file says
         if found is None:
             self.store.delete(key)
             log.info("source %s: gone; its offset is forgotten", pos.path)

@@ -5,10 +5,18 @@ naming a datagram socket this process binds, and the test goes on once
 ``READY=1`` arrives (and again after a reload), never after a guessed sleep.
 The socket is read on a thread for the daemon's whole life: a datagram
 socket nobody reads fills up, and the daemon's next notification would block.
+
+The daemon dies with the test run: on Linux it gets SIGTERM when the process
+that started it dies (``PR_SET_PDEATHSIG``, armed between fork and exec), so a
+pytest killed with SIGKILL leaves no daemon behind; and it runs in a session of
+its own, so a Ctrl-C in the terminal reaches pytest, which stops it in order.
+A daemon that outlives its test anyway (another OS) stops once its config file
+is gone with the test's temporary tree (see ``spoold.daemon.loop``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -35,6 +43,7 @@ _STOP_GRACE_S = 30.0  # beyond [flush] shutdown_timeout_s, before SIGKILL
 _LOG_TAIL = 20
 _POLL_S = 0.05  # between two looks at the catalog file's stat
 _RECOUNT_S = 1.0  # a recount even without a visible change (mtime granularity)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class SpooldDaemon:
@@ -61,6 +70,7 @@ class SpooldDaemon:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "spoold", "run", "--config", str(self._env.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, preexec_fn=_die_with_parent(),
             )
         self._wait_ready(1, "start")
 
@@ -169,6 +179,30 @@ class SpooldDaemon:
             lines.append(f"  cannot read the committed rows: {e}")
         lines.append(f"  spool: {_spool_line(self._env, table)}")
         return "\n".join(lines)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when this process dies (None elsewhere).
+
+    prctl is looked up here, in the parent: between fork and exec the child must
+    do as little as possible (other threads' locks are copied held). Kept across
+    the daemon's idle re-exec. The signal goes when the *thread* that started the
+    daemon ends: the test's own thread, which outlives the ``daemon()`` block.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, sigterm = os.getpid(), int(signal.SIGTERM)
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _spool_line(env: SpooldEnv, table: str) -> str:

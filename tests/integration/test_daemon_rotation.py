@@ -27,10 +27,11 @@ from spoold.iceberg.sink import Sink
 TABLE = "logs.app"
 
 
-def config(tmp_path: Path, src: Path) -> Path:
+def config(tmp_path: Path, src: Path, extra: str = "") -> Path:
     return write_config(tmp_path, "[flush]\ndebounce_s = 0.2\nmax_delay_s = 1.0\nretry_max_s = 2\n"
                                   "[daemon]\nrescan_s = 3600\n"  # only events, start-up and reloads find lines
-                                  f'[[sources]]\ntable = "{TABLE}"\npath = "{src}/*.jsonl"\nformat = "jsonl"\n')
+                                  f'[[sources]]\ntable = "{TABLE}"\npath = "{src}/*.jsonl"\nformat = "jsonl"\n'
+                                  + extra)
 
 
 def committed(cfg: Path) -> Counter[str]:
@@ -111,7 +112,7 @@ def test_a_symlinked_source_outside_the_watched_directory_lands_on_events(
         p.mkdir()
     (elsewhere / "real.log").write_bytes(line("s1"))
     (src / "linked.jsonl").symlink_to(elsewhere / "real.log")
-    cfg = config(tmp_path, src)
+    cfg = config(tmp_path, src, "follow_symlinks_outside = true\n")  # targets outside src/ (off by default)
     d = daemons(cfg)
     wait_for(lambda: "s1" in committed(cfg), "the target's lines at start")
     with open(elsewhere / "real.log", "ab") as f:

@@ -1,0 +1,118 @@
+"""A test's daemon never outlives its test (issue 19, "the rest").
+
+A ``spoold_env`` daemon of a pytest killed with SIGKILL (no teardown runs) must
+die with it, not run on; and a ``spoold run`` whose config file vanished with its
+temporary tree must stop (exit 0) instead of making that tree again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write_config
+from daemonproc import wait_for
+
+BOUND_S = 30.0  # SIGTERM's shutdown flush of an empty spool takes well under a second
+
+INNER = """
+import os, time
+
+def test_runs_until_killed(spoold_env):
+    spoold_env.append("t.x", [{"part_id": "a"}])
+    with spoold_env.daemon() as d:
+        d.wait_committed("t.x", 1)
+        tmp = os.environ["LIFETIME_PIDFILE"] + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{d.pid} {spoold_env.base}")
+        os.replace(tmp, os.environ["LIFETIME_PIDFILE"])
+        time.sleep(600)  # the outer test kills this pytest here
+"""
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_pytest_takes_its_daemon_with_it(tmp_path: Path) -> None:
+    where = tmp_path / "project"
+    where.mkdir()
+    (where / "pytest.ini").write_text("[pytest]\n")
+    (where / "test_inner.py").write_text(INNER)
+    pidfile = tmp_path / "daemon.pid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["LIFETIME_PIDFILE"] = str(pidfile)
+    inner = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                              f"--basetemp={tmp_path / 'inner-tmp'}"], cwd=where, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = None
+    try:
+        wait_for(lambda: pidfile.exists() or inner.poll() is not None, "the inner test's daemon to run")
+        assert inner.poll() is None, "the inner pytest ended before its daemon ran"
+        pid_text, base = pidfile.read_text().split(" ", 1)
+        pid = int(pid_text)
+        assert not gone(pid)
+        inner.send_signal(signal.SIGKILL)  # no teardown, no fixture finalizer
+        inner.wait(30)
+        wait_for(lambda: gone(pid), f"the daemon (pid {pid}) to exit after its pytest was killed", timeout=BOUND_S)
+        log = (Path(base) / "daemon-1.log").read_text()
+        assert "stopped" in log and "Traceback" not in log, log  # SIGTERM's orderly shutdown
+        shutil.rmtree(base)
+        time.sleep(1.0)  # nothing left that could make the tree again: a look after a moment finds nothing
+        assert not Path(base).exists()
+    finally:
+        if inner.poll() is None:
+            inner.kill()
+            inner.wait()
+        if pid is not None and not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: "spoold running" in log.read_text() or proc.poll() is not None, "daemon start-up")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def stopped(proc: subprocess.Popen[bytes]) -> int:
+    try:
+        return proc.wait(BOUND_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"spoold run (pid {proc.pid}) still ran {BOUND_S:.0f}s after its world went") from None
+
+
+def test_a_daemon_whose_tree_was_deleted_stops_instead_of_making_it_again(tmp_path: Path) -> None:
+    world = tmp_path / "world"
+    cfg = write_config(world, "[flush]\ndebounce_s = 0.1\nmax_delay_s = 1.0\n")
+    log = tmp_path / "daemon.log"  # outside the tree that goes
+    proc = start(cfg, log)
+    wait_for(lambda: (world / "state" / "spool" / ".daemon.json").exists(), "the daemon's first turn")
+    shutil.rmtree(world)
+    assert stopped(proc) == 0, log.read_text()
+    assert "is gone with the spool root: stopping" in log.read_text()
+    assert not world.exists()
+
+
+def test_a_daemon_whose_config_file_was_deleted_stops(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "[flush]\ndebounce_s = 0.1\nmax_delay_s = 1.0\n", name="gone.toml")
+    log = tmp_path / "daemon.log"
+    proc = start(cfg, log)
+    cfg.unlink()
+    assert stopped(proc) == 0, log.read_text()
+    text = log.read_text()
+    assert f"config file {cfg} is gone: stopping" in text and "stopped" in text, text
