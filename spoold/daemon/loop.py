@@ -53,7 +53,7 @@ class Daemon:
         self._busy_at = time.monotonic()
         self.errors = LogLimiter(config.daemon.log_repeat_s)
         # systemd STATUS/WATCHDOG, .daemon.json and, with [daemon] listen, /metrics and /health
-        self.report = Report(self.errors.note, config.daemon.listen)
+        self.report = Report(self.errors.note, config.daemon.listen, listen_public=config.daemon.listen_public)
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
@@ -256,7 +256,11 @@ class Daemon:
         # A flush asks past_deadline() between chunks: the last one ends within one commit of it.
         worker = threading.Thread(target=self.worker.flush_all, args=(tables,), name="spoold-shutdown", daemon=True,
                                   kwargs={"stop": past_deadline, "tick": lambda: None})
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError as e:  # "can't start new thread" (a task limit): the drain goes on in-line
+            log.warning("shutdown: no thread to be had (%s); flushing on the main thread", e)
+            self.worker.flush_all(tables, stop=past_deadline, tick=self._alive)
         interval = systemd.watchdog_interval_s()
         end = deadline + _LAST_COMMIT_S
         while worker.is_alive() and time.monotonic() < end:
