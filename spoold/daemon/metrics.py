@@ -167,11 +167,15 @@ class Server:
         return health(self.phase, self._state, time.time(), self._max_delay_s)
 
     def health_doc(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, the ``/health`` body): phase, why, and each troubled table with its class of error."""
+        """(healthy, the ``/health`` body): phase, why, and ``tables``: each troubled table with its class of error."""
         now = time.time()
         ok, reason = health(self.phase, self._state, now, self._max_delay_s)
         status = self.phase if self.phase != RUNNING or ok else "failing"
-        return ok, {"ok": ok, "status": status, "reason": reason, "tables": troubled(self._state, now)}
+        doc: dict[str, Any] = {"ok": ok, "status": status, "reason": reason}
+        tables = troubled(self._state, now)
+        if tables:  # only when some table is in trouble: a healthy daemon's body stays as it was
+            doc["tables"] = tables
+        return ok, doc
 
     def state(self) -> tuple[Mapping[str, Any], frozenset[str]]:
         """The last published state and every table seen so far."""
