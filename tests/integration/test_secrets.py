@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import run_spoold
 from daemonproc import DaemonProc, http_get, wait_for
 
@@ -110,22 +111,29 @@ def test_a_rest_catalog_password_appears_nowhere_after_failed_flushes(
     assert assert_not_under(secrets, tmp_path / "spool") >= 3  # .daemon.json, .last-flush.json, the spool file
 
 
-def test_an_sql_catalog_password_appears_nowhere_in_status_or_flush(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["postgresql", "untyped"])
+def test_an_sql_catalog_password_appears_nowhere_in_status_or_flush(tmp_path: Path, kind: str) -> None:
+    """PostgreSQL unreachable (flush fails, exit 1; status answers without the catalog, exit 0), and a URI
+    whose catalog type cannot be told (a config error, exit 2, that quotes the URI)."""
     port = closed_port()
-    cfg = write_cfg(tmp_path, f'[catalog]\ntype = "sql"\nuri = "postgresql+psycopg2://u:pgpass-9x@127.0.0.1:{port}/db"\n'
-                              f'warehouse = "file://{tmp_path / "wh"}"\n')
+    catalog = (f'[catalog]\ntype = "sql"\nuri = "postgresql+psycopg2://u:pgpass-9x@127.0.0.1:{port}/db"\n'
+               if kind == "postgresql" else f'[catalog]\nuri = "mysql+pymysql://u:pgpass-9x@127.0.0.1:{port}/db"\n')
+    cfg = write_cfg(tmp_path, catalog + f'warehouse = "file://{tmp_path / "wh"}"\n')
     secrets = [b"pgpass-9x", b"u:pgpass"]
-    append(cfg, 2)
+    want = 1 if kind == "postgresql" else 2
+    if kind == "postgresql":
+        append(cfg, 2)
     flush = run_spoold("flush", "--config", str(cfg))
-    assert flush.returncode == 1 and flush.stderr.strip(), flush
+    assert flush.returncode == want and str(port) in flush.stderr.decode(), flush  # says where, not who
     assert_nowhere(secrets, "spoold flush", flush.stdout + flush.stderr)
     for args in (("status",), ("status", "--json")):
         out = run_spoold(*args, "--config", str(cfg))
-        assert out.returncode == 0, out.stderr
+        assert out.returncode == (0 if kind == "postgresql" else 2), out.stderr
         assert_nowhere(secrets, "spoold " + " ".join(args), out.stdout + out.stderr)
-    doc = orjson.loads(run_spoold("status", "--json", "--config", str(cfg)).stdout)
-    assert doc["catalog_error"] and doc["tables"][T]["last_flush_attempt"]["result"].startswith("error")
-    assert_not_under(secrets, tmp_path / "spool")
+    if kind == "postgresql":
+        doc = orjson.loads(run_spoold("status", "--json", "--config", str(cfg)).stdout)
+        assert doc["catalog_error"] and doc["tables"][T]["last_flush_attempt"]["result"].startswith("error")
+        assert_not_under(secrets, tmp_path / "spool")
 
 
 def test_a_sighup_reload_to_a_new_password_leaks_neither(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
