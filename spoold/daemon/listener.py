@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("spoold.daemon.loop")
 
 WORKERS = 4  # requests are answered from memory in milliseconds: a few threads are plenty
-QUEUE = 64  # complete requests waiting for a worker; more are closed at once
+QUEUE = 256  # complete requests waiting for a worker (a few KB each); more are closed at once
 MAX_OPEN = 512  # connections being read; past it the oldest is closed (also bounded by the fd limit)
 REQUEST_DEADLINE_S = 5.0  # from accept to the end of the headers, and the reply's send after that
 MAX_HEAD_BYTES = 16 << 10  # a request line and headers larger than this are no scrape
