@@ -26,8 +26,9 @@ _USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#@'\"<>]*@")
 # scheme://host/path?query#frag -> scheme://host/path (a query string may hold a token or a signature)
 _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s?#'\"<>]*)\?[^\s#'\"<>]*")
 # password=x, 'token': 'x', s3.secret-access-key=x ... (the key must end there: token_file is no secret)
-_SECRET_WORDS = r"password|passwd|pwd|token|secret|credential|credentials|api[_-]?key|access[_-]?key(?:[_-]?id)?" \
-                r"|secret[_-]?access[_-]?key|session[_-]?token|authorization|signature"
+_SECRET_WORDS = (r"password|passwd|pwd|token|secret|credential|credentials|api[_-]?key|access[_-]?key(?:[_-]?id)?"
+                 r"|secret[_-]?access[_-]?key|session[_-]?token|authorization|signature|connection[_-]?string"
+                 r"|account[_-]?key")
 _KEY = (rf"(?i)((?:\b[\w.\-]*?(?:{_SECRET_WORDS})\s*=|['\"][\w.\-]*?(?:{_SECRET_WORDS})['\"]\s*:"
         r"|\bauthorization\s*:)\s*)")
 _QUOTED_VALUE = re.compile(_KEY + r"(['\"])[^'\"]*\2")  # password='a b' -> password='***'
