@@ -62,6 +62,11 @@ class Daemon:
         self._touched: set[str] = set()
         self._last_rescan = time.monotonic()
         self._apply(config)
+        # The shutdown flush's thread, started now: a drain under a task limit (TasksMax=) needs no new one.
+        self._drain: tuple[list[str], object] | None = None
+        self._drain_go = threading.Event()
+        self._drainer = threading.Thread(target=self._drain_when_told, name="spoold-shutdown", daemon=True)
+        self._drainer.start()
 
     # -- configuration ----------------------------------------------------------
     def _apply(self, config: Config) -> None:
@@ -240,6 +245,12 @@ class Daemon:
                 log.error("table %s: cannot look at its spool: %s", table, one_line(e))
         return out
 
+    def _drain_when_told(self) -> None:
+        self._drain_go.wait()
+        if self._drain is not None:
+            tables, stop = self._drain
+            self.worker.flush_all(tables, stop=stop, tick=lambda: None)  # type: ignore[arg-type]
+
     def _shutdown(self) -> int:
         """Flush everything pending within shutdown_timeout_s, then report exit 0."""
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "stop"
@@ -254,13 +265,9 @@ class Daemon:
             return time.monotonic() >= deadline
 
         # A flush asks past_deadline() between chunks: the last one ends within one commit of it.
-        worker = threading.Thread(target=self.worker.flush_all, args=(tables,), name="spoold-shutdown", daemon=True,
-                                  kwargs={"stop": past_deadline, "tick": lambda: None})
-        try:
-            worker.start()
-        except RuntimeError as e:  # "can't start new thread" (a task limit): the drain goes on in-line
-            log.warning("shutdown: no thread to be had (%s); flushing on the main thread", e)
-            self.worker.flush_all(tables, stop=past_deadline, tick=self._alive)
+        self._drain = (tables, past_deadline)
+        self._drain_go.set()
+        worker = self._drainer
         interval = systemd.watchdog_interval_s()
         end = deadline + _LAST_COMMIT_S
         while worker.is_alive() and time.monotonic() < end:

@@ -147,6 +147,8 @@ def _environmental(e: BaseException | None) -> bool:
             return True
         elif isinstance(e, (NoSuchTableError, NoSuchNamespaceError, NotInstalledError)):
             return True  # dropped meanwhile, or a missing driver: nothing to do with the rows
+        elif isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "can't start new thread" in str(e)):
+            return True  # the host's limits (memory, TasksMax=): the rows are fine, quarantining them would be wrong
         elif type(e).__module__.split(".")[0] in _TRANSPORT:
             return True
         e = e.__cause__ or e.__context__

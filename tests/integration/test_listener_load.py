@@ -275,3 +275,28 @@ def test_a_thousand_slow_clients_under_a_task_limit(
     assert "can't start new thread" not in log and "Traceback" not in log, log
     assert committed_rows(cfg) == 66
     assert os.path.exists(pids_cgroup)
+
+
+@pytest.mark.slow
+def test_the_drain_needs_no_new_thread(tmp_path: Path, daemons: Callable[..., DaemonProc], pids_cgroup: Path) -> None:
+    """With not one more task allowed, SIGTERM still ends in a clean exit 0, and no row is quarantined for it
+    (a commit that needs a thread the limit refuses fails as the environment's fault: the rows stay spooled)."""
+    cfg = write_cfg(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[flush]\n", "[flush]\nshutdown_timeout_s = 3\n"))
+    d = daemons(cfg)
+    (pids_cgroup / "cgroup.procs").write_text(str(d.proc.pid))
+    append(cfg, ["warm"])
+    wait_for(lambda: committed_rows(cfg) == 1, "a first flush by the daemon (its pools have their threads)")
+    slow = cfg.read_text().replace("debounce_s = 0.2\nmax_delay_s = 1.0", "debounce_s = 300\nmax_delay_s = 600")
+    cfg.write_text(slow)
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded configuration" in d.log(), "the reload")
+    append(cfg, [f"k{i}" for i in range(10)])
+    state = cfg.parent / "state" / "spool" / ".daemon.json"
+    wait_for(lambda: b'"pending_rows_estimate":1' in state.read_bytes(), "the daemon sees the pending rows")
+    (pids_cgroup / "pids.max").write_text((pids_cgroup / "pids.current").read_text().strip())
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.log()
+    assert "Traceback" not in d.log(), d.log()
+    doc = orjson.loads(run_spoold("status", "--json", "--config", str(cfg)).stdout)["tables"][T]
+    assert doc["quarantined"] == 0 and doc["committed_rows"] + doc["spooled_rows"] == 11, doc
