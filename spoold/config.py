@@ -15,6 +15,7 @@ line naming the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -25,6 +26,7 @@ from typing import Any
 
 from spoold.catalog_keys import validate_catalog
 from spoold.errors import ConfigError, UsageError
+from spoold.redact import remember
 from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings, SpoolLimits
 
 COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
@@ -200,6 +202,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         if isinstance(v, (dict, list)):
             raise ConfigError(f"catalog.{k}: expected a scalar value")
         props[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    remember(props)  # from now on its password or token is masked wherever it appears
     validate_catalog(props)
 
     flush = _settings(FlushSettings, _table(data, "flush"), "flush")
@@ -207,7 +210,10 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         raise ConfigError("flush.debounce_s: must not exceed flush.max_delay_s")
     daemon = _settings(DaemonSettings, _table(data, "daemon"), "daemon")
     if daemon.listen:
-        parse_listen(daemon.listen)
+        host, _ = parse_listen(daemon.listen)
+        if not daemon.listen_public and not is_loopback(host):
+            raise ConfigError(f"daemon.listen = {daemon.listen!r} is not a loopback address: /metrics and /health "
+                              "would be open to the network; set [daemon] listen_public = true to allow it")
     tables = {ident: _parse_table(ident, t) for ident, t in _table(data, "tables").items()}
     sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
     return Config(
@@ -249,6 +255,16 @@ def _settings(cls: type[Any], t: Mapping[str, Any], section: str) -> Any:
             raise ConfigError(f"{section}.{k}: expected a positive {'integer' if want is int else 'number'}")
         values[k] = want(v)
     return cls(**values)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1): only this host can connect."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to anything (a LAN address, all interfaces)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

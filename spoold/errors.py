@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from spoold.redact import redact
+
 
 class SpooldError(Exception):
     """Root of every error spoold raises on purpose.
@@ -13,6 +15,13 @@ class SpooldError(Exception):
 
     retryable: bool = False
     exit_code: int = 1
+
+    def __str__(self) -> str:
+        # Messages often quote a URI or a driver's error: never with its credentials (spoold/redact.py).
+        return redact(super().__str__())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class UsageError(SpooldError):
@@ -67,7 +76,22 @@ class DataError(SpooldError):
 
 
 def one_line(e: BaseException) -> str:
-    """An error as one log line: spoold's own message, or the exception's type and first line."""
-    lines = str(e).strip().splitlines()
+    """An error as one log line (credentials removed): spoold's own message, or the exception's type and first line."""
+    lines = redact(str(e)).strip().splitlines()
     text = lines[0] if lines else ""
     return text if isinstance(e, SpooldError) and text else f"{type(e).__name__}: {text}"
+
+
+def error_class(e: BaseException) -> str:
+    """What kind of failure ``e`` is, in a few words and never its text (``/health`` shows this)."""
+    for cls, name in _CLASSES:
+        if isinstance(e, cls):
+            return name
+    return "disk error" if isinstance(e, OSError) else "internal error"
+
+
+_CLASSES: tuple[tuple[type[BaseException], str], ...] = (
+    (CommitConflict, "commit conflict"), (CatalogError, "catalog unreachable"), (ConfigError, "configuration error"),
+    (DataError, "rows refused by the table"), (SpoolFull, "spool full"), (TableBusy, "table busy"),
+    (SpoolError, "spool error"), (UsageError, "bad input"),
+)

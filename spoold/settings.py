@@ -55,6 +55,9 @@ class DaemonSettings:
 
     # HOST:PORT for GET /metrics and GET /health; empty: off.
     listen: str = ""
+    # A non-loopback listen address (0.0.0.0, a LAN address, a host name) is refused unless this is true:
+    # /metrics and /health have no authentication. True also accepts any Host header.
+    listen_public: bool = False
     # Full look at spool and sources even without events (a safety net for missed events).
     rescan_s: float = 60.0
     # A failure that keeps recurring (a table's flush, the watcher) is logged at its first

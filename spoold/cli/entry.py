@@ -17,13 +17,15 @@ import orjson
 from spoold.cli.args import join_replay, parser
 from spoold.config import Config, load_config, validate_identifier
 from spoold.errors import SpooldError
+from spoold.redact import RedactingFormatter, redact
 
 log = logging.getLogger("spoold")
 
 def setup_logging(fmt: str = "text", verbose: bool = False) -> None:
     """One line per event on stderr (journald adds the time)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(message)s"))
+    inner = _JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(message)s")
+    handler.setFormatter(RedactingFormatter(inner))  # no credential reaches a log, tracebacks included
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spoold: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the spool's disk: full, read-only, a file where a directory should be
-        print(f"spoold: error: {e}", file=sys.stderr)
+        print(f"spoold: error: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("spoold: interrupted", file=sys.stderr)

@@ -24,6 +24,7 @@ from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError, UsageError
 from spoold.iceberg.properties import LAST_MAINTENANCE
+from spoold.redact import redact, redact_doc
 from spoold.spool.files import first_envelope, iter_lines
 from spoold.spool.held import spooled
 from spoold.spool.layout import DAEMON_STATE, LAST_FLUSH
@@ -165,7 +166,8 @@ def status(config: Config, tables: list[str] | None = None, *, catalog: bool = T
     if error is not None:
         result["catalog_error"] = error
     _add_daemon(spool, result)
-    return result
+    # Errors are scrubbed where they are made; this catches what older state files or other hosts wrote.
+    return redact_doc(result)
 
 
 def _add_daemon(spool: Spool, result: dict[str, Any]) -> None:
@@ -226,7 +228,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     lines += hints + daemon_lines(doc)
     if "catalog_error" in doc:
         lines.append(f"catalog unreachable: {doc['catalog_error']}")
-    return lines or ["no tables"]
+    return [redact(line) for line in lines] or ["no tables"]
 
 
 def _when(run: dict[str, Any] | None) -> str:

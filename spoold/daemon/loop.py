@@ -58,7 +58,7 @@ class Daemon:
         self._busy_at = time.monotonic()
         self.errors = LogLimiter(config.daemon.log_repeat_s)
         # systemd STATUS/WATCHDOG, .daemon.json and, with [daemon] listen, /metrics and /health
-        self.report = Report(self.errors.note, config.daemon.listen)
+        self.report = Report(self.errors.note, config.daemon.listen, listen_public=config.daemon.listen_public)
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
@@ -68,6 +68,11 @@ class Daemon:
         self._last_rescan = time.monotonic()
         self._gone_at: float | None = None  # when the config file or the spool root was first seen missing
         self._apply(config)
+        # The shutdown flush's thread, started now: a drain under a task limit (TasksMax=) needs no new one.
+        self._drain: tuple[list[str], object] | None = None
+        self._drain_go = threading.Event()
+        self._drainer = threading.Thread(target=self._drain_when_told, name="spoold-shutdown", daemon=True)
+        self._drainer.start()
 
     # -- configuration ----------------------------------------------------------
     def _apply(self, config: Config) -> None:
@@ -273,6 +278,12 @@ class Daemon:
                 log.error("table %s: cannot look at its spool: %s", table, one_line(e))
         return out
 
+    def _drain_when_told(self) -> None:
+        self._drain_go.wait()
+        if self._drain is not None:
+            tables, stop = self._drain
+            self.worker.flush_all(tables, stop=stop, tick=lambda: None)  # type: ignore[arg-type]
+
     def _shutdown(self) -> int:
         """Flush everything pending within shutdown_timeout_s, then report exit 0."""
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "stop"
@@ -287,9 +298,9 @@ class Daemon:
             return time.monotonic() >= deadline
 
         # A flush asks past_deadline() between chunks: the last one ends within one commit of it.
-        worker = threading.Thread(target=self.worker.flush_all, args=(tables,), name="spoold-shutdown", daemon=True,
-                                  kwargs={"stop": past_deadline, "tick": lambda: None})
-        worker.start()
+        self._drain = (tables, past_deadline)
+        self._drain_go.set()
+        worker = self._drainer
         interval = systemd.watchdog_interval_s()
         end = deadline + _LAST_COMMIT_S
         while worker.is_alive() and time.monotonic() < end:

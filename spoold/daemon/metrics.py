@@ -13,13 +13,14 @@ answers on its own threads.
 Health (:func:`health`, pure): 200 while capture and commits work; 503 while
 starting (until the loop's first turn) or draining (SIGTERM), while some
 table's rows have failed to commit for longer than ``max_delay_s``, and while
-a table's spool is full.
+a table's spool is full. The body names each troubled table and the class of
+its error (``catalog unreachable``...), never the error's text: /health has no
+authentication, and drivers' messages may quote credentials.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,17 +38,33 @@ FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float) -> tuple[bool, str]:
-    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`)."""
+    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`).
+
+    ``why`` names the table and the class of its error, never the error's text: /health is unauthenticated.
+    """
     if phase != RUNNING:
         return False, phase
     for table, info in sorted(state.get("tables", {}).items()):
         oldest = info.get("oldest_pending_at")
         if info.get("failures") and oldest is not None and now - oldest > max_delay_s:
-            return False, (f"table {table}: rows failing to commit for {now - oldest:.0f}s "
-                           f"(max_delay_s {max_delay_s:g}): {info.get('last_error')}")
+            return False, (f"table {table}: {info.get('error_class') or 'flush failing'}, rows failing to commit "
+                           f"for {now - oldest:.0f}s (max_delay_s {max_delay_s:g})")
     for table in state.get("spool_full", []):
         return False, f"table {table}: spool full, appends are refused"
     return True, "ok"
+
+
+def troubled(state: Mapping[str, Any], now: float) -> dict[str, dict[str, Any]]:
+    """Per table whose flushes fail or whose spool is full: the class of error and since when (no text)."""
+    out: dict[str, dict[str, Any]] = {}
+    for table, info in sorted(state.get("tables", {}).items()):
+        if info.get("failures"):
+            oldest = info.get("oldest_pending_at")
+            out[table] = {"error": info.get("error_class") or "flush failing", "failures": info["failures"],
+                          "since_s": round(now - oldest, 1) if oldest is not None else None}
+    for table in state.get("spool_full", []):
+        out.setdefault(table, {"error": "spool full"})
+    return out
 
 
 class _Counters:
@@ -114,7 +131,7 @@ def maintained(table: str, result: str = "ok") -> None:
 class Server:
     """``GET /metrics`` and ``GET /health`` on ``[daemon] listen``, served by threads of their own."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, *, public: bool = False) -> None:
         global _live
         from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
@@ -128,12 +145,10 @@ class Server:
         ProcessCollector(registry=self.registry)  # memory, CPU, open files of the daemon itself
         self.counters = _Counters(self.registry)
         self.registry.register(_StateCollector(self))
-        self._httpd = bind(listen, self)
+        self._httpd = bind(listen, self, public=public)  # public: [daemon] listen_public (any Host header)
         host, port = self._httpd.server_address[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="spoold-metrics", daemon=True)
-        self._thread.start()
+        self._httpd.start()  # its threads, all of them: serving and stopping never start another
         _live = self.counters
         log.info("serving /metrics and /health on http://%s", self.address)
 
@@ -151,6 +166,17 @@ class Server:
         """:func:`health` now, from the last published state."""
         return health(self.phase, self._state, time.time(), self._max_delay_s)
 
+    def health_doc(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, the ``/health`` body): phase, why, and ``tables``: each troubled table with its class of error."""
+        now = time.time()
+        ok, reason = health(self.phase, self._state, now, self._max_delay_s)
+        status = self.phase if self.phase != RUNNING or ok else "failing"
+        doc: dict[str, Any] = {"ok": ok, "status": status, "reason": reason}
+        tables = troubled(self._state, now)
+        if tables:  # only when some table is in trouble: a healthy daemon's body stays as it was
+            doc["tables"] = tables
+        return ok, doc
+
     def state(self) -> tuple[Mapping[str, Any], frozenset[str]]:
         """The last published state and every table seen so far."""
         return self._state, self.counters.tables
@@ -160,8 +186,7 @@ class Server:
         global _live
         if _live is self.counters:
             _live = None
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.close()
 
 
 class _StateCollector:

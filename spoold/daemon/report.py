@@ -22,6 +22,7 @@ from spoold.config import Config
 from spoold.daemon import systemd
 from spoold.daemon.metrics import DRAINING, Server
 from spoold.daemon.scheduler import TableState
+from spoold.redact import redact_doc
 from spoold.sources.tail import Tailer
 from spoold.spool.layout import DAEMON_STATE
 from spoold.spool.spool import Spool, write_atomic
@@ -34,9 +35,10 @@ _STATE_EVERY_S = 1.0
 class Report:
     """The daemon's outward signs; ``limited(key, now)`` rate-limits its warnings like the loop's errors."""
 
-    def __init__(self, limited: Callable[[str, float], str | None], listen: str = "") -> None:
+    def __init__(self, limited: Callable[[str, float], str | None], listen: str = "", *,
+                 listen_public: bool = False) -> None:
         # First: a listen address that cannot be served ends start-up with one clear error.
-        self.metrics = Server(listen) if listen else None
+        self.metrics = Server(listen, public=listen_public) if listen else None
         self.started_at = time.time()
         self.full: list[str] = []  # tables whose spool is full, as of the last state
         self.last_flush: dict[str, Any] | None = None
@@ -98,6 +100,7 @@ class Report:
                     "failures": s.failures,
                     "retry_at": round(s.retry_at, 3) if s.retry_at is not None else None,
                     "last_error": s.last_error,
+                    "error_class": s.error_class,
                     "pending_bytes": spool.bounds.pending_bytes(t),
                 }
                 for t, s in sorted(states.items())
@@ -116,7 +119,8 @@ class Report:
         last_at, last_doc = self._last_state
         if not force and mono - last_at < _STATE_EVERY_S:
             return
-        state = self.state_doc(states, config, spool, tailer, running=running)
+        # Scrubbed once here: the state file, `spoold status` and /health all show it (spoold/redact.py).
+        state = redact_doc(self.state_doc(states, config, spool, tailer, running=running))
         self.full = state["spool_full"]
         if self.metrics is not None:
             self.metrics.observe(state, config)

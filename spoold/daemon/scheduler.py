@@ -37,6 +37,7 @@ class TableState:
     backoff_s: float = 0.0
     retry_at: float | None = None
     last_error: str | None = None
+    error_class: str | None = None  # what kind of failure last_error is (errors.error_class), for /health
 
     @property
     def pending(self) -> bool:

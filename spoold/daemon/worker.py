@@ -24,7 +24,7 @@ from spoold.daemon.footprint import preload, release
 from spoold.daemon.pending import Pending
 from spoold.daemon.report import Report
 from spoold.daemon.scheduler import TableState, after_failure, after_success, observe
-from spoold.errors import SpooldError, TableBusy, one_line
+from spoold.errors import SpooldError, TableBusy, error_class, one_line
 from spoold.logs import LogLimiter
 from spoold.spool.spool import Spool
 
@@ -96,6 +96,7 @@ class Worker:
             self._sink = None  # a fresh catalog connection for the next try
             now = time.time()
             state = after_failure(self.states.get(table, TableState()), now, settings, one_line(e), random.random())
+            state = replace(state, error_class=error_class(e))
             self.states[table] = state
             if (more := self.errors.note(f"flush:{table}", now)) is not None:
                 log.error("table %s: flush failed, rows stay spooled, retry in %.1fs (failure %d): %s%s", table,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from hashlib import blake2b
+from typing import Any
 
 from spoold.config import TableSpec
 from spoold.envelope import Validator
@@ -39,7 +40,11 @@ class CommitPipeline:
                  rejected: Callable[[str], None], tick: Callable[[], None] | None = None) -> None:
         self.sink, self.spec, self.tick = sink, spec, tick
         self.reject = Poison(spool, spec.identifier, source, rejected)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoold-commit")
+        try:
+            self._pool.submit(_started)  # its one thread now: a submit that cannot start it would queue the job
+        except RuntimeError:  # "can't start new thread" (a task limit): commit in-line, as safe, less overlap
+            self._pool = None
         self._inflight: tuple[Future[CommitOutcome], Callable[[CommitOutcome], None]] | None = None
 
     @property
@@ -53,8 +58,8 @@ class CommitPipeline:
         self.join()
         new_columns = bool(validator.inferred())
         # a copy of the types: the caller's validator goes on learning new columns meanwhile
-        job = self._pool.submit(commit_isolating, self.sink, self.spec, batch, dict(validator.types), props,
-                                self.reject)
+        args = (self.sink, self.spec, batch, dict(validator.types), props, self.reject)
+        job = self._pool.submit(commit_isolating, *args) if self._pool is not None else _in_line(*args)
         self._inflight = (job, then)
         if new_columns:
             self.join()
@@ -75,7 +80,22 @@ class CommitPipeline:
 
     def close(self) -> None:
         """Let a commit in flight end (also after an error: cutting it short is safe, waiting is simpler)."""
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _started() -> None:
+    """Nothing: submitted first so the pool's thread exists before any commit is handed to it."""
+
+
+def _in_line(*args: Any) -> Future[CommitOutcome]:
+    """``commit_isolating(*args)`` on this thread, as a finished future (its error raised at ``join``)."""
+    job: Future[CommitOutcome] = Future()
+    try:
+        job.set_result(commit_isolating(*args))
+    except Exception as e:
+        job.set_exception(e)
+    return job
 
 
 class Poison:

@@ -38,6 +38,7 @@ from pyiceberg.exceptions import (
 from spoold.catalog_keys import sqlite_path
 from spoold.config import Config
 from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError
+from spoold.redact import redact, redact_uri
 
 # The [catalog] of the catalog this process opened last: errors raised later, deep in a commit,
 # do not say which catalog they came from. (A process serves one config; a reload opens anew.)
@@ -129,7 +130,7 @@ def catalog_errors(what: str) -> Iterator[None]:
         config_problem = _config_problem(e, _props)
         if config_problem is not None:
             raise ConfigError(config_problem) from e
-        message = f"{what}: {_describe(e, _props)}"
+        message = redact(f"{what}: {_describe(e, _props)}")  # the drivers' text may quote credentials
         if _contended(e):  # another committer holds the catalog's lock: refresh and retry as on a conflict
             raise CommitConflict(message) from e
         if _environmental(e):
@@ -158,6 +159,8 @@ def _environmental(e: BaseException | None) -> bool:
             return True
         elif isinstance(e, (NoSuchTableError, NoSuchNamespaceError, NotInstalledError)):
             return True  # dropped meanwhile, or a missing driver: nothing to do with the rows
+        elif isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "can't start new thread" in str(e)):
+            return True  # the host's limits (memory, TasksMax=): the rows are fine, quarantining them would be wrong
         elif type(e).__module__.split(".")[0] in _TRANSPORT:
             return True
         e = e.__cause__ or e.__context__
@@ -174,7 +177,7 @@ def _chain(e: BaseException) -> Iterator[BaseException]:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
+    lines = redact(str(e)).strip().splitlines()  # drivers quote the URI they could not reach
     return lines[0] if lines else type(e).__name__
 
 
@@ -184,7 +187,8 @@ def _config_problem(e: BaseException, props: Mapping[str, str]) -> str | None:
     if (isinstance(e, NoSuchPropertyException) and "URI" in text) or "URI missing" in text:
         return "`[catalog] uri` is missing"
     if "Could not infer the catalog type from the uri" in text:
-        return f"[catalog] type is missing and cannot be told from uri {props.get('uri', '')!r}: set [catalog] type"
+        uri = redact_uri(props.get("uri", ""))
+        return f"[catalog] type is missing and cannot be told from uri {uri!r}: set [catalog] type"
     if isinstance(e, NotInstalledError):
         missing = next((c.name for c in _chain(e) if isinstance(c, ModuleNotFoundError) and c.name), None)
         pip = re.search(r"pip install (.*)$", text)
@@ -195,7 +199,7 @@ def _config_problem(e: BaseException, props: Mapping[str, str]) -> str | None:
     if "No default path is set" in text:
         return "`[catalog] warehouse` is missing: spoold needs it to create tables"
     if isinstance(e, NoSuchPropertyException):
-        return f"[catalog]: {_spoold_terms(text)}"
+        return f"[catalog]: {_spoold_terms(redact(text))}"
     return None
 
 
@@ -211,7 +215,7 @@ def _describe(e: BaseException, props: Mapping[str, str]) -> str:
         return f"SQLite catalog {db} ([catalog] uri): {_first_line(sqlite_error)}{hint}"
     if any(type(c).__module__.startswith(("requests", "urllib3")) for c in chain) or isinstance(root, OSError) and \
             isinstance(root, (ConnectionError, TimeoutError)):
-        return f"cannot reach the catalog at {props.get('uri', '?')} ([catalog] uri): {_first_line(root)}"
+        return f"cannot reach the catalog at {redact_uri(props.get('uri', '?'))} ([catalog] uri): {_first_line(root)}"
     return _spoold_terms(f"{type(e).__name__}: {_first_line(e)}")
 
 
