@@ -12,18 +12,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 import orjson
 
-from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column
+from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer
 from spoold.config import TableSpec
-from spoold.errors import SpoolError
+from spoold.errors import InputError, SpoolError
 
 VERSION = 1
 _LIST = {list}
 _STR = {str}
+_PLAIN = frozenset({str, bool, type(None)})  # values that need no check before encoding
 MAX_ENVELOPE_ROWS = 1000
 MAX_ENVELOPE_BYTES = 1 << 20  # an envelope is split below this, unless one row is larger
 
@@ -93,7 +95,18 @@ def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
     if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too
         bad = next(c for c in names if type(c) is not str or not c)
         raise SpoolError(f"column names must be non-empty strings, got {bad!r}")
+    _check_values(names, values)
     return encode(names, values, at=round(time.time(), 3))
+
+
+def _check_values(names: list[str], values: list[Any]) -> None:
+    """InputError for a value no envelope may carry, before the encoder sees it (it may crash on some)."""
+    if set(map(type, chain.from_iterable(values))) <= _PLAIN:  # the usual rows: one pass at C speed
+        return
+    for row in values:
+        for name, v in zip(names, row, strict=False):
+            if type(v) not in _PLAIN and (why := refusal(v)) is not None:
+                raise InputError(f"column {name!r}: cannot spool {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +138,12 @@ def parse_envelope(raw: bytes, terminated: bool = True) -> tuple[dict[str, Any] 
         return None, f"not valid UTF-8 JSON: {e}"
     if type(obj) is not dict:
         return None, f"not a JSON object (got {type(obj).__name__})"
+    if (wide := wide_integer(raw)) is not None:  # orjson read it as a double: refused, never stored rounded
+        return None, wide
     version = obj.get("version")
     if type(version) is not int or version != VERSION:  # True == 1 in Python: check the type
-        return None, f"version must be the integer 1 (got {orjson.dumps(version).decode()})"
+        shown = f"a nested {type(version).__name__}" if too_deep(version) else orjson.dumps(version).decode()
+        return None, f"version must be the integer 1 (got {shown})"
     cols = obj.get("columns")
     if (
         type(cols) is not list

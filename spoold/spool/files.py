@@ -16,12 +16,14 @@ from typing import Any
 
 import orjson
 
+from spoold.casts import too_deep
 from spoold.envelope import LineResult, Validator
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
 FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 READ_BLOCK = 1 << 20
+REPR_BYTES = 4096  # how much of a value that cannot be written as JSON a quarantine record keeps
 
 
 def flush_name(seq: int) -> str:
@@ -94,16 +96,29 @@ def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = Non
 
 
 def record_line(rec: dict[str, Any]) -> bytes:
-    """One quarantine record as a JSON line, even when a rejected value is nested too deeply to
-    write as JSON (orjson writes 253 levels): that value is kept as its Python repr instead."""
+    """One quarantine record as a JSON line, even when a rejected value cannot be written as JSON
+    (nested over MAX_DEPTH levels, which is never handed to the encoder, or an integer beyond 64
+    bits): that value is kept as the start of its Python repr instead."""
+    if not any(isinstance(v, (dict, list, tuple)) and too_deep(v) for v in rec.values()):
+        try:
+            return orjson.dumps(rec, default=str) + b"\n"
+        except TypeError:
+            pass
+    safe = {}
+    for k, v in rec.items():
+        if isinstance(v, (dict, list, tuple)) and too_deep(v):
+            safe[f"{k}_repr"] = _short_repr(v)
+            continue
+        try:
+            orjson.dumps(v, default=str)
+            safe[k] = v
+        except TypeError:
+            safe[f"{k}_repr"] = _short_repr(v)
+    return orjson.dumps(safe, default=str) + b"\n"
+
+
+def _short_repr(v: Any) -> str:
     try:
-        return orjson.dumps(rec, default=str) + b"\n"
-    except TypeError:
-        safe = {}
-        for k, v in rec.items():
-            try:
-                orjson.dumps(v, default=str)
-                safe[k] = v
-            except TypeError:
-                safe[f"{k}_repr"] = repr(v)
-        return orjson.dumps(safe, default=str) + b"\n"
+        return repr(v)[:REPR_BYTES]
+    except RecursionError:
+        return f"<a {type(v).__name__} nested too deeply to show>"
