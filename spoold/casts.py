@@ -127,7 +127,7 @@ def refusal(value: Any) -> str | None:
     if not isinstance(value, _NESTS):
         return None
     if too_deep(value):
-        return f"a value nested over {MAX_DEPTH} levels"
+        return f"a value nested too deeply (over {MAX_DEPTH} levels)"
     stack = [value]
     while stack:
         v = stack.pop()

@@ -27,7 +27,7 @@ from spoold._testhooks import reached
 
 log = logging.getLogger("spoold.sources.tail")
 
-MARKS_DIR = "passes"  # under the tail offsets' directory
+MARK_SUFFIX = ".pass"  # beside the offsets (``<key>.json``) in the tail state directory
 CHILD_TIMEOUT_S = 300.0
 
 
@@ -35,7 +35,7 @@ class PassMarks:
     """One small file per file being tailed, present only while a pass of it is between read and saved."""
 
     def __init__(self, tail_dir: Path) -> None:
-        self.dir = tail_dir / MARKS_DIR
+        self.dir = tail_dir
         self._found: dict[str, dict[str, Any]] | None = None
 
     def found(self) -> dict[str, dict[str, Any]]:
@@ -43,7 +43,7 @@ class PassMarks:
         if self._found is None:
             self._found = {}
             if self.dir.is_dir():
-                for f in self.dir.glob("*.json"):
+                for f in self.dir.glob(f"*{MARK_SUFFIX}"):
                     try:
                         self._found[f.stem] = orjson.loads(f.read_bytes())
                     except (OSError, orjson.JSONDecodeError) as e:
@@ -54,7 +54,7 @@ class PassMarks:
         # Not fsync'd: it must survive the daemon's death, which the page cache does; after a power
         # loss the pass is simply run again as before.
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.dir / f"{key}.json"
+        path = self.dir / f"{key}{MARK_SUFFIX}"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(orjson.dumps(doc))
@@ -63,7 +63,7 @@ class PassMarks:
     def clear(self, key: str) -> None:
         self.found().pop(key, None)
         try:
-            (self.dir / f"{key}.json").unlink()
+            (self.dir / f"{key}{MARK_SUFFIX}").unlink()
         except FileNotFoundError:
             pass
 

@@ -25,7 +25,7 @@ def parse_object(line: bytes) -> dict[str, object]:
     if "" in obj:  # no envelope can carry it: the rules reject an empty column name
         raise SourceLineError("empty column name")
     if too_deep(obj, MAX_DEPTH + 1):  # the object itself is one level: its values may have MAX_DEPTH
-        raise SourceLineError(f"a value is nested over {MAX_DEPTH} levels")
+        raise SourceLineError(f"a value is nested too deeply (over {MAX_DEPTH} levels)")
     if (wide := wide_integer(line)) is not None:  # orjson read it as a double: refused, never stored rounded
         raise SourceLineError(wide)
     return obj

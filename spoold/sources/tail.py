@@ -215,15 +215,17 @@ class Tailer:
             if good:  # marked before encoding: if encoding kills the daemon, the next start isolates this pass
                 self.marks.mark(f.key, path=pos.path, dev=pos.dev, ino=pos.ino, start=start, end=end)
                 reached("tail.marked")  # test-only mark: a crash here must not crash every start after it
-            envs, poison = pack(good)
-            self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
-            if envs:
-                self.spool.append_lines(spec.table, envs)  # durable when it returns ...
-                reached("tail.appended")  # test-only mark: a crash here re-reads these lines
-            pos.move(fd, st, end, lineno, inside=inside)
-            self.files.save(f)  # ... and only then does the offset move past those lines
-            if good:
-                self.marks.clear(f.key)
+            try:
+                envs, poison = pack(good)
+                self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
+                if envs:
+                    self.spool.append_lines(spec.table, envs)  # durable when it returns ...
+                    reached("tail.appended")  # test-only mark: a crash here re-reads these lines
+                pos.move(fd, st, end, lineno, inside=inside)
+                self.files.save(f)  # ... and only then does the offset move past those lines
+            finally:  # done, or failed and alive (a full spool...): nothing for a next start to isolate
+                if good:
+                    self.marks.clear(f.key)
             if quiet and end >= st.st_size:
                 self.files.forget(f.key, f"source {pos.path} (rotated): read to its end")
             return sum(n for _, n in envs), lines, end - start, more
