@@ -53,15 +53,19 @@ def columnize(rows: Sequence[Mapping[str, Any]], *, lists: bool = True) -> tuple
     return union, [[r.get(c) for c in union] for r in rows]
 
 
-def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+def envelopes(rows: Iterable[Mapping[str, Any]], max_line: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Group row objects into envelopes of at most MAX_ENVELOPE_ROWS rows / ~1 MiB.
 
     An envelope's columns are the union of its rows' keys (first-seen order);
     a row without a column gets null there, which the rules read as absent.
+    ``max_line`` (``[spool] max_line_bytes``): envelopes are split below it too,
+    and a single row whose envelope is longer is refused (InputError): flush
+    would quarantine such a line unread.
     """
+    bound = MAX_ENVELOPE_BYTES if max_line is None else min(MAX_ENVELOPE_BYTES, max_line)
     if type(rows) is list and set(map(type, rows)) <= {dict}:  # the usual call: slice, no per-row loop
         for i in range(0, len(rows), MAX_ENVELOPE_ROWS):
-            yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS])
+            yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS], bound, max_line)
         return
     batch: list[Mapping[str, Any]] = []
     for row in rows:
@@ -69,23 +73,25 @@ def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
             raise SpoolError(f"a row must be a mapping of column to value, got {type(row).__name__}")
         batch.append(row)
         if len(batch) >= MAX_ENVELOPE_ROWS:
-            yield from _encode_bounded(batch)
+            yield from _encode_bounded(batch, bound, max_line)
             batch = []
     if batch:
-        yield from _encode_bounded(batch)
+        yield from _encode_bounded(batch, bound, max_line)
 
 
-def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+def _encode_bounded(batch: list[Mapping[str, Any]], bound: int, max_line: int | None) -> Iterator[tuple[bytes, int]]:
     # Measuring the encoded line beats estimating every value's size up front
     # (append's hot path); an oversized envelope is split in halves. A single
     # row larger than the bound still goes as one envelope: rows are never cut.
     line = _encode_batch(batch)
-    if len(line) <= MAX_ENVELOPE_BYTES or len(batch) == 1:
+    if len(line) <= bound or len(batch) == 1:
+        if max_line is not None and len(line) > max_line:
+            raise InputError(f"a row is {len(line)} bytes once encoded, longer than max_line_bytes ({max_line})")
         yield line, len(batch)
         return
     mid = len(batch) // 2
-    yield from _encode_bounded(batch[:mid])
-    yield from _encode_bounded(batch[mid:])
+    yield from _encode_bounded(batch[:mid], bound, max_line)
+    yield from _encode_bounded(batch[mid:], bound, max_line)
 
 
 def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:

@@ -148,7 +148,7 @@ def _child(path: str, fmt: str, start: int, stop: int, lineno: int, max_line: in
         if line.start >= stop:
             break
         reached("tail.isolate.line")  # test-only: a test kills the child here to stand for an encoder's crash
-        envs, poison = pack([line]) if line.error is None else ([], [(line, line.error)])
+        envs, poison = pack([line], max_line) if line.error is None else ([], [(line, line.error)])
         is_open = bool(line.long and line.long.open)
         doc = {"start": line.start, "end": line.end, "lineno": line.lineno, "reason": poison[0][1] if poison else None,
                "envelopes": len(envs), "rows": sum(n for _, n in envs),

@@ -22,19 +22,20 @@ from spoold.spool.files import quarantine_record
 Envelope = tuple[bytes, int]  # an encoded envelope line and its row count
 
 
-def pack(lines: Sequence[SourceLine]) -> tuple[list[Envelope], list[tuple[SourceLine, str]]]:
+def pack(lines: Sequence[SourceLine],
+         max_line: int | None = None) -> tuple[list[Envelope], list[tuple[SourceLine, str]]]:
     """Envelopes of the rows of ``lines``, and the lines whose rows cannot be encoded, with why."""
     rows = [row for line in lines for row in line.rows]
     if not rows:
         return [], []
     try:
-        return list(envelopes(rows)), []
+        return list(envelopes(rows, max_line)), []
     except Exception as e:  # whatever encoding raises is the fault of some line's rows
         if len(lines) == 1:
             return [], [(lines[0], _reason(e))]
     mid = len(lines) // 2
-    first, bad_first = pack(lines[:mid])
-    second, bad_second = pack(lines[mid:])
+    first, bad_first = pack(lines[:mid], max_line)
+    second, bad_second = pack(lines[mid:], max_line)
     return first + second, bad_first + bad_second
 
 

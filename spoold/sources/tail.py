@@ -216,7 +216,7 @@ class Tailer:
                 self.marks.mark(f.key, path=pos.path, dev=pos.dev, ino=pos.ino, start=start, end=end)
                 reached("tail.marked")  # test-only mark: a crash here must not crash every start after it
             try:
-                envs, poison = pack(good)
+                envs, poison = pack(good, self.max_line)
                 self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
                 if envs:
                     self.spool.append_lines(spec.table, envs)  # durable when it returns ...
