@@ -12,16 +12,25 @@ goes into a ``string`` column as its JSON text.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
+from math import isfinite
 from typing import Any
 
 import orjson
 
-# orjson reads 1,024 nesting levels but writes at most 254; an envelope wraps a value in three
-# (object, rows, row), so a value nested deeper than this could never be spooled: it is rejected.
-MAX_DEPTH = 250
+# A value nested deeper than this is refused (a row or line rejection with a reason) before any encoder
+# sees it. orjson reads 1,024 levels and writes at most 254, but 3.12.0/3.13.0 corrupt the heap (SIGABRT)
+# writing values ~140 levels deep whose output nears 4 KiB: 64 (plus the three levels an envelope or a
+# quarantine record adds) stays far inside what every orjson release encodes safely (docs/spool-layout.md).
+MAX_DEPTH = 64
+_NESTS = (dict, list, tuple)  # what orjson writes as an object or array (subclasses too)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _NONE = type(None)
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1  # what JSON readers (orjson) keep as integers
+_LONG_DIGITS = re.compile(rb"\d{20}|-\d{19}")  # the only integer texts that may lie outside them
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 _US = timedelta(microseconds=1)
@@ -80,14 +89,90 @@ def cast_column(name: str, typ: str, vals: list[Any], row_bad: dict[int, str],
 
 
 class _TooDeep(Exception):
-    """An object or array nested deeper than orjson can write (it reads 1,024 levels, writes 254)."""
+    """An object or array nested deeper than :data:`MAX_DEPTH` (never handed to the encoder)."""
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True if ``value`` has objects/arrays nested more than ``limit`` levels (a scalar has none).
+
+    Iterative (no recursion limit) and at C speed for a container of scalars; it
+    stops at the first level past ``limit``, so a hostile value costs little.
+    """
+    if not isinstance(value, _NESTS):
+        return False
+    level = [value]
+    for _ in range(limit):
+        nxt: list[Any] = []
+        for v in level:
+            items = v.values() if isinstance(v, dict) else v
+            if not set(map(type, items)) <= _SCALARS:  # the usual container of scalars is skipped at C speed
+                nxt += [x for x in items if isinstance(x, _NESTS)]
+        if not nxt:
+            return False
+        level = nxt
+    return True
+
+
+def refusal(value: Any) -> str | None:
+    """Why a value handed to the Python API cannot be spooled as JSON (None: it can).
+
+    Refused, never written: nesting past :data:`MAX_DEPTH`, NaN and infinities
+    (orjson would write them as null, silently), integers beyond 64 bits.
+    """
+    kind = type(value)
+    if kind is float:
+        return None if isfinite(value) else f"{value!r} (not a JSON number)"
+    if kind is int:
+        return None if _MIN_INT <= value <= _MAX_INT else "an integer beyond 64 bits"
+    if not isinstance(value, _NESTS):
+        return None
+    if too_deep(value):
+        return f"a value nested too deeply (over {MAX_DEPTH} levels)"
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        items = v.values() if isinstance(v, dict) else v
+        for x in items:
+            if isinstance(x, _NESTS):
+                stack.append(x)
+            elif type(x) in (float, int) and (why := refusal(x)) is not None:
+                return why
+    return None
+
+
+class _Wide(Exception):
+    pass
+
+
+def _narrow(text: str) -> int:
+    v = int(text) if len(text) <= 21 else None  # (int() of thousands of digits is itself refused)
+    if v is None or not _MIN_INT <= v <= _MAX_INT:
+        raise _Wide(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is beyond 64 bits")
+    return v
+
+
+def wide_integer(raw: bytes) -> str | None:
+    """Why JSON text ``raw`` cannot be read exactly: an integer beyond 64 bits, which orjson would
+    silently read as a double (None: no such integer). Costs one regex scan unless a long digit run is
+    there; then the line is read once more, by the stdlib, only to look at its integers."""
+    if _LONG_DIGITS.search(raw) is None:
+        return None
+    try:
+        json.loads(raw, parse_int=_narrow)
+    except _Wide as e:
+        return str(e)
+    except (ValueError, RecursionError):  # the stdlib's own limits: orjson's verdict stands
+        return None
+    return None
 
 
 def _show(v: Any) -> str:
+    if too_deep(v):  # never handed to the encoder: show its type
+        return f"a {type(v).__name__} nested over {MAX_DEPTH} levels"
     try:
         text = orjson.dumps(v).decode()
-    except TypeError:  # nested too deeply to write back: show its start
-        text = repr(v)[:57] if type(v) in (dict, list) else type(v).__name__
+    except TypeError:  # not JSON (e.g. an integer beyond 64 bits from the Python API)
+        text = repr(v)[:57]
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -95,10 +180,9 @@ def _to_string(v: Any) -> str:
     if type(v) is str:
         return v
     if type(v) in (dict, list):
-        try:  # objects and arrays are stored as their JSON text, if an envelope could carry them
-            return orjson.dumps([[[v]]])[3:-3].decode()  # (the three levels an envelope adds, in one encode)
-        except TypeError:
-            raise _TooDeep from None
+        if too_deep(v):  # checked first: the encoder itself may crash on such a value (orjson 3.12/3.13)
+            raise _TooDeep
+        return orjson.dumps(v).decode()  # objects and arrays are stored as their JSON text
     raise TypeError
 
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from math import isfinite
 from operator import itemgetter
 from typing import Any
 
 import orjson
 
-from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column
+from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer
 from spoold.config import TableSpec
-from spoold.errors import SpoolError
+from spoold.errors import InputError, SpoolError
 
 VERSION = 1
 _LIST = {list}
 _STR = {str}
+_PLAIN = frozenset({str, bool, type(None)})  # values that need no check before encoding
+_NUMERIC = _PLAIN | {int, float}
 MAX_ENVELOPE_ROWS = 1000
 MAX_ENVELOPE_BYTES = 1 << 20  # an envelope is split below this, unless one row is larger
 
@@ -51,15 +55,19 @@ def columnize(rows: Sequence[Mapping[str, Any]], *, lists: bool = True) -> tuple
     return union, [[r.get(c) for c in union] for r in rows]
 
 
-def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+def envelopes(rows: Iterable[Mapping[str, Any]], max_line: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Group row objects into envelopes of at most MAX_ENVELOPE_ROWS rows / ~1 MiB.
 
     An envelope's columns are the union of its rows' keys (first-seen order);
     a row without a column gets null there, which the rules read as absent.
+    ``max_line`` (``[spool] max_line_bytes``): envelopes are split below it too,
+    and a single row whose envelope is longer is refused (InputError): flush
+    would quarantine such a line unread.
     """
+    bound = MAX_ENVELOPE_BYTES if max_line is None else min(MAX_ENVELOPE_BYTES, max_line)
     if type(rows) is list and set(map(type, rows)) <= {dict}:  # the usual call: slice, no per-row loop
         for i in range(0, len(rows), MAX_ENVELOPE_ROWS):
-            yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS])
+            yield from _encode_bounded(rows[i : i + MAX_ENVELOPE_ROWS], bound, max_line)
         return
     batch: list[Mapping[str, Any]] = []
     for row in rows:
@@ -67,23 +75,25 @@ def envelopes(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
             raise SpoolError(f"a row must be a mapping of column to value, got {type(row).__name__}")
         batch.append(row)
         if len(batch) >= MAX_ENVELOPE_ROWS:
-            yield from _encode_bounded(batch)
+            yield from _encode_bounded(batch, bound, max_line)
             batch = []
     if batch:
-        yield from _encode_bounded(batch)
+        yield from _encode_bounded(batch, bound, max_line)
 
 
-def _encode_bounded(batch: list[Mapping[str, Any]]) -> Iterator[tuple[bytes, int]]:
+def _encode_bounded(batch: list[Mapping[str, Any]], bound: int, max_line: int | None) -> Iterator[tuple[bytes, int]]:
     # Measuring the encoded line beats estimating every value's size up front
     # (append's hot path); an oversized envelope is split in halves. A single
     # row larger than the bound still goes as one envelope: rows are never cut.
     line = _encode_batch(batch)
-    if len(line) <= MAX_ENVELOPE_BYTES or len(batch) == 1:
+    if len(line) <= bound or len(batch) == 1:
+        if max_line is not None and len(line) > max_line:
+            raise InputError(f"a row is {len(line)} bytes once encoded, longer than max_line_bytes ({max_line})")
         yield line, len(batch)
         return
     mid = len(batch) // 2
-    yield from _encode_bounded(batch[:mid])
-    yield from _encode_bounded(batch[mid:])
+    yield from _encode_bounded(batch[:mid], bound, max_line)
+    yield from _encode_bounded(batch[mid:], bound, max_line)
 
 
 def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
@@ -93,7 +103,25 @@ def _encode_batch(batch: list[Mapping[str, Any]]) -> bytes:
     if not all(type(c) is str and c for c in names):  # flush would reject the whole envelope, good rows too
         bad = next(c for c in names if type(c) is not str or not c)
         raise SpoolError(f"column names must be non-empty strings, got {bad!r}")
+    _check_values(names, values)
     return encode(names, values, at=round(time.time(), 3))
+
+
+def _check_values(names: list[str], values: list[Any]) -> None:
+    """InputError for a value no envelope may carry, before the encoder sees it (it may crash on some)."""
+    kinds = set(map(type, chain.from_iterable(values)))
+    if kinds <= _PLAIN:  # the usual rows: one pass at C speed
+        return
+    if kinds <= _NUMERIC:  # numbers too: checked a column-wide pass at a time, still without a per-value loop
+        flat = list(chain.from_iterable(values))
+        ints = [v for v in flat if type(v) is int] if int in kinds else ()
+        floats = [v for v in flat if type(v) is float] if float in kinds else ()
+        if (not ints or refusal(min(ints)) is refusal(max(ints)) is None) and all(map(isfinite, floats)):
+            return
+    for row in values:
+        for name, v in zip(names, row, strict=False):
+            if type(v) not in _PLAIN and (why := refusal(v)) is not None:
+                raise InputError(f"column {name!r}: cannot spool {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +153,12 @@ def parse_envelope(raw: bytes, terminated: bool = True) -> tuple[dict[str, Any] 
         return None, f"not valid UTF-8 JSON: {e}"
     if type(obj) is not dict:
         return None, f"not a JSON object (got {type(obj).__name__})"
+    if (wide := wide_integer(raw)) is not None:  # orjson read it as a double: refused, never stored rounded
+        return None, wide
     version = obj.get("version")
     if type(version) is not int or version != VERSION:  # True == 1 in Python: check the type
-        return None, f"version must be the integer 1 (got {orjson.dumps(version).decode()})"
+        shown = f"a nested {type(version).__name__}" if too_deep(version) else orjson.dumps(version).decode()
+        return None, f"version must be the integer 1 (got {shown})"
     cols = obj.get("columns")
     if (
         type(cols) is not list

@@ -44,6 +44,9 @@ class SpoolLimits:
     max_bytes: int = 0
     # Free bytes kept on the spool's filesystem; 0: none. AUTO_FREE: 2% of the filesystem, at most 256 MiB.
     min_free_bytes: int = -1
+    # The longest line spoold reads or writes whole (an append's input line, a spool line, a source
+    # line): a longer one is refused or quarantined by offset, never held in memory whole.
+    max_line_bytes: int = 32 << 20
 
     ZERO_OK = frozenset({"max_bytes", "min_free_bytes"})
     AUTO_FREE = -1

@@ -11,7 +11,7 @@ call this from hooks and scripts, where start-up time matters.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import IO, Any
 
@@ -25,7 +25,17 @@ from spoold.spool.spool import Spool
 BATCH_ROWS = MAX_ENVELOPE_ROWS  # rows validated together: one envelope's worth
 
 
-def validated_batches(lines: IO[bytes], validator: Validator) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
+def bounded_lines(stream: IO[bytes], max_line: int) -> Iterator[bytes]:
+    """The input's lines, each read only up to ``max_line`` bytes: a longer one is InputError, never held whole."""
+    lineno = 0
+    while line := stream.readline(max_line + 1):
+        lineno += 1
+        if len(line) > max_line and not (len(line) == max_line + 1 and line.endswith(b"\n")):
+            raise InputError(f"line {lineno}: longer than max_line_bytes ({max_line} bytes)")
+        yield line
+
+
+def validated_batches(lines: Iterable[bytes], validator: Validator) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:
     """Parse and check every line, yielding ``(rows, their line numbers)`` a batch at a time.
 
     Raises InputError naming the first bad line (in input order).
@@ -61,12 +71,25 @@ def _check(validator: Validator, rows: list[dict[str, Any]], linenos: list[int])
         raise InputError(f"line {linenos[first.index]}: {first.reason}")
 
 
-def _envelope_lines(lines: IO[bytes], validator: Validator, counter: list[int]) -> Iterator[bytes]:
+def _envelope_lines(lines: Iterable[bytes], validator: Validator, counter: list[int],
+                    max_line: int) -> Iterator[bytes]:
     # Every row that passed the rules fits in an envelope (they refuse what no envelope can carry).
-    for rows, _linenos in validated_batches(lines, validator):
-        for line, _ in envelopes(rows):
-            yield line
+    for rows, linenos in validated_batches(lines, validator):
+        try:
+            for line, _ in envelopes(rows, max_line):
+                yield line
+        except InputError as e:  # a row just under max_line_bytes, longer once enveloped: name its line
+            big = next((n for r, n in zip(rows, linenos, strict=True) if _too_long([r], max_line)), linenos[0])
+            raise InputError(f"line {big}: {e}") from None
         counter[0] += len(rows)
+
+
+def _too_long(rows: list[dict[str, Any]], max_line: int) -> bool:
+    try:
+        list(envelopes(rows, max_line))
+    except InputError:
+        return True
+    return False
 
 
 def append_input(config: Config, table: str, source: str) -> int:
@@ -80,5 +103,7 @@ def append_input(config: Config, table: str, source: str) -> int:
     count = [0]
     with stream as f:
         validator = Validator(config.table(table), cast=False)
-        Spool.from_config(config).append_stream(table, _envelope_lines(f, validator, count))
+        max_line = config.spool_limits.max_line_bytes
+        Spool.from_config(config).append_stream(table, _envelope_lines(bounded_lines(f, max_line), validator, count,
+                                                                       max_line))
     return count[0]

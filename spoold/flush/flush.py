@@ -140,7 +140,7 @@ class _Flush:
         """Feed one file's lines to the chunks; False if ``stop()`` ended the flush inside it."""
         rejects: list[dict[str, Any]] = []
         size = 0
-        for lineno, raw, verdict in read_validated(path, self.validator):
+        for lineno, raw, verdict in read_validated(path, self.validator, self.spool.bounds.limits.max_line_bytes):
             if verdict.error is not None:
                 rejects.append(quarantine_record(verdict.error, path.name, lineno, raw))
                 size += len(raw)

@@ -253,7 +253,7 @@ class Followed:
             return  # already tailed under its own name, or this copy is being read already
         # (else a copy written over an older one in place, e.g. by cp: that one's bytes are gone)
         pos = Position(copy, st.st_dev, st.st_ino, f.pos.offset, f.pos.lineno, 0, f.pos.head_len, f.pos.head,
-                       f.pos.tail)
+                       f.pos.tail, f.pos.inside)
         c = self.follows[key] = Follow(key, f.src, pos, live=False, real=os.path.realpath(copy))
         self._index = None
         self.save(c)  # before the original's offset can move: a crash must not skip the copy

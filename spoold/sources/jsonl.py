@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 
+from spoold.casts import MAX_DEPTH, too_deep, wide_integer
 from spoold.sources.line import SourceLineError
 
 
@@ -23,6 +24,10 @@ def parse_object(line: bytes) -> dict[str, object]:
         raise SourceLineError("empty object: a row needs at least one column")
     if "" in obj:  # no envelope can carry it: the rules reject an empty column name
         raise SourceLineError("empty column name")
+    if too_deep(obj, MAX_DEPTH + 1):  # the object itself is one level: its values may have MAX_DEPTH
+        raise SourceLineError(f"a value is nested too deeply (over {MAX_DEPTH} levels)")
+    if (wide := wide_integer(line)) is not None:  # orjson read it as a double: refused, never stored rounded
+        raise SourceLineError(wide)
     return obj
 
 

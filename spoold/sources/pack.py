@@ -1,8 +1,8 @@
 """Source lines → envelope lines for the spool, with each line that cannot be stored set aside.
 
 A tailing pass encodes all its rows at once, so the usual case costs one
-encode. When that fails (a value nested deeper than orjson writes: it reads
-1,024 levels but writes ~254; a column name no envelope carries), the lines
+encode. When that fails (a value no envelope may carry: nested too deeply,
+an integer beyond 64 bits; a column name no envelope carries), the lines
 are halved until every failing one is alone: those come back with their
 reason, for quarantine, and every other line is spooled. A failing line
 costs O(log n) re-encodes of shrinking halves, never one encode per line.
@@ -16,39 +16,52 @@ from typing import Any
 
 from spoold.envelope import envelopes
 from spoold.errors import SpooldError
-from spoold.sources.reader import SourceLine
+from spoold.sources.reader import LONG_HEAD_BYTES, MAX_LINE_BYTES, SourceLine
 from spoold.spool.files import quarantine_record
 
 Envelope = tuple[bytes, int]  # an encoded envelope line and its row count
 
 
-def pack(lines: Sequence[SourceLine]) -> tuple[list[Envelope], list[tuple[SourceLine, str]]]:
+def pack(lines: Sequence[SourceLine],
+         max_line: int | None = None) -> tuple[list[Envelope], list[tuple[SourceLine, str]]]:
     """Envelopes of the rows of ``lines``, and the lines whose rows cannot be encoded, with why."""
     rows = [row for line in lines for row in line.rows]
     if not rows:
         return [], []
     try:
-        return list(envelopes(rows)), []
+        return list(envelopes(rows, max_line)), []
     except Exception as e:  # whatever encoding raises is the fault of some line's rows
         if len(lines) == 1:
             return [], [(lines[0], _reason(e))]
     mid = len(lines) // 2
-    first, bad_first = pack(lines[:mid])
-    second, bad_second = pack(lines[mid:])
+    first, bad_first = pack(lines[:mid], max_line)
+    second, bad_second = pack(lines[mid:], max_line)
     return first + second, bad_first + bad_second
 
 
-def line_record(reason: str, line: SourceLine, fd: int, **extra: Any) -> dict[str, Any]:
-    """A quarantine record of source ``line`` (read back from ``fd``: its exact bytes, without the newline)."""
-    raw = os.pread(fd, line.end - line.start, line.start)
+def line_record(reason: str, line: SourceLine, fd: int, max_line: int = MAX_LINE_BYTES, **extra: Any) -> dict[str, Any]:
+    """A quarantine record of source ``line`` (read back from ``fd``: its exact bytes, without the newline).
+
+    A line over ``max_line`` is never read whole: the record keeps its first
+    LONG_HEAD_BYTES, its length and (when the reader streamed it) its sha256.
+    """
+    if line.long is not None:
+        big = {"length": line.long.length, "sha256": line.long.sha256, "truncated": True}
+        if line.long.open:
+            big["unterminated"] = True  # it went on past what was read: length and hash are of its start
+        return quarantine_record(reason, line.path, line.lineno, line.long.head, offset=line.start, **big, **extra)
+    length = line.end - line.start
+    if length > max_line:
+        raw = os.pread(fd, LONG_HEAD_BYTES, line.start)
+        return quarantine_record(reason, line.path, line.lineno, raw, offset=line.start, length=length,
+                                 truncated=True, **extra)
+    raw = os.pread(fd, length, line.start)
     if raw.endswith(b"\n"):
         raw = raw[:-1]
     return quarantine_record(reason, line.path, line.lineno, raw, offset=line.start, **extra)
 
 
 def _reason(e: Exception) -> str:
-    if isinstance(e, TypeError) and "Recursion" in str(e):
-        return "a value is nested too deeply to store in the spool (orjson writes at most ~254 levels)"
     if isinstance(e, SpooldError):
         return f"cannot store in the spool: {e}"
     return f"cannot store in the spool: {type(e).__name__}: {e}"

@@ -57,6 +57,7 @@ class Position:
     head_len: int = 0
     head: str = ""
     tail: str = ""
+    inside: bool = False  # ``offset`` is inside a line over max_line_bytes, quarantined already: skip its rest
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -74,8 +75,9 @@ class Position:
             return True
         return _hash(fd, 0, self.head_len) == self.head and self.tail == _hash(fd, *self._tail_span(self.offset))
 
-    def move(self, fd: int, st: os.stat_result, offset: int, lineno: int, skip: int = 0) -> None:
+    def move(self, fd: int, st: os.stat_result, offset: int, lineno: int, skip: int = 0, inside: bool = False) -> None:
         """Move to ``offset`` in the open file ``fd`` (``st``: its fstat), fingerprinting the bytes before it."""
+        self.inside = inside
         same = (st.st_dev, st.st_ino) == self.identity and self.head_len == HEAD_BYTES and offset >= HEAD_BYTES
         self.dev, self.ino = st.st_dev, st.st_ino
         self.offset, self.lineno, self.skip = offset, lineno, skip
@@ -86,7 +88,7 @@ class Position:
 
     def reset(self) -> None:
         """Back to the start of the file (a truncated, rewritten or replaced file is read again)."""
-        self.offset, self.lineno, self.skip = 0, 1, 0
+        self.offset, self.lineno, self.skip, self.inside = 0, 1, 0, False
         self.head_len, self.head, self.tail = 0, "", ""
 
     def _tail_span(self, offset: int) -> tuple[int, int]:
@@ -95,14 +97,15 @@ class Position:
 
     def to_doc(self) -> dict[str, Any]:
         return {"path": self.path, "dev": self.dev, "ino": self.ino, "offset": self.offset, "lineno": self.lineno,
-                "skip": self.skip, "head_len": self.head_len, "head": self.head, "tail": self.tail}
+                "skip": self.skip, "head_len": self.head_len, "head": self.head, "tail": self.tail,
+                **({"inside": True} if self.inside else {})}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Position:
         """The position a :meth:`to_doc` document describes; KeyError/TypeError/ValueError if it is not one."""
         return cls(path=str(doc["path"]), dev=int(doc["dev"]), ino=int(doc["ino"]), offset=int(doc["offset"]),
                    lineno=int(doc["lineno"]), skip=int(doc.get("skip", 0)), head_len=int(doc.get("head_len", 0)),
-                   head=str(doc.get("head", "")), tail=str(doc.get("tail", "")))
+                   head=str(doc.get("head", "")), tail=str(doc.get("tail", "")), inside=doc.get("inside") is True)
 
 
 def _hash(fd: int, start: int, length: int) -> str:

@@ -17,7 +17,12 @@ already read, and is then read again from its start.
 
 No line stops a file: a line that cannot be materialized or encoded goes to
 the table's quarantine with its reason and bytes, and the offset moves past
-it. Failures of the environment leave the offset where it is: a full spool
+it. A line over ``[spool] max_line_bytes`` is streamed past, never held, and
+quarantined by offset (length, head, sha256). Nor can a line kill the daemon
+for good: a pass is marked before its rows are encoded; a start that finds
+the mark re-reads that pass line by line in a child process
+(:mod:`.isolate`), quarantining the line a child dies on. Failures of the
+environment leave the offset where it is: a full spool
 parks the file until a flush frees room (the file keeps the rows meanwhile;
 a pass is at most a quarter of ``[spool] max_bytes``, so it fits an emptied
 spool), any other (the spool's disk, reading the source) retries it with
@@ -39,6 +44,7 @@ from spoold.config import SourceSpec
 from spoold.errors import SpooldError, SpoolFull
 from spoold.logs import LogLimiter
 from spoold.sources.follow import Follow, Followed
+from spoold.sources.isolate import PassMarks, isolate
 from spoold.sources.pack import line_record, pack
 from spoold.sources.position import PositionStore
 from spoold.sources.reader import SourceLine, read_lines
@@ -69,6 +75,8 @@ class Tailer:
         self.max_bytes = min(max_bytes, max(1, limit // 4)) if limit else max_bytes
         self.dir = spool.root / OFFSETS_DIR
         self.files = Followed(PositionStore(self.dir), sources, spool.root, rotated_quiet_s)
+        self.marks = PassMarks(self.dir)
+        self.max_line = spool.bounds.limits.max_line_bytes
         self._retry: dict[str, float] = {}  # key → monotonic time of its next try after a failure
         self._parked: dict[str, str] = {}  # key → table: refused by a full spool, waiting for room
         self._errors = LogLimiter()
@@ -181,34 +189,64 @@ class Tailer:
                     self.files.forget(f.key, f"source {pos.path} (rotated): read to its end")
                 return 0, 0, 0, False
             start = pos.offset
+            mark = self.marks.found().get(f.key)
+            if mark is not None:
+                if mark.get("start") == start and [mark.get("dev"), mark.get("ino")] == list(pos.identity):
+                    return self._recover(f, fd, st, mark["end"])
+                self.marks.clear(f.key)  # that pass was saved; only its mark's removal was cut off
             good: list[SourceLine] = []
             bad: list[tuple[SourceLine, str]] = []
-            end, lineno, lines, more = start, pos.lineno, 0, False
+            end, lineno, lines, more, inside = start, pos.lineno, 0, False, pos.inside
             # A rotated file that stopped changing is finished: its unterminated last line is final too.
-            for line in read_lines(pos.path, spec.format, start, lineno=pos.lineno, include_partial=quiet, fd=fd):
+            for line in read_lines(pos.path, spec.format, start, lineno=pos.lineno, include_partial=quiet, fd=fd,
+                                   max_line=self.max_line, inside=pos.inside):
                 if line.error is not None:
                     bad.append((line, line.error))
                 elif line.rows:
                     good.append(line)
-                end, lineno = line.end, line.lineno + 1
+                inside = line.long is not None and line.long.open  # a long line goes on: resume inside it
+                end, lineno = line.end, line.lineno + (0 if inside else 1)
                 lines += 1
                 if lines >= budget or end - start >= byte_budget:
                     more = True
                     break
             if end == start:
                 return 0, lines, 0, False  # only a partial line (or blank lines) so far
-            envs, poison = pack(good)
-            self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
-            if envs:
-                self.spool.append_lines(spec.table, envs)  # durable when it returns ...
-                reached("tail.appended")  # test-only mark: a crash here re-reads these lines
-            pos.move(fd, st, end, lineno)
-            self.files.save(f)  # ... and only then does the offset move past those lines
+            if good:  # marked before encoding: if encoding kills the daemon, the next start isolates this pass
+                self.marks.mark(f.key, path=pos.path, dev=pos.dev, ino=pos.ino, start=start, end=end)
+                reached("tail.marked")  # test-only mark: a crash here must not crash every start after it
+            try:
+                envs, poison = pack(good, self.max_line)
+                self._quarantine(f, fd, sorted(bad + poison, key=lambda b: b[0].start))
+                if envs:
+                    self.spool.append_lines(spec.table, envs)  # durable when it returns ...
+                    reached("tail.appended")  # test-only mark: a crash here re-reads these lines
+                pos.move(fd, st, end, lineno, inside=inside)
+                self.files.save(f)  # ... and only then does the offset move past those lines
+            finally:  # done, or failed and alive (a full spool...): nothing for a next start to isolate
+                if good:
+                    self.marks.clear(f.key)
             if quiet and end >= st.st_size:
                 self.files.forget(f.key, f"source {pos.path} (rotated): read to its end")
             return sum(n for _, n in envs), lines, end - start, more
         finally:
             os.close(fd)
+
+    def _recover(self, f: Follow, fd: int, st: os.stat_result, stop: int) -> tuple[int, int, int, bool]:
+        """The daemon died inside a pass of ``f`` (its mark is still there): run it again out of process, a
+        line at a time, so the line that killed it is quarantined and every other line spooled once."""
+        pos, spec = f.pos, self.files.spec(f)
+        start = pos.offset
+        log.warning("source %s: the daemon died while spooling bytes %d-%d; re-reading them line by line in a "
+                    "separate process", pos.path, start, stop)
+        res = isolate(pos.path, spec.format, start, stop, pos.lineno, self.max_line, pos.inside)
+        self._quarantine(f, fd, [(SourceLine(pos.path, n, s, e, [], reason), reason) for s, e, n, reason in res.bad])
+        if res.envelopes:
+            self.spool.append_lines(spec.table, res.envelopes)
+        pos.move(fd, st, res.end, res.lineno, inside=res.inside)
+        self.files.save(f)
+        self.marks.clear(f.key)
+        return res.rows, 1, res.end - start, True
 
     def _rewritten(self, f: Follow) -> bool:
         """``f`` shrank below its offset or changed under it: read its rotated copy (if any) first, then it."""
@@ -226,7 +264,8 @@ class Tailer:
         if not bad:
             return
         spec = self.files.spec(f)
-        records = [line_record(reason, line, fd, format=spec.format, source="tail") for line, reason in bad]
+        records = [line_record(reason, line, fd, self.max_line, format=spec.format, source="tail")
+                   for line, reason in bad]
         # Named by the first bad line: a pass retried after a failure replaces the file, never doubles it.
         self.spool.quarantine(spec.table, f"tail-{f.key[:16]}-{bad[0][0].start:015d}", records)
         line, reason = bad[0]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import orjson
 
+from spoold.casts import MAX_DEPTH, too_deep
 from spoold.sources.jsonl import parse_object
 from spoold.sources.line import SourceLineError
 
@@ -112,6 +113,8 @@ def _kind_and_text(part: object) -> tuple[str, str]:
 
 
 def _as_json(value: object) -> str:
+    if too_deep(value):  # before the encoder: orjson 3.12/3.13 crash on some deep values
+        raise SourceLineError(f"a content part is nested too deeply (over {MAX_DEPTH} levels)")
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:  # orjson reads 1,024 levels of nesting but writes only ~254

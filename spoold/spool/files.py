@@ -16,13 +16,18 @@ from typing import Any
 
 import orjson
 
+from spoold.casts import too_deep
 from spoold.envelope import LineResult, Validator
 from spoold.safefile import UnsafeFile, open_file
+from spoold.settings import SpoolLimits
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine"
 FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 READ_BLOCK = 1 << 20
+MAX_LINE_BYTES = SpoolLimits().max_line_bytes
+LONG_HEAD_BYTES = 4096  # what a quarantine record keeps of a line over max_line_bytes
+REPR_BYTES = 4096  # how much of a value that cannot be written as JSON a quarantine record keeps
 
 
 def flush_name(seq: int) -> str:
@@ -34,29 +39,65 @@ def flush_seq(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+def iter_lines(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
     """Yield ``(lineno, line without newline, terminated)`` for every line of ``path``.
 
-    UnsafeFile if ``path`` is a link or not a regular file (a producer planted it): never followed.
+    A line over ``max_line`` bytes is never read whole: its first LONG_HEAD_BYTES
+    stand for it (:func:`read_validated` rejects it as too long). UnsafeFile if
+    ``path`` is a link or not a regular file (a producer planted it): never followed.
     """
-    with open(open_file(path), "rb", buffering=READ_BLOCK) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.endswith(b"\n"):
-                yield lineno, line[:-1], True
-            else:
-                yield lineno, line, False
+    for lineno, raw, terminated, _length in _lines(path, max_line):
+        yield lineno, raw, terminated
 
 
-def read_validated(path: Path, validator: Validator) -> Iterator[tuple[int, bytes, LineResult]]:
+def _lines(path: Path, max_line: int) -> Iterator[tuple[int, bytes, bool, int]]:
+    """:func:`iter_lines` plus each line's true length (over ``max_line``: only its head is in ``raw``)."""
+    with open(open_file(path), "rb", buffering=0) as f:
+        lineno, pending, plen = 1, bytearray(), 0  # the line spanning blocks: at most its head past max_line
+        while block := f.read(READ_BLOCK):
+            if plen:
+                nl = block.find(b"\n")
+                piece = block if nl < 0 else block[:nl]
+                if plen + len(piece) <= max_line:
+                    pending += piece
+                elif len(pending) < LONG_HEAD_BYTES:
+                    pending += piece[: LONG_HEAD_BYTES - len(pending)]
+                plen += len(piece)
+                if nl < 0:
+                    continue
+                yield lineno, _head(pending, plen, max_line), True, plen
+                lineno, pending, plen, block = lineno + 1, bytearray(), 0, block[nl + 1 :]
+            lines = block.split(b"\n")  # the usual case: whole lines within a block, split at C speed
+            tail = lines.pop()
+            for line in lines:
+                yield lineno, line if len(line) <= max_line else line[:LONG_HEAD_BYTES], True, len(line)
+                lineno += 1
+            if tail:
+                pending, plen = bytearray(tail if len(tail) <= max_line else tail[:LONG_HEAD_BYTES]), len(tail)
+        if plen:
+            yield lineno, _head(pending, plen, max_line), False, plen
+
+
+def _head(pending: bytearray, plen: int, max_line: int) -> bytes:
+    return bytes(pending) if plen <= max_line else bytes(pending[:LONG_HEAD_BYTES])
+
+
+def read_validated(path: Path, validator: Validator,
+                   max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, LineResult]]:
     """Every line of a pending spool file with THE verdict of the envelope rules.
 
     An unterminated last line of a *rotated* file is a torn write (rejected);
     in ``active.jsonl`` it may be a write still in progress, so it is skipped.
+    A line over ``max_line`` bytes is rejected whole, unread: ``raw`` is its head.
     """
     active = path.name == ACTIVE
-    for lineno, raw, terminated in iter_lines(path):
+    for lineno, raw, terminated, length in _lines(path, max_line):
         if not terminated and active:
             return
+        if length > max_line:
+            yield lineno, raw, LineResult(error=f"line longer than max_line_bytes ({length} > {max_line} bytes); "
+                                          f"raw keeps its first {len(raw)} bytes")
+            continue
         yield lineno, raw, validator.line(raw, terminated)
 
 
@@ -98,16 +139,29 @@ def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = Non
 
 
 def record_line(rec: dict[str, Any]) -> bytes:
-    """One quarantine record as a JSON line, even when a rejected value is nested too deeply to
-    write as JSON (orjson writes 253 levels): that value is kept as its Python repr instead."""
+    """One quarantine record as a JSON line, even when a rejected value cannot be written as JSON
+    (nested over MAX_DEPTH levels, which is never handed to the encoder, or an integer beyond 64
+    bits): that value is kept as the start of its Python repr instead."""
+    if not any(isinstance(v, (dict, list, tuple)) and too_deep(v) for v in rec.values()):
+        try:
+            return orjson.dumps(rec, default=str) + b"\n"
+        except TypeError:
+            pass
+    safe = {}
+    for k, v in rec.items():
+        if isinstance(v, (dict, list, tuple)) and too_deep(v):
+            safe[f"{k}_repr"] = _short_repr(v)
+            continue
+        try:
+            orjson.dumps(v, default=str)
+            safe[k] = v
+        except TypeError:
+            safe[f"{k}_repr"] = _short_repr(v)
+    return orjson.dumps(safe, default=str) + b"\n"
+
+
+def _short_repr(v: Any) -> str:
     try:
-        return orjson.dumps(rec, default=str) + b"\n"
-    except TypeError:
-        safe = {}
-        for k, v in rec.items():
-            try:
-                orjson.dumps(v, default=str)
-                safe[k] = v
-            except TypeError:
-                safe[f"{k}_repr"] = repr(v)
-        return orjson.dumps(safe, default=str) + b"\n"
+        return repr(v)[:REPR_BYTES]
+    except RecursionError:
+        return f"<a {type(v).__name__} nested too deeply to show>"

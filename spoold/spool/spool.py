@@ -27,7 +27,7 @@ from typing import Any
 from spoold.config import Config, validate_identifier
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import envelopes
-from spoold.errors import SpoolError, TableBusy, UsageError
+from spoold.errors import InputError, SpoolError, TableBusy, UsageError
 from spoold.locks import Busy, FileLocks
 from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file, temp_name
 from spoold.settings import SpoolLimits
@@ -157,7 +157,7 @@ class Spool:
     # -- writing ----------------------------------------------------------------
     def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append row objects (column → value); durable (fsync'd) when this returns."""
-        lines = list(envelopes(rows))
+        lines = list(envelopes(rows, self.bounds.limits.max_line_bytes))
         self.append_lines(table, lines)
         return sum(n for _, n in lines)
 
@@ -169,6 +169,8 @@ class Spool:
         payloads = [x[0] if isinstance(x, tuple) else x for x in lines]
         if not payloads:
             return
+        if max(map(len, payloads)) > self.bounds.limits.max_line_bytes:  # flush would quarantine it unread
+            raise InputError(f"an envelope line is longer than max_line_bytes ({self.bounds.limits.max_line_bytes})")
         size = sum(map(len, payloads))
         try:
             with self._locked(table) as d:

@@ -1,0 +1,163 @@
+"""Re-run a tailing pass that killed the daemon, one line at a time, out of process.
+
+The tailer marks a pass (:class:`PassMarks`) before it encodes its lines and
+clears the mark once their rows are spooled and the offset saved. A mark found
+at start-up means the daemon died inside that pass (an encoder that crashes on
+some value, the OOM killer): running the pass again in-process could die the
+same way, forever. Instead a child process reads and encodes the marked range
+a line at a time, reporting each line before and after; the line a child died
+on is quarantined (its bytes are never parsed in the daemon) and a new child
+goes on after it. The daemon only appends the children's envelope bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spoold._testhooks import reached
+
+log = logging.getLogger("spoold.sources.tail")
+
+MARK_SUFFIX = ".pass"  # beside the offsets (``<key>.json``) in the tail state directory
+CHILD_TIMEOUT_S = 300.0
+
+
+class PassMarks:
+    """One small file per file being tailed, present only while a pass of it is between read and saved."""
+
+    def __init__(self, tail_dir: Path) -> None:
+        self.dir = tail_dir
+        self._found: dict[str, dict[str, Any]] | None = None
+
+    def found(self) -> dict[str, dict[str, Any]]:
+        """The marks an earlier process left (read once: this process's own are cleared as it goes)."""
+        if self._found is None:
+            self._found = {}
+            if self.dir.is_dir():
+                for f in self.dir.glob(f"*{MARK_SUFFIX}"):
+                    try:
+                        self._found[f.stem] = orjson.loads(f.read_bytes())
+                    except (OSError, orjson.JSONDecodeError) as e:
+                        log.warning("pass mark %s unreadable (%s); ignored", f, e)
+        return self._found
+
+    def mark(self, key: str, **doc: Any) -> None:
+        # Not fsync'd: it must survive the daemon's death, which the page cache does; after a power
+        # loss the pass is simply run again as before.
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.dir / f"{key}{MARK_SUFFIX}"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(orjson.dumps(doc))
+        os.replace(tmp, path)
+
+    def clear(self, key: str) -> None:
+        self.found().pop(key, None)
+        try:
+            (self.dir / f"{key}{MARK_SUFFIX}").unlink()
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(slots=True)
+class Isolated:
+    """What the children made of a marked range: envelope lines, and (start, end, lineno, reason) to set aside."""
+
+    envelopes: list[bytes] = field(default_factory=list)
+    rows: int = 0
+    bad: list[tuple[int, int, int, str]] = field(default_factory=list)
+    end: int = 0
+    lineno: int = 1
+    inside: bool = False
+
+
+def isolate(path: str, fmt: str, start: int, stop: int, lineno: int, max_line: int, inside: bool) -> Isolated:
+    """Encode the lines of ``path`` that start in [``start``, ``stop``) in child processes (see module doc)."""
+    out = Isolated(end=start, lineno=lineno, inside=inside)
+    while out.end < stop:
+        args = [sys.executable, "-m", "spoold.sources.isolate", path, fmt, str(out.end), str(stop),
+                str(out.lineno), str(max_line), "1" if out.inside else "0"]
+        proc = subprocess.run(args, capture_output=True, timeout=CHILD_TIMEOUT_S, check=False)
+        _collect(proc.stdout, out)
+        if proc.returncode == 0:
+            break
+        # It died on the first line it had not reported: found here by its newline, never parsed.
+        s, e, n = _next_line(path, out.end, out.lineno, out.inside)
+        if e == s:
+            raise OSError(f"re-running {path} line by line failed: {proc.stderr.decode(errors='replace')[-300:]}")
+        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        out.bad.append((s, e, n, f"reading or encoding this line killed the process ({how})"))
+        out.end, out.lineno, out.inside = e, n + 1, False
+        log.warning("source %s line %d: killed the process that read it (%s); quarantined", path, n, how)
+    return out
+
+
+def _next_line(path: str, pos: int, lineno: int, inside: bool) -> tuple[int, int, int]:
+    """(start, end, lineno) of the first non-blank line from ``pos`` (the rest of a long one: its line)."""
+    with open(path, "rb", buffering=0) as f:
+        f.seek(pos)
+        start, blank = pos, not inside
+        while block := f.read(1 << 20):
+            i = 0
+            while True:
+                nl = block.find(b"\n", i)
+                if blank and block[i : nl if nl >= 0 else len(block)].strip():
+                    blank = False
+                if nl < 0:
+                    break
+                if not blank:
+                    return start, pos + nl + 1, lineno
+                start, lineno, i = pos + nl + 1, lineno + 1, nl + 1
+            pos += len(block)
+    return start, pos, lineno
+
+
+def _collect(stdout: bytes, out: Isolated) -> None:
+    """Take the lines a child finished (each: a JSON header, then its envelope lines) into ``out``."""
+    lines = stdout.split(b"\n")
+    i = 0
+    while i < len(lines) and lines[i]:
+        doc = orjson.loads(lines[i])
+        n = doc["envelopes"]
+        if i + 1 + n > len(lines) - 1:  # its envelopes were cut off by its death: as if never finished
+            return
+        out.envelopes += [x + b"\n" for x in lines[i + 1 : i + 1 + n]]
+        i += 1 + n
+        out.rows += doc["rows"]
+        if doc["reason"] is not None:
+            out.bad.append((doc["start"], doc["end"], doc["lineno"], doc["reason"]))
+        out.end, out.lineno, out.inside = doc["end"], doc["next_lineno"], doc["inside"]
+
+
+def _child(path: str, fmt: str, start: int, stop: int, lineno: int, max_line: int, inside: bool) -> None:
+    from spoold.sources.pack import pack
+    from spoold.sources.reader import read_lines
+
+    w = sys.stdout.buffer
+    fd = os.open(path, os.O_RDONLY)
+    for line in read_lines(path, fmt, start, lineno=lineno, fd=fd, max_line=max_line, inside=inside):
+        if line.start >= stop:
+            break
+        reached("tail.isolate.line")  # test-only: a test kills the child here to stand for an encoder's crash
+        envs, poison = pack([line], max_line) if line.error is None else ([], [(line, line.error)])
+        is_open = bool(line.long and line.long.open)
+        doc = {"start": line.start, "end": line.end, "lineno": line.lineno, "reason": poison[0][1] if poison else None,
+               "envelopes": len(envs), "rows": sum(n for _, n in envs),
+               "next_lineno": line.lineno + (0 if is_open else 1), "inside": is_open}
+        w.write(orjson.dumps(doc) + b"\n" + b"".join(e for e, _ in envs))
+        w.flush()  # reported before the next line: what a later death leaves is known good
+    os.close(fd)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    _child(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), a[6] == "1")
