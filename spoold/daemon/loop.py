@@ -33,7 +33,7 @@ from spoold.daemon.scheduler import LogLimiter, TableState, due_tables
 from spoold.daemon.worker import Worker
 from spoold.errors import SpooldError, one_line
 from spoold.sources.tail import Tailer
-from spoold.spool.spool import Spool
+from spoold.spool.spool import ROTATE_WAIT_S, Spool
 
 log = logging.getLogger("spoold.daemon.loop")
 
@@ -67,6 +67,7 @@ class Daemon:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.spool = Spool.from_config(config)
+        self.spool.lock_wait_s = ROTATE_WAIT_S  # a stuck producer's lock costs its table a turn, never the loop
         self.spool.make_root()
         self.spool.sweep_temp()  # the root's own leftovers (per table: each flush)
         self.root = str(self.spool.root.resolve())

@@ -12,8 +12,9 @@ answers on its own threads.
 
 Health (:func:`health`, pure): 200 while capture and commits work; 503 while
 starting (until the loop's first turn) or draining (SIGTERM), while some
-table's rows have failed to commit for longer than ``max_delay_s``, and while
-a table's spool is full.
+table's rows have failed to commit (or found its spool lock held) for longer
+than ``max_delay_s``, while a table's spool is full, and while the daemon's
+loop has not turned for ``STALL_S`` (a heartbeat the loop records).
 """
 
 from __future__ import annotations
@@ -33,15 +34,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("spoold.daemon.loop")
 
 STARTING, RUNNING, DRAINING = "starting", "running", "draining"
+STALL_S = 10.0  # the loop turns every 250 ms and long work pings about every second: this long silent is stuck
 FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float) -> tuple[bool, str]:
-    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`)."""
+def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float,
+           stalled_s: float = 0.0) -> tuple[bool, str]:
+    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`);
+    ``stalled_s``: how long since the loop's last heartbeat."""
     if phase != RUNNING:
         return False, phase
+    if stalled_s > STALL_S:
+        return False, f"daemon loop stuck: no turn for {stalled_s:.0f}s"
     for table, info in sorted(state.get("tables", {}).items()):
         oldest = info.get("oldest_pending_at")
+        if info.get("lock_held_since") and oldest is not None and now - oldest > max_delay_s:
+            return False, (f"table {table}: spool lock held by another process for "
+                           f"{now - info['lock_held_since']:.0f}s; rows wait past max_delay_s {max_delay_s:g}")
         if info.get("failures") and oldest is not None and now - oldest > max_delay_s:
             return False, (f"table {table}: rows failing to commit for {now - oldest:.0f}s "
                            f"(max_delay_s {max_delay_s:g}): {info.get('last_error')}")
@@ -122,6 +131,7 @@ class Server:
 
         disable_created_metrics()  # no *_created series beside each counter: nobody graphs them
         self.phase = STARTING
+        self.heartbeat = time.monotonic()  # the loop's last turn, set by its Report
         self._state: Mapping[str, Any] = {}
         self._max_delay_s = float("inf")
         self.registry = CollectorRegistry()
@@ -149,7 +159,7 @@ class Server:
 
     def health(self) -> tuple[bool, str]:
         """:func:`health` now, from the last published state."""
-        return health(self.phase, self._state, time.time(), self._max_delay_s)
+        return health(self.phase, self._state, time.time(), self._max_delay_s, time.monotonic() - self.heartbeat)
 
     def state(self) -> tuple[Mapping[str, Any], frozenset[str]]:
         """The last published state and every table seen so far."""

@@ -37,6 +37,7 @@ class TableState:
     backoff_s: float = 0.0
     retry_at: float | None = None
     last_error: str | None = None
+    lock_held_since: float | None = None  # rotation has found the table's append lock held since then
 
     @property
     def pending(self) -> bool:

@@ -43,6 +43,13 @@ from spoold.spool.files import (
 )
 
 STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
+# Rotation waits at most this long for a table's append lock: a producer holds it for one fsync,
+# so a longer hold is a stuck (or hostile) producer, and the flusher must go on with other tables.
+ROTATE_WAIT_S = 1.0
+
+
+class LockHeld(TableBusy):
+    """A table's append lock stayed held by someone else past the bound: try the table again later."""
 
 
 class Spool:
@@ -57,6 +64,9 @@ class Spool:
         self._file_mode = 0o660 if group else 0o600
         self._dirs: dict[str, Path] = {}
         self._locks = FileLocks(self._file_mode, self._chown)
+        # Longest an append waits for the table's lock (None: as long as it takes, as producers do);
+        # the daemon bounds its own (its tailer's), so one stuck table never stops the others.
+        self.lock_wait_s: float | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
@@ -220,11 +230,14 @@ class Spool:
         return staged + len(data)
 
     def rotate(self, table: str) -> Path | None:
-        """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
+        """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty.
+
+        Raises :class:`LockHeld` when the append lock stays held past ``ROTATE_WAIT_S``.
+        """
         d = self.table_dir(table)
         if not (d / ACTIVE).exists():
             return None
-        with self._locked(table) as d:
+        with self._locked(table, timeout=ROTATE_WAIT_S) as d:
             return self._rotate_locked(table, d)
 
     def _rotate_locked(self, table: str, d: Path) -> Path | None:
@@ -309,16 +322,23 @@ class Spool:
 
     # -- internals --------------------------------------------------------------
     @contextmanager
-    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True) -> Iterator[Path]:
+    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True,
+                timeout: float | None = None) -> Iterator[Path]:
         d = self._dirs.get(table)
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
         if not os.path.isdir(d):
             self.table_dir(table, create=True)
+        if name == ".lock" and self.lock_wait_s is not None:
+            timeout = self.lock_wait_s if timeout is None else min(timeout, self.lock_wait_s)
         try:
-            with self._locks.hold(d / name, wait=wait):
+            with self._locks.hold(d / name, wait=wait, timeout=timeout):
                 yield d
         except Busy as e:
+            if name == ".lock":
+                waited = f" for over {timeout:g}s" if timeout is not None else ""
+                raise LockHeld(f"table {table}: spool lock held by {e}{waited} "
+                               "(a producer stuck in an append?)") from None
             raise TableBusy(f"table {table} is being flushed by {e} (e.g. `spoold flush`)") from None
 
     def _repair_tail(self, table: str, fd: int) -> None:
