@@ -38,14 +38,20 @@ class FlushSettings:
 
 @dataclass(frozen=True, slots=True)
 class SpoolLimits:
-    """``[spool] max_bytes`` and ``min_free_bytes``: past either, an append is refused whole (SpoolFull)."""
+    """``[spool]`` bounds: past ``max_bytes`` or ``min_free_bytes`` an append is refused whole (SpoolFull);
+    the quarantine's own budget and retention."""
 
     # Pending bytes per table (active + flush files); 0: no per-table bound.
     max_bytes: int = 0
     # Free bytes kept on the spool's filesystem; 0: none. AUTO_FREE: 2% of the filesystem, at most 256 MiB.
     min_free_bytes: int = -1
+    # Bytes of quarantine records kept per table; past it (or min_free_bytes) records are counted, not
+    # written. 0: no per-table bound.
+    quarantine_max_bytes: int = 256 << 20
+    # Quarantine files older than this are removed by the daemon; 0: kept until replayed or removed.
+    quarantine_retention_s: float = 0.0
 
-    ZERO_OK = frozenset({"max_bytes", "min_free_bytes"})
+    ZERO_OK = frozenset({"max_bytes", "min_free_bytes", "quarantine_max_bytes", "quarantine_retention_s"})
     AUTO_FREE = -1
 
 

@@ -33,6 +33,7 @@ from spoold.daemon.scheduler import LogLimiter, TableState, due_tables
 from spoold.daemon.worker import Worker
 from spoold.errors import SpooldError, one_line
 from spoold.sources.tail import Tailer
+from spoold.spool import quarantine
 from spoold.spool.spool import ROTATE_WAIT_S, Spool
 
 log = logging.getLogger("spoold.daemon.loop")
@@ -220,6 +221,23 @@ class Daemon:
         self.tailer.discover()
         if [str(p) for p in self.tailer.watch_paths()] != self._watched[1:]:
             self._rewatch = True
+        self._expire_quarantine(now)
+
+    def _expire_quarantine(self, now: float) -> None:
+        """``[spool] quarantine_retention_s``: remove quarantine older than that (at start-up and each rescan)."""
+        keep_s = self.config.spool_limits.quarantine_retention_s
+        if not keep_s:
+            return
+        for table in self.spool.tables():
+            try:
+                files, records = quarantine.expire(self.spool, table, keep_s, now)
+            except OSError as e:
+                if (more := self.errors.note(f"retention:{table}", now)) is not None:
+                    log.error("table %s: cannot apply quarantine retention: %s%s", table, one_line(e), more)
+                continue
+            if files or records:
+                log.info("table %s: removed %d quarantine file(s), %d record(s), older than "
+                         "[spool] quarantine_retention_s = %gs", table, files, records, keep_s)
 
     def _stopping(self) -> bool:
         """Asked by a flush between chunks: a stop signal ends it early (the rest stays spooled)."""

@@ -30,6 +30,7 @@ from spoold.envelope import envelopes
 from spoold.errors import SpoolError, TableBusy, UsageError
 from spoold.locks import Busy, FileLocks
 from spoold.settings import SpoolLimits
+from spoold.spool import tally
 from spoold.spool.bounds import Bounds
 from spoold.spool.files import (
     ACTIVE,
@@ -260,14 +261,42 @@ class Spool:
         return target
 
     def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
-        """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
+        """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double).
+
+        Only what fits in the table's quarantine budget and above ``min_free_bytes`` is written;
+        the rest is counted in the tally (:mod:`spoold.spool.tally`). None: nothing was written.
+        """
         if not records:
             return None
         qdir = self.table_dir(table, create=True) / QUARANTINE
         self._mkdir(qdir)
         path = qdir / f"{name}.jsonl"
-        write_atomic(path, b"".join(record_line(r) for r in records), self._file_mode)
-        return path
+        lines = [record_line(r) for r in records]
+        room, kept, size = self.bounds.quarantine_room(qdir, path), 0, 0
+        while kept < len(lines) and size + len(lines[kept]) <= room:
+            size += len(lines[kept])
+            kept += 1
+        with self.tally_lock(table):
+            if kept:
+                write_atomic(path, b"".join(lines[:kept]), self._file_mode)
+            elif path.exists():  # a retry that finds less room than its first try: the tally counts them all
+                path.unlink()
+                fsync_dir(qdir)
+            tally.record(qdir, name, records[kept:], sum(map(len, lines[kept:])), self._file_mode)
+        if kept < len(records):
+            self.bounds.quarantine_over(table, len(records) - kept)
+        return path if kept else None
+
+    @contextmanager
+    def tally_lock(self, table: str) -> Iterator[None]:
+        """Held while the quarantine's tally of ``table`` changes (flush, backfill and retention all count)."""
+        with self._locks.hold(self.table_dir(table) / QUARANTINE / tally.TALLY_LOCK):
+            yield
+
+    @property
+    def file_mode(self) -> int:
+        """The mode of the files this spool writes (0600, or 0660 for a producer group)."""
+        return self._file_mode
 
     def remove(self, paths: Iterable[Path]) -> None:
         """Delete flush files whose rows are durably committed."""
