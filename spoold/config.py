@@ -33,6 +33,7 @@ COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "da
 SOURCE_FORMATS = ("jsonl", "transcript")
 DEFAULT_KEY = "part_id"
 DEFAULT_LEGACY_KEY = ("message_id", "part_index")
+DEFAULT_MAX_COLUMNS = 1000  # [tables] max_columns: a table's columns beyond this are refused (their rows quarantined)
 SYSTEM_CONFIG = Path("/etc/spoold/spoold.toml")
 
 _IDENT_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+")
@@ -85,6 +86,7 @@ class TableSpec:
     partition_by: tuple[PartitionField, ...] = ()
     columns: tuple[Column, ...] = ()  # empty: inferred from the first envelopes
     declared: bool = False
+    max_columns: int = DEFAULT_MAX_COLUMNS  # [tables] max_columns: no new column past this many
 
     def column_types(self) -> dict[str, str]:
         return {c.name: c.type for c in self.columns}
@@ -117,12 +119,13 @@ class Config:
     maintain: MaintainSettings = field(default_factory=MaintainSettings)
     tables: Mapping[str, TableSpec] = field(default_factory=dict)
     sources: tuple[SourceSpec, ...] = ()
+    max_columns: int = DEFAULT_MAX_COLUMNS
 
     def table(self, identifier: str) -> TableSpec:
         """The declared spec of ``identifier``, or the default (inferred) one."""
         validate_identifier(identifier)
         spec = self.tables.get(identifier)
-        return spec if spec is not None else TableSpec(identifier=identifier)
+        return spec if spec is not None else TableSpec(identifier=identifier, max_columns=self.max_columns)
 
 
 def _xdg_dir(var: str, default: str) -> Path:
@@ -214,7 +217,12 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         if not daemon.listen_public and not is_loopback(host):
             raise ConfigError(f"daemon.listen = {daemon.listen!r} is not a loopback address: /metrics and /health "
                               "would be open to the network; set [daemon] listen_public = true to allow it")
-    tables = {ident: _parse_table(ident, t) for ident, t in _table(data, "tables").items()}
+    tables_t = dict(_table(data, "tables"))
+    # A plain key beside the tables: no table is named so (identifiers have a dot), so they cannot collide.
+    max_columns = tables_t.pop("max_columns", DEFAULT_MAX_COLUMNS)
+    if type(max_columns) is not int or max_columns < 1:
+        raise ConfigError("tables.max_columns: expected a positive integer")
+    tables = {ident: _parse_table(ident, t, max_columns) for ident, t in tables_t.items()}
     sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
     return Config(
         path=path,
@@ -229,6 +237,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         maintain=_settings(MaintainSettings, _table(data, "maintain"), "maintain"),
         tables=tables,
         sources=sources,
+        max_columns=max_columns,
     )
 
 
@@ -276,7 +285,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _parse_table(ident: str, t: Any) -> TableSpec:
+def _parse_table(ident: str, t: Any, max_columns: int = DEFAULT_MAX_COLUMNS) -> TableSpec:
     where = f"tables.{ident!r}"
     try:
         validate_identifier(ident)
@@ -315,7 +324,7 @@ def _parse_table(ident: str, t: Any) -> TableSpec:
     for p in parts:
         if columns and p.column not in types:
             raise ConfigError(f"{where}.partition_by: {p} names an undeclared column {p.column!r}")
-    return TableSpec(ident, key, tuple(legacy), tuple(parts), tuple(columns), declared=True)
+    return TableSpec(ident, key, tuple(legacy), tuple(parts), tuple(columns), declared=True, max_columns=max_columns)
 
 
 def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:

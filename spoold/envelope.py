@@ -30,6 +30,7 @@ _PLAIN = frozenset({str, bool, type(None)})  # values that need no check before 
 _NUMERIC = _PLAIN | {int, float}
 MAX_ENVELOPE_ROWS = 1000
 MAX_ENVELOPE_BYTES = 1 << 20  # an envelope is split below this, unless one row is larger
+MAX_COLUMN_NAME_BYTES = 255  # an inferred column's name, in UTF-8
 
 def encode(columns: Sequence[str], rows: Iterable[Sequence[Any]], **extra: Any) -> bytes:
     """One envelope line, ``\\n``-terminated; ``extra`` keys ride along (readers ignore them)."""
@@ -182,6 +183,11 @@ class Validator:
     ``1.5`` makes a ``long`` column and rejects the second row, whatever the
     chunking. Table columns of types spoold does not write (lists, structs,
     decimals...) accept only null.
+
+    A new column is refused, with the rows that bring a value for it, when its
+    name is not printable, longer than ``MAX_COLUMN_NAME_BYTES``, equal to an
+    existing column's but for case, or when the table would get more than
+    ``[tables] max_columns`` columns (declared and existing ones count too).
     """
 
     def __init__(
@@ -201,6 +207,7 @@ class Validator:
         self.pinned = frozenset(self.types)
         self.types.setdefault(spec.key, "string")  # keys are strings, never inferred as numbers
         self.required = (spec.required() | table_required) - {spec.key}  # the key has its own rule
+        self._folded: dict[str, str] | None = None  # casefolded name → column, made at the first new column
 
     def inferred(self) -> dict[str, str]:
         """Columns this validator has seen that the table does not have yet."""
@@ -264,8 +271,37 @@ class Validator:
             first = next((v for v in vals if v is not None), None)
             if first is None:
                 return None  # all null and untyped: nothing to store
+            refused = self._refuse(name)
+            if refused is not None:
+                for pos, v in enumerate(vals):
+                    if v is not None:
+                        row_bad.setdefault(pos, refused)
+                return None
             typ = self.types[name] = INFERRED[type(first)]
+            self._names()[name.casefold()] = name
         return cast_column(name, typ, vals, row_bad, self._casters, vector=self._vector)
+
+    def _names(self) -> dict[str, str]:
+        """The columns by casefolded name (made at the first new column: most validators never need it)."""
+        if self._folded is None:
+            self._folded = {c.casefold(): c for c in self.types}
+        return self._folded
+
+    def _refuse(self, name: str) -> str | None:
+        """Why a new column ``name`` may not be added to the table, or None."""
+        shown = repr(name if len(name) <= 64 else name[:64] + "...")
+        if not name.isprintable():
+            return f"column name {shown} is not printable (control characters are not allowed)"
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > MAX_COLUMN_NAME_BYTES:
+            return f"column name {shown} is {size} bytes long (at most {MAX_COLUMN_NAME_BYTES} in UTF-8)"
+        other = self._names().get(name.casefold())
+        if other is not None:
+            return f"column {shown} differs from column {other!r} only in case"
+        if len(self.types) >= self.spec.max_columns:
+            return (f"column {shown} would be the table's column {len(self.types) + 1}: "
+                    f"beyond [tables] max_columns = {self.spec.max_columns}")
+        return None
 
     def _keys(
         self, raw: dict[str, list[Any]], out: dict[str, list[Any]], n: int, row_bad: dict[int, str]

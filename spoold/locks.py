@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +33,9 @@ class FileLocks:
         self._guard = threading.Lock()
 
     @contextmanager
-    def hold(self, path: Path, *, wait: bool = True) -> Iterator[None]:
-        """Hold the lock on ``path`` (created if missing); ``wait=False`` raises :class:`Busy` at once."""
+    def hold(self, path: Path, *, wait: bool = True, timeout: float | None = None) -> Iterator[None]:
+        """Hold the lock on ``path`` (created if missing); ``wait=False`` raises :class:`Busy` at once,
+        ``timeout`` (seconds) once it has not been had for that long."""
         pid = os.getpid()
         with self._guard:
             entry = self._locks.get(path)
@@ -45,13 +47,17 @@ class FileLocks:
                 self._opened(fd)
                 entry = self._locks[path] = (threading.Lock(), fd, pid)
         tlock, fd, _ = entry
-        if not tlock.acquire(blocking=wait):
+        deadline = None if timeout is None or not wait else time.monotonic() + timeout
+        if not tlock.acquire(blocking=wait, timeout=-1 if deadline is None else timeout):
             raise Busy("another thread of this process")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Busy("another process") from None
+            if deadline is None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise Busy("another process") from None
+            else:
+                _flock_until(fd, deadline)
             try:
                 yield
             finally:
@@ -65,3 +71,18 @@ class FileLocks:
             locks, self._locks = self._locks, {}
         for _, fd, _ in locks.values():
             os.close(fd)
+
+
+def _flock_until(fd: int, deadline: float) -> None:
+    """``flock`` with a deadline: polled, since a blocking flock cannot be interrupted from another thread."""
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Busy("another process") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.02)  # short polls: a producer holds the lock for one fsync

@@ -38,7 +38,8 @@ class FlushSettings:
 
 @dataclass(frozen=True, slots=True)
 class SpoolLimits:
-    """``[spool] max_bytes`` and ``min_free_bytes``: past either, an append is refused whole (SpoolFull)."""
+    """``[spool]`` bounds: past ``max_bytes`` or ``min_free_bytes`` an append is refused whole (SpoolFull);
+    the quarantine's own budget and retention."""
 
     # Pending bytes per table (active + flush files); 0: no per-table bound.
     max_bytes: int = 0
@@ -47,8 +48,13 @@ class SpoolLimits:
     # The longest line spoold reads or writes whole (an append's input line, a spool line, a source
     # line): a longer one is refused or quarantined by offset, never held in memory whole.
     max_line_bytes: int = 32 << 20
+    # Bytes of quarantine records kept per table; past it (or min_free_bytes) records are counted, not
+    # written. 0: no per-table bound.
+    quarantine_max_bytes: int = 256 << 20
+    # Quarantine files older than this are removed by the daemon; 0: kept until replayed or removed.
+    quarantine_retention_s: float = 0.0
 
-    ZERO_OK = frozenset({"max_bytes", "min_free_bytes"})
+    ZERO_OK = frozenset({"max_bytes", "min_free_bytes", "quarantine_max_bytes", "quarantine_retention_s"})
     AUTO_FREE = -1
 
 

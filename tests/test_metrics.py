@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spoold.config import ConfigError, parse_config, parse_listen
 from spoold.daemon import metrics
-from spoold.daemon.metrics import DRAINING, RUNNING, STARTING, Server, health
+from spoold.daemon.metrics import DRAINING, RUNNING, STALL_S, STARTING, Server, health
 from spoold.errors import SpooldError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,3 +169,13 @@ def test_counting_stops_when_the_server_closes() -> None:
     s.close()
     metrics.flushed("a.b", "ok", 0.1, {"committed": 1})  # no server: a no-op, no error
     assert metrics._live is None
+
+
+def test_health_fails_while_the_loop_has_not_turned_or_a_table_lock_stays_held() -> None:
+    assert health(RUNNING, state(), NOW, 600, stalled_s=STALL_S - 1) == (True, "ok")
+    ok, why = health(RUNNING, state(), NOW, 600, stalled_s=STALL_S + 1)
+    assert not ok and "loop stuck" in why
+    held = {"oldest_pending_at": NOW - 700, "failures": 0, "lock_held_since": NOW - 650}
+    ok, why = health(RUNNING, state(**{"a.b": held}), NOW, 600)
+    assert not ok and "a.b" in why and "spool lock held" in why
+    assert health(RUNNING, state(**{"a.b": {**held, "oldest_pending_at": NOW - 10}}), NOW, 600)[0]

@@ -326,7 +326,10 @@ def test_torn_tail_with_no_complete_line_and_binary_garbage(tmp_path: Path) -> N
     (spool.table_dir(T) / ACTIVE).write_bytes(garbage)
     spool.append(T, rows("ok", 1))
     (rec,) = quarantined(spool)
-    assert "raw" not in rec and __import__("base64").b64decode(rec["raw_b64"]) == garbage
+    # longer than RAW_KEEP_BYTES: kept truncated, its head exact, its length and hash whole
+    assert "raw" not in rec and "raw_b64" not in rec and rec["truncated"] is True
+    assert __import__("base64").b64decode(rec["raw_head_b64"]) == garbage[:4096]
+    assert rec["raw_bytes"] == len(garbage) and rec["raw_sha256"] == __import__("hashlib").sha256(garbage).hexdigest()
     assert spooled(spool)[0] == ["ok0"]
 
 
@@ -532,8 +535,8 @@ def test_sigkill_of_a_producer_mid_append_never_corrupts_other_rows(tmp_path: Pa
     torn = [q for q in quarantined(spool) if q["reason"].startswith("torn write")]
     assert torn_seen >= 1, "no kill tore a line: the quarantine path was not exercised"
     assert len(torn) >= torn_seen  # every torn tail we saw went to quarantine, with its bytes
-    for q in torn:
-        assert q["raw"].startswith('{"version":1,"columns":["part_id","blob"],"rows":[["big-')
+    for q in torn:  # a big torn tail is kept truncated (its head, length and hash)
+        assert q.get("raw", q.get("raw_head")).startswith('{"version":1,"columns":["part_id","blob"],"rows":[["big-')
     print(f"{rounds} kills, {len(big_acked)} big envelopes acknowledged, {torn_seen} torn tails seen, "
           f"{len(torn)} quarantined, {len(small_keys)} small rows")
 

@@ -37,7 +37,8 @@ from spoold.daemon.worker import Worker
 from spoold.errors import SpooldError, one_line
 from spoold.logs import LogLimiter
 from spoold.sources.tail import Tailer
-from spoold.spool.spool import Spool
+from spoold.spool import quarantine
+from spoold.spool.spool import ROTATE_WAIT_S, Spool
 
 log = logging.getLogger("spoold.daemon.loop")
 
@@ -78,6 +79,7 @@ class Daemon:
     def _apply(self, config: Config) -> None:
         self.config = config
         self.spool = Spool.from_config(config)
+        self.spool.lock_wait_s = ROTATE_WAIT_S  # a stuck producer's lock costs its table a turn, never the loop
         self.spool.make_root()
         self.spool.sweep_temp()  # the root's own leftovers (per table: each flush)
         self.root = str(self.spool.root.resolve())
@@ -257,6 +259,23 @@ class Daemon:
         self.tailer.discover()
         if [str(p) for p in self.tailer.watch_paths()] != self._watched[1:]:
             self._rewatch = True
+        self._expire_quarantine(now)
+
+    def _expire_quarantine(self, now: float) -> None:
+        """``[spool] quarantine_retention_s``: remove quarantine older than that (at start-up and each rescan)."""
+        keep_s = self.config.spool_limits.quarantine_retention_s
+        if not keep_s:
+            return
+        for table in self.spool.tables():
+            try:
+                files, records = quarantine.expire(self.spool, table, keep_s, now)
+            except OSError as e:
+                if (more := self.errors.note(f"retention:{table}", now)) is not None:
+                    log.error("table %s: cannot apply quarantine retention: %s%s", table, one_line(e), more)
+                continue
+            if files or records:
+                log.info("table %s: removed %d quarantine file(s), %d record(s), older than "
+                         "[spool] quarantine_retention_s = %gs", table, files, records, keep_s)
 
     def _stopping(self) -> bool:
         """Asked by a flush between chunks: a stop signal ends it early (the rest stays spooled)."""

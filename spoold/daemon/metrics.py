@@ -12,10 +12,12 @@ answers on its own threads.
 
 Health (:func:`health`, pure): 200 while capture and commits work; 503 while
 starting (until the loop's first turn) or draining (SIGTERM), while some
-table's rows have failed to commit for longer than ``max_delay_s``, and while
-a table's spool is full. The body names each troubled table and the class of
-its error (``catalog unreachable``...), never the error's text: /health has no
-authentication, and drivers' messages may quote credentials.
+table's rows have failed to commit (or found its spool lock held) for longer
+than ``max_delay_s``, while a table's spool is full, and while the daemon's
+loop has not turned for ``STALL_S`` (a heartbeat the loop records). The body
+names each troubled table and the class of its error (``catalog
+unreachable``...), never the error's text: /health has no authentication, and
+drivers' messages may quote credentials.
 """
 
 from __future__ import annotations
@@ -34,18 +36,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("spoold.daemon.loop")
 
 STARTING, RUNNING, DRAINING = "starting", "running", "draining"
+STALL_S = 10.0  # the loop turns every 250 ms and long work pings about every second: this long silent is stuck
 FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float) -> tuple[bool, str]:
-    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`).
+def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float,
+           stalled_s: float = 0.0) -> tuple[bool, str]:
+    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`);
+    ``stalled_s``: how long since the loop's last heartbeat.
 
     ``why`` names the table and the class of its error, never the error's text: /health is unauthenticated.
     """
     if phase != RUNNING:
         return False, phase
+    if stalled_s > STALL_S:
+        return False, f"daemon loop stuck: no turn for {stalled_s:.0f}s"
     for table, info in sorted(state.get("tables", {}).items()):
         oldest = info.get("oldest_pending_at")
+        if info.get("lock_held_since") and oldest is not None and now - oldest > max_delay_s:
+            return False, (f"table {table}: spool lock held by another process for "
+                           f"{now - info['lock_held_since']:.0f}s; rows wait past max_delay_s {max_delay_s:g}")
         if info.get("failures") and oldest is not None and now - oldest > max_delay_s:
             return False, (f"table {table}: {info.get('error_class') or 'flush failing'}, rows failing to commit "
                            f"for {now - oldest:.0f}s (max_delay_s {max_delay_s:g})")
@@ -55,10 +65,12 @@ def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float)
 
 
 def troubled(state: Mapping[str, Any], now: float) -> dict[str, dict[str, Any]]:
-    """Per table whose flushes fail or whose spool is full: the class of error and since when (no text)."""
+    """Per table whose flushes fail, whose spool lock is held or whose spool is full: the class of error, since when."""
     out: dict[str, dict[str, Any]] = {}
     for table, info in sorted(state.get("tables", {}).items()):
-        if info.get("failures"):
+        if info.get("lock_held_since"):
+            out[table] = {"error": "spool lock held", "since_s": round(now - info["lock_held_since"], 1)}
+        elif info.get("failures"):
             oldest = info.get("oldest_pending_at")
             out[table] = {"error": info.get("error_class") or "flush failing", "failures": info["failures"],
                           "since_s": round(now - oldest, 1) if oldest is not None else None}
@@ -139,6 +151,7 @@ class Server:
 
         disable_created_metrics()  # no *_created series beside each counter: nobody graphs them
         self.phase = STARTING
+        self.heartbeat = time.monotonic()  # the loop's last turn, set by its Report
         self._state: Mapping[str, Any] = {}
         self._max_delay_s = float("inf")
         self.registry = CollectorRegistry()
@@ -164,12 +177,12 @@ class Server:
 
     def health(self) -> tuple[bool, str]:
         """:func:`health` now, from the last published state."""
-        return health(self.phase, self._state, time.time(), self._max_delay_s)
+        return health(self.phase, self._state, time.time(), self._max_delay_s, time.monotonic() - self.heartbeat)
 
     def health_doc(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the ``/health`` body): phase, why, and ``tables``: each troubled table with its class of error."""
         now = time.time()
-        ok, reason = health(self.phase, self._state, now, self._max_delay_s)
+        ok, reason = health(self.phase, self._state, now, self._max_delay_s, time.monotonic() - self.heartbeat)
         status = self.phase if self.phase != RUNNING or ok else "failing"
         doc: dict[str, Any] = {"ok": ok, "status": status, "reason": reason}
         tables = troubled(self._state, now)

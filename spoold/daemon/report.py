@@ -55,6 +55,8 @@ class Report:
         """Feed the systemd watchdog when due (cheap: call it as often as work allows)."""
         interval = systemd.watchdog_interval_s()
         mono = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.heartbeat = mono  # the loop turned (or long work on it went on): /health reads it
         if interval is not None and mono - self._last_ping >= interval:
             self._last_ping = mono
             systemd.notify("WATCHDOG=1")
@@ -101,6 +103,7 @@ class Report:
                     "retry_at": round(s.retry_at, 3) if s.retry_at is not None else None,
                     "last_error": s.last_error,
                     "error_class": s.error_class,
+                    "lock_held_since": s.lock_held_since,
                     "pending_bytes": spool.bounds.pending_bytes(t),
                 }
                 for t, s in sorted(states.items())

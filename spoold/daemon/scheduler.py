@@ -38,6 +38,7 @@ class TableState:
     retry_at: float | None = None
     last_error: str | None = None
     error_class: str | None = None  # what kind of failure last_error is (errors.error_class), for /health
+    lock_held_since: float | None = None  # rotation has found the table's append lock held since then
 
     @property
     def pending(self) -> bool:

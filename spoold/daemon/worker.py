@@ -26,7 +26,7 @@ from spoold.daemon.report import Report
 from spoold.daemon.scheduler import TableState, after_failure, after_success, observe
 from spoold.errors import SpooldError, TableBusy, error_class, one_line
 from spoold.logs import LogLimiter
-from spoold.spool.spool import Spool
+from spoold.spool.spool import LockHeld, Spool
 
 if TYPE_CHECKING:
     from spoold.daemon.maintainer import Maintainer
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("spoold.daemon.loop")
 
 BUSY_RETRY_S = 2.0  # a table another process is flushing is looked at again this soon
+HELD_RETRY_MAX_S = 15.0  # a table whose append lock stays held is tried ever less often, up to this
 
 
 class Worker:
@@ -85,6 +86,16 @@ class Worker:
                 self._maintainer = Maintainer(self.config)
                 self._sink = Sink(self.config, events=_Events(self._maintainer))
             flush_table(self.config, self.spool, self._sink, table, wait=False, stop=stop, tick=tick, result=result)
+        except LockHeld as e:
+            # A producer (or anyone) holds the table's append lock: skip it this turn, the other tables go on.
+            now = time.time()
+            prev = self.states.get(table, TableState())
+            since = prev.lock_held_since or now
+            delay = min(HELD_RETRY_MAX_S, max(BUSY_RETRY_S, (now - since) / 2))
+            if (more := self.errors.note(f"held:{table}", now)) is not None:
+                log.warning("table %s: %s; skipped, looking again in %.0fs%s", table, e, delay, more)
+            self.states[table] = replace(prev, retry_at=now + delay, lock_held_since=since)
+            return
         except TableBusy as e:
             # Not a failure: another flusher (e.g. `spoold flush`) is committing these rows right now.
             now = time.time()
@@ -114,6 +125,9 @@ class Worker:
         if prev.failures:
             log.info("table %s: flush succeeded again after %d failure(s)", table, prev.failures)
             self.errors.forget(f"flush:{table}")
+        if prev.lock_held_since is not None:
+            log.info("table %s: its spool lock is free again after %.0fs", table, now - prev.lock_held_since)
+            self.errors.forget(f"held:{table}")
         if result.files:
             log.info("table %s: committed %d row(s), %d deduplicated, %d quarantined%s", table,
                      result.committed, result.deduplicated, result.quarantined,

@@ -3,9 +3,12 @@
 An append that would cross ``[spool] max_bytes`` (a table's pending bytes:
 ``active.jsonl`` plus its flush files) or leave less than ``min_free_bytes``
 free on the spool's filesystem is refused whole with :class:`SpoolFull`.
-Nothing acknowledged is ever dropped to make room: a flush frees it. Only
-appends are bounded; rotation, flush and quarantine never are (a flush is
-what frees room).
+Nothing acknowledged is ever dropped to make room: a flush frees it. Appends
+are refused; rotation and flush never are (a flush is what frees room).
+
+Quarantine has a budget per table (``[spool] quarantine_max_bytes``) and
+counts against ``min_free_bytes`` too: records that do not fit are counted,
+not written (:mod:`spoold.spool.tally`); the rows were rejected already.
 
 The check runs under the table's append lock on every append, so it is kept
 cheap: one ``fstat`` and one ``fstatvfs`` of the open active file, and the
@@ -15,6 +18,7 @@ flush files' total size, listed again only when the table's directory changed.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import threading
@@ -29,6 +33,9 @@ AUTO_FREE_MAX = 256 << 20  # ... and never more than 256 MiB
 # A directory changed within this long of its listing may change again without its mtime moving
 # (timestamps come from a coarse clock): such a listing is not trusted twice.
 _RACY_NS = 100_000_000
+_WARN_EVERY_S = 60.0  # a quarantine past its budget is logged at most this often per table
+
+log = logging.getLogger(__name__)
 
 
 def min_free(limits: SpoolLimits, fs_bytes: int) -> int:
@@ -48,6 +55,7 @@ class Bounds:
         self._active = active
         self._sizes: dict[str, tuple[int, int]] = {}  # table → (its directory's mtime_ns, flush files' bytes)
         self._refused: dict[str, int] = {}  # table → size of the last append refused in this process
+        self._warned: dict[str, tuple[float, int]] = {}  # table → (last warning, records not kept since)
         self._guard = threading.Lock()
 
     # -- the check (under the table's append lock) -------------------------------------
@@ -93,6 +101,39 @@ class Bounds:
             return (f"spool full: {free} bytes free on the spool's filesystem; an append of {size} bytes to "
                     f"table {table} would leave less than [spool] min_free_bytes = {keep}")
         return None
+
+    # -- quarantine ------------------------------------------------------------------------
+    def quarantine_room(self, qdir: Path, replacing: Path) -> int:
+        """Bytes a quarantine file published as ``replacing`` in ``qdir`` may take (it replaces its old self)."""
+        used = old = 0
+        with os.scandir(qdir) as entries:
+            for e in entries:
+                if e.name.endswith(".jsonl") and not e.name.startswith("."):
+                    try:
+                        n = e.stat().st_size
+                    except FileNotFoundError:
+                        continue
+                    used += n
+                    old = n if e.name == replacing.name else old
+        room = self.limits.quarantine_max_bytes - (used - old) if self.limits.quarantine_max_bytes else 1 << 62
+        if self.limits.min_free_bytes:
+            fs = os.statvfs(qdir)
+            free = fs.f_bavail * fs.f_frsize + old
+            room = min(room, free - min_free(self.limits, fs.f_blocks * fs.f_frsize))
+        return room
+
+    def quarantine_over(self, table: str, not_kept: int) -> None:
+        """``not_kept`` records of ``table`` were counted, not written: warn, at most every ``_WARN_EVERY_S``."""
+        now = time.monotonic()
+        with self._guard:
+            last, pending = self._warned.get(table, (float("-inf"), 0))
+            pending += not_kept
+            due = now - last >= _WARN_EVERY_S
+            self._warned[table] = (now, 0) if due else (last, pending)
+        if due:
+            log.warning("table %s: quarantine is at [spool] quarantine_max_bytes = %d or the spool's free-space "
+                        "floor: %d record(s) counted, not kept (spoold quarantine %s)",
+                        table, self.limits.quarantine_max_bytes, pending, table)
 
     # -- what the daemon, status and metrics show -----------------------------------------
     def pending_bytes(self, table: str) -> int:

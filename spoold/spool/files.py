@@ -8,6 +8,7 @@ Reading never locks producers out: flush files are immutable once rotated, and
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -26,8 +27,12 @@ QUARANTINE = "quarantine"
 FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 READ_BLOCK = 1 << 20
 MAX_LINE_BYTES = SpoolLimits().max_line_bytes
-LONG_HEAD_BYTES = 4096  # what a quarantine record keeps of a line over max_line_bytes
 REPR_BYTES = 4096  # how much of a value that cannot be written as JSON a quarantine record keeps
+# A rejected line or value up to RAW_KEEP_BYTES is kept whole (normal rows are far smaller, so they stay
+# replayable); a longer one keeps its first RAW_HEAD_BYTES, its length and its sha256, and cannot be replayed.
+RAW_KEEP_BYTES = 64 << 10
+RAW_HEAD_BYTES = 4 << 10
+LONG_HEAD_BYTES = RAW_HEAD_BYTES  # what stands for a line over max_line_bytes (a record keeps this head)
 
 
 def flush_name(seq: int) -> str:
@@ -124,11 +129,19 @@ def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = Non
     """A quarantine entry, one grep-able JSON line (the format: docs/quarantine.md).
 
     A ``raw`` line that is not UTF-8 keeps its exact bytes (``raw_b64``) and a
-    readable rendering with the bad bytes escaped (``raw_escaped``).
+    readable rendering with the bad bytes escaped (``raw_escaped``). One longer
+    than ``RAW_KEEP_BYTES`` keeps only its head (``raw_head``, and ``raw_head_b64``
+    if it is not UTF-8), its length (``raw_bytes``) and ``raw_sha256``; so do a
+    rejected ``row`` and its ``columns`` whose JSON text is that long (``row_head``...).
     """
     kind = "row" if "row" in extra else "source" if "format" in extra else "line"
     rec: dict[str, Any] = {"reason": reason, "kind": kind, "file": file, "line": line, **extra}
-    if raw is not None:
+    for name in ("row", "columns"):
+        if name in rec and rec[name] is not None:
+            _bound_value(rec, name)
+    if raw is not None and len(raw) > RAW_KEEP_BYTES:
+        _head(rec, "raw", raw)
+    elif raw is not None:
         try:
             rec["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -136,6 +149,38 @@ def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = Non
             rec["raw_escaped"] = raw.decode("utf-8", "backslashreplace")
     rec["at"] = time.time()
     return rec
+
+
+def _bound_value(rec: dict[str, Any], name: str) -> None:
+    """Replace ``rec[name]`` by its head, length and hash when its JSON text is longer than RAW_KEEP_BYTES."""
+    value = rec[name]
+    if isinstance(value, (list, dict)) and len(value) * 2 < RAW_KEEP_BYTES and _small(value):
+        return  # the usual row: no need to encode it to know it is small
+    try:
+        text = orjson.dumps(value, default=str)
+    except TypeError:
+        return  # nested too deeply to write as JSON: record_line keeps its repr (bounded by the nesting limit)
+    if len(text) > RAW_KEEP_BYTES:
+        del rec[name]
+        _head(rec, name, text)
+
+
+def _small(value: list[Any] | dict[str, Any]) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return all(v is None or type(v) in (bool, int, float) or (type(v) is str and len(v) < 1024) for v in items)
+
+
+def _head(rec: dict[str, Any], name: str, data: bytes) -> None:
+    head = data[:RAW_HEAD_BYTES]
+    rec[f"{name}_head"] = head.decode("utf-8", "backslashreplace")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut in two at the end
+            rec[f"{name}_head_b64"] = base64.b64encode(head).decode("ascii")
+    rec[f"{name}_bytes"] = len(data)
+    rec[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
+    rec["truncated"] = True
 
 
 def record_line(rec: dict[str, Any]) -> bytes:

@@ -9,37 +9,21 @@ summary (records per reason, oldest and newest), and the per-file access that
 
 from __future__ import annotations
 
-import re
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from spoold.durable import fsync_dir
 from spoold.safefile import UnsafeFile, open_file, read_file
+from spoold.spool import tally
 from spoold.spool.files import QUARANTINE
 from spoold.spool.spool import Spool
+from spoold.spool.tally import reason_group
 
-# Reasons name the offending value ("cannot cast 3000000000 to int"); the summary
-# groups them without it, so a thousand rows rejected for one cause count as one reason.
-_GROUPS = [
-    (re.compile(r"^(column '[^']*': cannot cast) .* (to \w+)$"), r"\1 a value \2"),
-    (re.compile(r"^(not valid UTF-8 JSON):.*$"), r"\1"),
-    (re.compile(r"^(version must be the integer 1) \(got .*\)$"), r"\1"),
-    (re.compile(r"^(row has) \d+ (values for) \d+ (columns)$"), r"\1 a wrong number of \2 its \3"),
-]
-
-
-def reason_group(reason: str) -> str:
-    """``reason`` without the value it names, for counting records by cause."""
-    for pattern, repl in _GROUPS:
-        grouped, n = pattern.subn(repl, reason)
-        if n:
-            return grouped
-    return reason
-
+__all__ = ["count_records", "expire", "files", "quarantine_doc", "read", "reason_group", "summary", "summary_lines"]
 
 def files(spool: Spool, table: str) -> list[Path]:
     """The table's quarantine files, oldest name first (temp files of a publish in progress left out)."""
@@ -69,8 +53,8 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def count_records(spool: Spool, table: str) -> int:
-    """How many records the table's quarantine holds (one per line)."""
-    n = 0
+    """How many records the table's quarantine holds (one per line), counted ones past its budget included."""
+    n = tally.counts(spool.table_dir(table) / QUARANTINE)[0]
     for path in files(spool, table):
         try:
             with open(open_file(path), "rb") as f:
@@ -81,10 +65,11 @@ def count_records(spool: Spool, table: str) -> int:
 
 
 def summary(spool: Spool, table: str) -> dict[str, Any]:
-    """``{"records": n, "reasons": {reason: n}, "kinds": {kind: n}, "oldest": at, "newest": at, "files": n, ...}``."""
-    reasons: Counter[str] = Counter()
-    kinds: Counter[str] = Counter()
-    times: list[float] = []
+    """``{"records": n, "reasons": {reason: n}, "kinds": {kind: n}, "oldest": at, "newest": at, "files": n, ...}``.
+
+    Records counted but not kept (past the quarantine's budget) are in every count; ``not_kept`` says how many.
+    """
+    not_kept, reasons, kinds, times = tally.counts(spool.table_dir(table) / QUARANTINE)
     paths = files(spool, table)
     for path in paths:
         for rec in read(path):
@@ -100,13 +85,42 @@ def summary(spool: Spool, table: str) -> dict[str, Any]:
         "oldest": min(times, default=None),
         "newest": max(times, default=None),
         "files": len(paths),
+        "not_kept": not_kept,
         "directory": str(spool.table_dir(table) / QUARANTINE),
     }
 
 
+def expire(spool: Spool, table: str, older_than_s: float, now: float) -> tuple[int, int]:
+    """Remove ``table``'s quarantine files (and counts) older than ``older_than_s``: (files, records) removed.
+
+    A file's age is its last change (a replay that rewrites it keeps what stays for another period).
+    """
+    qdir = spool.table_dir(table) / QUARANTINE
+    if not qdir.is_dir():
+        return 0, 0
+    cutoff = now - older_than_s
+    removed = records = 0
+    for path in files(spool, table):
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+            n = sum(1 for _ in read(path))
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+        records += n
+    if removed:
+        fsync_dir(qdir)
+    with spool.tally_lock(table):
+        records += tally.expire(qdir, cutoff, spool.file_mode)
+    return removed, records
+
+
 def quarantine_doc(spool: Spool, tables: list[str]) -> dict[str, Any]:
     """The ``spoold quarantine --json`` document: every table with a quarantine (or the named ones)."""
-    names = tables or [t for t in spool.tables() if files(spool, t)]
+    names = tables or [t for t in spool.tables()
+                       if files(spool, t) or tally.size(spool.table_dir(t) / QUARANTINE)]
     return {"tables": {t: summary(spool, t) for t in names}}
 
 
@@ -119,6 +133,9 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"{t}: {s['records']} record(s) in {s['directory']}, oldest {_ts(s['oldest'])}, "
                      f"newest {_ts(s['newest'])}")
+        if s.get("not_kept"):
+            lines.append(f"  {s['not_kept']} of them counted only (past [spool] quarantine_max_bytes or "
+                         "min_free_bytes): not kept, cannot be replayed")
         lines += [f"  {n:>8}  {reason}" for reason, n in s["reasons"].items()]
         lines.append(f"  fix the cause (config, table), then `spoold quarantine replay {t}`")
     return lines or ["nothing in quarantine"]

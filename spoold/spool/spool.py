@@ -31,6 +31,7 @@ from spoold.errors import InputError, SpoolError, TableBusy, UsageError
 from spoold.locks import Busy, FileLocks
 from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file, temp_name
 from spoold.settings import SpoolLimits
+from spoold.spool import tally
 from spoold.spool.bounds import Bounds
 from spoold.spool.files import (
     ACTIVE,
@@ -45,6 +46,13 @@ from spoold.spool.files import (
 log = logging.getLogger("spoold.spool")
 
 STAGE_BYTES = 4 << 20  # an append stream larger than this is staged in a file and published by rename
+# Rotation waits at most this long for a table's append lock: a producer holds it for one fsync,
+# so a longer hold is a stuck (or hostile) producer, and the flusher must go on with other tables.
+ROTATE_WAIT_S = 1.0
+
+
+class LockHeld(TableBusy):
+    """A table's append lock stayed held by someone else past the bound: try the table again later."""
 
 
 class Spool:
@@ -60,6 +68,9 @@ class Spool:
         self._file_mode = 0o660 if group else 0o600
         self._dirs: dict[str, Path] = {}
         self._locks = FileLocks(self._file_mode, self._chown)
+        # Longest an append waits for the table's lock (None: as long as it takes, as producers do);
+        # the daemon bounds its own (its tailer's), so one stuck table never stops the others.
+        self.lock_wait_s: float | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
@@ -253,11 +264,14 @@ class Spool:
         return staged + len(data)
 
     def rotate(self, table: str) -> Path | None:
-        """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty."""
+        """Rename ``active.jsonl`` to the next ``flush-<seq>.jsonl``; None if it is empty.
+
+        Raises :class:`LockHeld` when the append lock stays held past ``ROTATE_WAIT_S``.
+        """
         d = self.table_dir(table)
         if not (d / ACTIVE).exists():
             return None
-        with self._locked(table) as d:
+        with self._locked(table, timeout=ROTATE_WAIT_S) as d:
             return self._rotate_locked(table, d)
 
     def _rotate_locked(self, table: str, d: Path) -> Path | None:
@@ -280,15 +294,43 @@ class Spool:
         return target
 
     def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
-        """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double)."""
+        """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double).
+
+        Only what fits in the table's quarantine budget and above ``min_free_bytes`` is written;
+        the rest is counted in the tally (:mod:`spoold.spool.tally`). None: nothing was written.
+        """
         if not records:
             return None
         qdir = self.table_dir(table, create=True) / QUARANTINE
         check_dir(qdir)
         self._mkdir(qdir)
         path = qdir / f"{name}.jsonl"
-        write_atomic(path, b"".join(record_line(r) for r in records), self._file_mode)
-        return path
+        lines = [record_line(r) for r in records]
+        room, kept, size = self.bounds.quarantine_room(qdir, path), 0, 0
+        while kept < len(lines) and size + len(lines[kept]) <= room:
+            size += len(lines[kept])
+            kept += 1
+        with self.tally_lock(table):
+            if kept:
+                write_atomic(path, b"".join(lines[:kept]), self._file_mode)
+            elif path.exists():  # a retry that finds less room than its first try: the tally counts them all
+                path.unlink()
+                fsync_dir(qdir)
+            tally.record(qdir, name, records[kept:], sum(map(len, lines[kept:])), self._file_mode)
+        if kept < len(records):
+            self.bounds.quarantine_over(table, len(records) - kept)
+        return path if kept else None
+
+    @contextmanager
+    def tally_lock(self, table: str) -> Iterator[None]:
+        """Held while the quarantine's tally of ``table`` changes (flush, backfill and retention all count)."""
+        with self._locks.hold(self.table_dir(table) / QUARANTINE / tally.TALLY_LOCK):
+            yield
+
+    @property
+    def file_mode(self) -> int:
+        """The mode of the files this spool writes (0600, or 0660 for a producer group)."""
+        return self._file_mode
 
     def remove(self, paths: Iterable[Path]) -> None:
         """Delete flush files whose rows are durably committed."""
@@ -343,7 +385,8 @@ class Spool:
 
     # -- internals --------------------------------------------------------------
     @contextmanager
-    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True) -> Iterator[Path]:
+    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True,
+                timeout: float | None = None) -> Iterator[Path]:
         d = self._dirs.get(table)
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
@@ -353,10 +396,16 @@ class Spool:
             self.table_dir(table, create=True)
         else:
             check_dir(d)  # a producer's own table directory may have been swapped for a link meanwhile
+        if name == ".lock" and self.lock_wait_s is not None:
+            timeout = self.lock_wait_s if timeout is None else min(timeout, self.lock_wait_s)
         try:
-            with self._locks.hold(d / name, wait=wait):
+            with self._locks.hold(d / name, wait=wait, timeout=timeout):
                 yield d
         except Busy as e:
+            if name == ".lock":
+                waited = f" for over {timeout:g}s" if timeout is not None else ""
+                raise LockHeld(f"table {table}: spool lock held by {e}{waited} "
+                               "(a producer stuck in an append?)") from None
             raise TableBusy(f"table {table} is being flushed by {e} (e.g. `spoold flush`)") from None
 
     def _open_active(self, d: Path) -> int:

@@ -10,6 +10,7 @@ malformed line is quarantined with its reason while its siblings commit.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -384,7 +385,10 @@ def test_malformed_corpus_valid_rows_commit_bad_ones_are_quarantined_with_reason
         assert reason in rec["reason"], (where, rec["reason"])
         lines = (huge if where[0] == "huge" else (CORPUS / "malformed" / where[0]).read_bytes()).split(b"\n")
         line = lines[where[1] - 1]
-        if where[2] is None:  # a whole line: its exact bytes, even when they are not UTF-8
+        if where[2] is None and rec.get("truncated"):  # a huge line: its head, length and hash
+            assert where[0] == "huge" and rec["raw_bytes"] == len(line)
+            assert rec["raw_sha256"] == hashlib.sha256(line).hexdigest() and line.startswith(rec["raw_head"].encode())
+        elif where[2] is None:  # a whole line: its exact bytes, even when they are not UTF-8
             assert raw_bytes(rec) == line
         else:  # a row: the row as written, and the envelope's columns to read it by
             env = orjson.loads(line)
