@@ -14,7 +14,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from spoold.safefile import open_file, temp_name
+from spoold.layout import state_mode, temp_name
+from spoold.safefile import open_file
 
 
 def fsync_dir(path: Path) -> None:
@@ -85,3 +86,8 @@ def append_all(fd: int, payloads: Iterable[bytes]) -> None:
         except OSError:
             pass  # shrinking frees space, it does not fail on a full disk; a torn tail is repaired at the next append
         raise
+
+
+def write_state(path: Path, data: bytes, group: str | None) -> None:
+    """Publish one of spoold's state files under the spool root with the spool's state mode (the one way)."""
+    write_atomic(path, data, state_mode(group))

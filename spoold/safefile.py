@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from spoold.errors import SpoolError
+from spoold.layout import REFUSED_PREFIX, temp_name  # noqa: F401 (temp_name re-exported)
 
 _OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
@@ -101,18 +102,13 @@ def check_dir(path: Path, *, owner: int | None = None, private: bool = False) ->
         raise UnsafeFile(f"{path}: writable by others (mode {stat.S_IMODE(st.st_mode):o}); refused")
 
 
-def temp_name(name: str) -> str:
-    """A temp file's name beside ``name``: a dot file no other process can predict (create it ``O_EXCL``)."""
-    return f".{name}.{secrets.token_hex(8)}.tmp"
-
-
 def move_aside(path: Path) -> Path | None:
     """Rename a refused entry (never followed) to ``.refused-<name>-<random>`` beside it; None if it is gone.
 
     spoold reads no dot file it does not know, so the entry is out of every
     path, and kept for whoever wants to see what was planted.
     """
-    aside = path.with_name(f".refused-{path.name}-{secrets.token_hex(4)}")
+    aside = path.with_name(f"{REFUSED_PREFIX}{path.name}-{secrets.token_hex(4)}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:

@@ -158,3 +158,6 @@ def daemons() -> Iterator[Callable[..., DaemonProc]]:
     for d in started:
         if d.proc.poll() is None:
             d.kill()
+
+# Fixtures for acting as a producer-group member (tests/support/members.py).
+from support.members import base, group  # noqa: E402, F401

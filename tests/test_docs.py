@@ -153,3 +153,12 @@ def test_the_architecture_page_names_every_module() -> None:
     modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
                if p.name not in ("__init__.py", "__main__.py")}
     assert sorted(modules - named) == [] and sorted(named - modules) == []
+
+
+def test_the_spool_layout_page_names_every_file_spoold_keeps_there() -> None:
+    """Each name spoold/layout.py defines appears in docs/spool-layout.md."""
+    from spoold import layout
+
+    page = (REPO / "docs" / "spool-layout.md").read_text()
+    names = [v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)]
+    assert len(names) > 10 and [n for n in names if n not in page] == []

@@ -111,7 +111,7 @@ def test_the_daemon_counts_held_files_as_pending_only_once_their_look_is_due(con
     assert pending.probe(T) == (None, 0)  # held, not due: nothing for the scheduler
     ((path, rec),) = held.entries(spool, T)
     assert rec is not None
-    held.postpone(path, rec, time.time() - 1)
+    held.postpone(path, rec, time.time() - 1, None)
     first, rows = pending.probe(T)
     assert first is not None and rows > 0  # due: the table is flushed, and the flush looks
 

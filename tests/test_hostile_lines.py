@@ -59,7 +59,7 @@ def test_the_crash_value_goes_through_every_encode_path_of_spoold_and_is_refused
         t.discover()
         t.run_pass()
         print(sorted(p.name for p in Spool("spool").pending("{T}")), len(list((Spool("spool").table_dir("{T}") /
-              "quarantine").iterdir())))
+              "quarantine").glob("*.jsonl"))))
     """, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["['active.jsonl']", "1"], proc.stdout

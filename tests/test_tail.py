@@ -12,7 +12,8 @@ import pytest
 
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
-from spoold.sources.tail import OFFSETS_DIR, Tailer
+from spoold.layout import TAIL_DIR
+from spoold.sources.tail import Tailer
 from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 
@@ -96,7 +97,7 @@ def test_a_restart_resumes_from_the_saved_offset(spool: Spool, src: Path) -> Non
         out.write(line("a3"))
     drain(tailer(spool, src))  # a new process: offsets come from disk
     assert spooled_keys(spool) == ["a1", "a2", "a3"]
-    assert len(list((spool.root / OFFSETS_DIR).glob("*.json"))) == 1
+    assert len(list((spool.root / TAIL_DIR).glob("*.json"))) == 1
 
 
 def test_truncated_file_is_read_again_from_the_start(spool: Spool, src: Path) -> None:
@@ -199,7 +200,7 @@ def test_offset_does_not_move_when_the_spool_append_fails(spool: Spool, src: Pat
     (spool.root / TABLE).write_text("in the way")  # the table's spool directory cannot be made
     t = tailer(spool, src)
     drain(t)
-    assert [orjson.loads(p.read_bytes())["offset"] for p in (spool.root / OFFSETS_DIR).iterdir()] == [0]
+    assert [orjson.loads(p.read_bytes())["offset"] for p in (spool.root / TAIL_DIR).iterdir()] == [0]
     (spool.root / TABLE).unlink()
     t.discover()  # the rescan retries the file
     drain(t)
@@ -243,7 +244,7 @@ def test_deleted_file_is_forgotten_with_its_offset(spool: Spool, src: Path) -> N
     t.on_change(str(f), deleted=True)
     drain(t)
     assert t.lag()[0]["files"] == 0
-    assert not any((spool.root / OFFSETS_DIR).iterdir())
+    assert not any((spool.root / TAIL_DIR).iterdir())
     shutil.rmtree(src)
     t.discover()  # a vanished source directory is not an error
     assert t.watch_paths() == []

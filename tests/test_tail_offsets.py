@@ -15,7 +15,8 @@ import pytest
 
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
-from spoold.sources.tail import OFFSETS_DIR, Tailer
+from spoold.layout import TAIL_DIR
+from spoold.sources.tail import Tailer
 from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 
@@ -57,7 +58,7 @@ def test_a_corrupt_offset_file_means_reading_that_file_again(
     (src / "a.jsonl").write_bytes(line("a1") + line("a2"))
     (src / "b.jsonl").write_bytes(line("b1"))
     drain(spool, src)
-    by_path = {orjson.loads(p.read_bytes())["path"]: p for p in (spool.root / OFFSETS_DIR).glob("*.json")}
+    by_path = {orjson.loads(p.read_bytes())["path"]: p for p in (spool.root / TAIL_DIR).glob("*.json")}
     assert sorted(by_path) == [str(src / "a.jsonl"), str(src / "b.jsonl")]
     by_path[str(src / "a.jsonl")].write_bytes(garbage)  # e.g. a disk that lost the rename's data
 
@@ -68,6 +69,6 @@ def test_a_corrupt_offset_file_means_reading_that_file_again(
     # and its offset is whole again: another restart reads nothing
     drain(spool, src)
     assert sorted(spooled_keys(spool)) == ["a1", "a1", "a2", "a2", "b1"]
-    docs = [orjson.loads(p.read_bytes()) for p in (spool.root / OFFSETS_DIR).glob("*.json")]
+    docs = [orjson.loads(p.read_bytes()) for p in (spool.root / TAIL_DIR).glob("*.json")]
     assert sorted((d["path"], d["offset"]) for d in docs) == [
         (str(src / "a.jsonl"), len(line("a1") + line("a2"))), (str(src / "b.jsonl"), len(line("b1")))]

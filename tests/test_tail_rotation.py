@@ -19,9 +19,10 @@ import pytest
 
 from spoold.config import SourceSpec
 from spoold.envelope import parse_envelope
+from spoold.layout import TAIL_DIR
 from spoold.sources import reader
 from spoold.sources.position import HEAD_BYTES, file_key
-from spoold.sources.tail import OFFSETS_DIR, Tailer
+from spoold.sources.tail import Tailer
 from spoold.spool.files import QUARANTINE, iter_lines
 from spoold.spool.spool import Spool
 
@@ -87,7 +88,7 @@ def saved_offsets(spool: Spool) -> list[int]:
 
 
 def offsets(spool: Spool) -> list[Path]:
-    d = spool.root / OFFSETS_DIR
+    d = spool.root / TAIL_DIR
     return sorted(d.glob("*.json")) if d.is_dir() else []
 
 
@@ -356,10 +357,10 @@ def test_offsets_of_an_older_spoold_are_kept(spool: Spool, src: Path) -> None:
     f.write_bytes(line("a1") + line("a2"))
     st = f.stat()
     old_key = file_key(TABLE, str(f))  # the old name: a hash of table and path
-    (spool.root / OFFSETS_DIR).mkdir(parents=True)
+    (spool.root / TAIL_DIR).mkdir(parents=True)
     doc = {"path": str(f), "table": TABLE, "dev": st.st_dev, "ino": st.st_ino, "offset": len(line("a1")),
            "lineno": 2, "check": "0123456789abcdef", "at": 0}
-    (spool.root / OFFSETS_DIR / f"{old_key}.json").write_bytes(orjson.dumps(doc))
+    (spool.root / TAIL_DIR / f"{old_key}.json").write_bytes(orjson.dumps(doc))
     drain(tailer(spool, str(src / "*.jsonl")))
     assert spooled(spool) == ["a2"]
     assert [p.stem for p in offsets(spool)] == [file_key(TABLE, st.st_dev, st.st_ino)]

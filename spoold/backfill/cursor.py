@@ -17,12 +17,12 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from spoold.layout import BACKFILL_DIR
 from spoold.safefile import private_dir
 from spoold.sources.position import Position, PositionStore, file_key
 
 log = logging.getLogger("spoold.backfill.run")
 
-CURSORS_DIR = ".backfill"
 
 
 class Cursors:
@@ -34,9 +34,9 @@ class Cursors:
 
     def __init__(self, spool_root: Path, table: str, *, restart: bool = False, save: bool = True) -> None:
         if save and spool_root.is_dir():  # cursors are the daemon user's alone (a link planted here is moved aside)
-            for note in private_dir(spool_root / CURSORS_DIR):
+            for note in private_dir(spool_root / BACKFILL_DIR):
                 log.warning("backfill cursors: %s", note)
-        self.store = PositionStore(spool_root / CURSORS_DIR / table)
+        self.store = PositionStore(spool_root / BACKFILL_DIR / table)
         self.saving = save
         docs = {} if restart else self.store.load()
         self._saved = {str(d["path"]): Position.from_doc(d) for d in docs.values()}

@@ -24,10 +24,10 @@ from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError, UsageError
 from spoold.iceberg.properties import LAST_MAINTENANCE
+from spoold.layout import DAEMON_STATE, LAST_FLUSH
 from spoold.redact import redact, redact_doc
 from spoold.spool.files import first_envelope, iter_lines
 from spoold.spool.held import spooled
-from spoold.spool.layout import DAEMON_STATE, LAST_FLUSH
 from spoold.spool.quarantine import count_records
 from spoold.spool.spool import Spool
 

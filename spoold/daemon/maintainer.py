@@ -26,12 +26,12 @@ import orjson
 
 from spoold.config import Config, TableSpec
 from spoold.daemon.maintenance import MaintenanceState, after_commit, after_failure, after_run, due, sweep_due
-from spoold.durable import write_atomic
+from spoold.durable import write_state
 from spoold.errors import SpooldError, one_line
 from spoold.iceberg.maintain.run import Options, Report, last_record, run_steps, totals
 from spoold.iceberg.tables import Tables
+from spoold.layout import LAST_MAINTENANCE
 from spoold.logs import LogLimiter
-from spoold.spool.layout import LAST_MAINTENANCE
 
 log = logging.getLogger(__name__)
 _UNSEEN = MaintenanceState()
@@ -152,4 +152,4 @@ def keep_record(config: Config, table: str, report: Report) -> None:
     """Keep a finished run's record in the table's spool directory too (the daemon's triggers start from it)."""
     d = config.spool_root / table
     if d.is_dir():
-        write_atomic(d / LAST_MAINTENANCE, report.record())
+        write_state(d / LAST_MAINTENANCE, report.record(), config.spool_group)

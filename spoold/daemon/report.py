@@ -22,10 +22,11 @@ from spoold.config import Config
 from spoold.daemon import systemd
 from spoold.daemon.metrics import DRAINING, Server
 from spoold.daemon.scheduler import TableState
+from spoold.durable import write_state
+from spoold.layout import DAEMON_STATE
 from spoold.redact import redact_doc
 from spoold.sources.tail import Tailer
-from spoold.spool.layout import DAEMON_STATE
-from spoold.spool.spool import Spool, write_atomic
+from spoold.spool.spool import Spool
 
 log = logging.getLogger("spoold.daemon.loop")
 
@@ -131,7 +132,7 @@ class Report:
         if not force and doc == last_doc:
             return
         try:
-            write_atomic(spool.root / DAEMON_STATE, doc)
+            write_state(spool.root / DAEMON_STATE, doc, spool.group)
             self._last_state = (mono, doc)
         except OSError as e:
             if (more := self._limited("state", time.time())) is not None:

@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from spoold.errors import SpooldError
+from spoold.layout import DAEMON_LOCK
 from spoold.safefile import UnsafeFile, open_file
 from spoold.spool.spool import Spool
 
 log = logging.getLogger("spoold.daemon")
 
-LOCK = ".daemon.lock"
 
 
 class AlreadyRunning(SpooldError):
@@ -44,7 +44,7 @@ def daemon_lock(spool: Spool) -> Iterator[None]:
         raise SpooldError(f"spool root {spool.root} is owned by uid {owner}, not this user (uid {os.geteuid()}): "
                           "with [spool] group the spool root must be the daemon's, or producers could replace "
                           "its files; create it as the daemon's user (e.g. systemd's StateDirectory=)")
-    path = spool.root / LOCK
+    path = spool.root / DAEMON_LOCK
     fd = _open(path)
     try:
         try:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from spoold._testhooks import reached
 from spoold.config import Config
+from spoold.durable import write_state
 from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
 from spoold.flush.pipeline import CommitPipeline
@@ -28,9 +29,9 @@ from spoold.flush.verify import Keeper, recheck
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch, gc_paused
+from spoold.layout import LAST_FLUSH
 from spoold.spool.files import quarantine_record, read_validated
-from spoold.spool.layout import LAST_FLUSH
-from spoold.spool.spool import Spool, write_atomic
+from spoold.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def _record(spool: Spool, table: str, started: float, result: FlushResult, outco
     d = spool.table_dir(table)
     if d.is_dir():
         info = {"at": started, "duration_s": round(time.time() - started, 3), "result": outcome, **asdict(result)}
-        write_atomic(d / LAST_FLUSH, orjson.dumps(info))
+        write_state(d / LAST_FLUSH, orjson.dumps(info), spool.group)
 
 
 def flush_all(

@@ -93,7 +93,7 @@ def _replay_file(spool: Spool, table: str, path: Path, validator: Validator, sum
     spool.append(table, rows)  # durable (fsync'd) before any record goes
     reached("replay.respooled")  # test-only mark: a crash here leaves the rows in both places
     if kept:
-        write_atomic(path, b"".join(orjson.dumps(r, default=str) + b"\n" for r in kept))
+        write_atomic(path, b"".join(orjson.dumps(r, default=str) + b"\n" for r in kept), spool.file_mode)
     else:
         path.unlink(missing_ok=True)
         fsync_dir(path.parent)

@@ -83,7 +83,7 @@ def recheck(config: Config, spool: Spool, tables: TableSink, table: str, now: fl
         retry = now + max(config.flush.verify_after_s, RETRY_S)
         for path, rec in due:
             if rec is not None:
-                held.postpone(path, rec, retry)
+                held.postpone(path, rec, retry, spool.group)
         log.warning("table %s: cannot verify %d held file(s) now, trying again in %.0fs: %s", table, len(due),
                     retry - now, e)
         return 0

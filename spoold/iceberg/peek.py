@@ -49,12 +49,14 @@ def catalog_tables(config: Config, names: Iterable[str] | None = None) -> dict[s
 def _sqlite_rows(db: Path, catalog_name: str) -> dict[str, str]:
     """``{identifier: metadata location}`` from pyiceberg's ``iceberg_tables``, opened read-only."""
     where = f"SQLite catalog {db} ([catalog] uri)"
-    if not db.parent.is_dir():
-        raise SpooldError(f"{where}: its directory {db.parent} does not exist")
-    if not db.exists():
-        return {}  # no commit yet: pyiceberg creates it on first use
     try:
+        if not db.parent.is_dir():
+            raise SpooldError(f"{where}: its directory {db.parent} does not exist")
+        if not db.exists():
+            return {}  # no commit yet: pyiceberg creates it on first use
         con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
+    except OSError as e:  # e.g. a producer-group member, who may read the spool but not the catalog
+        raise SpooldError(f"{where}: {e.strerror or e}") from e
     except sqlite3.Error as e:
         raise SpooldError(f"{where}: {e}") from e
     try:

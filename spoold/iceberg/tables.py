@@ -28,13 +28,14 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 
 from spoold.config import Config, TableSpec
-from spoold.durable import write_atomic
+from spoold.durable import write_state
 from spoold.errors import CatalogError, ConfigError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.maintain.owner import mark_quietly
 from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
 from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keys.index import KeyIndex
+from spoold.layout import TABLE_UUID
 
 log = logging.getLogger(__name__)
 # Properties of the tables spoold creates (their owner can change them):
@@ -185,7 +186,7 @@ class Tables:
 
     # -- the pinned uuid -------------------------------------------------------------
     def _uuid_file(self, spec: TableSpec) -> Any:
-        return self.config.spool_root / spec.identifier / ".table-uuid"
+        return self.config.spool_root / spec.identifier / TABLE_UUID
 
     def pinned(self, spec: TableSpec) -> str | None:
         """The uuid of the table this spool's commits were verified in (None: not verified yet)."""
@@ -204,7 +205,7 @@ class Tables:
         """Remember ``uuid`` as the table this spool commits to (called once a commit is verified)."""
         path = self._uuid_file(spec)
         if path.parent.is_dir():  # (a table this spool never held a row of: kept in memory only)
-            write_atomic(path, uuid.encode())
+            write_state(path, uuid.encode(), self.config.spool_group)
         self._pins[spec.identifier] = uuid
         log.info("table %s: verified (uuid %s); this spool trusts its commits there from now on", spec.identifier, uuid)
 

@@ -24,10 +24,10 @@ from typing import Any
 import orjson
 
 from spoold._testhooks import reached
+from spoold.layout import PASS_SUFFIX
 
 log = logging.getLogger("spoold.sources.tail")
 
-MARK_SUFFIX = ".pass"  # beside the offsets (``<key>.json``) in the tail state directory
 CHILD_TIMEOUT_S = 300.0
 
 
@@ -43,7 +43,7 @@ class PassMarks:
         if self._found is None:
             self._found = {}
             if self.dir.is_dir():
-                for f in self.dir.glob(f"*{MARK_SUFFIX}"):
+                for f in self.dir.glob(f"*{PASS_SUFFIX}"):
                     try:
                         self._found[f.stem] = orjson.loads(f.read_bytes())
                     except (OSError, orjson.JSONDecodeError) as e:
@@ -54,7 +54,7 @@ class PassMarks:
         # Not fsync'd: it must survive the daemon's death, which the page cache does; after a power
         # loss the pass is simply run again as before.
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.dir / f"{key}{MARK_SUFFIX}"
+        path = self.dir / f"{key}{PASS_SUFFIX}"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(orjson.dumps(doc))
@@ -63,7 +63,7 @@ class PassMarks:
     def clear(self, key: str) -> None:
         self.found().pop(key, None)
         try:
-            (self.dir / f"{key}{MARK_SUFFIX}").unlink()
+            (self.dir / f"{key}{PASS_SUFFIX}").unlink()
         except FileNotFoundError:
             pass
 

@@ -42,6 +42,7 @@ from typing import Any
 from spoold._testhooks import reached
 from spoold.config import SourceSpec
 from spoold.errors import SpooldError, SpoolFull
+from spoold.layout import TAIL_DIR
 from spoold.logs import LogLimiter
 from spoold.sources.follow import Follow, Followed
 from spoold.sources.isolate import PassMarks, isolate
@@ -53,7 +54,6 @@ from spoold.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
-OFFSETS_DIR = ".tail"
 MAX_LINES_PER_PASS = 50_000
 MAX_BYTES_PER_PASS = 8 << 20  # transcript lines can be huge (tool output): bound memory too
 ROTATED_QUIET_S = 30.0  # a rotated file is read until it has not changed for this long
@@ -73,7 +73,7 @@ class Tailer:
         limit = spool.bounds.limits.max_bytes  # a pass must fit in an emptied spool
         self.max_lines = max_lines
         self.max_bytes = min(max_bytes, max(1, limit // 4)) if limit else max_bytes
-        self.dir = spool.root / OFFSETS_DIR
+        self.dir = spool.root / TAIL_DIR
         self.files = Followed(PositionStore(self.dir), sources, spool.root, rotated_quiet_s)
         self.marks = PassMarks(self.dir)
         self.max_line = spool.bounds.limits.max_line_bytes

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,10 @@ import orjson
 
 from spoold.casts import too_deep
 from spoold.envelope import LineResult, Validator
+from spoold.layout import ACTIVE, FLUSH_RE, QUARANTINE, flush_name, flush_seq  # noqa: F401 (re-exported)
 from spoold.safefile import UnsafeFile, open_file
 from spoold.settings import SpoolLimits
 
-ACTIVE = "active.jsonl"
-QUARANTINE = "quarantine"
-FLUSH_RE = re.compile(r"flush-(\d{20})\.jsonl")
 READ_BLOCK = 1 << 20
 MAX_LINE_BYTES = SpoolLimits().max_line_bytes
 REPR_BYTES = 4096  # how much of a value that cannot be written as JSON a quarantine record keeps
@@ -33,15 +30,6 @@ REPR_BYTES = 4096  # how much of a value that cannot be written as JSON a quaran
 RAW_KEEP_BYTES = 64 << 10
 RAW_HEAD_BYTES = 4 << 10
 LONG_HEAD_BYTES = RAW_HEAD_BYTES  # what stands for a line over max_line_bytes (a record keeps this head)
-
-
-def flush_name(seq: int) -> str:
-    return f"flush-{seq:020d}.jsonl"
-
-
-def flush_seq(path: Path) -> int | None:
-    m = FLUSH_RE.fullmatch(path.name)
-    return int(m.group(1)) if m else None
 
 
 def iter_lines(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
@@ -70,7 +58,7 @@ def _lines(path: Path, max_line: int) -> Iterator[tuple[int, bytes, bool, int]]:
                 plen += len(piece)
                 if nl < 0:
                     continue
-                yield lineno, _head(pending, plen, max_line), True, plen
+                yield lineno, _line_head(pending, plen, max_line), True, plen
                 lineno, pending, plen, block = lineno + 1, bytearray(), 0, block[nl + 1 :]
             lines = block.split(b"\n")  # the usual case: whole lines within a block, split at C speed
             tail = lines.pop()
@@ -80,10 +68,10 @@ def _lines(path: Path, max_line: int) -> Iterator[tuple[int, bytes, bool, int]]:
             if tail:
                 pending, plen = bytearray(tail if len(tail) <= max_line else tail[:LONG_HEAD_BYTES]), len(tail)
         if plen:
-            yield lineno, _head(pending, plen, max_line), False, plen
+            yield lineno, _line_head(pending, plen, max_line), False, plen
 
 
-def _head(pending: bytearray, plen: int, max_line: int) -> bytes:
+def _line_head(pending: bytearray, plen: int, max_line: int) -> bytes:
     return bytes(pending) if plen <= max_line else bytes(pending[:LONG_HEAD_BYTES])
 
 

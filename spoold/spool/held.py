@@ -34,14 +34,14 @@ from typing import Any
 
 import orjson
 
-from spoold.durable import write_atomic_locked
+from spoold.durable import write_atomic_locked, write_state
 from spoold.envelope import envelopes
+from spoold.layout import HELD
 from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file
-from spoold.spool.spool import Spool, fsync_dir, write_atomic
+from spoold.spool.spool import Spool, fsync_dir
 
 log = logging.getLogger("spoold.spool")
 
-HELD = ".held"
 _STALE_TMP_S = 3600.0
 
 
@@ -102,7 +102,7 @@ def hold(spool: Spool, table: str, path: Path, commits: list[Commit], due: float
     """
     d = _make_dir(spool, table)
     now = time.time()
-    write_atomic(_record_path(d / path.name), Record(tuple(commits), now, due).to_json())
+    write_state(_record_path(d / path.name), Record(tuple(commits), now, due).to_json(), spool.group)
     if path.parent != d:
         os.rename(path, d / path.name)
         fsync_dir(path.parent)
@@ -134,7 +134,7 @@ def write_copy(spool: Spool, table: str, rows: list[Any]) -> Copy:
     (or its outcome was lost), flush commits the rows instead.
     """
     path = _make_dir(spool, table) / f"backfill-{time.time_ns()}-{os.getpid()}.jsonl"
-    return Copy(path, write_atomic_locked(path, b"".join(line for line, _ in envelopes(rows))))
+    return Copy(path, write_atomic_locked(path, b"".join(line for line, _ in envelopes(rows)), spool.file_mode))
 
 
 @contextmanager
@@ -190,9 +190,9 @@ def requeue(spool: Spool, table: str, path: Path) -> None:
     fsync_dir(path.parent)
 
 
-def postpone(path: Path, record: Record, due: float) -> None:
+def postpone(path: Path, record: Record, due: float, group: str | None) -> None:
     """Look at a held file again at ``due`` (the catalog could not be asked now)."""
-    write_atomic(_record_path(path), Record(record.commits, record.held_at, due).to_json())
+    write_state(_record_path(path), Record(record.commits, record.held_at, due).to_json(), group)
 
 
 def due(spool: Spool, table: str, now: float) -> list[Path]:

@@ -28,6 +28,7 @@ from spoold.config import Config, validate_identifier
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import envelopes
 from spoold.errors import InputError, SpoolError, TableBusy, UsageError
+from spoold.layout import FLUSH_LOCK, HELD, LOCK, SEQ, TALLY_LOCK
 from spoold.locks import Busy, FileLocks
 from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file, temp_name
 from spoold.settings import SpoolLimits
@@ -61,6 +62,7 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str], group: str | None = None,
                  limits: SpoolLimits | None = None) -> None:
         self.root = Path(root)
+        self.group = group  # the producer group (spoold's state files are readable by it)
         self.bounds = Bounds(self.root, limits or SpoolLimits(), FLUSH_RE, ACTIVE)
         self._gid = _group_id(group) if group else None
         # setgid: new files get the group; sticky: a producer cannot rename or delete what is not its own
@@ -324,7 +326,7 @@ class Spool:
     @contextmanager
     def tally_lock(self, table: str) -> Iterator[None]:
         """Held while the quarantine's tally of ``table`` changes (flush, backfill and retention all count)."""
-        with self._locks.hold(self.table_dir(table) / QUARANTINE / tally.TALLY_LOCK):
+        with self._locks.hold(self.table_dir(table) / QUARANTINE / TALLY_LOCK):
             yield
 
     @property
@@ -380,12 +382,12 @@ class Spool:
         ``wait=False`` raises :class:`TableBusy` at once when another flush holds it:
         the daemon's loop must never block on a stopped or stuck ``spoold flush``.
         """
-        with self._locked(table, ".flush-lock", wait=wait) as d:
+        with self._locked(table, FLUSH_LOCK, wait=wait) as d:
             yield d
 
     # -- internals --------------------------------------------------------------
     @contextmanager
-    def _locked(self, table: str, name: str = ".lock", *, wait: bool = True,
+    def _locked(self, table: str, name: str = LOCK, *, wait: bool = True,
                 timeout: float | None = None) -> Iterator[Path]:
         d = self._dirs.get(table)
         if d is None:
@@ -396,13 +398,13 @@ class Spool:
             self.table_dir(table, create=True)
         else:
             check_dir(d)  # a producer's own table directory may have been swapped for a link meanwhile
-        if name == ".lock" and self.lock_wait_s is not None:
+        if name == LOCK and self.lock_wait_s is not None:
             timeout = self.lock_wait_s if timeout is None else min(timeout, self.lock_wait_s)
         try:
             with self._locks.hold(d / name, wait=wait, timeout=timeout):
                 yield d
         except Busy as e:
-            if name == ".lock":
+            if name == LOCK:
                 waited = f" for over {timeout:g}s" if timeout is not None else ""
                 raise LockHeld(f"table {table}: spool lock held by {e}{waited} "
                                "(a producer stuck in an append?)") from None
@@ -442,7 +444,7 @@ class Spool:
         os.fsync(fd)
 
     def _next_seq(self, d: Path) -> int:
-        seq_file = d / ".seq"
+        seq_file = d / SEQ
         try:
             last = int(read_file(seq_file, limit=64) or 0)
         except (FileNotFoundError, ValueError):
@@ -451,7 +453,7 @@ class Spool:
             log.warning("%s; the next sequence number comes from the flush files' names", e)
             last = 0
         # held flush files go back under their own names, so theirs count too
-        held = d / ".held"
+        held = d / HELD
         names = [*os.listdir(d), *(os.listdir(held) if held.is_dir() and not held.is_symlink() else [])]
         existing = [int(m.group(1)) for n in names if (m := FLUSH_RE.fullmatch(n))]
         seq = max([last, *existing]) + 1

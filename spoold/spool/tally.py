@@ -23,9 +23,8 @@ from typing import Any
 import orjson
 
 from spoold.durable import fsync_dir, write_atomic
+from spoold.layout import TALLY
 
-TALLY = ".tally.json"
-TALLY_LOCK = ".tally.lock"
 _RECENT = 64  # entries kept by name (a retry replaces its own); older ones are folded into the total
 _REASONS = 8  # reasons named per entry; the rest are counted under _OTHER
 _TOTAL_REASONS = 64

@@ -28,11 +28,10 @@ from conftest import run_spoold, write_config
 from daemonproc import DaemonProc, wait_for
 from testhooks import Hooks
 
-from spoold.backfill.cursor import CURSORS_DIR
 from spoold.config import load_config
 from spoold.envelope import Validator
 from spoold.iceberg.sink import Sink
-from spoold.sources.tail import OFFSETS_DIR
+from spoold.layout import BACKFILL_DIR, TAIL_DIR
 from spoold.spool.files import read_validated
 from spoold.spool.spool import Spool
 
@@ -206,7 +205,7 @@ def test_tailer_killed_between_spool_append_and_offset_save(
 
     # The window was hit: the rows are in the spool, the offset on disk has not moved past them.
     assert sorted(spooled_keys(cfg)) == sorted(f"t{i}" for i in range(50))
-    offsets = tmp_path / "state" / "spool" / OFFSETS_DIR
+    offsets = tmp_path / "state" / "spool" / TAIL_DIR
     assert [orjson.loads(p.read_bytes())["offset"] for p in offsets.glob("*.json")] in ([], [0])
     assert table(cfg) is None
 
@@ -289,7 +288,7 @@ def test_backfill_killed_between_its_commit_and_its_cursor_save(tmp_path: Path) 
     config = load_config(cfg)
     tbl = Sink(config).load(config.table("app.rows"))
     assert len(tbl.scan().to_arrow()) == 100
-    cursors = config.spool_root / CURSORS_DIR / "app.rows"
+    cursors = config.spool_root / BACKFILL_DIR / "app.rows"
     assert [orjson.loads(p.read_bytes())["offset"] for p in cursors.glob("*.json")] in ([], [0])
 
     runs = []

@@ -26,7 +26,7 @@ from testhooks import Hooks
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink
-from spoold.sources.tail import OFFSETS_DIR
+from spoold.layout import TAIL_DIR
 
 TABLE = "app.events"
 
@@ -86,7 +86,7 @@ def test_killed_inside_a_marked_pass_the_daemon_comes_back_quarantines_the_line_
     d = daemons(cfg, env=hooks.env())
     hooks.wait_paused(d.proc.pid, alive=lambda: d.proc.poll() is None)
     d.kill()  # SIGKILL between the mark and the append: where an encoder's crash would have killed it
-    tail = tmp_path / "state" / "spool" / OFFSETS_DIR
+    tail = tmp_path / "state" / "spool" / TAIL_DIR
     assert len(list(tail.glob("*.pass"))) == 1  # the window was hit: the pass is marked, nothing spooled
     assert not (tmp_path / "state" / "spool" / TABLE / "active.jsonl").exists()
 

@@ -29,7 +29,8 @@ from conftest import REPO, read_table, run_spoold, write_config
 from spoold.config import load_config
 from spoold.flush.verify import recheck
 from spoold.iceberg.sink import Sink
-from spoold.spool.held import HELD, Record
+from spoold.layout import HELD
+from spoold.spool.held import Record
 from spoold.spool.spool import Spool
 
 TABLE = """

@@ -10,60 +10,22 @@ content) or show up in the spool.
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import os
-import pwd
-import secrets
-import shutil
 import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from daemonproc import DaemonProc, wait_for
+from support.members import NEEDS_ROOT, as_member
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon runs as root, the attacker as nobody"),
-    pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("groupadd") is None,
-                       reason="needs setpriv and groupadd (util-linux, shadow) to act as a group member"),
-]
+pytestmark = [pytest.mark.slow, *NEEDS_ROOT]
 
 T, U = "chat.parts", "chat.other"
-
-
-@pytest.fixture
-def group() -> Iterator[str]:
-    name = f"spoold-t{secrets.token_hex(3)}"
-    subprocess.run(["groupadd", name], check=True, capture_output=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["groupdel", name], capture_output=True)
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory outside pytest's root-only tmp tree, so that nobody can reach the spool in it."""
-    d = Path(tempfile.mkdtemp(prefix="spoold-attack-", dir="/tmp"))
-    d.chmod(0o711)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def as_member(gname: str, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run ``args`` as nobody with ``gname`` as its only group."""
-    return subprocess.run(["setpriv", f"--reuid={pwd.getpwnam('nobody').pw_uid}",
-                           f"--regid={grp.getgrnam(gname).gr_gid}", "--clear-groups", "--", *args],
-                          input=input, capture_output=True, timeout=120, env={**os.environ, "HOME": "/nonexistent"})
 
 
 def plant(gname: str, link: Path, target: Path) -> subprocess.CompletedProcess[bytes]:

@@ -1,0 +1,70 @@
+"""With a producer group, everything spoold writes under the spool stays readable by the group's members.
+
+The daemon's side (flush, quarantine replay, backfill, maintenance) runs as root; then a member of the
+group (``nobody``, via ``setpriv``) asks `spoold status` and `spoold quarantine`, which read the state
+files, the held copies and the quarantine those runs left (docs/operating.md, "What a producer-group
+member can and cannot do").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+from support.members import NEEDS_ROOT, as_member
+
+pytestmark = NEEDS_ROOT
+T = "chat.parts"
+
+
+def spoold(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "spoold", *args, "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_member_reads_status_and_quarantine_after_every_kind_of_run(base: Path, group: str) -> None:
+    state, root, cfg = base / "state", base / "spool", base / "spoold.toml"
+    state.mkdir(mode=0o700)
+
+    def config(max_columns: int) -> None:
+        cfg.write_text(f'[spool]\nroot = "{root}"\ngroup = "{group}"\n'
+                       f'[catalog]\ntype = "sql"\nuri = "sqlite:///{state / "catalog.db"}"\n'
+                       f'warehouse = "file://{state / "wh"}"\n'
+                       f"[tables]\nmax_columns = {max_columns}\n")
+        cfg.chmod(0o644)
+
+    config(2)
+    from spoold.config import load_config
+    from spoold.spool.spool import Spool
+
+    spool = Spool.from_config(load_config(cfg))
+    env = {"version": 1, "columns": ["part_id", "a"], "rows": [["k1", "x"]]}
+    wide = {"version": 1, "columns": ["part_id", "a", "extra"], "rows": [["k2", "y", "z"]]}
+    spool.append_lines(T, [orjson.dumps(env) + b"\n", b"not json\n", orjson.dumps(wide) + b"\n"])
+    assert spoold(cfg, "flush").returncode == 0  # k1 committed; "not json" and the 3-column row quarantined
+    config(3)
+    replay = spoold(cfg, "quarantine", "replay", T, "--json")  # partial: the wide row passes now, junk stays
+    assert replay.returncode == 0 and json.loads(replay.stdout)["replayed"] == 1, replay.stderr
+    assert spoold(cfg, "flush").returncode == 0
+    src = base / "history.jsonl"
+    src.write_text('{"part_id": "h1", "a": "old"}\n{"part_id": "h2", "a": "older"}\n')
+    assert spoold(cfg, "backfill", T, "--source", str(src), "--format", "jsonl", "--all").returncode == 0
+    maintained = spoold(cfg, "maintain", "--older-than", "0s")
+    assert maintained.returncode == 0, maintained.stderr
+
+    status = as_member(group, sys.executable, "-m", "spoold", "status", T, "--json", "--config", str(cfg))
+    assert status.returncode == 0, status.stderr.decode()
+    doc = json.loads(status.stdout)["tables"][T]
+    assert doc["quarantined"] == 1 and doc["spooled_rows"] == 0
+    quarantine = as_member(group, sys.executable, "-m", "spoold", "quarantine", T, "--json", "--config", str(cfg))
+    assert quarantine.returncode == 0, quarantine.stderr.decode()
+    assert json.loads(quarantine.stdout)["tables"][T]["records"] == 1
+    text = as_member(group, sys.executable, "-m", "spoold", "status", "--config", str(cfg))
+    assert text.returncode == 0 and b"Traceback" not in text.stderr, text.stderr.decode()
+    for path in root.rglob("*"):  # and nothing a member could write to but the spool's shared files
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o777
+            assert mode & 0o004 == 0, f"{path} is readable by others ({mode:o})"
