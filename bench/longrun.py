@@ -190,7 +190,7 @@ def report(mode: str, r: dict[str, Any], flushes: int) -> None:
 
 # -- 2. peak RSS of a compaction ------------------------------------------------------------------------------
 def child_compact(state: Path) -> None:
-    from spoold.iceberg.maintain.run import Options, Report, run_steps
+    from spoold.iceberg.maintain.run import MaintenanceReport, Options, run_steps
     from spoold.iceberg.tables import Tables
 
     config = make_config(state, True)
@@ -206,7 +206,7 @@ def child_compact(state: Path) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM: the peak from here on
     before = _status("VmRSS")
-    report = Report()
+    report = MaintenanceReport()
     for _ in run_steps(tables, config, config.table(TABLE), Options(), report):
         pass
     print(json.dumps({"before_mb": before, "peak_mb": _status("VmHWM"), "compacted": report.files_compacted,

@@ -1,6 +1,6 @@
 """Configuration: TOML file, environment and embedded defaults, resolved once.
 
-Lookup order (SPEC "Configuration"): ``--config PATH``, ``$SPOOLD_CONFIG``,
+Lookup order (docs/configuration.md): ``--config PATH``, ``$SPOOLD_CONFIG``,
 ``$XDG_CONFIG_HOME/spoold/spoold.toml`` (``~/.config/...``),
 ``/etc/spoold/spoold.toml``; with none of them, embedded defaults under
 ``$STATE_DIRECTORY`` (systemd) or ``$XDG_STATE_HOME/spoold``. Never the

@@ -15,7 +15,7 @@ from pyiceberg.table import Table
 from spoold.config import Config, load_config
 from spoold.iceberg.maintain.compact import plan, rewrite
 from spoold.iceberg.maintain.rewrite import commit_rewrites
-from spoold.iceberg.maintain.run import Options, Report, run_steps
+from spoold.iceberg.maintain.run import MaintenanceReport, Options, run_steps
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.tables import Tables
 from spoold.keys.batch import Batch
@@ -49,9 +49,9 @@ def flush(sink: Sink, keys: list[str]) -> tuple[int, int]:
     return out.committed, out.deduplicated
 
 
-def maintain(cfg: Config, sink: Sink | None = None, **opts: Any) -> Report:
+def maintain(cfg: Config, sink: Sink | None = None, **opts: Any) -> MaintenanceReport:
     """A maintenance run: another process's, or (with ``sink``) the daemon's own, which keeps its index in step."""
-    report, spec = Report(), cfg.table(TABLE)
+    report, spec = MaintenanceReport(), cfg.table(TABLE)
     index = (lambda tbl: sink.committed(spec, tbl)) if sink else None
     for _ in run_steps(sink.tables if sink else Tables(cfg), cfg, spec, Options(**opts), report, index=index):
         pass

@@ -259,7 +259,7 @@ def test_a_compaction_that_landed_keeps_its_files_when_a_step_after_its_commit_f
     monkeypatch.setattr(Tables, "load", load)
     monkeypatch.setattr(rewrite_mod, "sync_local_files", sync)
     steps = maintain_mod.run_steps(tables, cfg, cfg.table(TABLE), maintain_mod.Options(orphans=False),
-                                   maintain_mod.Report())
+                                   maintain_mod.MaintenanceReport())
     if failing == "sync":
         with pytest.raises(CatalogError, match="it was committed"):
             for _ in steps:

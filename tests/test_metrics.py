@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spoold.config import ConfigError, parse_config, parse_listen
 from spoold.daemon import metrics
-from spoold.daemon.metrics import DRAINING, RUNNING, STALL_S, STARTING, Server, health
+from spoold.daemon.metrics import DRAINING, RUNNING, STALL_S, STARTING, Metrics, health
 from spoold.errors import SpooldError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,26 +83,26 @@ def test_counting_is_free_and_imports_nothing_without_a_listener() -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    s = Server("127.0.0.1:0")
+def server() -> Iterator[Metrics]:
+    s = Metrics("127.0.0.1:0")
     try:
         yield s
     finally:
         s.close()
 
 
-def get(server: Server, path: str) -> tuple[int, bytes]:
+def get(server: Metrics, path: str) -> tuple[int, bytes]:
     return http_get(server.address, path)
 
 
-def samples(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def samples(server: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     code, body = get(server, "/metrics")
     assert code == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
 
 
-def test_metrics_count_flushes_and_conflicts_and_show_the_published_state(server: Server) -> None:
+def test_metrics_count_flushes_and_conflicts_and_show_the_published_state(server: Metrics) -> None:
     cfg = parse_config({"flush": {"max_delay_s": 60, "debounce_s": 1}})
     assert get(server, "/health")[0] == 503  # starting: the loop has not turned yet
     metrics.flushed("a.b", "ok", 0.3, {"committed": 5, "deduplicated": 2, "quarantined": 1})
@@ -146,7 +146,7 @@ def test_metrics_count_flushes_and_conflicts_and_show_the_published_state(server
     assert get(server, "/health")[0] == 503
 
 
-def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(server: Server) -> None:
+def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(server: Metrics) -> None:
     metrics.flushed("a.b", "ok", 0.1, {"committed": 1})
     req = urllib.request.Request(f"http://{server.address}/metrics",
                                  headers={"Accept": "application/openmetrics-text; version=1.0.0"})
@@ -161,11 +161,11 @@ def test_a_port_in_use_is_one_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(SpooldError, match=rf"daemon.listen = '127.0.0.1:{port}': cannot listen there: .*in use"):
-            Server(f"127.0.0.1:{port}")
+            Metrics(f"127.0.0.1:{port}")
 
 
 def test_counting_stops_when_the_server_closes() -> None:
-    s = Server("127.0.0.1:0")
+    s = Metrics("127.0.0.1:0")
     s.close()
     metrics.flushed("a.b", "ok", 0.1, {"committed": 1})  # no server: a no-op, no error
     assert metrics._live is None

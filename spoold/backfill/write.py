@@ -51,7 +51,7 @@ SAMPLE_KEYS = 10
 
 @dataclass
 class BackfillSummary:
-    """What a run did; ``as_dict`` is the ``--json`` document (SPEC fields first)."""
+    """What a run did; ``as_dict`` is the ``--json`` document (the documented fields first, docs/commands.md)."""
 
     scanned: int = 0  # non-blank source lines read
     materialized: int = 0  # rows those lines gave (at most --limit)

@@ -7,14 +7,14 @@ import logging
 from spoold.config import Config
 from spoold.daemon.maintainer import keep_record
 from spoold.errors import SpooldError, UsageError
-from spoold.iceberg.maintain.run import Options, Report, run_steps
+from spoold.iceberg.maintain.run import MaintenanceReport, Options, run_steps
 from spoold.iceberg.tables import Tables
 from spoold.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 
 
-def maintain_tables(config: Config, names: list[str] | None, opts: Options) -> tuple[dict[str, Report],
+def maintain_tables(config: Config, names: list[str] | None, opts: Options) -> tuple[dict[str, MaintenanceReport],
                                                                                      dict[str, SpooldError]]:
     """Every named table (default: those of the config and the spool); per table its report or its error.
 
@@ -30,10 +30,10 @@ def maintain_tables(config: Config, names: list[str] | None, opts: Options) -> t
             existing.append(spec)
         elif names:
             raise UsageError(f"table {spec.identifier} does not exist in the catalog")
-    reports: dict[str, Report] = {}
+    reports: dict[str, MaintenanceReport] = {}
     errors: dict[str, SpooldError] = {}
     for spec in existing:
-        report = Report()
+        report = MaintenanceReport()
         try:
             for _ in run_steps(tables, config, spec, opts, report):
                 pass

@@ -1,6 +1,6 @@
 """The HTTP listener of ``[daemon] listen``: ``GET /metrics`` and ``GET /health``, bounded in every way.
 
-What is served comes from :class:`spoold.daemon.metrics.Server`; this module only
+What is served comes from :class:`spoold.daemon.metrics.Metrics`; this module only
 speaks HTTP (imported only when ``listen`` is set: http.server is not light).
 
 A slow or hostile client costs a file descriptor, never a thread: one thread
@@ -36,7 +36,7 @@ from spoold.errors import SpooldError, one_line
 from spoold.logs import LogLimiter
 
 if TYPE_CHECKING:
-    from spoold.daemon.metrics import Server
+    from spoold.daemon.metrics import Metrics
 
 log = logging.getLogger("spoold.daemon.loop")
 
@@ -98,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
 class Listener:
     """Accepts on ``address`` and answers with ``spoold``'s metrics and health (see the module docstring)."""
 
-    def __init__(self, family: socket.AddressFamily, address: tuple[str, int], spoold: Server, *,
+    def __init__(self, family: socket.AddressFamily, address: tuple[str, int], spoold: Metrics, *,
                  public: bool = False) -> None:
         self.spoold = spoold
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -265,7 +265,7 @@ def _local_hosts(host: str, port: int) -> frozenset[str]:
     return frozenset(hosts | ({n.lower() for n in names} if port == 80 else set()))
 
 
-def bind(listen: str, server: Server, *, public: bool = False) -> Listener:
+def bind(listen: str, server: Metrics, *, public: bool = False) -> Listener:
     """Listen on ``listen`` (HOST:PORT) or raise one clear error (the daemon exits 1); :meth:`Listener.start` serves."""
     host, port = parse_listen(listen)
     try:

@@ -31,7 +31,7 @@ from watchfiles import Change, watch
 from spoold.config import Config, load_config
 from spoold.daemon import systemd
 from spoold.daemon.footprint import loaded, restart_lean
-from spoold.daemon.report import Report
+from spoold.daemon.report import DaemonReport
 from spoold.daemon.scheduler import TableState, due_tables
 from spoold.daemon.worker import Worker
 from spoold.errors import SpooldError, one_line
@@ -59,7 +59,7 @@ class Daemon:
         self._busy_at = time.monotonic()
         self.errors = LogLimiter(config.daemon.log_repeat_s)
         # systemd STATUS/WATCHDOG, .daemon.json and, with [daemon] listen, /metrics and /health
-        self.report = Report(self.errors.note, config.daemon.listen, listen_public=config.daemon.listen_public)
+        self.report = DaemonReport(self.errors.note, config.daemon.listen, listen_public=config.daemon.listen_public)
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False

@@ -28,7 +28,7 @@ from spoold.config import Config, TableSpec
 from spoold.daemon.maintenance import MaintenanceState, after_commit, after_failure, after_run, due, sweep_due
 from spoold.durable import write_state
 from spoold.errors import SpooldError, one_line
-from spoold.iceberg.maintain.run import Options, Report, last_record, run_steps, totals
+from spoold.iceberg.maintain.run import MaintenanceReport, Options, last_record, run_steps, totals
 from spoold.iceberg.tables import Tables
 from spoold.layout import LAST_MAINTENANCE
 from spoold.logs import LogLimiter
@@ -48,7 +48,7 @@ class Maintainer:
         self.errors = LogLimiter()
         self._probed: dict[str, float] = {}  # when each table's data-file count was last looked up
         # table, its steps, its report, the table's commit count when it started, whether it sweeps orphans
-        self._run: tuple[str, Iterator[str], Report, int, bool] | None = None
+        self._run: tuple[str, Iterator[str], MaintenanceReport, int, bool] | None = None
 
     @property
     def busy(self) -> bool:
@@ -76,7 +76,7 @@ class Maintainer:
             if table is None:
                 return False
             log.info("table %s: maintenance due (%s)", table, due(self.states[table], now, settings))
-            report, spec = Report(), self.config.table(table)
+            report, spec = MaintenanceReport(), self.config.table(table)
             opts = Options(orphans=sweep_due(self.states[table], now, settings))
             # ``index``: the daemon's Sink's committed-key index, kept in step, so the expiry cannot leave
             # it on an expired snapshot (which would cost the next flush a full rescan).
@@ -148,7 +148,7 @@ class Maintainer:
                       files_after=files if isinstance(files, int) else None)
 
 
-def keep_record(config: Config, table: str, report: Report) -> None:
+def keep_record(config: Config, table: str, report: MaintenanceReport) -> None:
     """Keep a finished run's record in the table's spool directory too (the daemon's triggers start from it)."""
     d = config.spool_root / table
     if d.is_dir():

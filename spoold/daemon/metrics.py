@@ -42,7 +42,7 @@ FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float,
            stalled_s: float = 0.0) -> tuple[bool, str]:
-    """(healthy, why) from the daemon's phase and its published state (see :meth:`Report.state_doc`);
+    """(healthy, why) from the daemon's phase and its published state (see :meth:`DaemonReport.state_doc`);
     ``stalled_s``: how long since the loop's last heartbeat.
 
     ``why`` names the table and the class of its error, never the error's text: /health is unauthenticated.
@@ -140,8 +140,9 @@ def maintained(table: str, result: str = "ok") -> None:
         _live.maintenance.labels(table, result).inc()
 
 
-class Server:
-    """``GET /metrics`` and ``GET /health`` on ``[daemon] listen``, served by threads of their own."""
+class Metrics:
+    """The daemon's counters and health: what ``GET /metrics`` and ``GET /health`` answer on ``[daemon] listen``
+    (the server is :class:`spoold.daemon.listener.Listener`, which this binds)."""
 
     def __init__(self, listen: str, *, public: bool = False) -> None:
         global _live
@@ -151,7 +152,7 @@ class Server:
 
         disable_created_metrics()  # no *_created series beside each counter: nobody graphs them
         self.phase = STARTING
-        self.heartbeat = time.monotonic()  # the loop's last turn, set by its Report
+        self.heartbeat = time.monotonic()  # the loop's last turn, set by its DaemonReport
         self._state: Mapping[str, Any] = {}
         self._max_delay_s = float("inf")
         self.registry = CollectorRegistry()
@@ -205,7 +206,7 @@ class Server:
 class _StateCollector:
     """Gauges from the daemon's last published state, computed when scraped."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Metrics) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:

@@ -20,7 +20,7 @@ import orjson
 
 from spoold.config import Config
 from spoold.daemon import systemd
-from spoold.daemon.metrics import DRAINING, Server
+from spoold.daemon.metrics import DRAINING, Metrics
 from spoold.daemon.scheduler import TableState
 from spoold.durable import write_state
 from spoold.layout import DAEMON_STATE
@@ -33,13 +33,13 @@ log = logging.getLogger("spoold.daemon.loop")
 _STATE_EVERY_S = 1.0
 
 
-class Report:
+class DaemonReport:
     """The daemon's outward signs; ``limited(key, now)`` rate-limits its warnings like the loop's errors."""
 
     def __init__(self, limited: Callable[[str, float], str | None], listen: str = "", *,
                  listen_public: bool = False) -> None:
         # First: a listen address that cannot be served ends start-up with one clear error.
-        self.metrics = Server(listen, public=listen_public) if listen else None
+        self.metrics = Metrics(listen, public=listen_public) if listen else None
         self.started_at = time.time()
         self.full: list[str] = []  # tables whose spool is full, as of the last state
         self.last_flush: dict[str, Any] | None = None

@@ -2,7 +2,7 @@
 
 Every decision here is a function of a table's state, the settings and an
 explicit ``now`` (epoch seconds), so the daemon loop stays thin and tests need
-no sleeps. The rules (SPEC "Bounded latency", issue 5):
+no sleeps. The rules (docs/guarantees.md, "Bounded latency"):
 
 - a table flushes once it has been quiet (no new rows seen) for ``debounce_s``;
 - never later than ``max_delay_s`` after its oldest pending row, however busy;

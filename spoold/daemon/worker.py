@@ -22,7 +22,7 @@ from spoold.config import Config
 from spoold.daemon import metrics
 from spoold.daemon.footprint import preload, release
 from spoold.daemon.pending import Pending
-from spoold.daemon.report import Report
+from spoold.daemon.report import DaemonReport
 from spoold.daemon.scheduler import TableState, after_failure, after_success, observe
 from spoold.errors import SpooldError, TableBusy, error_class, one_line
 from spoold.logs import LogLimiter
@@ -40,7 +40,7 @@ HELD_RETRY_MAX_S = 15.0  # a table whose append lock stays held is tried ever le
 class Worker:
     """Per-table flushes for one daemon configuration; ``states`` is the schedule's view of each table."""
 
-    def __init__(self, config: Config, spool: Spool, report: Report, errors: LogLimiter) -> None:
+    def __init__(self, config: Config, spool: Spool, report: DaemonReport, errors: LogLimiter) -> None:
         self.config, self.spool, self.report = config, spool, report
         self.errors = errors  # the daemon's rate limit for repeated error logs
         self.states: dict[str, TableState] = {}

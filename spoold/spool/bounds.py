@@ -1,4 +1,4 @@
-"""The spool's bounds (SPEC "Operating it"): pending bytes per table and free space on its filesystem.
+"""The spool's bounds (docs/operating.md): pending bytes per table and free space on its filesystem.
 
 An append that would cross ``[spool] max_bytes`` (a table's pending bytes:
 ``active.jsonl`` plus its flush files) or leave less than ``min_free_bytes``

@@ -1,6 +1,6 @@
 """The on-disk spool: locked, fsync'd appends; atomic rotation; read-only listing.
 
-Layout per table (SPEC "On-disk spool layout")::
+Layout per table (docs/spool-layout.md)::
 
     <root>/<table>/active.jsonl          producers append here, under .lock
     <root>/<table>/flush-<seq>.jsonl     rotated, immutable
@@ -14,7 +14,6 @@ receive a late write. Only ``append``, ``rotate``, ``quarantine`` and
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import stat
@@ -30,7 +29,7 @@ from spoold.envelope import envelopes
 from spoold.errors import InputError, SpoolError, TableBusy, UsageError
 from spoold.layout import FLUSH_LOCK, HELD, LOCK, SEQ, TALLY_LOCK
 from spoold.locks import Busy, FileLocks
-from spoold.safefile import UnsafeFile, check_dir, move_aside, open_file, read_file, temp_name
+from spoold.safefile import UnsafeFile, check_dir, open_file, read_file, temp_name
 from spoold.settings import SpoolLimits
 from spoold.spool import tally
 from spoold.spool.bounds import Bounds
@@ -43,6 +42,7 @@ from spoold.spool.files import (
     quarantine_record,
     record_line,
 )
+from spoold.spool.modes import Modes, open_active, regular
 
 log = logging.getLogger("spoold.spool")
 
@@ -64,12 +64,9 @@ class Spool:
         self.root = Path(root)
         self.group = group  # the producer group (spoold's state files are readable by it)
         self.bounds = Bounds(self.root, limits or SpoolLimits(), FLUSH_RE, ACTIVE)
-        self._gid = _group_id(group) if group else None
-        # setgid: new files get the group; sticky: a producer cannot rename or delete what is not its own
-        self._dir_mode = 0o3770 if group else 0o700
-        self._file_mode = 0o660 if group else 0o600
+        self.modes = Modes(group)
         self._dirs: dict[str, Path] = {}
-        self._locks = FileLocks(self._file_mode, self._chown)
+        self._locks = FileLocks(self.modes.file_mode, self.modes.chown)
         # Longest an append waits for the table's lock (None: as long as it takes, as producers do);
         # the daemon bounds its own (its tailer's), so one stuck table never stops the others.
         self.lock_wait_s: float | None = None
@@ -82,23 +79,23 @@ class Spool:
     @property
     def group_id(self) -> int | None:
         """The producer group's gid (``[spool] group``), None when the spool is private."""
-        return self._gid
+        return self.modes.gid
 
     def table_dir(self, table: str, *, create: bool = False) -> Path:
         """``table``'s directory; UnsafeFile if a link (or anything but a directory) stands in its place."""
         path = self.root / validate_identifier(table)
         check_dir(path)
         if create and not path.is_dir():
-            self._mkdir(self.root)
-            self._mkdir(path)
+            self.modes.mkdir(self.root)
+            self.modes.mkdir(path)
         return path
 
     def make_root(self) -> None:
         """Create the spool root (0700, or 3770 for a producer group) if it is missing; give an older
         group root of ours the sticky bit."""
         try:
-            self._mkdir(self.root)
-            self._adopt(self.root)
+            self.modes.mkdir(self.root)
+            self.modes.adopt(self.root)
         except OSError as e:
             raise SpoolError(f"cannot create the spool root {self.root}: {e}") from e
 
@@ -134,24 +131,8 @@ class Spool:
         d = self.table_dir(table)
         if not d.is_dir():
             return []
-        files = [p for p in d.iterdir() if FLUSH_RE.fullmatch(p.name) and self._regular(p)]
+        files = [p for p in d.iterdir() if FLUSH_RE.fullmatch(p.name) and regular(p)]
         return sorted(files, key=lambda p: p.name)
-
-    def _regular(self, path: Path) -> bool:
-        """True for a regular file with one link; anything else (a producer planted it) is moved aside."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            return True
-        what = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links (a spool file has one)")
-        try:
-            log.warning("%s: %s; never read, moved aside to %s", path, what, move_aside(path))
-        except OSError as e:  # another user's entry in a sticky directory: only its owner may move it
-            log.warning("%s: %s; never read (cannot move it aside: %s)", path, what, e.strerror)
-        return False
 
     def pending(self, table: str) -> list[Path]:
         """Flush files oldest first, then ``active.jsonl`` if it has bytes."""
@@ -159,10 +140,10 @@ class Spool:
         active = self.table_dir(table) / ACTIVE
         try:
             st = os.lstat(active)  # a planted link is never followed: moved aside, logged
-            if stat.S_ISREG(st.st_mode) and st.st_size > 0 and self._regular(active):
+            if stat.S_ISREG(st.st_mode) and st.st_size > 0 and regular(active):
                 files.append(active)
             elif not stat.S_ISREG(st.st_mode):
-                self._regular(active)
+                regular(active)
         except FileNotFoundError:
             pass
         return files
@@ -189,12 +170,12 @@ class Spool:
             with self._locked(table) as d:
                 created = False
                 try:
-                    fd = self._open_active(d)
+                    fd = open_active(d)
                 except FileNotFoundError:
-                    fd = open_file(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self._file_mode)
+                    fd = open_file(d / ACTIVE, os.O_RDWR | os.O_APPEND | os.O_CREAT, self.modes.file_mode)
                     created = True
                 try:
-                    self._chown(fd)
+                    self.modes.chown(fd)
                     self._repair_tail(table, fd)
                     self.bounds.check(table, fd, size)
                     append_all(fd, payloads)
@@ -231,10 +212,10 @@ class Spool:
             return
         d = self.table_dir(table, create=True)
         tmp = d / temp_name("stage")
-        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+        fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.modes.file_mode)
         staged = 0
         try:
-            self._chown(fd)
+            self.modes.chown(fd)
             staged = self._stage(table, fd, b"".join(head), staged)
             pending: list[bytes] = []
             size = 0
@@ -279,7 +260,7 @@ class Spool:
     def _rotate_locked(self, table: str, d: Path) -> Path | None:
         active = d / ACTIVE
         try:
-            fd = self._open_active(d)
+            fd = open_active(d)
         except FileNotFoundError:
             return None
         try:
@@ -305,7 +286,7 @@ class Spool:
             return None
         qdir = self.table_dir(table, create=True) / QUARANTINE
         check_dir(qdir)
-        self._mkdir(qdir)
+        self.modes.mkdir(qdir)
         path = qdir / f"{name}.jsonl"
         lines = [record_line(r) for r in records]
         room, kept, size = self.bounds.quarantine_room(qdir, path), 0, 0
@@ -314,11 +295,11 @@ class Spool:
             kept += 1
         with self.tally_lock(table):
             if kept:
-                write_atomic(path, b"".join(lines[:kept]), self._file_mode)
+                write_atomic(path, b"".join(lines[:kept]), self.modes.file_mode)
             elif path.exists():  # a retry that finds less room than its first try: the tally counts them all
                 path.unlink()
                 fsync_dir(qdir)
-            tally.record(qdir, name, records[kept:], sum(map(len, lines[kept:])), self._file_mode)
+            tally.record(qdir, name, records[kept:], sum(map(len, lines[kept:])), self.modes.file_mode)
         if kept < len(records):
             self.bounds.quarantine_over(table, len(records) - kept)
         return path if kept else None
@@ -332,7 +313,7 @@ class Spool:
     @property
     def file_mode(self) -> int:
         """The mode of the files this spool writes (0600, or 0660 for a producer group)."""
-        return self._file_mode
+        return self.modes.file_mode
 
     def remove(self, paths: Iterable[Path]) -> None:
         """Delete flush files whose rows are durably committed."""
@@ -393,7 +374,7 @@ class Spool:
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
             if os.path.isdir(d):
-                self._adopt(d)
+                self.modes.adopt(d)
         if not os.path.isdir(d):
             self.table_dir(table, create=True)
         else:
@@ -409,19 +390,6 @@ class Spool:
                 raise LockHeld(f"table {table}: spool lock held by {e}{waited} "
                                "(a producer stuck in an append?)") from None
             raise TableBusy(f"table {table} is being flushed by {e} (e.g. `spoold flush`)") from None
-
-    def _open_active(self, d: Path) -> int:
-        """``active.jsonl`` for appending: a planted link or special file is moved aside (when this user
-        may), then refused; FileNotFoundError when there is none."""
-        try:
-            return open_file(d / ACTIVE, os.O_RDWR | os.O_APPEND)
-        except UnsafeFile as e:
-            try:
-                aside = move_aside(d / ACTIVE)
-            except OSError:
-                raise e from None  # another user's entry in a sticky directory: the daemon moves it
-            log.warning("%s; moved aside to %s", e, aside)
-            raise FileNotFoundError(d / ACTIVE) from None
 
     def _repair_tail(self, table: str, fd: int) -> None:
         """Move a torn last line (a producer died mid-write) to quarantine, then cut it off."""
@@ -457,56 +425,5 @@ class Spool:
         names = [*os.listdir(d), *(os.listdir(held) if held.is_dir() and not held.is_symlink() else [])]
         existing = [int(m.group(1)) for n in names if (m := FLUSH_RE.fullmatch(n))]
         seq = max([last, *existing]) + 1
-        write_atomic(seq_file, str(seq).encode(), self._file_mode)
+        write_atomic(seq_file, str(seq).encode(), self.modes.file_mode)
         return seq
-
-    def _adopt(self, path: Path) -> None:
-        """Give a group directory the sticky bit if ours (an older spoold made them 2770); a daemon running
-        as root also takes over a table directory a producer created, so that producer cannot swap it."""
-        if self._gid is None:
-            return
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            return  # gone, or not a directory: every use checks it again
-        try:
-            st = os.fstat(fd)
-            euid = os.geteuid()
-            if st.st_uid != euid and euid == 0:
-                os.fchown(fd, 0, self._gid)
-            elif st.st_uid != euid:
-                return
-            if stat.S_IMODE(st.st_mode) != self._dir_mode or st.st_uid != euid:
-                os.fchmod(fd, self._dir_mode)
-        finally:
-            os.close(fd)
-
-    def _mkdir(self, path: Path) -> None:
-        if not path.parent.is_dir():
-            self._mkdir(path.parent)  # missing parents (the embedded state dir) are as private as the spool
-        try:
-            path.mkdir(mode=self._dir_mode)
-        except FileExistsError:
-            return
-        fsync_dir(path.parent)
-        if self._gid is not None:
-            os.chown(path, -1, self._gid)
-            os.chmod(path, self._dir_mode)  # mkdir's mode is masked by the umask
-
-    def _chown(self, fd: int) -> None:
-        if self._gid is None:
-            return
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            return  # its owner, another producer, set it up; only the owner may change it
-        if st.st_gid != self._gid:
-            os.fchown(fd, -1, self._gid)
-        if stat.S_IMODE(st.st_mode) != self._file_mode:
-            os.fchmod(fd, self._file_mode)  # os.open's mode is masked by the umask
-
-
-def _group_id(name: str) -> int:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise SpoolError(f"spool.group: no such group {name!r}") from None

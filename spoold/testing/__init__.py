@@ -1,4 +1,4 @@
-"""spoold's pytest plugin: the ``spoold_env`` fixture (SPEC "Testing with spoold").
+"""spoold's pytest plugin: the ``spoold_env`` fixture (docs/testing.md).
 
 Installing spoold registers this module with pytest (entry point group
 ``pytest11``, name ``spoold``; ``-p no:spoold`` turns it off). pytest then

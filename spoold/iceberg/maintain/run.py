@@ -58,7 +58,7 @@ class Options:
 
 
 @dataclass
-class Report:
+class MaintenanceReport:
     at: float = 0.0
     host: str = ""
     duration_s: float = 0.0
@@ -105,7 +105,7 @@ class Report:
                 + (" (dry run: nothing changed)" if self.dry_run else ""))
 
 
-def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, report: Report,
+def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, report: MaintenanceReport,
               index: Callable[[Table], object] | None = None) -> Iterator[str]:
     """One run over ``spec``'s table, one bounded step per ``next()`` (names the step done).
 
@@ -216,7 +216,7 @@ def _expire(tables: Tables, config: Config, spec: TableSpec, opts: Options) -> E
     raise CommitConflict(f"table {spec.identifier}: snapshot expiry still conflicting after {_ATTEMPTS} attempts")
 
 
-def _record(tables: Tables, spec: TableSpec, report: Report) -> None:
+def _record(tables: Tables, spec: TableSpec, report: MaintenanceReport) -> None:
     """Write the run into the table's properties (a metadata-only commit, retried on conflict)."""
     for attempt in range(_ATTEMPTS):
         tbl = _load(tables, spec)
