@@ -111,6 +111,7 @@ class Config:
     state_dir: Path
     spool_root: Path
     spool_group: str | None
+    spool_share_sources: bool  # [spool] group_readable_sources: tailed tables' rows readable by the group
     catalog_name: str
     catalog_props: Mapping[str, str]
     flush: FlushSettings = field(default_factory=FlushSettings)
@@ -185,10 +186,12 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
     state_dir = _default_state_dir()
 
     spool = _table(data, "spool")
-    _only_keys(spool, "spool.", {"root", "group", *SpoolLimits.__dataclass_fields__})
+    _only_keys(spool, "spool.", {"root", "group", "group_readable_sources", *SpoolLimits.__dataclass_fields__})
     root = _path(spool, "spool.root", base) or state_dir / "spool"
     group = _opt(spool, "spool.group", str)
-    limits = _settings(SpoolLimits, {k: v for k, v in spool.items() if k not in ("root", "group")}, "spool")
+    share_sources = _opt(spool, "spool.group_readable_sources", bool) or False
+    limits = _settings(SpoolLimits, {k: v for k, v in spool.items()
+                                     if k not in ("root", "group", "group_readable_sources")}, "spool")
 
     catalog = dict(_table(data, "catalog"))
     name = catalog.pop("name", "spoold")
@@ -229,6 +232,7 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         state_dir=state_dir,
         spool_root=root,
         spool_group=group,
+        spool_share_sources=share_sources,
         catalog_name=name,
         catalog_props=props,
         flush=flush,

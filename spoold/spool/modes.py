@@ -32,11 +32,13 @@ class Modes:
         self.dir_mode = 0o3770 if group else 0o700
         self.file_mode = 0o660 if group else 0o600
 
-    def adopt(self, path: Path) -> None:
+    def adopt(self, path: Path, *, private: bool = False) -> None:
         """Give a group directory the sticky bit if ours (an older spoold made them 2770); a daemon running
-        as root also takes over a table directory a producer created, so that producer cannot swap it."""
+        as root also takes over a table directory a producer created, so that producer cannot swap it.
+        ``private``: a directory the group must not read (a tailed source's table): 0700."""
         if self.gid is None:
             return
+        mode = 0o700 if private else self.dir_mode
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
@@ -48,20 +50,22 @@ class Modes:
                 os.fchown(fd, 0, self.gid)
             elif st.st_uid != euid:
                 return
-            if stat.S_IMODE(st.st_mode) != self.dir_mode or st.st_uid != euid:
-                os.fchmod(fd, self.dir_mode)
+            if stat.S_IMODE(st.st_mode) != mode or st.st_uid != euid:
+                os.fchmod(fd, mode)
         finally:
             os.close(fd)
 
-    def mkdir(self, path: Path) -> None:
+    def mkdir(self, path: Path, *, private: bool = False) -> None:
+        """Create ``path`` (and missing parents) with the spool's directory mode; ``private``: 0700 whatever
+        the group (a tailed source's table, unless [spool] group_readable_sources)."""
         if not path.parent.is_dir():
             self.mkdir(path.parent)  # missing parents (the embedded state dir) are as private as the spool
         try:
-            path.mkdir(mode=self.dir_mode)
+            path.mkdir(mode=0o700 if private else self.dir_mode)
         except FileExistsError:
             return
         fsync_dir(path.parent)
-        if self.gid is not None:
+        if self.gid is not None and not private:
             os.chown(path, -1, self.gid)
             os.chmod(path, self.dir_mode)  # mkdir's mode is masked by the umask
 

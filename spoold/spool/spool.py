@@ -60,8 +60,9 @@ class Spool:
     """Producers' and flushers' handle on a spool root (thread-safe)."""
 
     def __init__(self, root: str | os.PathLike[str], group: str | None = None,
-                 limits: SpoolLimits | None = None) -> None:
+                 limits: SpoolLimits | None = None, private: frozenset[str] = frozenset()) -> None:
         self.root = Path(root)
+        self.private = private  # tables whose directory the producer group may not enter (tailed sources)
         self.group = group  # the producer group (spoold's state files are readable by it)
         self.bounds = Bounds(self.root, limits or SpoolLimits(), FLUSH_RE, ACTIVE)
         self.modes = Modes(group)
@@ -73,7 +74,8 @@ class Spool:
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
-        return cls(config.spool_root, config.spool_group, config.spool_limits)
+        private = frozenset() if config.spool_share_sources else frozenset(s.table for s in config.sources)
+        return cls(config.spool_root, config.spool_group, config.spool_limits, private)
 
     # -- layout -----------------------------------------------------------------
     @property
@@ -87,7 +89,7 @@ class Spool:
         check_dir(path)
         if create and not path.is_dir():
             self.modes.mkdir(self.root)
-            self.modes.mkdir(path)
+            self.modes.mkdir(path, private=table in self.private)
         return path
 
     def make_root(self) -> None:
@@ -374,7 +376,7 @@ class Spool:
         if d is None:
             d = self._dirs[table] = self.table_dir(table)  # validated once per table
             if os.path.isdir(d):
-                self.modes.adopt(d)
+                self.modes.adopt(d, private=table in self.private)
         if not os.path.isdir(d):
             self.table_dir(table, create=True)
         else:

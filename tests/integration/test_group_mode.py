@@ -68,3 +68,34 @@ def test_a_member_reads_status_and_quarantine_after_every_kind_of_run(base: Path
         if path.is_file() and not path.is_symlink():
             mode = path.stat().st_mode & 0o777
             assert mode & 0o004 == 0, f"{path} is readable by others ({mode:o})"
+
+
+def test_rows_the_daemon_tails_stay_out_of_the_groups_reach_unless_shared(base: Path, group: str) -> None:
+    """A table fed by [[sources]] gets a 0700 directory in a group spool (the member cannot read its rows);
+    [spool] group_readable_sources = true shares it like any other table."""
+    from daemonproc import DaemonProc, wait_for
+
+    state, src = base / "state", base / "src"
+    state.mkdir(mode=0o700)
+    src.mkdir(mode=0o700)
+    (src / "t.jsonl").write_text('{"part_id": "s1", "text": "a private transcript line"}\n')
+    for share in (False, True):
+        root, cfg = base / f"spool-{share}", base / f"spoold-{share}.toml"
+        cfg.write_text(f'[spool]\nroot = "{root}"\ngroup = "{group}"\n'
+                       f"group_readable_sources = {str(share).lower()}\n"
+                       f'[catalog]\ntype = "sql"\nuri = "sqlite:///{state / f"catalog-{share}.db"}"\n'
+                       f'warehouse = "file://{state / f"wh-{share}"}"\n'
+                       '[flush]\ndebounce_s = 30\nmax_delay_s = 60\n'
+                       f'[[sources]]\ntable = "{T}"\npath = "{src}/*.jsonl"\nformat = "jsonl"\n')
+        cfg.chmod(0o644)
+        d = DaemonProc(cfg)
+        try:
+            wait_for(lambda root=root: any((root / T).glob("*.jsonl")), "the tailed row spooled")
+            mode = (root / T).stat().st_mode & 0o7777
+            read = as_member(group, "cat", *[str(p) for p in (root / T).glob("*.jsonl")])
+        finally:
+            assert d.stop() == 0, d.log()
+        if share:
+            assert mode == 0o3770 and read.returncode == 0 and b"private transcript" in read.stdout
+        else:
+            assert mode & 0o077 == 0 and read.returncode != 0 and b"private transcript" not in read.stdout
