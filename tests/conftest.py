@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonproc import DaemonProc
+from support.daemonproc import DaemonProc
 
 # pyiceberg reads ~/.pyiceberg.yaml and PYICEBERG_* once, at import: point it at
 # an empty home before anything imports it. SPOOLD_TEST_* are the suite's own knobs
@@ -22,7 +22,7 @@ for _k in [k for k in os.environ if k.startswith(("PYICEBERG_", "SPOOLD_")) and 
     del os.environ[_k]
 os.environ["PYICEBERG_HOME"] = tempfile.mkdtemp(prefix="spoold-test-pyiceberg-")
 
-pytest_plugins = ["servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests (tests/servers.py)
+pytest_plugins = ["support.servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
-from testhooks import Hooks
+from support.testhooks import Hooks
 
 from spoold.backfill.run import backfill
 from spoold.backfill.seen import spooled_keys

@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 import pytest
 from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
-from testhooks import Hooks
+from support.daemonproc import DaemonProc, wait_for
+from support.testhooks import Hooks
 
 from spoold.backfill.cursor import CURSORS_DIR
 from spoold.config import load_config

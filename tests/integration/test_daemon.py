@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
-from testhooks import WINDOWS, Hooks, windows_hit
+from support.daemonproc import DaemonProc, wait_for
+from support.testhooks import WINDOWS, Hooks, windows_hit
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool

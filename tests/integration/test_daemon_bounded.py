@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import read_table, run_spoold, write_config
-from daemonproc import DaemonProc, notify_socket, wait_for
+from support.daemonproc import DaemonProc, notify_socket, wait_for
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool

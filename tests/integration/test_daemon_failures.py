@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
+from support.daemonproc import DaemonProc, wait_for
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool

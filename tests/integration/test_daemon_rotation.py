@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import write_config
-from daemonproc import DaemonProc, wait_for
+from support.daemonproc import DaemonProc, wait_for
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink

@@ -2,7 +2,7 @@
 
 Each "host" is its own spoold process with its own spool, all committing to
 one table through a shared catalog: an Iceberg REST catalog on S3 (SeaweedFS
-``weed mini``) or pyiceberg's SQL catalog on PostgreSQL (``tests/servers.py``).
+``weed mini``) or pyiceberg's SQL catalog on PostgreSQL (``tests/support/servers.py``).
 The REST hosts get their credentials from the environment, as a fleet would.
 What must hold across them: every row once (no loss, no doubles), no host
 refusing a table another host created, and every spool emptied in the end.
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, run_spoold, write_config
-from servers import SeaweedFS, catalog_for
+from support.servers import SeaweedFS, catalog_for
 
 from spoold.cli.status import status
 from spoold.config import load_config
@@ -134,7 +134,7 @@ def run_hosts(tmp_path: Path, hosts: list[Host], steps: dict[str, list[list[tupl
         plan = tmp_path / f"plan-{h.name}-{barrier.name}.json"
         plan.write_text(json.dumps({"config": str(h.config), "table": h.table, "host": h.name,
                                     "barrier": str(barrier), "hosts": len(hosts), "steps": steps[h.name]}))
-        procs.append(h.popen(str(REPO / "tests" / "fleet_host.py"), str(plan)))
+        procs.append(h.popen(str(REPO / "tests" / "support" / "fleet_host.py"), str(plan)))
     logs = []
     for h, p in zip(hosts, procs):
         rc, _, err = p.wait()

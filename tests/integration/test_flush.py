@@ -27,8 +27,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, read_table, run_spoold, write_config
-from daemonproc import wait_for
-from testhooks import WINDOWS, Hooks, overlapped, windows_hit
+from support.daemonproc import wait_for
+from support.testhooks import WINDOWS, Hooks, overlapped, windows_hit
 
 from spoold.config import load_config
 from spoold.errors import CatalogError

@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 import pytest
 from conftest import run_spoold
-from maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
+from support.maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
 
 from spoold.config import Config, load_config
 from spoold.iceberg.maintain.reachable import referenced

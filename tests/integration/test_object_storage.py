@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import write_config
 from pyiceberg.catalog.rest import RestCatalog
-from servers import SeaweedFS
+from support.servers import SeaweedFS
 
 import spoold.iceberg.snapshots
 from spoold.config import Config, load_config

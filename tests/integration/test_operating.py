@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 import pytest
 from conftest import run_spoold
-from daemonproc import DaemonProc, http_get, notify_socket, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from support.daemonproc import DaemonProc, http_get, notify_socket, wait_for
 
 from spoold.config import load_config
 from spoold.envelope import encode
@@ -282,7 +282,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         why = f"cannot mount a small tmpfs here ({(out.stderr or out.stdout).strip()})"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{why}: CI must test a real ENOSPC (run as root, with CAP_SYS_ADMIN)")
-        pytest.skip(f"{why}; tests/test_bounds.py injects ENOSPC at the write instead")
+        pytest.skip(f"{why}; tests/spool/test_bounds.py injects ENOSPC at the write instead")
     try:
         yield mnt
     finally:

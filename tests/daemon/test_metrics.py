@@ -8,20 +8,19 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from daemonproc import http_get
 from prometheus_client.parser import text_string_to_metric_families
+from support.daemonproc import http_get
+from support.paths import REPO
 
 from spoold.config import ConfigError, parse_config, parse_listen
 from spoold.daemon import metrics
 from spoold.daemon.metrics import DRAINING, RUNNING, STARTING, Server, health
 from spoold.errors import SpooldError
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = 1_000_000.0
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maintkit import TABLE, key_counts, make_config, table
 from pyiceberg.table import Table
+from support.maintkit import TABLE, key_counts, make_config, table
 
 from spoold.config import Config, load_config
 from spoold.iceberg.maintain.compact import plan, rewrite

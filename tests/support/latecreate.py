@@ -1,6 +1,6 @@
 """A SQL catalog whose create is not atomic, with another host's late create injected on cue.
 
-``[catalog] py-catalog-impl = "latecreate.LateCreateCatalog"`` (with ``tests/`` on
+``[catalog] py-catalog-impl = "support.latecreate.LateCreateCatalog"`` (with ``tests/`` on
 ``PYTHONPATH`` for a ``spoold`` subprocess) puts it under spoold. It behaves as a
 REST catalog with a check-then-write create does when two hosts create one table
 at once (SeaweedFS 4.48, issue 12): a create whose check passed before the

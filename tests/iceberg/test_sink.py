@@ -406,7 +406,8 @@ def test_index_is_rebuilt_after_a_delete_so_deleted_keys_can_land_again(config: 
 
 # -- snapshot expiry -------------------------------------------------------------------------------------------
 def test_commits_expire_snapshots_past_the_tables_own_history_properties(tmp_path: Path) -> None:
-    # (With [maintain] enabled, flushes leave history to maintenance until it falls behind: tests/test_expire.py.)
+    # (With [maintain] enabled, flushes leave history to maintenance until it falls behind:
+    # tests/iceberg/maintain/test_expire.py.)
     config = load_config(write_config(tmp_path, TABLE + "\n[maintain]\nenabled = false\n"))
     (config.spool_root / "app.events").mkdir(parents=True, exist_ok=True)
     spec = config.table("app.events")

@@ -1,6 +1,6 @@
 """One host of a many-hosts test: append a step's rows to its own spool, meet the others, run `spoold flush`.
 
-    python tests/fleet_host.py PLAN.json
+    python tests/support/fleet_host.py PLAN.json
 
 The plan (JSON): ``config`` (the host's spoold.toml), ``table``, ``host`` (its
 name), ``barrier`` (a directory shared by the hosts), ``hosts`` (how many) and

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
 from spoold.daemon import systemd
 
-REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "spoold.service"
 EXAMPLE_CONFIG = REPO / "systemd" / "spoold.toml"
 MAX_EXPOSURE = 2.0

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support.paths import REPO
 
 from spoold.sources import (
     FORMATS,
@@ -24,7 +25,6 @@ from spoold.sources import (
 from spoold.sources import jsonl as jsonl_format
 from spoold.sources import transcript as transcript_format
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "sources"
 LOCAL_CC = FIXTURES / "claude-code"
 NON_MESSAGE_TYPES = {

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemonproc import wait_for
+from support.daemonproc import wait_for
 
 # Windows of a flush a kill can land in, named by the last mark the killed process wrote.
 WINDOWS = {

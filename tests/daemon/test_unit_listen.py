@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "spoold.service"
 DOC = REPO / "docs" / "operating.md"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maintkit import TABLE, age, commit, files_under, key_counts, local, make_config, table
+from support.maintkit import TABLE, age, commit, files_under, key_counts, local, make_config, table
 
 from spoold.config import Config, load_config
 from spoold.iceberg.maintain.compact import plan, rewrite

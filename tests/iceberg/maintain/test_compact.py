@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from maintkit import (
+from support.maintkit import (
     TABLE,
     commit,
     duckdb_scan,
