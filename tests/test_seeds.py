@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 RANDOM_TEST = "tests/integration/test_random_ops.py::test_random_spool_operations_keep_every_row_exactly_once"
 HYPOTHESIS_TEST = "tests/keys/test_keyindex.py"

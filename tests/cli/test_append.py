@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_spoold
+from support.cli import run_spoold
+from support.tables import validated_keys
 
 from spoold.config import TableSpec, load_config
 from spoold.envelope import Validator
-from spoold.spool.files import ACTIVE, read_validated
+from spoold.spool.files import ACTIVE
 from spoold.spool.spool import Spool
 
 T = "chat.parts"
@@ -30,15 +31,7 @@ text = "string"
 
 
 def spooled_keys(cfg: Path, table: str = T) -> list[str]:
-    config = load_config(cfg)
-    spool = Spool.from_config(config)
-    v = Validator(config.table(table))
-    keys = []
-    for path in spool.pending(table):
-        for _, _, verdict in read_validated(path, v):
-            assert verdict.error is None and not verdict.rejects
-            keys.extend(verdict.keys)
-    return keys
+    return validated_keys(cfg, table)  # every line and row must pass
 
 
 def tree(root: Path) -> dict[str, bytes]:

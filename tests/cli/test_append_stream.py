@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import orjson
-from conftest import run_spoold, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cli import run_spoold, write_config
+from support.tables import spooled_keys
 
 from spoold.config import TableSpec, load_config
 from spoold.envelope import Validator
-from spoold.spool.files import ACTIVE, iter_lines
+from spoold.spool.files import ACTIVE
 from spoold.spool.spool import STAGE_BYTES, Spool
 
 TABLE = "app.events"
@@ -33,16 +34,6 @@ def rows(n: int, start: int = 0) -> bytes:
                                   "text": "x" * 200}) + b"\n" for i in range(start, start + n))
 
 
-def spooled_keys(cfg: Path) -> list[str]:
-    spool = Spool.from_config(load_config(cfg))
-    out = []
-    for path in spool.pending(TABLE):
-        for _, raw, _ in iter_lines(path):
-            env = json.loads(raw)
-            out += [r[env["columns"].index("part_id")] for r in env["rows"]]
-    return out
-
-
 def test_a_large_input_is_published_as_one_flush_file_after_what_was_appended_before(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, DECLARED)
     assert run_spoold("append", TABLE, "--config", str(cfg), input=rows(3)).returncode == 0
@@ -54,7 +45,7 @@ def test_a_large_input_is_published_as_one_flush_file_after_what_was_appended_be
     spool = Spool.from_config(load_config(cfg))
     files = spool.flush_files(TABLE)
     assert len(files) == 2 and not (spool.table_dir(TABLE) / ACTIVE).exists()  # the earlier rows rotated first
-    assert spooled_keys(cfg) == [f"k{i}" for i in range(40_003)]  # spool order is input order
+    assert spooled_keys(cfg, TABLE) == [f"k{i}" for i in range(40_003)]  # spool order is input order
     assert not list(spool.table_dir(TABLE).glob(".*.tmp"))
 
 

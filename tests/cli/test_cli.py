@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run_spoold
+from support.cli import run_spoold
 
 COMMANDS = ("run", "append", "flush", "backfill", "status")
 ROW = b'{"part_id": "a"}\n'

@@ -19,9 +19,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from conftest import write_config
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table.metadata import TableMetadataV2
+from support.cli import write_config
 
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError, CommitConflict

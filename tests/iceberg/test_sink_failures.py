@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from conftest import write_config
+from support.cli import write_config
+from support.tables import committed_counts
 
 import spoold.iceberg.sink as sink_module
 from spoold.config import Config, load_config
@@ -39,8 +40,7 @@ def config(tmp_path: Path) -> Config:
 
 
 def committed(config: Config) -> Counter[str]:
-    tbl = Sink(config).load(config.table("app.events"))
-    return Counter() if tbl is None else Counter(tbl.scan().to_arrow().column("part_id").to_pylist())
+    return committed_counts(config, "app.events")
 
 
 def test_a_commit_that_conflicts_on_every_attempt_gives_up_and_keeps_its_rows(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
+from support.cli import write_config
 
 from spoold.config import load_config
 from spoold.errors import CatalogError

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.paths import FIXTURES, REPO
+from support.tables import read_table
 from support.testhooks import Hooks
 
 from spoold.backfill.run import backfill

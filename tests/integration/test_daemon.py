@@ -21,8 +21,9 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold, write_config
+from support.cli import run_spoold, write_config
 from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_keys, load_table
 from support.testhooks import WINDOWS, Hooks, windows_hit
 
 from spoold.config import load_config
@@ -66,15 +67,11 @@ def landed_at(cfg: Path, name: str = TABLE) -> dict[str, float]:
 
 def table(cfg: Path, name: str = TABLE) -> Any:
     """The committed table, or None while it does not exist."""
-    from spoold.iceberg.sink import Sink
-
-    c = load_config(cfg)
-    return Sink(c).load(c.table(name))
+    return load_table(cfg, name)
 
 
 def committed(cfg: Path, name: str = TABLE) -> list[str]:
-    tbl = table(cfg, name)
-    return [] if tbl is None else tbl.scan(selected_fields=("part_id",)).to_arrow().column("part_id").to_pylist()
+    return committed_keys(cfg, name)
 
 
 def has_all(cfg: Path, keys: set[str], name: str = TABLE) -> Callable[[], bool]:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
 from support.daemonproc import DaemonProc, notify_socket, wait_for
+from support.tables import committed_keys
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool
@@ -24,10 +25,7 @@ def config(tmp_path: Path, extra: str = "", sources: str = "") -> Path:
 
 
 def committed(cfg: Path, table: str) -> list[str]:
-    try:
-        return sorted(read_table(cfg, table).column("part_id").to_pylist())
-    except AssertionError:  # the table does not exist yet
-        return []
+    return sorted(committed_keys(cfg, table))
 
 
 def backlog(cfg: Path, table: str, n: int) -> None:

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from conftest import write_config
+from support.cli import write_config
+from support.daemonproc import wait_for
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink
@@ -22,15 +21,6 @@ from spoold.spool.spool import Spool
 
 TABLE = "ev.rows"
 DEADLINE_S = 90.0
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.mark.slow
@@ -51,7 +41,7 @@ def test_a_daemon_keeps_data_files_bounded_over_many_flushes_while_flushing_on_s
             t0 = time.monotonic()
             spool.append(TABLE, [{"part_id": f"r{i}-{j}", "n": j} for j in range(3)])
             wait_for(lambda: not spool.pending(TABLE) and not list(spool.table_dir(TABLE).glob("active*")),
-                     f"batch {i} committed")
+                     f"batch {i} committed", every=0.05)  # the wait is measured: look often
             waits.append(time.monotonic() - t0)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 # (file, the line that hands a spool change to the schedule, what it becomes)
 MUTATION = ("spoold/daemon/loop.py", "                self._touched.add(table)\n",

@@ -14,22 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.daemonproc import wait_for
+from support.tables import committed_keys, read_table
 
 DEADLINE_S = 90.0
 ROW = b'{"part_id": "a:0", "text": "hi"}\n'
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 class Daemon:
@@ -142,10 +134,7 @@ def test_a_second_daemon_on_one_spool_root_exits_1_naming_the_first(tmp_path: Pa
 
 
 def _committed(cfg: Path) -> list[str]:
-    try:
-        return read_table(cfg, "t.x").column("part_id").to_pylist()
-    except AssertionError:
-        return []
+    return committed_keys(cfg, "t.x")
 
 
 def test_the_embedded_state_directory_is_private(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REPO, read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.paths import REPO
+from support.tables import read_table
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink

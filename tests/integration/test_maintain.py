@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
-from conftest import run_spoold
+from support.cli import run_spoold
 from support.maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
 
 from spoold.config import Config, load_config

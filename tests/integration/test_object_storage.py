@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
 from pyiceberg.catalog.rest import RestCatalog
+from support.cli import write_config
 from support.servers import SeaweedFS
 
 import spoold.iceberg.snapshots

@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold
 from prometheus_client.parser import text_string_to_metric_families
+from support.cli import run_spoold
 from support.daemonproc import DaemonProc, http_get, notify_socket, wait_for
+from support.tables import committed_keys, spooled_keys
 
 from spoold.config import load_config
 from spoold.envelope import encode
-from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 
 T = "ops.events"
@@ -86,11 +86,7 @@ def cli_append(cfg: Path, rows: list[dict[str, Any]]) -> subprocess.CompletedPro
 
 
 def committed(cfg: Path) -> list[str]:
-    from spoold.iceberg.sink import Sink
-
-    c = load_config(cfg)
-    tbl = Sink(c).load(c.table(T))
-    return [] if tbl is None else tbl.scan(selected_fields=("part_id",)).to_arrow().column("part_id").to_pylist()
+    return committed_keys(cfg, T)
 
 
 def pending_bytes(cfg: Path) -> bytes:
@@ -307,17 +303,6 @@ def fill(mnt: Path, leave: int = 0) -> Path:
     return filler
 
 
-def spooled_keys(cfg: Path) -> list[str]:
-    """Every key in the pending spool files; fails on any line that is not a whole envelope."""
-    keys = []
-    for path in Spool.from_config(load_config(cfg)).pending(T):
-        for _, raw, terminated in iter_lines(path):
-            assert terminated, f"torn line in {path}"
-            env = orjson.loads(raw)
-            keys += [r[env["columns"].index("part_id")] for r in env["rows"]]
-    return keys
-
-
 def test_enospc_during_append_refuses_it_whole(tmp_path: Path, small_fs: Path) -> None:
     cfg = write_cfg(tmp_path, spool="min_free_bytes = 0", listen=False, root=small_fs / "spool")
     assert cli_append(cfg, rows("a", 10)).returncode == 0
@@ -334,7 +319,7 @@ def test_enospc_during_append_refuses_it_whole(tmp_path: Path, small_fs: Path) -
     assert pending_bytes(cfg) == before
     filler.unlink()
     assert cli_append(cfg, rows("big", 400)).returncode == 0
-    assert spooled_keys(cfg) == [f"a{i}" for i in range(10)] + ["small0"] + [f"big{i}" for i in range(400)]
+    assert spooled_keys(cfg, T) == [f"a{i}" for i in range(10)] + ["small0"] + [f"big{i}" for i in range(400)]
     table_dir = small_fs / "spool" / T
     assert not [p.name for p in table_dir.iterdir() if p.name.endswith(".tmp")]
 

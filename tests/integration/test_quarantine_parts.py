@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import write_config
+from support.cli import write_config
 
 import spoold.flush.flush
 from spoold.config import Config, load_config

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support import tables
 
 from spoold.config import SourceSpec
-from spoold.envelope import parse_envelope
 from spoold.sources.tail import OFFSETS_DIR, Tailer
 from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
@@ -21,14 +21,7 @@ TABLE = "t.src"
 
 def spooled_keys(spool: Spool, table: str = TABLE) -> list[str]:
     """Every key in the table's pending spool files, in order (duplicates kept)."""
-    keys = []
-    for path in spool.pending(table):
-        for _, raw, terminated in iter_lines(path):
-            env, err = parse_envelope(raw, terminated)
-            assert err is None, err
-            i = env["columns"].index("part_id")
-            keys += [row[i] for row in env["rows"]]
-    return keys
+    return tables.spooled_keys(spool, table)
 
 
 def line(key: str, **extra: object) -> bytes:
@@ -262,7 +255,6 @@ def test_a_glob_reaching_into_the_spool_never_tails_it(spool: Spool, tmp_path: P
 
 def test_a_row_with_an_empty_column_name_is_skipped_not_blocking_the_file(tmp_path: Path) -> None:
     """One bad line must not hold back the lines after it (the offset moves past it)."""
-    from spoold.spool.files import iter_lines
     from spoold.spool.spool import Spool
 
     src = tmp_path / "src" / "a.jsonl"

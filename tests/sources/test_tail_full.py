@@ -7,12 +7,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support import tables
 
 from spoold.config import SourceSpec
 from spoold.settings import SpoolLimits
 from spoold.sources import tail as tail_module
 from spoold.sources.tail import Tailer
-from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 
 TABLE = "t.src"
@@ -23,12 +23,7 @@ def line(key: str) -> bytes:
 
 
 def spooled_keys(spool: Spool) -> list[str]:
-    keys = []
-    for path in spool.pending(TABLE):
-        for _, raw, _ in iter_lines(path):
-            env = orjson.loads(raw)
-            keys += [row[env["columns"].index("part_id")] for row in env["rows"]]
-    return keys
+    return tables.spooled_keys(spool, TABLE)
 
 
 def drain(t: Tailer) -> None:

@@ -12,24 +12,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support import tables
 
 from spoold.config import SourceSpec
-from spoold.envelope import parse_envelope
 from spoold.sources.tail import OFFSETS_DIR, Tailer
-from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 
 TABLE = "t.src"
 
 
 def spooled_keys(spool: Spool) -> list[str]:
-    keys = []
-    for path in spool.pending(TABLE):
-        for _, raw, terminated in iter_lines(path):
-            env, err = parse_envelope(raw, terminated)
-            assert err is None, err
-            keys += [row[env["columns"].index("part_id")] for row in env["rows"]]
-    return keys
+    return tables.spooled_keys(spool, TABLE)
 
 
 def line(key: str) -> bytes:

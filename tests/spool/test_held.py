@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from support.cli import write_config
 
 from spoold.config import Config, load_config
 from spoold.daemon.pending import Pending

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.tables import read_table
 
 from spoold.backfill.seen import spooled_keys
 from spoold.config import TableSpec, load_config

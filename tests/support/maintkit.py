@@ -8,11 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from conftest import write_config
-
 from spoold.config import Config, load_config
 from spoold.iceberg.sink import Sink
 from spoold.keys.settle import Batch
+from support.cli import write_config
 
 TABLE = "app.events"
 TABLE_TOML = """
