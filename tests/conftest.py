@@ -117,12 +117,12 @@ def spoold() -> Callable[..., subprocess.CompletedProcess[bytes]]:
 def daemons() -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
-    def start(cfg: Path, env: dict[str, str] | None = None) -> DaemonProc:
-        d = DaemonProc(cfg, env)
+    def start(cfg: Path, env: dict[str, str] | None = None, *args: str, ready: bool = True) -> DaemonProc:
+        """``spoold run --config cfg *args``, returned once it has sent READY=1 (unless ``ready=False``)."""
+        d = DaemonProc(cfg, env, *args, ready=ready)
         started.append(d)
         return d
 
     yield start
     for d in started:
-        if d.proc.poll() is None:
-            d.kill()
+        d.close()
