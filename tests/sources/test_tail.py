@@ -28,18 +28,6 @@ def line(key: str, **extra: object) -> bytes:
     return orjson.dumps({"part_id": key, **extra}) + b"\n"
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
-
-
-@pytest.fixture
-def src(tmp_path: Path) -> Path:
-    d = tmp_path / "src"
-    d.mkdir()
-    return d
-
-
 def tailer(spool: Spool, src: Path, pattern: str = "*.jsonl", fmt: str = "jsonl", **kw: int) -> Tailer:
     t = Tailer(spool, [SourceSpec(TABLE, str(src / pattern), fmt)], **kw)
     t.discover()

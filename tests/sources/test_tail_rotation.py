@@ -52,18 +52,6 @@ def deep(levels: int) -> str:
     return "[" * levels + "]" * levels
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
-
-
-@pytest.fixture
-def src(tmp_path: Path) -> Path:
-    d = tmp_path / "src"
-    d.mkdir()
-    return d
-
-
 def tailer(spool: Spool, pattern: str, fmt: str = "jsonl", **kw: float) -> Tailer:
     t = Tailer(spool, [SourceSpec(TABLE, pattern, fmt)], **kw)  # type: ignore[arg-type]
     t.discover()
