@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+from common import peak_mb, reset_peak, rss_mb, sqlite_toml
 
 from spoold.sources.transcript import COLUMNS as TRANSCRIPT_COLUMNS
 
@@ -37,8 +38,7 @@ CHUNK = 100_000
 
 
 def _config_text(d: Path) -> str:
-    body = f'[spool]\nroot = "{d / "spool"}"\n\n[catalog]\ntype = "sql"\nuri = "sqlite:///{d / "catalog.db"}"\n'
-    body += f'warehouse = "file://{d / "warehouse"}"\n\n[flush]\nchunk_rows = {CHUNK}\n'
+    body = sqlite_toml(d, "warehouse") + f"[flush]\nchunk_rows = {CHUNK}\n"
     for t in TABLES:
         body += f'\n[tables."{t}".columns]{COLUMNS}'
     return body
@@ -94,31 +94,6 @@ def setup(d: Path, rows: int, committed: int, spooled: int) -> None:
     with open(d / "source.jsonl", "wb") as f:
         for i in range(0, len(source), 10_000):
             f.write(b"".join(orjson.dumps(_row(k, j)) + b"\n" for k, j in source[i : i + 10_000]))
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (Linux >= 4.0)
-    except OSError:
-        pass
-
-
-def _peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def naive(d: Path, table: str) -> tuple[int, int]:
@@ -194,12 +169,12 @@ def main() -> None:
         from spoold.config import load_config
 
         config = load_config(d / "spoold.toml")
-        base = _rss_mb()
-        _reset_peak()
+        base = rss_mb()
+        reset_peak()
         t0, c0 = time.perf_counter(), time.process_time()
         s = backfill(config, TABLES[0], [str(d / "source.jsonl")], "jsonl", None)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        peak = _peak_mb()
+        peak = peak_mb()
         print(f"spoold backfill: {s.materialized:,} rows in {dt:.2f}s = {s.materialized / dt:,.0f} rows/s "
               f"(written {s.written:,}, skipped {s.skipped_committed:,} committed + {s.skipped_spooled:,} "
               f"spooled); peak RSS {peak:.0f} MB (process before the run: {base:.0f} MB)")
@@ -208,12 +183,12 @@ def main() -> None:
               f"dedup-and-write after it: {loop:.2f}s = {s.materialized / loop:,.0f} rows/s; "
               f"CPU {cpu:.2f}s")
         if not args.no_naive:
-            _reset_peak()
+            reset_peak()
             t0, c0 = time.perf_counter(), time.process_time()
             rows, written = naive(d, TABLES[1])
             ndt, ncpu = time.perf_counter() - t0, time.process_time() - c0
             print(f"naive baseline:  {rows:,} rows in {ndt:.2f}s = {rows / ndt:,.0f} rows/s "
-                  f"(written {written:,}); peak RSS {_peak_mb():.0f} MB; CPU {ncpu:.2f}s")
+                  f"(written {written:,}); peak RSS {peak_mb():.0f} MB; CPU {ncpu:.2f}s")
             print(f"speed-up: {ndt / dt:.2f}x")
         print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work skews wall times)")
         print(f"targets: >= 150,000 rows/s ({'met' if s.materialized / dt >= 150_000 else 'MISSED'}), "

@@ -35,9 +35,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the test suite's SeaweedFS launcher (tests/servers.py)
-
 TABLE_COLUMNS = 'part_id = "string!"\nn = "long"\nhost = "string"\ntext = "string"\n'
 
 
@@ -162,7 +159,7 @@ def main() -> int:
         return host(args.host)
     if args.quick:
         args.seconds = 8.0
-    from servers import SeaweedFS, weed_binary
+    from spoold.testing.servers import SeaweedFS, weed_binary
 
     binary = weed_binary()
     if binary is None:

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -38,29 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import peak_mb, rss_mb, sqlite_catalog
+
 TABLE = "chat.parts"
 COLUMNS = {"part_id": "string!", "message_id": "string", "part_index": "int", "session_id": "string",
            "ts": "timestamptz", "role": "string", "kind": "string", "text": "string"}
 WORDS = "the quick brown fox jumps over a lazy dog while spoold lands rows into iceberg tables".split()
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process image.
-
-    VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the forked
-    parent, so a child started by a big parent would report the parent's peak.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_config(state: Path, chunk_rows: int) -> Any:
@@ -68,8 +50,7 @@ def make_config(state: Path, chunk_rows: int) -> Any:
 
     state.mkdir(parents=True, exist_ok=True)
     return parse_config({
-        "spool": {"root": str(state / "spool")},
-        "catalog": {"type": "sql", "uri": f"sqlite:///{state / 'catalog.db'}", "warehouse": f"file://{state / 'wh'}"},
+        **sqlite_catalog(state),
         "flush": {"chunk_rows": chunk_rows},
         "tables": {TABLE: {"partition_by": ["day(ts)"], "columns": COLUMNS}},
     })
@@ -266,7 +247,7 @@ def child_flush(workdir: Path, source: Path, n: int, chunk_rows: int) -> None:
 
     base = rss_mb()
     elapsed, _ = run_spoold(workdir, source, n, chunk_rows, "child")
-    print(json.dumps({"peak_mb": peak_rss_mb(), "base_mb": base, "seconds": elapsed}))
+    print(json.dumps({"peak_mb": peak_mb(), "base_mb": base, "seconds": elapsed}))
 
 
 def peak_rss(workdir: Path, n: int, chunk_rows: int) -> None:
@@ -295,7 +276,7 @@ def child_index(keys: int) -> None:
     lookup = time.perf_counter() - t0
     assert hits == sum(1 for m in range(0, 2 * batch, 2) if m < keys)
     print(json.dumps({"keys": len(idx), "nbytes": idx.nbytes, "rss_delta_mb": rss_mb() - base,
-                      "peak_delta_mb": peak_rss_mb() - base, "build_s": build, "lookup_s": lookup}))
+                      "peak_delta_mb": peak_mb() - base, "build_s": build, "lookup_s": lookup}))
 
 
 def index_memory(keys: int) -> None:

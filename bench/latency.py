@@ -25,18 +25,12 @@ import time
 from pathlib import Path
 
 import orjson
+from common import status_mb
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool
 
 TABLE = "bench.latency"
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not found for pid {pid}")
 
 
 def last_flush(spool_root: Path) -> dict[str, object] | None:
@@ -89,7 +83,7 @@ def main() -> int:
             wait_until(lambda: "spoold running" in (root / "daemon.log").read_text(), 60, "daemon start-up")
             startup_s = time.monotonic() - t_start
             time.sleep(args.idle)
-            rss_start = rss_mb(proc.pid)
+            rss_start = status_mb("VmRSS", proc.pid)
 
             latencies = []
             for i in range(args.rounds):
@@ -103,14 +97,14 @@ def main() -> int:
                 print(f"round {i + 1}: committed {rec['committed']} row, "
                       f"latency - debounce = {latencies[-1]:.3f} s  [{label}]", flush=True)
                 time.sleep(args.idle)
-            rss_busy = rss_mb(proc.pid)
-            anon, file_backed = rss_mb(proc.pid, "RssAnon"), rss_mb(proc.pid, "RssFile")
-            hwm = rss_mb(proc.pid, "VmHWM")
+            rss_busy = status_mb("VmRSS", proc.pid)
+            anon, file_backed = status_mb("RssAnon", proc.pid), status_mb("RssFile", proc.pid)
+            hwm = status_mb("VmHWM", proc.pid)
             # Idle for idle_restart_s: the daemon re-executes itself (same pid) and starts lean.
             daemon_log = root / "daemon.log"
             wait_until(lambda: daemon_log.read_text().count("spoold running") == 2, 120, "the lean restart")
             time.sleep(args.idle)
-            rss_idle = rss_mb(proc.pid)
+            rss_idle = status_mb("VmRSS", proc.pid)
             before = last_flush(config.spool_root)
             spool.append(TABLE, [{"part_id": "after-restart", "ts": time.time(), "text": "hello"}])
             appended = time.time()

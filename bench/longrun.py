@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_mb, reset_peak, rss_mb, sqlite_catalog  # noqa: E402
 from flush import COLUMNS, TABLE, gen_rows  # noqa: E402  (the same rows and table as bench/flush.py)
 
 SITE = Path(__file__).resolve().parents[1]
@@ -50,8 +51,7 @@ def make_config(state: Path, maintain: bool, extra: dict[str, Any] | None = None
     state.mkdir(parents=True, exist_ok=True)
     settings = {"enabled": maintain} | ({"keep_snapshots": KEEP, "max_snapshot_age_s": 1} if maintain else {})
     return parse_config({
-        "spool": {"root": str(state / "spool")},
-        "catalog": {"type": "sql", "uri": f"sqlite:///{state / 'catalog.db'}", "warehouse": f"file://{state / 'wh'}"},
+        **sqlite_catalog(state),
         "maintain": settings | (extra or {}),
         "tables": {TABLE: {"partition_by": ["day(ts)"], "columns": COLUMNS}},
     })
@@ -203,19 +203,13 @@ def child_compact(state: Path) -> None:
     from spoold.iceberg.maintain.compact import plan
 
     plan(tbl, config.maintain.target_file_bytes)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM: the peak from here on
-    before = _status("VmRSS")
+    reset_peak()  # the peak from here on
+    before = rss_mb()
     report = MaintenanceReport()
     for _ in run_steps(tables, config, config.table(TABLE), Options(), report):
         pass
-    print(json.dumps({"before_mb": before, "peak_mb": _status("VmHWM"), "compacted": report.files_compacted,
+    print(json.dumps({"before_mb": before, "peak_mb": peak_mb(), "compacted": report.files_compacted,
                       "written": report.files_written}))
-
-
-def _status(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
 
 
 def rss(workdir: Path, files: int = 40, rows: int = 25_000) -> None:

@@ -8,7 +8,7 @@ the median wall time of each and their difference. Targets:
 
 1. ``trivial``: one test that does nothing (pytest's start-up alone, where a
    plugin's cost shows most);
-2. spoold's own ``tests/test_scheduler.py`` (a real, pure test module).
+2. spoold's own ``tests/daemon/test_scheduler.py`` (a real, pure test module).
 
 It also prints the median time ``import spoold.testing`` takes in a process
 that has already imported pytest (``python -X importtime``).
@@ -58,7 +58,7 @@ def main() -> None:
         (trivial / "pytest.ini").write_text("[pytest]\n")
         (trivial / "test_trivial.py").write_text("def test_nothing():\n    pass\n")
         targets = [("trivial (1 empty test)", trivial, "test_trivial.py"),
-                   ("spoold tests/test_scheduler.py", REPO, "tests/test_scheduler.py")]
+                   ("spoold tests/daemon/test_scheduler.py", REPO, "tests/daemon/test_scheduler.py")]
         for label, cwd, target in targets:
             run_pytest(cwd, target)  # warm the page cache and __pycache__
             with_plugin: list[float] = []

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import peak_mb, sqlite_toml
+
 TABLE = "chat.parts"
 COLUMNS = {"part_id": "string!", "message_id": "string", "part_index": "int", "session_id": "string",
            "ts": "timestamptz", "role": "string", "kind": "string", "text": "string"}
@@ -83,28 +85,19 @@ def write_config(state: Path, flush_rows: int) -> Path:
     cols = "".join(f'{c} = "{t}"\n' for c, t in COLUMNS.items())
     path = state / "spoold.toml"
     path.write_text(
-        f'[spool]\nroot = "{state / "spool"}"\n\n[catalog]\ntype = "sql"\nuri = "sqlite:///{state / "catalog.db"}"\n'
-        f'warehouse = "file://{state / "wh"}"\n\n[flush]\nchunk_rows = {flush_rows}\nmax_rows = {flush_rows}\n\n'
+        sqlite_toml(state) + f'[flush]\nchunk_rows = {flush_rows}\nmax_rows = {flush_rows}\n\n'
         f'[tables."{TABLE}"]\n[tables."{TABLE}".columns]\n{cols}')
     return path
 
 
 # -- children: each prints "<seconds> <peak MB>" as its last line ------------------------------------------------
-def _peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
 def child_cli(args: list[str]) -> None:
     from spoold.cli.entry import main
 
     t0 = time.perf_counter()
     rc = main(args)
     assert rc == 0, rc
-    print(f"{time.perf_counter() - t0:.4f} {_peak_mb():.1f}")
+    print(f"{time.perf_counter() - t0:.4f} {peak_mb():.1f}")
 
 
 def child_plain(config_path: str, source: str, flush_rows: int) -> None:
@@ -143,7 +136,7 @@ def child_plain(config_path: str, source: str, flush_rows: int) -> None:
                 rows = []
     if rows:
         append(rows)
-    print(f"{time.perf_counter() - t0:.4f} {_peak_mb():.1f}")
+    print(f"{time.perf_counter() - t0:.4f} {peak_mb():.1f}")
 
 
 def child_upsert(config_path: str, source: str, n: int, batch: int) -> None:
@@ -172,7 +165,7 @@ def child_upsert(config_path: str, source: str, n: int, batch: int) -> None:
                   if pa.types.is_timestamp(fld.type) else pa.array([r.get(fld.name) for r in rows], fld.type)
                   for fld in schema]
         table.upsert(pa.Table.from_arrays(arrays, schema=schema), join_cols=["part_id"])
-    print(f"{time.perf_counter() - t0:.4f} {_peak_mb():.1f}")
+    print(f"{time.perf_counter() - t0:.4f} {peak_mb():.1f}")
 
 
 # -- the parent ---------------------------------------------------------------------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from daemonproc import DaemonProc
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc
 
 # pyiceberg reads ~/.pyiceberg.yaml and PYICEBERG_* once, at import: point it at
 # an empty home before anything imports it. SPOOLD_TEST_* are the suite's own knobs
@@ -22,10 +21,7 @@ for _k in [k for k in os.environ if k.startswith(("PYICEBERG_", "SPOOLD_")) and 
     del os.environ[_k]
 os.environ["PYICEBERG_HOME"] = tempfile.mkdtemp(prefix="spoold-test-pyiceberg-")
 
-pytest_plugins = ["servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests (tests/servers.py)
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "fixtures"
+pytest_plugins = ["support.servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests
 
 
 @pytest.fixture(autouse=True)
@@ -101,19 +97,6 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     return random.Random(f"{SEED}/{request.node.nodeid}")
 
 
-def write_config(tmp_path: Path, body: str = "", *, name: str = "spoold.toml", catalog: str | None = None,
-                 spool: str | None = None) -> Path:
-    """A config with spool and SQLite catalog under ``tmp_path``, plus ``body`` (TOML)."""
-    state = tmp_path / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    head = f'[spool]\nroot = "{spool or state / "spool"}"\n\n'
-    head += catalog if catalog is not None else (
-        f'[catalog]\ntype = "sql"\nuri = "sqlite:///{state / "catalog.db"}"\n'
-        f'warehouse = "file://{state / "warehouse"}"\n\n'
-    )
-    path = tmp_path / name
-    path.write_text(head + body)
-    return path
 
 
 @pytest.fixture
@@ -122,11 +105,6 @@ def config_path(tmp_path: Path) -> Callable[..., Path]:
     return lambda body="", **kw: write_config(tmp_path, body, **kw)
 
 
-def run_spoold(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-               timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    """Run the real CLI as a subprocess (``python -m spoold``) with the test's environment."""
-    return subprocess.run([sys.executable, "-m", "spoold", *args], input=input, capture_output=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 @pytest.fixture
@@ -134,30 +112,21 @@ def spoold() -> Callable[..., subprocess.CompletedProcess[bytes]]:
     return run_spoold
 
 
-def read_table(config_file: Path, table: str) -> Any:
-    """The committed table as a pyarrow Table, read with a fresh catalog connection."""
-    from spoold.config import load_config
-    from spoold.iceberg.sink import Sink
-
-    cfg = load_config(config_file)
-    tbl = Sink(cfg).load(cfg.table(table))
-    assert tbl is not None, f"table {table} does not exist"
-    return tbl.scan().to_arrow()
 
 
 @pytest.fixture
 def daemons() -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
-    def start(cfg: Path, env: dict[str, str] | None = None) -> DaemonProc:
-        d = DaemonProc(cfg, env)
+    def start(cfg: Path, env: dict[str, str] | None = None, *args: str, ready: bool = True) -> DaemonProc:
+        """``spoold run --config cfg *args``, returned once it has sent READY=1 (unless ``ready=False``)."""
+        d = DaemonProc(cfg, env, *args, ready=ready)
         started.append(d)
         return d
 
     yield start
     for d in started:
-        if d.proc.poll() is None:
-            d.kill()
+        d.close()
 
 # Fixtures for acting as a producer-group member (tests/support/members.py).
 from support.members import base, group  # noqa: E402, F401

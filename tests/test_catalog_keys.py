@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from support.cli import write_config
 
 from spoold.catalog_keys import CATALOG_KEYS, COMMON_KEYS, FILE_IO_KEYS, validate_catalog
 from spoold.config import load_config, parse_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_spoold
+from support.cli import run_spoold
 
 from spoold import config as config_mod
 from spoold.config import Column, ConfigError, PartitionField, load_config, parse_config

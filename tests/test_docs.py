@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.paths import REPO
 
 from spoold.catalog_keys import CATALOG_KEYS, FILE_IO_KEYS
 from spoold.cli.args import parser

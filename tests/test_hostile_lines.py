@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import run_spoold, write_config
-from hostile import REPRODUCER, crash_line
+from support.cli import run_spoold, write_config
+from support.hostile import REPRODUCER, crash_line
 
 from spoold.errors import InputError, UsageError
 from spoold.sources.reader import read_lines
@@ -42,7 +42,7 @@ def test_the_crash_value_goes_through_every_encode_path_of_spoold_and_is_refused
     proc = run_python(f"""
         import sys; sys.path.insert(0, {TESTS!r})
         import orjson
-        from hostile import crash_line
+        from support.hostile import crash_line
         from spoold.config import SourceSpec
         from spoold.envelope import envelopes
         from spoold.errors import InputError

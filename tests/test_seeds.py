@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 RANDOM_TEST = "tests/integration/test_random_ops.py::test_random_spool_operations_keep_every_row_exactly_once"
-HYPOTHESIS_TEST = "tests/test_keyindex.py"
+HYPOTHESIS_TEST = "tests/keys/test_keyindex.py"
 
 
 def pytest_run(cwd: Path, *args: str, seed: int | None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -90,9 +91,10 @@ def test_known_bug():
 def test_a_skip_must_say_why_and_fails_under_ci(tmp_path: Path) -> None:
     suite = tmp_path / "suite"  # the suite's conftest, beside a test file of skips
     (suite / "tests").mkdir(parents=True)
-    for helper in (REPO / "tests").glob("*.py"):  # conftest and the helper modules it loads
-        if not helper.name.startswith("test_"):
-            (suite / "tests" / helper.name).write_bytes(helper.read_bytes())
+    # The suite's conftest and the helper package it loads (tests/support/).
+    shutil.copy(REPO / "tests" / "conftest.py", suite / "tests" / "conftest.py")
+    shutil.copytree(REPO / "tests" / "support", suite / "tests" / "support",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (suite / "tests" / "test_skips.py").write_text(SKIPPING)
     (suite / "pytest.ini").write_text("[pytest]\npythonpath = tests\naddopts = --import-mode=importlib\n")
 

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import write_config
-from testhooks import Hooks
+from support.cli import write_config
+from support.testhooks import Hooks
 
 ROW = b'{"part_id": "a"}\n'
 

@@ -42,7 +42,7 @@ def staged_metadata(base: TableMetadata, updates: tuple[Any, ...]) -> TableMetad
     The copy costs ~20 us a snapshot kept (3.5 ms at 160) at each staged change
     of a commit, and guards nothing here: the models are frozen and every
     update builds new ones. What the catalog writes is still validated in full
-    by pyiceberg's own commit. (``tests/test_sink.py`` checks both agree.)
+    by pyiceberg's own commit. (``tests/iceberg/test_sink.py`` checks both agree.)
     """
     from pyiceberg.table.update import _apply_table_update, _TableMetadataUpdateContext
     from pyiceberg.utils.datetime import datetime_to_millis

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, REPO, read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
 from support.fakesink import FakeSink
-from testhooks import Hooks
+from support.paths import FIXTURES, REPO
+from support.tables import read_table
+from support.testhooks import Hooks
 
 from spoold.backfill.run import backfill
 from spoold.backfill.seen import spooled_keys

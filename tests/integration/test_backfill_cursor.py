@@ -13,8 +13,10 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import FIXTURES, read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
 from support.fakesink import FakeSink, fail_at
+from support.paths import FIXTURES
+from support.tables import read_table
 
 from spoold.backfill.run import backfill as backfill_library
 from spoold.config import load_config

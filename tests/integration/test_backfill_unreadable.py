@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.tables import read_table
 
 TABLE = "chat.parts"
 MEM = Path("/proc/self/mem")

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.tables import read_table
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool

@@ -24,9 +24,10 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
-from testhooks import Hooks
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_counts, load_table, validated_keys
+from support.testhooks import Hooks
 
 from spoold.config import load_config
 from spoold.envelope import Validator
@@ -49,8 +50,7 @@ def spool_of(cfg: Path) -> Spool:
 
 
 def table(cfg: Path) -> Any:
-    config = load_config(cfg)
-    return Sink(config).load(config.table(TABLE))
+    return load_table(cfg, TABLE)
 
 
 def snapshots(cfg: Path) -> int:
@@ -59,16 +59,12 @@ def snapshots(cfg: Path) -> int:
 
 
 def committed(cfg: Path) -> Counter[str]:
-    tbl = table(cfg)
-    return Counter() if tbl is None else Counter(tbl.scan().to_arrow().column("part_id").to_pylist())
+    return committed_counts(cfg, TABLE)
 
 
 def spooled_keys(cfg: Path) -> list[str]:
     """Every key waiting in the spool (flush files and active), as flush's reader sees them."""
-    config = load_config(cfg)
-    spool = Spool.from_config(config)
-    validator = Validator(config.table(TABLE))
-    return [k for path in spool.pending(TABLE) for _, _, v in read_validated(path, validator) for k in v.keys]
+    return validated_keys(cfg, TABLE, strict=False)
 
 
 def flush_json(cfg: Path) -> dict[str, int]:

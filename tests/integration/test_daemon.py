@@ -10,20 +10,18 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
-from testhooks import WINDOWS, Hooks, windows_hit
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_keys, load_table
+from support.testhooks import WINDOWS, Hooks, windows_hit
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool
@@ -66,15 +64,11 @@ def landed_at(cfg: Path, name: str = TABLE) -> dict[str, float]:
 
 def table(cfg: Path, name: str = TABLE) -> Any:
     """The committed table, or None while it does not exist."""
-    from spoold.iceberg.sink import Sink
-
-    c = load_config(cfg)
-    return Sink(c).load(c.table(name))
+    return load_table(cfg, name)
 
 
 def committed(cfg: Path, name: str = TABLE) -> list[str]:
-    tbl = table(cfg, name)
-    return [] if tbl is None else tbl.scan(selected_fields=("part_id",)).to_arrow().column("part_id").to_pylist()
+    return committed_keys(cfg, name)
 
 
 def has_all(cfg: Path, keys: set[str], name: str = TABLE) -> Callable[[], bool]:
@@ -398,31 +392,11 @@ def test_notify_socket_gets_ready_watchdog_and_stopping(
     tmp_path: Path, daemons: Callable[..., DaemonProc]
 ) -> None:
     cfg = config(tmp_path)
-    name = f"spoold-test-{uuid.uuid4().hex}"
-    messages: list[str] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind("\0" + name)  # abstract: no path length limit, nothing to clean up
-        sock.settimeout(0.2)
-        done = threading.Event()
-
-        def receive() -> None:
-            while not done.is_set():
-                try:
-                    messages.append(sock.recv(65536).decode())
-                except TimeoutError:
-                    continue
-
-        rx = threading.Thread(target=receive)
-        rx.start()
-        try:
-            d = daemons(cfg, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "400000"})
-            wait_for(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 3, "watchdog pings")
-            assert d.stop() == 0
-            wait_for(lambda: any(m.startswith("STOPPING=1") for m in messages), "STOPPING=1")
-        finally:
-            done.set()
-            rx.join()
-    fields = [f for m in messages for f in m.split("\n")]
+    d = daemons(cfg, env={"WATCHDOG_USEC": "400000"})  # its NOTIFY_SOCKET is the harness's (support/daemonproc.py)
+    wait_for(lambda: sum(m == "WATCHDOG=1" for _, m in d.notify.messages) >= 3, "watchdog pings")
+    assert d.stop() == 0
+    wait_for(lambda: any(m.startswith("STOPPING=1") for _, m in d.notify.messages), "STOPPING=1")
+    fields = [f for _, m in d.notify.messages for f in m.split("\n")]
     assert fields.index("READY=1") < fields.index("WATCHDOG=1") < fields.index("STOPPING=1")
     assert any(f.startswith("STATUS=") and "pending" in f for f in fields)
 

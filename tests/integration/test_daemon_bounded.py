@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import read_table, run_spoold, write_config
-from daemonproc import DaemonProc, notify_socket, wait_for
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_keys
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool
@@ -24,10 +25,7 @@ def config(tmp_path: Path, extra: str = "", sources: str = "") -> Path:
 
 
 def committed(cfg: Path, table: str) -> list[str]:
-    try:
-        return sorted(read_table(cfg, table).column("part_id").to_pylist())
-    except AssertionError:  # the table does not exist yet
-        return []
+    return sorted(committed_keys(cfg, table))
 
 
 def backlog(cfg: Path, table: str, n: int) -> None:
@@ -108,10 +106,10 @@ def test_ready_comes_before_the_first_flush_and_the_watchdog_is_fed_during_a_lon
 ) -> None:
     cfg = config(tmp_path, extra="chunk_rows = 2000\n")
     backlog(cfg, "ev.big", 200_000)
-    with notify_socket() as (addr, got):
-        d = daemons(cfg, env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "1000000"})
-        wait_for(lambda: any("last flush ev.big" in m for _, m in got), "the backlog's flush", every=0.2)
-        assert d.stop() == 0
+    d = daemons(cfg, env={"WATCHDOG_USEC": "1000000"})
+    got = d.notify.messages  # every datagram on the daemon's NOTIFY_SOCKET, with the time it came
+    wait_for(lambda: any("last flush ev.big" in m for _, m in got), "the backlog's flush", every=0.2)
+    assert d.stop() == 0
     first_at, first = got[0]
     assert first.split("\n")[0] == "READY=1"
     assert "~0 row(s) pending in 0 table(s)" in first  # sent before the spool was even looked at

@@ -16,8 +16,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_keys
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool
@@ -29,11 +30,7 @@ FLUSH = f"[flush]\ndebounce_s = 0.3\nmax_delay_s = {MAX_DELAY}\nretry_max_s = 2\
 
 
 def committed(cfg: Path) -> list[str]:
-    from spoold.iceberg.sink import Sink
-
-    c = load_config(cfg)
-    tbl = Sink(c).load(c.table(TABLE))
-    return [] if tbl is None else tbl.scan().to_arrow().column("part_id").to_pylist()
+    return committed_keys(cfg, TABLE)
 
 
 def lands(cfg: Path, keys: list[str], what: str) -> None:

@@ -2,61 +2,44 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
-from conftest import write_config
+from support.cli import write_config
+from support.daemonproc import DaemonProc, wait_for
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink
 from spoold.spool.spool import Spool
 
 TABLE = "ev.rows"
-DEADLINE_S = 90.0
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.mark.slow
-def test_a_daemon_keeps_data_files_bounded_over_many_flushes_while_flushing_on_schedule(tmp_path: Path) -> None:
+def test_a_daemon_keeps_data_files_bounded_over_many_flushes_while_flushing_on_schedule(
+    tmp_path: Path, daemons: Callable[..., DaemonProc]
+) -> None:
     every = 5
     cfg_path = write_config(tmp_path, "[flush]\ndebounce_s = 0.2\nmax_delay_s = 2\nidle_restart_s = 0\n\n"
                                       f"[maintain]\nevery_commits = {every}\n")
     cfg = load_config(cfg_path)
     spool = Spool.from_config(cfg)
-    log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg_path)], stdout=log,
-                                stderr=subprocess.STDOUT, env=os.environ.copy())
+    d = daemons(cfg_path)  # returns once it has sent READY=1
     try:
-        wait_for(lambda: "spoold running" in log_path.read_text(), "start-up")
         waits = []
         for i in range(65):
             t0 = time.monotonic()
             spool.append(TABLE, [{"part_id": f"r{i}-{j}", "n": j} for j in range(3)])
             wait_for(lambda: not spool.pending(TABLE) and not list(spool.table_dir(TABLE).glob("active*")),
-                     f"batch {i} committed")
+                     f"batch {i} committed", every=0.05)  # the wait is measured: look often
             waits.append(time.monotonic() - t0)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(DEADLINE_S) == 0
-    text = log_path.read_text()
+        assert d.stop() == 0
+    text = d.log()
     tbl = Sink(cfg).load(cfg.table(TABLE))
     assert tbl is not None
     ops = Counter(s.summary.operation.value for s in tbl.snapshots())

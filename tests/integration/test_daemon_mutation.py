@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.paths import REPO
 
 # (file, the line that hands a spool change to the schedule, what it becomes)
 MUTATION = ("spoold/daemon/loop.py", "                self._touched.add(table)\n",
@@ -55,7 +55,7 @@ def test_daemon_tests_fail_when_the_daemon_ignores_spool_change_events(tmp_path:
     # The copy is what the test process and the daemons it starts import (cwd is not the repository).
     probe = subprocess.run([sys.executable, "-c", "import spoold.daemon.loop as d; print(d.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=60)
-    assert probe.stdout.strip() == str(pkg / "spoold" / "daemon.py"), probe.stderr
+    assert probe.stdout.strip() == str(pkg / MUTATION[0]), probe.stderr  # spoold/daemon/loop.py
 
     report = tmp_path / "report.xml"
     target = REPO / "tests" / "integration" / "test_daemon.py"

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import write_config
-from daemonproc import DaemonProc, wait_for
-
-from spoold.config import load_config
-from spoold.iceberg.sink import Sink
+from support.cli import write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_counts
 
 TABLE = "logs.app"
 
@@ -35,10 +33,7 @@ def config(tmp_path: Path, src: Path, extra: str = "") -> Path:
 
 
 def committed(cfg: Path) -> Counter[str]:
-    c = load_config(cfg)
-    tbl = Sink(c).load(c.table(TABLE))
-    keys = [] if tbl is None else tbl.scan(selected_fields=("part_id",)).to_arrow()["part_id"].to_pylist()
-    return Counter(keys)
+    return committed_counts(cfg, TABLE)
 
 
 def line(key: str) -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from conftest import run_spoold, write_config
-from servers import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, SeaweedFS
+from support.cli import run_spoold, write_config
+from support.servers import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, SeaweedFS
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink

@@ -7,71 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_keys, read_table
 
 DEADLINE_S = 90.0
 ROW = b'{"part_id": "a:0", "text": "hi"}\n'
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
-
-
-class Daemon:
-    """``spoold run`` in a subprocess, its stderr in a file."""
-
-    def __init__(self, cfg: Path, *args: str) -> None:
-        self.log_path = cfg.parent / f"daemon-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg), *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def started(self) -> Daemon:
-        wait_for(lambda: "spoold running" in self.log() or self.proc.poll() is not None, "daemon start-up")
-        assert self.proc.poll() is None, self.log()
-        return self
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(DEADLINE_S)
-        finally:
-            self._log.close()
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(cfg: Path, *args: str) -> Daemon:
-        started.append(Daemon(cfg, *args))
-        return started[-1]
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
-        d._log.close()
 
 
 def typo_config(tmp_path: Path) -> Path:
@@ -107,7 +53,7 @@ def test_a_failed_flush_says_so_once_and_never_that_it_had_nothing_to_do(tmp_pat
     assert idle.returncode == 0 and idle.stdout == b"nothing to flush\n"  # only when there was nothing
 
 
-def test_a_failing_daemon_keeps_saying_so_at_a_bounded_rate(tmp_path: Path, daemons: Callable[..., Daemon]) -> None:
+def test_a_failing_daemon_keeps_saying_so_at_a_bounded_rate(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
     """First failure at once, then again after [daemon] log_repeat_s with how many went unreported."""
     (tmp_path / "blocker").write_text("")
     cfg = write_config(tmp_path, "[flush]\ndebounce_s = 0.2\nmax_delay_s = 1\nretry_max_s = 0.5\n"
@@ -115,7 +61,7 @@ def test_a_failing_daemon_keeps_saying_so_at_a_bounded_rate(tmp_path: Path, daem
                        catalog=f'[catalog]\ntype = "sql"\nuri = "sqlite:///{tmp_path}/blocker/c.db"\n'
                                f'warehouse = "file://{tmp_path}/wh"\n')
     assert run_spoold("append", "t.x", "--config", str(cfg), input=ROW).returncode == 0
-    d = daemons(cfg).started()
+    d = daemons(cfg)
     failures = lambda: [ln for ln in d.log().splitlines() if "flush failed" in ln]  # noqa: E731
     wait_for(lambda: len(failures()) >= 3, "three reports of the failing flush")
     first, second = failures()[:2]
@@ -125,11 +71,11 @@ def test_a_failing_daemon_keeps_saying_so_at_a_bounded_rate(tmp_path: Path, daem
 
 
 def test_a_second_daemon_on_one_spool_root_exits_1_naming_the_first(tmp_path: Path,
-                                                                    daemons: Callable[..., Daemon]) -> None:
+                                                                    daemons: Callable[..., DaemonProc]) -> None:
     cfg = write_config(tmp_path, "[flush]\ndebounce_s = 0.2\nmax_delay_s = 1\n")
-    first = daemons(cfg).started()
+    first = daemons(cfg)
     other = write_config(tmp_path, "[flush]\ndebounce_s = 5\nmax_delay_s = 10\n", name="other.toml")  # same root
-    second = daemons(other)
+    second = daemons(other, ready=False)
     assert second.proc.wait(DEADLINE_S) == 1
     err = second.log()
     assert "already running" in err and f"pid {first.proc.pid}" in err and err.count("\n") == 1, err
@@ -137,15 +83,12 @@ def test_a_second_daemon_on_one_spool_root_exits_1_naming_the_first(tmp_path: Pa
     assert run_spoold("append", "t.x", "--config", str(cfg), input=ROW).returncode == 0
     wait_for(lambda: (tmp_path / "state" / "catalog.db").exists() and _committed(cfg) == ["a:0"], "a commit")
     assert first.stop() == 0
-    third = daemons(other).started()  # the lock went with the first daemon
+    third = daemons(other)  # the lock went with the first daemon
     assert third.stop() == 0
 
 
 def _committed(cfg: Path) -> list[str]:
-    try:
-        return read_table(cfg, "t.x").column("part_id").to_pylist()
-    except AssertionError:
-        return []
+    return committed_keys(cfg, "t.x")
 
 
 def test_the_embedded_state_directory_is_private(tmp_path: Path) -> None:

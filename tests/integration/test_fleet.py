@@ -2,7 +2,7 @@
 
 Each "host" is its own spoold process with its own spool, all committing to
 one table through a shared catalog: an Iceberg REST catalog on S3 (SeaweedFS
-``weed mini``) or pyiceberg's SQL catalog on PostgreSQL (``tests/servers.py``).
+``weed mini``) or pyiceberg's SQL catalog on PostgreSQL (``tests/support/servers.py``).
 The REST hosts get their credentials from the environment, as a fleet would.
 What must hold across them: every row once (no loss, no doubles), no host
 refusing a table another host created, and every spool emptied in the end.
@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_spoold, write_config
-from servers import SeaweedFS, catalog_for
+from support.cli import run_spoold, write_config
+from support.daemonproc import wait_for
+from support.paths import REPO
+from support.servers import SeaweedFS, catalog_for
+from support.tables import committed_counts
 
 from spoold.cli.status import status
 from spoold.config import load_config
@@ -111,11 +114,7 @@ def fleet(kind: str, request: pytest.FixtureRequest, tmp_path: Path, n: int = HO
 
 
 def committed(observer: Path, table: str) -> Counter[str]:
-    config = load_config(observer)
-    tbl = Sink(config).load(config.table(table))
-    if tbl is None:
-        return Counter()
-    return Counter(tbl.scan(selected_fields=("part_id",)).to_arrow().column("part_id").to_pylist())
+    return committed_counts(observer, table)
 
 
 def served_uuid(observer: Path, table: str) -> str:
@@ -134,7 +133,7 @@ def run_hosts(tmp_path: Path, hosts: list[Host], steps: dict[str, list[list[tupl
         plan = tmp_path / f"plan-{h.name}-{barrier.name}.json"
         plan.write_text(json.dumps({"config": str(h.config), "table": h.table, "host": h.name,
                                     "barrier": str(barrier), "hosts": len(hosts), "steps": steps[h.name]}))
-        procs.append(h.popen(str(REPO / "tests" / "fleet_host.py"), str(plan)))
+        procs.append(h.popen(str(REPO / "tests" / "support" / "fleet_host.py"), str(plan)))
     logs = []
     for h, p in zip(hosts, procs):
         rc, _, err = p.wait()
@@ -196,7 +195,7 @@ def test_daemons_back_off_while_the_catalog_is_down_and_resume_with_every_row_on
         for b in range(4):
             produce(b)
             time.sleep(0.5)
-        _wait_for(lambda: len(committed(observer, hosts[0].table)) > 0, 120, "a first commit")
+        wait_for(lambda: len(committed(observer, hosts[0].table)) > 0, "a first commit", 120, every=0.5)
         server.stop()  # the catalog goes away: flushes fail, daemons back off, rows stay spooled
         for b in range(4, 8):
             produce(b)
@@ -205,7 +204,8 @@ def test_daemons_back_off_while_the_catalog_is_down_and_resume_with_every_row_on
         for b in range(8, 10):
             produce(b)
             time.sleep(0.3)
-        _wait_for(lambda: set(committed(observer, hosts[0].table)) == expected, 300, "every row committed")
+        wait_for(lambda: set(committed(observer, hosts[0].table)) == expected, "every row committed", 300,
+                 every=0.5)
     finally:
         for d in daemons:
             d.signal(signal.SIGTERM)
@@ -223,13 +223,6 @@ def test_daemons_back_off_while_the_catalog_is_down_and_resume_with_every_row_on
         assert proc.returncode == 0, proc.stderr.decode()
         assert h.spooled() == 0
     assert committed(observer, hosts[0].table) == got
-
-
-def _wait_for(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 # -- a backfill on one host, flushes on another ------------------------------------------------------------

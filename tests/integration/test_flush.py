@@ -27,10 +27,12 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, read_table, run_spoold, write_config
-from daemonproc import wait_for
+from support.cli import run_spoold, write_config
+from support.daemonproc import wait_for
 from support.fakesink import FakeSink, fail_at
-from testhooks import WINDOWS, Hooks, overlapped, windows_hit
+from support.paths import FIXTURES
+from support.tables import committed_keys, read_table
+from support.testhooks import WINDOWS, Hooks, overlapped, windows_hit
 
 from spoold.config import load_config
 from spoold.errors import CatalogError
@@ -72,8 +74,8 @@ def rows(prefix: str, start: int, stop: int) -> list[dict[str, Any]]:
     return [{"part_id": f"{prefix}{i}", "n": i, "text": f"row {i}"} for i in range(start, stop)]
 
 
-def committed_keys(cfg: Path, table: str = "app.events") -> list[str]:
-    return read_table(cfg, table).column("part_id").to_pylist()
+def committed(cfg: Path, table: str = "app.events") -> list[str]:
+    return committed_keys(cfg, table)
 
 
 def quarantine(cfg: Path, table: str) -> list[dict[str, Any]]:
@@ -111,12 +113,12 @@ def test_every_spooled_row_lands_and_only_committed_keys_deduplicate(tmp_path: P
     assert proc.returncode == 0, proc.stderr.decode()
 
     assert flush(cfg) == {"app.events": {"committed": 2500, "deduplicated": 10, "quarantined": 0}}
-    assert Counter(committed_keys(cfg)) == Counter(f"k{i}" for i in range(2500))
+    assert Counter(committed(cfg)) == Counter(f"k{i}" for i in range(2500))
 
     # Spooled again: 500 already committed, 500 new. Only the committed ones are dropped.
     spool_of(cfg).append("app.events", rows("k", 2000, 3000))
     assert flush(cfg) == {"app.events": {"committed": 500, "deduplicated": 500, "quarantined": 0}}
-    assert Counter(committed_keys(cfg)) == Counter(f"k{i}" for i in range(3000))
+    assert Counter(committed(cfg)) == Counter(f"k{i}" for i in range(3000))
     assert flush(cfg) == {"app.events": {"committed": 0, "deduplicated": 0, "quarantined": 0}}  # nothing pending
 
 
@@ -175,7 +177,7 @@ def test_leftover_flush_files_of_a_committed_flush_commit_nothing_and_are_remove
     st = status(cfg)["tables"]["app.events"]
     assert st["snapshot_id"] == snapshot  # no empty commit either
     assert (st["committed_rows"], st["spooled_rows"]) == (2000, 0)
-    assert sorted(committed_keys(cfg)) == sorted(f"a{i}" for i in range(2000))
+    assert sorted(committed(cfg)) == sorted(f"a{i}" for i in range(2000))
 
 
 def test_leftovers_next_to_new_rows_with_a_warm_sink(tmp_path: Path) -> None:
@@ -194,7 +196,7 @@ def test_leftovers_next_to_new_rows_with_a_warm_sink(tmp_path: Path) -> None:
     result = flush_table(config, spool, sink, "app.events")
     assert (result.committed, result.deduplicated) == (100, 1000)
     assert spool.pending("app.events") == []
-    assert Counter(committed_keys(cfg)) == Counter(f"w{i}" for i in range(1100))
+    assert Counter(committed(cfg)) == Counter(f"w{i}" for i in range(1100))
 
 
 # -- 3. SIGKILL at random points of a large flush ---------------------------------------------------------
@@ -213,11 +215,11 @@ def test_a_warm_sink_with_a_stale_schema_fails_one_flush_then_judges_like_a_fres
     spool.append("app.events", [{"part_id": "b0", "x": 5}, {"part_id": "b1", "x": None}])
     with pytest.raises(CatalogError, match="'x' is string in the table but was validated as long"):
         flush_table(config, spool, sink, "app.events")
-    assert spool.flush_files("app.events") and sorted(committed_keys(cfg)) == ["a0", "a1", "a2"]
+    assert spool.flush_files("app.events") and sorted(committed(cfg)) == ["a0", "a1", "a2"]
     result = flush_table(config, spool, sink, "app.events")
     assert (result.committed, result.quarantined) == (1, 1)
     assert quarantine(cfg, "app.events")[0]["reason"] == "column 'x': cannot cast 5 to string"
-    assert sorted(committed_keys(cfg)) == ["a0", "a1", "a2", "b1"]
+    assert sorted(committed(cfg)) == ["a0", "a1", "a2", "b1"]
 
 
 @pytest.mark.slow  # ten flushes of 33,000 rows
@@ -276,7 +278,7 @@ def test_sigkill_at_random_points_of_large_flushes_loses_and_doubles_nothing(tmp
     assert hits[WINDOWS[None]] >= 1, f"no kill landed before a commit: {dict(hits)}"
     assert len(killed) - hits[WINDOWS[None]] >= 1, f"no kill landed inside or after a commit: {dict(hits)}"
     assert flush(cfg)  # the survivor flush finishes whatever the kills left
-    keys = Counter(committed_keys(cfg))
+    keys = Counter(committed(cfg))
     doubled = [k for k, n in keys.items() if n > 1]
     assert not doubled, f"doubled keys {doubled[:5]}"
     assert set(keys) == expected, f"lost {len(expected - set(keys))} row(s)"
@@ -318,7 +320,7 @@ def test_two_processes_flushing_overlapping_keys_to_one_table(tmp_path: Path) ->
         summaries = [json.loads(out)["tables"]["app.events"] for out, _ in outs]
         assert sum(s["committed"] for s in summaries) == 6000
         assert sum(s["deduplicated"] for s in summaries) == 2000
-        keys = Counter(committed_keys(cfg_a))
+        keys = Counter(committed(cfg_a))
         assert [k for k, n in keys.items() if n > 1] == []
         assert set(keys) == expected
         assert spool_a.pending("app.events") == spool_b.pending("app.events") == []
@@ -345,7 +347,7 @@ def test_a_commit_overtaken_by_another_committer_is_resettled_not_doubled(tmp_pa
     assert json.loads(out)["tables"]["app.events"] == {"committed": 2000, "deduplicated": 2000, "quarantined": 0}
     assert [m.point for m in hooks.marks(a.pid)].count("commit.staged") == 2
     assert b"commit conflict" in err, err.decode()
-    assert Counter(committed_keys(cfg_a)) == Counter(f"y{i}" for i in range(6000))
+    assert Counter(committed(cfg_a)) == Counter(f"y{i}" for i in range(6000))
 
 
 # -- 5. the malformed corpus -------------------------------------------------------------------------------
@@ -393,7 +395,7 @@ def test_malformed_corpus_valid_rows_commit_bad_ones_are_quarantined_with_reason
         else:  # a row: the row as written, and the envelope's columns to read it by
             env = orjson.loads(line)
             assert rec["row"] == env["rows"][where[2]] and rec["columns"] == env["columns"]
-    assert sorted(committed_keys(cfg, CORPUS_TABLE)) == sorted([*manifest["committed"], huge_key])
+    assert sorted(committed(cfg, CORPUS_TABLE)) == sorted([*manifest["committed"], huge_key])
     assert spool_of(cfg).pending(CORPUS_TABLE) == []
     assert status(cfg)["tables"][CORPUS_TABLE]["quarantined"] == len(want)
 
@@ -533,7 +535,7 @@ def test_a_retried_flush_does_not_double_quarantine_entries(tmp_path: Path) -> N
     where = Counter((r["file"], r["line"]) for r in quarantine(cfg, "app.events"))
     assert where == Counter({(flush_name(f), line): 1 for f in (1, 2, 3) for line in (1, 3)})
     assert status(cfg)["tables"]["app.events"]["quarantined"] == 6
-    assert Counter(committed_keys(cfg)) == Counter(f"q{p}-{i}" for p in range(3) for i in range(300))
+    assert Counter(committed(cfg)) == Counter(f"q{p}-{i}" for p in range(3) for i in range(300))
 
 
 def test_status_after_flush_shows_committed_rows_and_snapshot(tmp_path: Path) -> None:
@@ -579,4 +581,4 @@ def test_catalog_outage_keeps_rows_then_commits_them_once(tmp_path: Path) -> Non
     assert proc.returncode == 1 and b"vanished" in proc.stderr  # not silently re-created empty
     shutil.move(tmp_path / "away.db", db)
     assert flush(cfg) == {"app.events": {"committed": 10, "deduplicated": 5, "quarantined": 0}}
-    assert Counter(committed_keys(cfg)) == Counter(f"o{i}" for i in range(20))
+    assert Counter(committed(cfg)) == Counter(f"o{i}" for i in range(20))

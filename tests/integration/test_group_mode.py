@@ -73,7 +73,7 @@ def test_a_member_reads_status_and_quarantine_after_every_kind_of_run(base: Path
 def test_rows_the_daemon_tails_stay_out_of_the_groups_reach_unless_shared(base: Path, group: str) -> None:
     """A table fed by [[sources]] gets a 0700 directory in a group spool (the member cannot read its rows);
     [spool] group_readable_sources = true shares it like any other table."""
-    from daemonproc import DaemonProc, wait_for
+    from support.daemonproc import DaemonProc, wait_for
 
     state, src = base / "state", base / "src"
     state.mkdir(mode=0o700)

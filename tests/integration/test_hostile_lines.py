@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import write_config
-from daemonproc import DaemonProc, wait_for
-from hostile import crash_line
-from testhooks import Hooks
+from support.cli import write_config
+from support.daemonproc import DaemonProc, wait_for
+from support.hostile import crash_line
+from support.testhooks import Hooks
 
 from spoold.config import load_config
 from spoold.iceberg.sink import Sink

@@ -2,7 +2,7 @@
 
 Two hosts create one new table at the same moment through a catalog whose
 create is check-then-write (SeaweedFS 4.48's REST catalog): both "succeed",
-and the name goes to whichever wrote last. ``latecreate.LateCreateCatalog``
+and the name goes to whichever wrote last. ``support.latecreate.LateCreateCatalog``
 (pyiceberg's SQL catalog plus that one late write, on cue) replays the two
 windows without a server: the late write lands right after this host's
 create (its create response names a table the catalog no longer serves), or
@@ -24,7 +24,9 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REPO, read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.paths import REPO
+from support.tables import read_table
 
 from spoold.config import load_config
 from spoold.flush.verify import recheck
@@ -48,7 +50,7 @@ def host(tmp_path: Path, name: str, *, late: str = "", chunk_rows: int = 100_000
     """A host's config: its own spool, the shared catalog (``late``: the late create it will see)."""
     state = tmp_path / "shared"
     state.mkdir(exist_ok=True)
-    catalog = (f'[catalog]\npy-catalog-impl = "latecreate.LateCreateCatalog"\n'
+    catalog = (f'[catalog]\npy-catalog-impl = "support.latecreate.LateCreateCatalog"\n'
                f'uri = "sqlite:///{state / "catalog.db"}"\nwarehouse = "file://{state / "warehouse"}"\n')
     if late:
         catalog += f'late-create = "{late}"\nlate-create-marker = "{state / "late.marker"}"\n'
@@ -192,7 +194,7 @@ def test_held_rows_wait_for_their_look_and_a_catalog_that_cannot_answer_postpone
     assert recheck(config, spool, Sink(config), table) == 0 and spooled_rows(a) == 20  # not due: untouched
 
     broken = load_config(write_config(tmp_path / "broken", TABLE, catalog=(
-        f'[catalog]\npy-catalog-impl = "latecreate.LateCreateCatalog"\nuri = "sqlite:////nonexistent/c.db"\n'
+        f'[catalog]\npy-catalog-impl = "support.latecreate.LateCreateCatalog"\nuri = "sqlite:////nonexistent/c.db"\n'
         f'warehouse = "file://{tmp_path}/w"\n\n'), spool=str(config.spool_root)))
     later = held_at + 601
     assert recheck(broken, spool, Sink(broken), table, now=later) == 0  # due, but the catalog cannot answer

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
-from conftest import run_spoold
-from maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
+from support.cli import run_spoold
+from support.maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
 
 from spoold.config import Config, load_config
 from spoold.iceberg.maintain.reachable import referenced
@@ -198,7 +198,7 @@ def test_a_partition_value_that_needs_escaping_flushes_and_compacts_in_one_go(tm
     """pyiceberg %-escapes partition values in paths (``src=host%3A1%2F%C3%A9``) and writes that literal
     name; spoold's fsync after a commit used to unescape it, fail on a file that does not exist, and
     keep the spool file (one failed flush per batch, and no fsync of the data); compaction failed too."""
-    from conftest import write_config
+    from support.cli import write_config
 
     cfg = write_config(tmp_path, '[tables."app.src"]\npartition_by = ["src"]\n[tables."app.src".columns]\n'
                                  'part_id = "string!"\nsrc = "string"\n')

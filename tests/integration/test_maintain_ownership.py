@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold, write_config
-from maintkit import local
+from support.cli import run_spoold, write_config
+from support.maintkit import local
 
 from spoold.config import Config, load_config
 from spoold.iceberg.maintain.owner import metadata_uuid

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold, write_config
-from maintkit import TABLE, TABLE_TOML, commit, key_counts, table
+from support.cli import run_spoold, write_config
+from support.maintkit import TABLE, TABLE_TOML, commit, key_counts, table
 
 from spoold.config import load_config
 from spoold.iceberg.maintain.orphans import delete_orphans

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
 from pyiceberg.catalog.rest import RestCatalog
-from servers import SeaweedFS
+from support.cli import write_config
+from support.servers import SeaweedFS
 
 import spoold.iceberg.snapshots
 from spoold.config import Config, load_config

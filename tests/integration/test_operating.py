@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold
-from daemonproc import DaemonProc, http_get, notify_socket, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from support.cli import run_spoold
+from support.daemonproc import DaemonProc, http_get, wait_for
+from support.tables import committed_keys, spooled_keys
 
 from spoold.config import load_config
 from spoold.envelope import encode
-from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 
 T = "ops.events"
@@ -86,11 +86,7 @@ def cli_append(cfg: Path, rows: list[dict[str, Any]]) -> subprocess.CompletedPro
 
 
 def committed(cfg: Path) -> list[str]:
-    from spoold.iceberg.sink import Sink
-
-    c = load_config(cfg)
-    tbl = Sink(c).load(c.table(T))
-    return [] if tbl is None else tbl.scan(selected_fields=("part_id",)).to_arrow().column("part_id").to_pylist()
+    return committed_keys(cfg, T)
 
 
 def pending_bytes(cfg: Path) -> bytes:
@@ -221,51 +217,51 @@ def test_a_full_spool_refuses_appends_whole_and_loses_nothing(
             f.write(b"".join(orjson.dumps(r) + b"\n" for r in more))
         source_keys.extend(r["part_id"] for r in more)
 
-    with notify_socket() as (addr, messages):
-        d = daemons(cfg, env={"NOTIFY_SOCKET": addr})
-        base = listener(cfg)
-        assert cli_append(cfg, rows("first", 1)).returncode == 0
-        wait_for(lambda: committed(cfg) == ["first0"], "the table exists")
+    d = daemons(cfg)
+    messages = d.notify.messages  # every datagram on its NOTIFY_SOCKET
+    base = listener(cfg)
+    assert cli_append(cfg, rows("first", 1)).returncode == 0
+    wait_for(lambda: committed(cfg) == ["first0"], "the table exists")
 
-        with catalog_down(tmp_path):
-            acknowledged: list[str] = ["first0"]
-            refused: list[dict[str, Any]] = []
-            for i in range(100):
-                batch = rows(f"a{i}-", 20)
-                out = cli_append(cfg, batch)
-                if out.returncode != 0:
-                    refused = batch
-                    break
-                acknowledged += [r["part_id"] for r in batch]
-                grow(3)  # the tailed source grows too, while there is room
-            assert refused, "the spool never filled"
-            err = out.stderr.decode()
-            assert out.returncode == 1 and err.startswith("spoold: error: spool full:"), err
-            assert T in err and f"max_bytes = {limit}" in err and len(err.strip().splitlines()) == 1
-            spooled = pending_bytes(cfg)
-            assert len(spooled) <= limit
-            assert not any(r["part_id"].encode() in spooled for r in refused)  # nothing of it was appended
+    with catalog_down(tmp_path):
+        acknowledged: list[str] = ["first0"]
+        refused: list[dict[str, Any]] = []
+        for i in range(100):
+            batch = rows(f"a{i}-", 20)
+            out = cli_append(cfg, batch)
+            if out.returncode != 0:
+                refused = batch
+                break
+            acknowledged += [r["part_id"] for r in batch]
+            grow(3)  # the tailed source grows too, while there is room
+        assert refused, "the spool never filled"
+        err = out.stderr.decode()
+        assert out.returncode == 1 and err.startswith("spoold: error: spool full:"), err
+        assert T in err and f"max_bytes = {limit}" in err and len(err.strip().splitlines()) == 1
+        spooled = pending_bytes(cfg)
+        assert len(spooled) <= limit
+        assert not any(r["part_id"].encode() in spooled for r in refused)  # nothing of it was appended
 
-            grow(80)  # the source keeps growing while the spool is full: the tailer must wait, not drop
-            wait_for(lambda: T in daemon_state(cfg).get("spool_full", []), "the daemon sees the spool full")
-            st = orjson.loads(run_spoold("status", "--json", "--config", str(cfg)).stdout)
-            assert st["tables"][T]["spool_full"] is True
-            assert sum(s["lag_bytes"] for s in st["sources"]) > 0  # the source file keeps the rows
-            assert metric(base, "spoold_spool_full") == 1
-            wait_for(lambda: any(f"spool full: {T}" in m for _, m in messages), "STATUS line says spool full")
-            assert cli_append(cfg, refused).returncode == 1  # still full: still refused whole
-            assert d.proc.poll() is None
+        grow(80)  # the source keeps growing while the spool is full: the tailer must wait, not drop
+        wait_for(lambda: T in daemon_state(cfg).get("spool_full", []), "the daemon sees the spool full")
+        st = orjson.loads(run_spoold("status", "--json", "--config", str(cfg)).stdout)
+        assert st["tables"][T]["spool_full"] is True
+        assert sum(s["lag_bytes"] for s in st["sources"]) > 0  # the source file keeps the rows
+        assert metric(base, "spoold_spool_full") == 1
+        wait_for(lambda: any(f"spool full: {T}" in m for _, m in messages), "STATUS line says spool full")
+        assert cli_append(cfg, refused).returncode == 1  # still full: still refused whole
+        assert d.proc.poll() is None
 
-        everything = set(acknowledged) | set(source_keys)
-        wait_for(lambda: everything <= set(committed(cfg)), "every acknowledged and source row committed")
-        assert cli_append(cfg, refused).returncode == 0  # appends work again
-        everything |= {r["part_id"] for r in refused}
-        wait_for(lambda: everything <= set(committed(cfg)), "the once refused rows committed")
-        got = committed(cfg)
-        assert len(got) == len(set(got)) == len(everything)  # exactly once each
-        wait_for(lambda: T not in daemon_state(cfg).get("spool_full", ["?"]), "no longer full")
-        assert metric(base, "spoold_spool_full") == 0
-        assert d.stop() == 0
+    everything = set(acknowledged) | set(source_keys)
+    wait_for(lambda: everything <= set(committed(cfg)), "every acknowledged and source row committed")
+    assert cli_append(cfg, refused).returncode == 0  # appends work again
+    everything |= {r["part_id"] for r in refused}
+    wait_for(lambda: everything <= set(committed(cfg)), "the once refused rows committed")
+    got = committed(cfg)
+    assert len(got) == len(set(got)) == len(everything)  # exactly once each
+    wait_for(lambda: T not in daemon_state(cfg).get("spool_full", ["?"]), "no longer full")
+    assert metric(base, "spoold_spool_full") == 0
+    assert d.stop() == 0
 
 
 # --- 10.3: a disk that is really full --------------------------------------------------------------------------
@@ -282,7 +278,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         why = f"cannot mount a small tmpfs here ({(out.stderr or out.stdout).strip()})"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{why}: CI must test a real ENOSPC (run as root, with CAP_SYS_ADMIN)")
-        pytest.skip(f"{why}; tests/test_bounds.py injects ENOSPC at the write instead")
+        pytest.skip(f"{why}; tests/spool/test_bounds.py injects ENOSPC at the write instead")
     try:
         yield mnt
     finally:
@@ -307,17 +303,6 @@ def fill(mnt: Path, leave: int = 0) -> Path:
     return filler
 
 
-def spooled_keys(cfg: Path) -> list[str]:
-    """Every key in the pending spool files; fails on any line that is not a whole envelope."""
-    keys = []
-    for path in Spool.from_config(load_config(cfg)).pending(T):
-        for _, raw, terminated in iter_lines(path):
-            assert terminated, f"torn line in {path}"
-            env = orjson.loads(raw)
-            keys += [r[env["columns"].index("part_id")] for r in env["rows"]]
-    return keys
-
-
 def test_enospc_during_append_refuses_it_whole(tmp_path: Path, small_fs: Path) -> None:
     cfg = write_cfg(tmp_path, spool="min_free_bytes = 0", listen=False, root=small_fs / "spool")
     assert cli_append(cfg, rows("a", 10)).returncode == 0
@@ -334,7 +319,7 @@ def test_enospc_during_append_refuses_it_whole(tmp_path: Path, small_fs: Path) -
     assert pending_bytes(cfg) == before
     filler.unlink()
     assert cli_append(cfg, rows("big", 400)).returncode == 0
-    assert spooled_keys(cfg) == [f"a{i}" for i in range(10)] + ["small0"] + [f"big{i}" for i in range(400)]
+    assert spooled_keys(cfg, T) == [f"a{i}" for i in range(10)] + ["small0"] + [f"big{i}" for i in range(400)]
     table_dir = small_fs / "spool" / T
     assert not [p.name for p in table_dir.iterdir() if p.name.endswith(".tmp")]
 

@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.tables import read_table
 
 TABLE = "free.rows"  # not declared: only the existing table knows its types
 

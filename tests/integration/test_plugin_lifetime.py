@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write_config
-from daemonproc import wait_for
+from support.cli import write_config
+from support.daemonproc import wait_for
 
 BOUND_S = 30.0  # SIGTERM's shutdown flush of an empty spool takes well under a second
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.tables import read_table
 
 from spoold.config import load_config
 from spoold.spool.files import ACTIVE

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import write_config
 
 from spoold.cli.append import validated_batches
 from spoold.config import load_config

@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_table, run_spoold, write_config
+from support.cli import run_spoold, write_config
+from support.tables import committed_keys
 
 from spoold.config import load_config
 from spoold.spool.files import ACTIVE
@@ -49,12 +50,7 @@ def replay(cfg: Path, *args: str) -> dict[str, Any]:
 
 def committed(cfg: Path) -> list[str]:
     """The table's keys ([] before its first commit)."""
-    from spoold.iceberg.sink import Sink
-
-    config = load_config(cfg)
-    if Sink(config).load(config.table(T)) is None:
-        return []
-    return read_table(cfg, T).column("part_id").to_pylist()
+    return committed_keys(cfg, T)
 
 
 def grep(key: str, where: Path) -> list[dict[str, Any]]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_spoold, write_config
-from daemonproc import DaemonProc, wait_for
+from support.cli import run_spoold, write_config
+from support.daemonproc import DaemonProc, wait_for
 
 from spoold.config import load_config
 from spoold.envelope import encode

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import write_config
+from support.cli import write_config
 from support.fakesink import FakeSink, raises
 
 import spoold.flush.flush

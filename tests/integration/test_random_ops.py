@@ -11,7 +11,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from conftest import write_config
+from support.cli import write_config
 
 from spoold.config import load_config
 from spoold.flush.flush import flush_table

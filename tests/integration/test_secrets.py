@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import run_spoold
-from daemonproc import DaemonProc, http_get, wait_for
+from support.cli import run_spoold
+from support.daemonproc import DaemonProc, http_get, wait_for
 
 T = "chat.parts"
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.cli import write_config
 
 from spoold.config import SourceSpec, load_config
 from spoold.envelope import parse_envelope

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemonproc import DaemonProc, wait_for
+from support.daemonproc import DaemonProc, wait_for
 from support.members import NEEDS_ROOT, as_member
 
 pytestmark = [pytest.mark.slow, *NEEDS_ROOT]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import run_spoold, write_config
+from support.cli import run_spoold, write_config
 
 from spoold.cli.status import committed_status
 from spoold.config import load_config

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import read_table, write_config
-from daemonproc import DaemonProc, http_get, wait_for
+from support.cli import write_config
+from support.daemonproc import DaemonProc, http_get, wait_for
+from support.tables import read_table
 
 from spoold.config import load_config
 from spoold.spool.spool import Spool
