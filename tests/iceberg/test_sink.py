@@ -22,6 +22,8 @@ import pytest
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table.metadata import TableMetadataV2
 from support.cli import write_config
+from support.maintkit import TABLE_TOML
+from support.maintkit import TYPES as MAINT_TYPES
 
 from spoold.config import Config, load_config
 from spoold.errors import CatalogError, CommitConflict
@@ -33,15 +35,7 @@ from spoold.iceberg.tables import Tables
 from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex
 
-TABLE = """
-[tables."app.events"]
-partition_by = ["day(ts)"]
-[tables."app.events".columns]
-part_id = "string!"
-n = "long"
-ts = "timestamptz"
-"""
-TYPES = {"part_id": "string", "n": "long", "ts": "timestamptz"}
+TABLE, TYPES = TABLE_TOML, MAINT_TYPES  # the declared app.events table (tests/support/maintkit.py)
 
 
 def make_config(tmp_path: Path, catalog_query: str = "") -> Config:

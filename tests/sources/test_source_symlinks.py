@@ -19,12 +19,11 @@ import orjson
 import pytest
 from support.cli import run_spoold, write_config
 from support.daemonproc import DaemonProc, wait_for
-from support.tables import read_table
+from support.tables import read_table, spooled_keys
 
 from spoold.config import SourceSpec
-from spoold.envelope import parse_envelope
 from spoold.sources.tail import Tailer
-from spoold.spool.files import QUARANTINE, iter_lines
+from spoold.spool.files import QUARANTINE
 from spoold.spool.spool import Spool
 
 TABLE = "t.src"
@@ -35,25 +34,13 @@ def line(key: str) -> bytes:
 
 
 def spooled(spool: Spool, table: str = TABLE) -> list[str]:
-    keys = []
-    for path in spool.pending(table):
-        for _, raw, terminated in iter_lines(path):
-            env, err = parse_envelope(raw, terminated)
-            assert err is None, err
-            i = env["columns"].index("part_id")
-            keys += [row[i] for row in env["rows"]]
-    return keys
+    return spooled_keys(spool, table)
 
 
 def drain(t: Tailer) -> None:
     t.discover()
     while t.has_work():
         t.run_pass()
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
 
 
 @pytest.fixture

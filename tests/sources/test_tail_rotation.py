@@ -16,28 +16,21 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support.tables import spooled_keys
 
 from spoold.config import SourceSpec
-from spoold.envelope import parse_envelope
 from spoold.layout import TAIL_DIR
 from spoold.sources import reader
 from spoold.sources.position import HEAD_BYTES, file_key
 from spoold.sources.tail import Tailer
-from spoold.spool.files import QUARANTINE, iter_lines
+from spoold.spool.files import QUARANTINE
 from spoold.spool.spool import Spool
 
 TABLE = "t.src"
 
 
-def spooled(spool: Spool) -> list[str]:
-    keys = []
-    for path in spool.pending(TABLE):
-        for _, raw, terminated in iter_lines(path):
-            env, err = parse_envelope(raw, terminated)
-            assert err is None, err
-            i = env["columns"].index("part_id")
-            keys += [row[i] for row in env["rows"]]
-    return keys
+def spooled(spool: Spool, table: str = TABLE) -> list[str]:
+    return spooled_keys(spool, table)
 
 
 def quarantined(spool: Spool) -> list[dict]:
