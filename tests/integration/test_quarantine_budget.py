@@ -155,3 +155,36 @@ def test_the_daemon_removes_quarantine_past_its_retention(tmp_path: Path, daemon
     doc = json.loads(ok(run_spoold("quarantine", T, "--json", "--config", str(cfg))).stdout)["tables"][T]
     assert doc["records"] == 1  # the new one stays
     assert d.stop() == 0
+
+
+@pytest.mark.slow  # 100 MB of junk tailed through the daemon
+def test_a_100_mb_junk_source_tailed_by_the_daemon_stays_within_the_quarantine_budget(tmp_path: Path) -> None:
+    """The issue's case as it stands: a 100 MB junk source, `[spool] max_bytes` set. Half its lines are not
+    JSON (quarantined by the tailer), half rows whose value does not fit the declared type (quarantined by
+    flush); the spool's bound throttles the tailer, which resumes after each flush. Quarantine on disk stays
+    within its budget plus the tally, every record is counted, and the source is read to its end."""
+    src = tmp_path / "src"
+    src.mkdir()
+    cfg = _config(tmp_path, f"quarantine_max_bytes = {BUDGET}\nmax_bytes = {8 * MB}\n")
+    cfg.write_text(cfg.read_text() + "\n[flush]\ndebounce_s = 0.2\nmax_delay_s = 1\n"
+                   f'\n[[sources]]\ntable = "{T}"\npath = "{src}/*.jsonl"\nformat = "jsonl"\n')
+    not_json = b"{not json at all: " + b"z" * 180 + b"\n"
+    bad_row = b'{"part_id": "k%d", "n": "not a long", "pad": "' + b"p" * 150 + b'"}\n'
+    lines, size = 0, 0
+    with open(src / "junk.jsonl", "wb") as f:
+        while size < 100 * MB:
+            chunk = b"".join(not_json + bad_row % (lines + i) for i in range(0, 2000, 2))
+            f.write(chunk)
+            lines, size = lines + 2000, size + len(chunk)
+    d = DaemonProc(cfg)
+    try:
+        def drained() -> bool:
+            doc = json.loads(ok(run_spoold("quarantine", T, "--json", "--config", str(cfg))).stdout)
+            return doc["tables"].get(T, {}).get("records", 0) == lines
+        wait_for(drained, "every junk line quarantined", timeout=900, every=2.0)
+    finally:
+        assert d.stop() == 0, d.log()
+    on_disk = _disk_bytes(_qdir(cfg))
+    assert on_disk <= BUDGET + TALLY_MAX + 64 * 1024, on_disk
+    status = json.loads(ok(run_spoold("status", T, "--json", "--config", str(cfg))).stdout)["tables"][T]
+    assert status["quarantined"] == lines and status["spooled_rows"] == 0
