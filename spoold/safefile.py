@@ -83,6 +83,16 @@ def read_file(path: str | os.PathLike[str], *, owner: int | None = None, limit: 
         os.close(fd)
 
 
+def read_state(path: str | os.PathLike[str], root: str | os.PathLike[str], *, limit: int = 1 << 20) -> bytes:
+    """One of spoold's state files under the spool ``root``: read only if it belongs to the root's owner (the
+    daemon's user), so a producer-group member cannot plant one (nor a link or a FIFO that would block)."""
+    try:
+        owner = os.lstat(root).st_uid
+    except FileNotFoundError:
+        owner = os.geteuid()
+    return read_file(path, owner=owner, limit=limit)
+
+
 def check_dir(path: Path, *, owner: int | None = None, private: bool = False) -> None:
     """Raise :class:`UnsafeFile` unless ``path`` is a directory, not a symbolic link (nor planted).
 

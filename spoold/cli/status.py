@@ -26,6 +26,7 @@ from spoold.errors import SpooldError, UsageError
 from spoold.iceberg.properties import LAST_MAINTENANCE
 from spoold.layout import DAEMON_STATE, LAST_FLUSH
 from spoold.redact import redact, redact_doc
+from spoold.safefile import read_state
 from spoold.spool.files import first_envelope, iter_lines
 from spoold.spool.held import spooled
 from spoold.spool.quarantine import count_records
@@ -70,8 +71,8 @@ def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str
         "spool_full": spool.bounds.full(table),  # appends refused (see [spool] max_bytes, min_free_bytes)
     }
     try:
-        out["last_flush_attempt"] = orjson.loads((spool.table_dir(table) / LAST_FLUSH).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        out["last_flush_attempt"] = orjson.loads(read_state(spool.table_dir(table) / LAST_FLUSH, spool.root))
+    except (OSError, SpooldError, orjson.JSONDecodeError):
         out["last_flush_attempt"] = None
     return out
 
@@ -201,9 +202,9 @@ def _alive(pid: Any) -> bool:
 
 def _daemon_state(spool: Spool) -> dict[str, Any] | None:
     try:
-        state = orjson.loads((spool.root / DAEMON_STATE).read_bytes())
+        state = orjson.loads(read_state(spool.root / DAEMON_STATE, spool.root))
         return state if isinstance(state, dict) else None
-    except (OSError, orjson.JSONDecodeError):
+    except (OSError, SpooldError, orjson.JSONDecodeError):
         return None
 
 

@@ -32,6 +32,7 @@ from spoold.iceberg.maintain.run import MaintenanceReport, Options, last_record,
 from spoold.iceberg.tables import Tables
 from spoold.layout import LAST_MAINTENANCE
 from spoold.logs import LogLimiter
+from spoold.safefile import read_state
 
 log = logging.getLogger(__name__)
 _UNSEEN = MaintenanceState()
@@ -136,8 +137,9 @@ class Maintainer:
         """Where the triggers start: the newer of the spool's and the table's record of the last run."""
         local = None
         try:
-            local = orjson.loads((self.config.spool_root / table / LAST_MAINTENANCE).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            root = self.config.spool_root
+            local = orjson.loads(read_state(root / table / LAST_MAINTENANCE, root))
+        except (OSError, SpooldError, orjson.JSONDecodeError):
             pass
         best = max((r for r in (local, record) if isinstance(r, dict) and isinstance(r.get("at"), (int, float))),
                    key=lambda r: r["at"], default=None)

@@ -36,6 +36,7 @@ from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
 from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keys.index import KeyIndex
 from spoold.layout import TABLE_UUID
+from spoold.safefile import UnsafeFile, read_state
 
 log = logging.getLogger(__name__)
 # Properties of the tables spoold creates (their owner can change them):
@@ -192,8 +193,13 @@ class Tables:
         """The uuid of the table this spool's commits were verified in (None: not verified yet)."""
         if spec.identifier not in self._pins:
             try:
-                self._pins[spec.identifier] = self._uuid_file(spec).read_text().strip() or None
+                raw = read_state(self._uuid_file(spec), self.config.spool_root, limit=256)
+                self._pins[spec.identifier] = raw.decode("utf-8", "replace").strip() or None
             except FileNotFoundError:
+                self._pins[spec.identifier] = None
+            except UnsafeFile as e:  # planted (a link, a FIFO, another user's file): never trusted
+                log.warning("table %s: %s; the table is verified again before this spool trusts it",
+                            spec.identifier, e)
                 self._pins[spec.identifier] = None
         return self._pins[spec.identifier]
 

@@ -99,3 +99,28 @@ def test_rows_the_daemon_tails_stay_out_of_the_groups_reach_unless_shared(base: 
             assert mode == 0o3770 and read.returncode == 0 and b"private transcript" in read.stdout
         else:
             assert mode & 0o077 == 0 and read.returncode != 0 and b"private transcript" not in read.stdout
+
+
+def test_state_files_a_member_plants_are_never_trusted_nor_block(base: Path, group: str) -> None:
+    """FIFOs (which would block a reader) and a forged uuid pin, planted by a member where spoold keeps its
+    state: `spoold flush` and `spoold status` finish, the forged pin is not trusted, rows are committed."""
+    state, root, cfg = base / "state", base / "spool", base / "spoold.toml"
+    state.mkdir(mode=0o700)
+    cfg.write_text(f'[spool]\nroot = "{root}"\ngroup = "{group}"\n'
+                   f'[catalog]\ntype = "sql"\nuri = "sqlite:///{state / "catalog.db"}"\n'
+                   f'warehouse = "file://{state / "wh"}"\n')
+    cfg.chmod(0o644)
+    from spoold.config import load_config
+    from spoold.spool.spool import Spool
+
+    Spool.from_config(load_config(cfg)).append(T, [{"part_id": "k1"}])  # the daemon's user makes the dirs
+    for planted in (root / T / ".last-flush.json", root / T / ".last-maintenance.json", root / ".daemon.json"):
+        assert as_member(group, "mkfifo", str(planted)).returncode == 0
+    forged = 'import sys; open(sys.argv[1], "w").write("00000000-0000-0000-0000-000000000000")'
+    assert as_member(group, sys.executable, "-c", forged, str(root / T / ".table-uuid")).returncode == 0
+    flushed = spoold(cfg, "flush", "--json")
+    assert flushed.returncode == 0, flushed.stderr
+    assert json.loads(flushed.stdout)["tables"][T]["committed"] == 1
+    status = as_member(group, sys.executable, "-m", "spoold", "status", T, "--json", "--config", str(cfg))
+    assert status.returncode == 0, status.stderr.decode()
+    assert spoold(cfg, "status", "--json").returncode == 0
