@@ -48,13 +48,12 @@ def redact(text: str) -> str:
     """``text`` with every URI's userinfo and query string removed and secrets masked."""
     if not text:
         return text
-    text = redact_uri(text)
-    text = _QUOTED_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
-    text = _VALUE.sub(lambda m: f"{m.group(1)}{MASK}", text)
-    for lit in _literals:
+    for lit in _literals:  # first: a password holding '@' would otherwise be cut in two by the URI rule
         if lit in text:
             text = text.replace(lit, MASK)
-    return text
+    text = redact_uri(text)
+    text = _QUOTED_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
+    return _VALUE.sub(lambda m: f"{m.group(1)}{MASK}", text)
 
 
 def redact_doc(doc: Any) -> Any:

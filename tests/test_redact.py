@@ -66,3 +66,11 @@ def test_errors_and_log_lines_are_scrubbed(caplog: pytest.LogCaptureFixture) -> 
 def test_documents_are_scrubbed_at_every_depth() -> None:
     doc = {"a": ["http://u:p@h/x", {"b": "password=zz"}], "n": 1, "none": None}
     assert r.redact_doc(doc) == {"a": ["http://h/x", {"b": "password=***"}], "n": 1, "none": None}
+
+
+def test_a_password_holding_an_at_sign_is_masked_whole() -> None:
+    """urllib and requests take the last '@' as the end of the userinfo: the URI rule alone would cut at the
+    first one and leave the password's tail in the text."""
+    r.remember({"uri": "https://bob:p@ssw0rd-XYZ@host/catalog"})
+    out = r.redact("cannot reach https://bob:p@ssw0rd-XYZ@host/catalog: refused")
+    assert "ssw0rd" not in out and "XYZ" not in out
