@@ -178,7 +178,8 @@ class Listener:
                 return
             except OSError as e:  # out of file descriptors: give up the oldest slow client
                 self._note("accept-fd", f"metrics listener cannot accept: {one_line(e)}; closing the oldest")
-                if not self._open:
+                if not self._open:  # nothing of ours to give up (the fds are held elsewhere): wait, never spin
+                    time.sleep(0.05)
                     return
                 self._drop(next(iter(self._open)))
                 continue
