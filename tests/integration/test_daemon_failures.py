@@ -56,13 +56,31 @@ def injected(tmp_path: Path, code: str) -> dict[str, str]:
 
 
 # -- an error inside a loop turn ------------------------------------------------------------------------
+# Loaded into the daemon's interpreter only: while a table's directory holds a file named UNSTATTABLE, looking
+# at its spool fails with an OSError nothing expects (ELOOP), as an unforeseen failure of the filesystem would.
+# (A link planted as active.jsonl no longer does: the spool refuses it and moves it aside, docs/spool-layout.md.)
+UNSTATTABLE = "unstattable"
+PROBE_FAILS = """
+import errno, os, spoold.daemon.pending
+_real = spoold.daemon.pending.Pending.probe
+
+def probe(self, table, *args, **kwargs):
+    if os.path.exists(os.path.join(self.spool.root, table, "unstattable")):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.path.join(table, "active.jsonl"))
+    return _real(self, table, *args, **kwargs)
+
+spoold.daemon.pending.Pending.probe = probe
+"""
+
+
 def _unstattable_table(root: Path, table: str) -> Path:
-    """A table whose active.jsonl is a symlink to itself: stat() fails with ELOOP, an OSError nothing expects."""
+    """A table whose spool cannot be looked at (the daemon runs with PROBE_FAILS); remove the file to cure it."""
     d = root / table
     d.mkdir(mode=0o700)
-    active = d / "active.jsonl"
-    os.symlink("active.jsonl", active)
-    return active
+    (d / "active.jsonl").write_bytes(b"")
+    flag = d / UNSTATTABLE
+    flag.touch()
+    return flag
 
 
 def test_a_table_that_cannot_be_looked_at_is_logged_and_the_daemon_goes_on(
@@ -70,7 +88,7 @@ def test_a_table_that_cannot_be_looked_at_is_logged_and_the_daemon_goes_on(
 ) -> None:
     cfg = write_config(tmp_path, FLUSH)
     root = tmp_path / "state" / "spool"
-    d = daemons(cfg)
+    d = daemons(cfg, env=injected(tmp_path, PROBE_FAILS))
     first_look_done(d, root)
     lands(cfg, ["before"], "a row before the error")
     active = _unstattable_table(root, "zz.bad")
@@ -89,7 +107,7 @@ def test_a_table_that_keeps_failing_does_not_stall_the_others(
     """Issue 15's finding: the error used to abort the loop turn before due tables flushed, so none did."""
     cfg = write_config(tmp_path, FLUSH)
     root = tmp_path / "state" / "spool"
-    d = daemons(cfg)
+    d = daemons(cfg, env=injected(tmp_path, PROBE_FAILS))
     first_look_done(d, root)
     _unstattable_table(root, "zz.bad")
     wait_for(lambda: "cannot look at its spool" in d.log(), "the error logged")
