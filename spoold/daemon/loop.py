@@ -11,9 +11,11 @@ Signal handlers only set flags (and wake the watcher): SIGTERM/SIGINT flush
 what is pending within ``flush.shutdown_timeout_s`` and exit 0; a second one
 exits at once (the spool is on disk, nothing is lost); SIGHUP reloads the
 config. Nothing a producer or a source writes can make the daemon exit. One
-thing outside does: a config file it runs by that is gone (with its spool root,
-or for ``_GONE_GRACE_S``) stops it with exit 0, like SIGTERM, instead of making
-a deleted tree (e.g. a test's temporary directory) again; see :meth:`Daemon._world`.
+thing outside does: the config file it runs by gone together with its spool
+root stops it with exit 0, like SIGTERM, instead of making a deleted tree (e.g.
+a test's temporary directory) again; see :meth:`Daemon._world`. A config file
+gone alone (moved aside to be edited, rewritten by config management) is
+logged once and the daemon runs on with the config it has.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ _RUST_TIMEOUT_MS = 250  # longest the loop sleeps without changes: timer precisi
 _WATCH_DEBOUNCE_MS = 300  # longest watchfiles gathers a burst of changes
 _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this often
 _LAST_COMMIT_S = 5.0  # past shutdown_timeout_s, the commit in flight gets this long before the process exits
-_GONE_GRACE_S = 2.0  # a config or spool root missing this long is gone, not being replaced
+_GONE_GRACE_S = 2.0  # a spool root missing this long (its config still there) is made again
 
 
 class Daemon:
@@ -67,7 +69,8 @@ class Daemon:
         self._scan = True  # a full look at spool and sources is due (start-up, reload, rescan)
         self._touched: set[str] = set()
         self._last_rescan = time.monotonic()
-        self._gone_at: float | None = None  # when the config file or the spool root was first seen missing
+        self._gone_at: float | None = None  # when the spool root was first seen missing
+        self._config_missing = False  # the config file is missing (logged once when it went)
         self._apply(config)
         # The shutdown flush's thread, started now: a drain under a task limit (TasksMax=) needs no new one.
         self._drain: tuple[list[str], object] | None = None
@@ -83,7 +86,7 @@ class Daemon:
         self.spool.make_root()
         self.spool.sweep_temp()  # the root's own leftovers (per table: each flush)
         self.root = str(self.spool.root.resolve())
-        self.tailer = Tailer(self.spool, config.sources)
+        self.tailer = Tailer(self.spool, config.sources, tick=self._alive)
         self.worker = Worker(config, self.spool, self.report, self.errors)
         self._scan = True
         self._watched: list[str] = []
@@ -193,8 +196,8 @@ class Daemon:
         mono = time.monotonic()
         world = self._world(mono)
         if world == "gone":
-            log.warning("config file %s is gone%s: stopping, not making the spool again", self.config.path,
-                        " with the spool root" if _file_id(self.root) is None else "")
+            log.warning("config file %s is gone with the spool root: stopping, not making the spool again",
+                        self.config.path)
             self._stop_signal = 0  # as a SIGTERM: flush what is pending (if anything is left), exit 0
             return
         if world == "wait":
@@ -230,22 +233,29 @@ class Daemon:
             restart_lean()
 
     def _world(self, mono: float) -> str | None:
-        """"gone" once the config file the daemon runs by is missing together with the spool root, or
-        for ``_GONE_GRACE_S``: its world was deleted, and making the root (with its missing parents)
-        again would bring back a deleted tree. "wait" while only the root is missing, for up to the
-        grace (a tree being deleted may lose its config file last). None: carry on (a root missing
-        past the grace, with the config still there, is made again as before)."""
+        """"gone" once the config file the daemon runs by is missing together with the spool root: its
+        world was deleted, and making the root (with its missing parents) again would bring back a deleted
+        tree. "wait" while only the root is missing, for up to ``_GONE_GRACE_S`` (a tree being deleted may
+        lose its config file last). None: carry on (a root missing past the grace, with the config still
+        there, is made again; a config file missing alone is logged once and the daemon runs on as
+        configured: a config moved aside to be edited must not stop a production daemon for good)."""
         root_gone = _file_id(self.root) is None
         config_gone = self.config.path is not None and not os.path.exists(self.config.path)
-        if not (root_gone or config_gone):
+        if config_gone != self._config_missing:
+            self._config_missing = config_gone
+            if config_gone:
+                log.warning("config file %s is missing; running on with the configuration loaded from it (the "
+                            "daemon stops only if its spool root %s goes too)", self.config.path, self.root)
+            else:
+                log.info("config file %s is back (SIGHUP reloads it)", self.config.path)
+        if not root_gone:
             self._gone_at = None
             return None
+        if config_gone:
+            return "gone"
         if self._gone_at is None:
             self._gone_at = mono
-        late = mono - self._gone_at >= _GONE_GRACE_S
-        if config_gone and (root_gone or late):
-            return "gone"
-        return "wait" if root_gone and not late else None
+        return "wait" if mono - self._gone_at < _GONE_GRACE_S else None
 
     def _full_scan(self, mono: float) -> None:
         """Start-up, reload and periodic safety net: pending tables from disk, source files by glob."""

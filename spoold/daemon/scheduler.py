@@ -108,7 +108,12 @@ def backoff_delay(failures: int, settings: FlushSettings, jitter: float) -> floa
 
 
 def after_failure(state: TableState, now: float, settings: FlushSettings, error: str, jitter: float) -> TableState:
-    """State after a failed flush: rows stay pending, the next try waits a backoff."""
+    """State after a failed flush: rows stay pending, the next try waits a backoff.
+
+    The flush got past the spool lock (a held lock is not a failure: the worker records it as
+    ``lock_held_since``), so a lock held before is free now: /health shows this error, not that.
+    """
     failures = state.failures + 1
     delay = backoff_delay(failures, settings, jitter)
-    return replace(state, failures=failures, backoff_s=round(delay, 3), retry_at=now + delay, last_error=error)
+    return replace(state, failures=failures, backoff_s=round(delay, 3), retry_at=now + delay, last_error=error,
+                   lock_held_since=None)

@@ -95,17 +95,25 @@ class Worker:
             if (more := self.errors.note(f"held:{table}", now)) is not None:
                 log.warning("table %s: %s; skipped, looking again in %.0fs%s", table, e, delay, more)
             self.states[table] = replace(prev, retry_at=now + delay, lock_held_since=since)
+            if result.files:  # the files rotated before were flushed all the same
+                metrics.flushed(table, "ok", time.monotonic() - started, result.summary())
+                log.info("table %s: committed %d row(s) of earlier flush files, %d deduplicated, %d quarantined",
+                         table, result.committed, result.deduplicated, result.quarantined)
+                self.report.flushed(table, now, result.summary())
             return
         except TableBusy as e:
             # Not a failure: another flusher (e.g. `spoold flush`) is committing these rows right now.
             now = time.time()
             if (more := self.errors.note(f"busy:{table}", now)) is not None:
                 log.info("table %s: %s; looking again in %.0fs%s", table, e, BUSY_RETRY_S, more)
-            self.states[table] = replace(self.states.get(table, TableState()), retry_at=now + BUSY_RETRY_S)
+            self._lock_free(table, now)
+            self.states[table] = replace(self.states.get(table, TableState()), retry_at=now + BUSY_RETRY_S,
+                                         lock_held_since=None)
             return
         except Exception as e:  # a failing catalog or an unexpected bug: back off, never exit
             self._sink = None  # a fresh catalog connection for the next try
             now = time.time()
+            self._lock_free(table, now)  # it got past the lock: a held lock must not hide this error
             state = after_failure(self.states.get(table, TableState()), now, settings, one_line(e), random.random())
             state = replace(state, error_class=error_class(e))
             self.states[table] = state
@@ -125,9 +133,7 @@ class Worker:
         if prev.failures:
             log.info("table %s: flush succeeded again after %d failure(s)", table, prev.failures)
             self.errors.forget(f"flush:{table}")
-        if prev.lock_held_since is not None:
-            log.info("table %s: its spool lock is free again after %.0fs", table, now - prev.lock_held_since)
-            self.errors.forget(f"held:{table}")
+        self._lock_free(table, now)
         if result.files:
             log.info("table %s: committed %d row(s), %d deduplicated, %d quarantined%s", table,
                      result.committed, result.deduplicated, result.quarantined,
@@ -135,6 +141,14 @@ class Worker:
             self.report.flushed(table, now, result.summary())
         first, rows = self.pending.probe(table)
         self._set(table, after_success(prev, now, first, rows))
+
+    def _lock_free(self, table: str, now: float) -> None:
+        """A flush of ``table`` ended other than on a held spool lock: say so if it was held (the state's
+        ``lock_held_since`` is cleared by the caller, with the rest of the outcome)."""
+        prev = self.states.get(table)
+        if prev is not None and prev.lock_held_since is not None:
+            log.info("table %s: its spool lock is free again after %.0fs", table, now - prev.lock_held_since)
+            self.errors.forget(f"held:{table}")
 
     def maintain(self) -> bool:
         """A bounded slice of table maintenance, once the flush stack is loaded; True if it did work.

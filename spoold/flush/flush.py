@@ -31,7 +31,7 @@ from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch, gc_paused
 from spoold.layout import LAST_FLUSH
 from spoold.spool.files import quarantine_record, read_validated
-from spoold.spool.spool import Spool
+from spoold.spool.spool import LockHeld, Spool
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def flush_table(config: Config, spool: Spool, sink: TableSink, table: str, *, ro
     flush ends early (``interrupted``; the rest stays spooled). ``tick()`` is called
     between chunks and while a commit is awaited, at least about once a second.
     ``result``, if given, is filled in as the flush goes: what a flush that fails committed is known.
+    An append lock held past its bound (:class:`LockHeld`) only skips the rotation: the files rotated
+    before are flushed, then it is raised.
     """
     config.table(table)  # validates the identifier before anything is touched
     result = FlushResult() if result is None else result
@@ -85,13 +87,21 @@ def flush_table(config: Config, spool: Spool, sink: TableSink, table: str, *, ro
         with spool.flush_lock(table, wait=wait):
             spool.sweep_temp(table)
             recheck(config, spool, sink, table)  # rows held for a table not verified yet: delete or re-queue
+            held: LockHeld | None = None
             if rotate:
-                spool.rotate(table)
+                try:
+                    spool.rotate(table)
+                except LockHeld as e:  # the rows appended since the last rotation wait; those rotated go now
+                    held = e
             files = spool.flush_files(table)
             result.files = len(files)
             if files:
                 with gc_paused():
                     _Flush(config, spool, sink, table, result, stop, tick).run(files)
+            if held is not None:
+                if result.files:
+                    _record(spool, table, started, result, "ok")
+                raise held  # the caller still learns of the held lock (the daemon backs the table off)
     except SpooldError as e:
         if not isinstance(e, TableBusy):
             _record(spool, table, started, result, f"error: {e}")

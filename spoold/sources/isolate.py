@@ -8,6 +8,14 @@ same way, forever. Instead a child process reads and encodes the marked range
 a line at a time, reporting each line before and after; the line a child died
 on is quarantined (its bytes are never parsed in the daemon) and a new child
 goes on after it. The daemon only appends the children's envelope bytes.
+
+A child runs isolated (``python -I``: neither the working directory nor
+``PYTHON*`` variables nor the user's site directory shape what it imports)
+and loads the daemon's own spoold package by its directory, so it runs the
+same code as the daemon however that was installed. A child that does not finish within
+``CHILD_TIMEOUT_S`` is killed and counts as dying on the line it was on. The
+caller's ``tick`` (the daemon's watchdog) is called while a child runs and
+between children.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +39,17 @@ from spoold.layout import PASS_SUFFIX
 log = logging.getLogger("spoold.sources.tail")
 
 CHILD_TIMEOUT_S = 300.0
+_TICK_S = 1.0  # how often ``tick`` is called while a child runs
+# The child's entry: the daemon's own spoold package, by its directory (argv[1]), whatever -I leaves on sys.path.
+_CHILD = """import importlib.util as u, os, sys
+d = sys.argv.pop(1)
+s = u.spec_from_file_location("spoold", os.path.join(d, "__init__.py"), submodule_search_locations=[d])
+m = sys.modules["spoold"] = u.module_from_spec(s)
+s.loader.exec_module(m)
+from spoold.sources.isolate import main
+main(sys.argv[1:])
+"""
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../spoold
 
 
 class PassMarks:
@@ -80,25 +101,49 @@ class Isolated:
     inside: bool = False
 
 
-def isolate(path: str, fmt: str, start: int, stop: int, lineno: int, max_line: int, inside: bool) -> Isolated:
+def isolate(path: str, fmt: str, start: int, stop: int, lineno: int, max_line: int, inside: bool,
+            tick: Callable[[], None] | None = None) -> Isolated:
     """Encode the lines of ``path`` that start in [``start``, ``stop``) in child processes (see module doc)."""
     out = Isolated(end=start, lineno=lineno, inside=inside)
     while out.end < stop:
-        args = [sys.executable, "-m", "spoold.sources.isolate", path, fmt, str(out.end), str(stop),
+        args = [sys.executable, "-I", "-c", _CHILD, _PACKAGE, path, fmt, str(out.end), str(stop),
                 str(out.lineno), str(max_line), "1" if out.inside else "0"]
-        proc = subprocess.run(args, capture_output=True, timeout=CHILD_TIMEOUT_S, check=False)
-        _collect(proc.stdout, out)
-        if proc.returncode == 0:
+        stdout, stderr, rc, hung = _run(args, tick)
+        _collect(stdout, out)
+        if rc == 0:
             break
-        # It died on the first line it had not reported: found here by its newline, never parsed.
+        # It died (or hung) on the first line it had not reported: found here by its newline, never parsed.
         s, e, n = _next_line(path, out.end, out.lineno, out.inside)
         if e == s:
-            raise OSError(f"re-running {path} line by line failed: {proc.stderr.decode(errors='replace')[-300:]}")
-        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
-        out.bad.append((s, e, n, f"reading or encoding this line killed the process ({how})"))
+            raise OSError(f"re-running {path} line by line failed: {stderr.decode(errors='replace')[-300:]}")
+        if hung:
+            why = f"reading or encoding this line took over {CHILD_TIMEOUT_S:g}s (the process was killed)"
+        else:
+            how = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
+            why = f"reading or encoding this line killed the process ({how})"
+        out.bad.append((s, e, n, why))
         out.end, out.lineno, out.inside = e, n + 1, False
-        log.warning("source %s line %d: killed the process that read it (%s); quarantined", path, n, how)
+        log.warning("source %s line %d: %s; quarantined", path, n, why)
     return out
+
+
+def _run(args: list[str], tick: Callable[[], None] | None) -> tuple[bytes, bytes, int, bool]:
+    """Run a child to its end or ``CHILD_TIMEOUT_S`` (then kill it): (stdout, stderr, exit status, hung)."""
+    if tick is not None:
+        tick()
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=max(0.01, min(_TICK_S, deadline - time.monotonic())))
+                return stdout, stderr, proc.returncode, False
+            except subprocess.TimeoutExpired:
+                if tick is not None:
+                    tick()
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    stdout, stderr = proc.communicate()  # what it reported before it hung is kept
+                    return stdout, stderr, proc.returncode, True
 
 
 def _next_line(path: str, pos: int, lineno: int, inside: bool) -> tuple[int, int, int]:
@@ -158,6 +203,10 @@ def _child(path: str, fmt: str, start: int, stop: int, lineno: int, max_line: in
     os.close(fd)
 
 
-if __name__ == "__main__":
-    a = sys.argv[1:]
+def main(a: list[str]) -> None:
+    """The child's entry (see ``_CHILD``): path, format, start, stop, lineno, max_line, inside."""
     _child(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), a[6] == "1")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -6,6 +6,9 @@ an integer beyond 64 bits; a column name no envelope carries), the lines
 are halved until every failing one is alone: those come back with their
 reason, for quarantine, and every other line is spooled. A failing line
 costs O(log n) re-encodes of shrinking halves, never one encode per line.
+Running out of memory is the host's fault, not a line's: a MemoryError
+propagates (the tailer retries the file later) and quarantines nothing. A
+RecursionError is a line's: only a deeply nested value causes one.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ def pack(lines: Sequence[SourceLine],
         return [], []
     try:
         return list(envelopes(rows, max_line)), []
-    except Exception as e:  # whatever encoding raises is the fault of some line's rows
+    except Exception as e:  # whatever else encoding raises is the fault of some line's rows
+        if _environment(e):
+            raise
         if len(lines) == 1:
             return [], [(lines[0], _reason(e))]
     mid = len(lines) // 2
@@ -59,6 +64,18 @@ def line_record(reason: str, line: SourceLine, fd: int, max_line: int = MAX_LINE
     if raw.endswith(b"\n"):
         raw = raw[:-1]
     return quarantine_record(reason, line.path, line.lineno, raw, offset=line.start, **extra)
+
+
+def _environment(e: BaseException) -> bool:
+    """True for the host's failures (memory, as spoold.iceberg.catalog maps them), which no line is to blame for."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, MemoryError) or (isinstance(cur, RuntimeError) and "can't start new thread" in str(cur)):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _reason(e: Exception) -> str:

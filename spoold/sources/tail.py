@@ -25,9 +25,11 @@ the mark re-reads that pass line by line in a child process
 environment leave the offset where it is: a full spool
 parks the file until a flush frees room (the file keeps the rows meanwhile;
 a pass is at most a quarter of ``[spool] max_bytes``, so it fits an emptied
-spool), any other (the spool's disk, reading the source) retries it with
-backoff. Symlinked sources are watched at their target's directory too.
-Work per pass is bounded.
+spool), any other (the spool's disk, reading the source, memory) retries it with
+backoff; a table whose spool lock another process holds has all its files
+retried later after one bounded wait (``Spool.lock_wait_s``) per pass.
+Symlinked sources are watched at their target's directory too. Work per
+pass is bounded.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ from spoold.sources.pack import line_record, pack
 from spoold.sources.position import PositionStore
 from spoold.sources.reader import SourceLine, read_lines
 from spoold.sources.rotation import find_copy
-from spoold.spool.spool import Spool
+from spoold.spool.spool import LockHeld, Spool
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,10 @@ class Tailer:
     """Tails the configured sources into ``spool`` (one thread; the daemon loop drives it)."""
 
     def __init__(self, spool: Spool, sources: Sequence[SourceSpec], *, max_lines: int = MAX_LINES_PER_PASS,
-                 max_bytes: int = MAX_BYTES_PER_PASS, rotated_quiet_s: float = ROTATED_QUIET_S) -> None:
+                 max_bytes: int = MAX_BYTES_PER_PASS, rotated_quiet_s: float = ROTATED_QUIET_S,
+                 tick: Callable[[], None] | None = None) -> None:
         self.spool = spool
+        self.tick = tick  # called during long work (re-running a pass out of process): the daemon's watchdog
         limit = spool.bounds.limits.max_bytes  # a pass must fit in an emptied spool
         self.max_lines = max_lines
         self.max_bytes = min(max_bytes, max(1, limit // 4)) if limit else max_bytes
@@ -132,6 +136,7 @@ class Tailer:
         budget = self.max_lines if max_lines is None else max_lines
         byte_budget = self.max_bytes
         appended: dict[str, int] = {}
+        held: dict[str, float] = {}  # table → when its files are tried again: its spool lock was held this pass
         for key in list(files.dirty):
             if budget <= 0 or byte_budget <= 0:
                 break
@@ -141,19 +146,30 @@ class Tailer:
             del files.dirty[key]
             f = files.follows[key]
             table = files.spec(f).table
+            if table in held:  # one wait for a held lock per table and pass, not one per file
+                self._retry[key] = held[table]
+                continue
             try:
                 rows, lines, nbytes, more = self._read(f, budget, byte_budget)
             except _Moved:
                 files.moved(f)
                 continue
+            except LockHeld as e:
+                # Someone holds the table's append lock (this append waited ``lock_wait_s`` for it): the
+                # table's other files wait too, for the same retry, so a pass costs one wait per held table.
+                f.failures += 1
+                held[table] = self._retry[key] = time.monotonic() + self._backoff(f.failures)
+                self._log_error(f"held:{table}", "source %s: not tailed this time, retrying: %s", f.pos.path, e)
+                continue
             except SpoolFull as e:
                 self._parked[key] = table
                 self._log_error(f"full:{table}", "source %s: waiting for room in the spool: %s", f.pos.path, e)
                 continue
-            except (OSError, SpooldError) as e:
-                # Cannot read it or cannot spool right now: the offset stays; tried again after a pause.
+            except (OSError, SpooldError, MemoryError) as e:
+                # Cannot read it, encode it (out of memory) or spool it right now: the offset stays; tried
+                # again after a pause.
                 f.failures += 1
-                self._retry[key] = time.monotonic() + min(_RETRY_S[1], _RETRY_S[0] * 2 ** (f.failures - 1))
+                self._retry[key] = time.monotonic() + self._backoff(f.failures)
                 self._log_error(f"io:{key}", "source %s: not tailed this time, retrying: %s", f.pos.path, e)
                 continue
             f.failures = 0
@@ -164,6 +180,10 @@ class Tailer:
             if more:
                 files.dirty[key] = None
         return appended
+
+    @staticmethod
+    def _backoff(failures: int) -> float:
+        return min(_RETRY_S[1], _RETRY_S[0] * 2 ** (failures - 1))
 
     def _read(self, f: Follow, budget: int, byte_budget: int) -> tuple[int, int, int, bool]:
         """Tail one file; returns (rows appended, lines read, bytes read, more left)."""
@@ -239,7 +259,7 @@ class Tailer:
         start = pos.offset
         log.warning("source %s: the daemon died while spooling bytes %d-%d; re-reading them line by line in a "
                     "separate process", pos.path, start, stop)
-        res = isolate(pos.path, spec.format, start, stop, pos.lineno, self.max_line, pos.inside)
+        res = isolate(pos.path, spec.format, start, stop, pos.lineno, self.max_line, pos.inside, tick=self.tick)
         self._quarantine(f, fd, [(SourceLine(pos.path, n, s, e, [], reason), reason) for s, e, n, reason in res.bad])
         if res.envelopes:
             self.spool.append_lines(spec.table, res.envelopes)

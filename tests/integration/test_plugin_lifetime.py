@@ -2,7 +2,8 @@
 
 A ``spoold_env`` daemon of a pytest killed with SIGKILL (no teardown runs) must
 die with it, not run on; and a ``spoold run`` whose config file vanished with its
-temporary tree must stop (exit 0) instead of making that tree again.
+temporary tree must stop (exit 0) instead of making that tree again, while one
+whose config file alone went runs on.
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.cli import write_config
 from support.daemonproc import wait_for
+from support.tables import committed_keys
+
+from spoold.config import load_config
+from spoold.daemon.loop import _GONE_GRACE_S as GONE_GRACE_S
+from spoold.spool.spool import Spool
 
 BOUND_S = 30.0  # SIGTERM's shutdown flush of an empty spool takes well under a second
 
@@ -108,11 +115,26 @@ def test_a_daemon_whose_tree_was_deleted_stops_instead_of_making_it_again(tmp_pa
     assert not world.exists()
 
 
-def test_a_daemon_whose_config_file_was_deleted_stops(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, "[flush]\ndebounce_s = 0.1\nmax_delay_s = 1.0\n", name="gone.toml")
-    log = tmp_path / "daemon.log"
+def test_a_config_file_deleted_alone_stops_nothing_but_deleted_with_the_spool_root_it_stops(tmp_path: Path) -> None:
+    # A config moved aside to be edited (or removed and rewritten by config management) must not stop a
+    # production daemon: an exit 0 is never restarted by Restart=on-failure. Only the config together
+    # with the spool root gone (a test's deleted temporary tree) stops it, and it makes nothing again.
+    cfg = write_config(tmp_path / "world", '[flush]\ndebounce_s = 0.1\nmax_delay_s = 1.0\n\n'
+                       '[tables."t.x"]\n[tables."t.x".columns]\npart_id = "string!"\n', name="gone.toml")
+    config = load_config(cfg)  # read before the file goes: where the spool and the catalog are
+    log = tmp_path / "daemon.log"  # outside the tree that goes
     proc = start(cfg, log)
     cfg.unlink()
+    wait_for(lambda: f"config file {cfg} is missing" in log.read_text(), "the missing config logged")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(GONE_GRACE_S + 2)  # the old rule stopped it after 2 s
+    Spool.from_config(config).append("t.x", [{"part_id": "after"}])
+    wait_for(lambda: committed_keys(config, "t.x") == ["after"], "rows committed with the config file gone")
+    assert proc.poll() is None, log.read_text()
+    assert log.read_text().count("is missing") == 1  # logged once, not at every turn
+
+    shutil.rmtree(config.spool_root)
     assert stopped(proc) == 0, log.read_text()
     text = log.read_text()
-    assert f"config file {cfg} is gone: stopping" in text and "stopped" in text, text
+    assert f"config file {cfg} is gone with the spool root: stopping" in text and "stopped" in text, text
+    assert not config.spool_root.exists()
