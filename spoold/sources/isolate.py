@@ -20,6 +20,7 @@ between children.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -34,7 +35,8 @@ from typing import Any
 import orjson
 
 from spoold._testhooks import reached
-from spoold.layout import PASS_SUFFIX
+from spoold.errors import SpoolFull
+from spoold.layout import PASS_SUFFIX, temp_name
 
 log = logging.getLogger("spoold.sources.tail")
 
@@ -76,10 +78,16 @@ class PassMarks:
         # loss the pass is simply run again as before.
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.dir / f"{key}{PASS_SUFFIX}"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            f.write(orjson.dumps(doc))
-        os.replace(tmp, path)
+        tmp = path.with_name(temp_name(path.name))
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as f:
+                f.write(orjson.dumps(doc))
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the spool's disk is full: wait for room, as appends do
+                raise SpoolFull(f"no space left to mark a pass of {key}: {e.strerror}") from e
+            raise
 
     def clear(self, key: str) -> None:
         self.found().pop(key, None)
