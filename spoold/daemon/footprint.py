@@ -45,9 +45,7 @@ def release(sink: Any) -> None:
     SQLite file or a server's idle timeout could leave stale.
     """
     try:
-        engine = getattr(sink.tables.catalog(), "engine", None)
-        if engine is not None:
-            engine.dispose()
+        sink.close()
     except Exception as e:  # best effort: the next flush reconnects anyway
         log.debug("releasing catalog connections: %s", e)
     _trim_memory()

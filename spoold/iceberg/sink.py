@@ -123,6 +123,10 @@ class Sink:
         self.tables = Tables(config)
         self.events: SinkEvents = events or NoEvents()
 
+    def close(self) -> None:
+        """Close the catalog's connections (the key indexes stay)."""
+        self.tables.close()
+
     # -- tables -----------------------------------------------------------------
     def load(self, spec: TableSpec, *, reuse: bool = False) -> Table | None:
         """The table, or None when it does not exist yet (see :meth:`Tables.load`)."""

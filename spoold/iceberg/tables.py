@@ -73,6 +73,12 @@ class Tables:
             self._catalog = open_catalog(self.config)
         return self._catalog
 
+    def close(self) -> None:
+        """Close the catalog's connection pool, if it was ever opened (the next use opens it again)."""
+        engine = getattr(self._catalog, "engine", None)
+        if engine is not None:
+            engine.dispose()
+
     @property
     def exclusive_create(self) -> bool:
         """True when the catalog's create can never replace an existing table (see :func:`exclusive_create`)."""

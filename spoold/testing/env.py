@@ -238,10 +238,7 @@ class SpooldEnv:
             self._spool.close()
             self._spool = None
         if self._sink is not None:
-            # the catalog's connection pool, if it was ever opened (catalog() would open one to close it)
-            engine = getattr(getattr(self._sink, "_catalog", None), "engine", None)
-            if engine is not None:
-                engine.dispose()
+            self._sink.close()
             self._sink = None
 
     def catalog_fingerprint(self) -> tuple[Any, ...]:
