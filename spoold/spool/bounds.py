@@ -7,8 +7,13 @@ Nothing acknowledged is ever dropped to make room: a flush frees it. Appends
 are refused; rotation and flush never are (a flush is what frees room).
 
 Quarantine has a budget per table (``[spool] quarantine_max_bytes``) and
-counts against ``min_free_bytes`` too: records that do not fit are counted,
-not written (:mod:`spoold.spool.tally`); the rows were rejected already.
+counts against ``min_free_bytes`` too. Records a replay could bring back (kind
+``row``) are never dropped: when they do not fit, the quarantine is refused
+with :class:`SpoolFull` and the flush that brought them is retried. Records that
+can never be replayed (``line``, ``source``, truncated) that do not fit are
+counted, not written (:mod:`spoold.spool.tally`). Only the regular files of the
+spool's owner count, by the space they take (a producer's planted file or
+sparse file counts as nothing).
 
 The check runs under the table's append lock on every append, so it is kept
 cheap: one ``fstat`` and one ``fstatvfs`` of the open active file, and the
@@ -21,6 +26,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -56,6 +62,7 @@ class Bounds:
         self._sizes: dict[str, tuple[int, int]] = {}  # table → (its directory's mtime_ns, flush files' bytes)
         self._refused: dict[str, int] = {}  # table → size of the last append refused in this process
         self._warned: dict[str, tuple[float, int]] = {}  # table → (last warning, records not kept since)
+        self._ignored: set[tuple[str, int]] = set()  # quarantine entries not spoold's, logged once
         self._guard = threading.Lock()
 
     # -- the check (under the table's append lock) -------------------------------------
@@ -103,16 +110,32 @@ class Bounds:
         return None
 
     # -- quarantine ------------------------------------------------------------------------
+    def owner(self) -> int:
+        """The spool's owner (the daemon's user), whose files in shared directories are spoold's own."""
+        try:
+            return os.stat(self.root).st_uid
+        except FileNotFoundError:
+            return os.geteuid()
+
     def quarantine_room(self, qdir: Path, replacing: Path) -> int:
-        """Bytes a quarantine file published as ``replacing`` in ``qdir`` may take (it replaces its old self)."""
+        """Bytes a quarantine file published as ``replacing`` in ``qdir`` may take (it replaces its old self).
+
+        Counted: the regular files of the spool's owner, by the space they take (``st_blocks``), so a
+        producer's planted file, link or sparse file takes no room; each is logged once.
+        """
         used = old = 0
+        owner = self.owner()
         with os.scandir(qdir) as entries:
             for e in entries:
                 if e.name.endswith(".jsonl") and not e.name.startswith("."):
                     try:
-                        n = e.stat().st_size
+                        st = e.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
+                    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
+                        self._not_ours(qdir / e.name, st, owner)
+                        continue
+                    n = st.st_blocks * 512
                     used += n
                     old = n if e.name == replacing.name else old
         room = self.limits.quarantine_max_bytes - (used - old) if self.limits.quarantine_max_bytes else 1 << 62
@@ -121,6 +144,35 @@ class Bounds:
             free = fs.f_bavail * fs.f_frsize + old
             room = min(room, free - min_free(self.limits, fs.f_blocks * fs.f_frsize))
         return room
+
+    def quarantine_fit(self, table: str, qdir: Path, path: Path, lines: list[bytes], keep: list[bool]) -> list[bool]:
+        """Which of ``lines`` (quarantine records to publish as ``path``) are written; the rest are counted.
+
+        ``keep``: the records a replay could bring back, never dropped: SpoolFull (retryable, nothing
+        written yet) if they do not all fit. The others are then taken in order while they fit.
+        """
+        room = self.quarantine_room(qdir, path)
+        size = sum(len(ln) for ln, k in zip(lines, keep) if k)
+        if size and size > room:
+            raise SpoolFull(f"table {table}: quarantine full (quarantine_max_bytes / min_free_bytes): "
+                            f"{sum(keep)} rejected row(s) ({size} bytes) that a replay could bring back do not "
+                            f"fit in the {max(room, 0)} bytes left; nothing was dropped and the flush is retried "
+                            "(raise [spool] quarantine_max_bytes, or replay or remove quarantine files)")
+        keep = list(keep)
+        for i, k in enumerate(keep):
+            if not k and size + len(lines[i]) <= room:
+                size += len(lines[i])
+                keep[i] = True
+        return keep
+
+    def _not_ours(self, path: Path, st: os.stat_result, owner: int) -> None:
+        key = (str(path), st.st_ino)
+        with self._guard:
+            if key in self._ignored:
+                return
+            self._ignored.add(key)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"owned by uid {st.st_uid}, not {owner}"
+        log.warning("%s: %s; not spoold's, so it does not count against the quarantine's budget", path, what)
 
     def quarantine_over(self, table: str, not_kept: int) -> None:
         """``not_kept`` records of ``table`` were counted, not written: warn, at most every ``_WARN_EVERY_S``."""

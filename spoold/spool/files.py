@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +26,25 @@ from spoold.settings import SpoolLimits
 READ_BLOCK = 1 << 20
 MAX_LINE_BYTES = SpoolLimits().max_line_bytes
 REPR_BYTES = 4096  # how much of a value that cannot be written as JSON a quarantine record keeps
-# A rejected line or value up to RAW_KEEP_BYTES is kept whole (normal rows are far smaller, so they stay
-# replayable); a longer one keeps its first RAW_HEAD_BYTES, its length and its sha256, and cannot be replayed.
-RAW_KEEP_BYTES = 64 << 10
+# A rejected line or row that was read whole (up to max_line_bytes) is kept whole, so it can be replayed.
+# A line over max_line_bytes is never read whole: it keeps its first RAW_HEAD_BYTES, its length and its
+# sha256 (a LongLine stands for it), and cannot be replayed.
 RAW_HEAD_BYTES = 4 << 10
 LONG_HEAD_BYTES = RAW_HEAD_BYTES  # what stands for a line over max_line_bytes (a record keeps this head)
+ESCAPED_BYTES = 64 << 10  # how much of a non-UTF-8 line ``raw_escaped`` renders (``raw_b64`` keeps it all)
+
+
+class LongLine(bytes):
+    """The head of a line longer than max_line_bytes, which was never read whole: its true length and sha256
+    ride along, so that :func:`quarantine_record` keeps head, length and hash."""
+
+    length: int
+    sha256: str
+
+    def __new__(cls, head: bytes, length: int, sha256: str) -> LongLine:
+        self = super().__new__(cls, head)
+        self.length, self.sha256 = length, sha256
+        return self
 
 
 def iter_lines(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes, bool]]:
@@ -44,35 +59,59 @@ def iter_lines(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int
 
 
 def _lines(path: Path, max_line: int) -> Iterator[tuple[int, bytes, bool, int]]:
-    """:func:`iter_lines` plus each line's true length (over ``max_line``: only its head is in ``raw``)."""
+    """:func:`iter_lines` plus each line's true length (over ``max_line``: a :class:`LongLine` is in ``raw``)."""
     with open(open_file(path), "rb", buffering=0) as f:
-        lineno, pending, plen = 1, bytearray(), 0  # the line spanning blocks: at most its head past max_line
+        # the line spanning blocks: whole up to max_line; past it, its head and the hash of all of it so far
+        lineno, pending, plen, sha = 1, bytearray(), 0, None
         while block := f.read(READ_BLOCK):
             if plen:
                 nl = block.find(b"\n")
                 piece = block if nl < 0 else block[:nl]
                 if plen + len(piece) <= max_line:
                     pending += piece
-                elif len(pending) < LONG_HEAD_BYTES:
-                    pending += piece[: LONG_HEAD_BYTES - len(pending)]
+                else:
+                    if sha is None:  # just went past max_line: pending is all of it so far
+                        sha = hashlib.sha256(pending)
+                        del pending[LONG_HEAD_BYTES:]
+                    sha.update(piece)
+                    if len(pending) < LONG_HEAD_BYTES:
+                        pending += piece[: LONG_HEAD_BYTES - len(pending)]
                 plen += len(piece)
                 if nl < 0:
                     continue
-                yield lineno, _line_head(pending, plen, max_line), True, plen
-                lineno, pending, plen, block = lineno + 1, bytearray(), 0, block[nl + 1 :]
+                yield lineno, _line(pending, plen, sha), True, plen
+                lineno, pending, plen, sha, block = lineno + 1, bytearray(), 0, None, block[nl + 1 :]
             lines = block.split(b"\n")  # the usual case: whole lines within a block, split at C speed
             tail = lines.pop()
             for line in lines:
-                yield lineno, line if len(line) <= max_line else line[:LONG_HEAD_BYTES], True, len(line)
+                yield lineno, line if len(line) <= max_line else _long(line), True, len(line)
                 lineno += 1
             if tail:
-                pending, plen = bytearray(tail if len(tail) <= max_line else tail[:LONG_HEAD_BYTES]), len(tail)
+                plen = len(tail)
+                if plen <= max_line:
+                    pending = bytearray(tail)
+                else:
+                    pending, sha = bytearray(tail[:LONG_HEAD_BYTES]), hashlib.sha256(tail)
         if plen:
-            yield lineno, _line_head(pending, plen, max_line), False, plen
+            yield lineno, _line(pending, plen, sha), False, plen
 
 
-def _line_head(pending: bytearray, plen: int, max_line: int) -> bytes:
-    return bytes(pending) if plen <= max_line else bytes(pending[:LONG_HEAD_BYTES])
+def _long(line: bytes) -> LongLine:
+    return LongLine(line[:LONG_HEAD_BYTES], len(line), hashlib.sha256(line).hexdigest())
+
+
+def _line(pending: bytearray, plen: int, sha: Any) -> bytes:
+    return bytes(pending) if sha is None else LongLine(bytes(pending[:LONG_HEAD_BYTES]), plen, sha.hexdigest())
+
+
+def read_tail(fd: int, pos: int, size: int, max_line: int = MAX_LINE_BYTES) -> bytes:
+    """The bytes of open ``fd`` from ``pos`` to ``size`` (a torn tail); past ``max_line`` a :class:`LongLine`."""
+    if size - pos <= max_line:
+        return os.pread(fd, size - pos, pos)
+    sha = hashlib.sha256()
+    for start in range(pos, size, READ_BLOCK):
+        sha.update(os.pread(fd, min(READ_BLOCK, size - start), start))
+    return LongLine(os.pread(fd, LONG_HEAD_BYTES, pos), size - pos, sha.hexdigest())
 
 
 def read_validated(path: Path, validator: Validator,
@@ -88,8 +127,8 @@ def read_validated(path: Path, validator: Validator,
         if not terminated and active:
             return
         if length > max_line:
-            yield lineno, raw, LineResult(error=f"line longer than max_line_bytes ({length} > {max_line} bytes); "
-                                          f"raw keeps its first {len(raw)} bytes")
+            yield lineno, raw, LineResult(error=f"line longer than max_line_bytes ({length} > {max_line} bytes): "
+                                          "only its head, length and sha256 are kept")
             continue
         yield lineno, raw, validator.line(raw, terminated)
 
@@ -116,58 +155,43 @@ def first_envelope(path: Path) -> tuple[float, float] | None:
 def quarantine_record(reason: str, file: str, line: int, raw: bytes | None = None, **extra: Any) -> dict[str, Any]:
     """A quarantine entry, one grep-able JSON line (the format: docs/quarantine.md).
 
-    A ``raw`` line that is not UTF-8 keeps its exact bytes (``raw_b64``) and a
-    readable rendering with the bad bytes escaped (``raw_escaped``). One longer
-    than ``RAW_KEEP_BYTES`` keeps only its head (``raw_head``, and ``raw_head_b64``
-    if it is not UTF-8), its length (``raw_bytes``) and ``raw_sha256``; so do a
-    rejected ``row`` and its ``columns`` whose JSON text is that long (``row_head``...).
+    ``kind``: ``row`` (a rejected row: ``row`` given), ``source`` (a source line:
+    ``format`` given) or ``line`` (a spool line). Whatever was read whole is kept
+    whole, so it can be replayed. A ``raw`` line that is not UTF-8 keeps its exact
+    bytes (``raw_b64``) and a readable rendering of its start with the bad bytes
+    escaped (``raw_escaped``). A line over max_line_bytes, which was never read
+    whole (a :class:`LongLine`), keeps only its head (``raw_head``, and
+    ``raw_head_b64`` if it is not UTF-8), its length (``raw_bytes``) and
+    ``raw_sha256``, and is marked ``truncated``.
     """
     kind = "row" if "row" in extra else "source" if "format" in extra else "line"
     rec: dict[str, Any] = {"reason": reason, "kind": kind, "file": file, "line": line, **extra}
-    for name in ("row", "columns"):
-        if name in rec and rec[name] is not None:
-            _bound_value(rec, name)
-    if raw is not None and len(raw) > RAW_KEEP_BYTES:
-        _head(rec, "raw", raw)
+    if isinstance(raw, LongLine):
+        _head(rec, "raw", raw, raw.length, raw.sha256)
     elif raw is not None:
         try:
             rec["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
             rec["raw_b64"] = base64.b64encode(raw).decode("ascii")
-            rec["raw_escaped"] = raw.decode("utf-8", "backslashreplace")
+            rec["raw_escaped"] = raw[:ESCAPED_BYTES].decode("utf-8", "backslashreplace")
     rec["at"] = time.time()
     return rec
 
 
-def _bound_value(rec: dict[str, Any], name: str) -> None:
-    """Replace ``rec[name]`` by its head, length and hash when its JSON text is longer than RAW_KEEP_BYTES."""
-    value = rec[name]
-    if isinstance(value, (list, dict)) and len(value) * 2 < RAW_KEEP_BYTES and _small(value):
-        return  # the usual row: no need to encode it to know it is small
-    try:
-        text = orjson.dumps(value, default=str)
-    except TypeError:
-        return  # nested too deeply to write as JSON: record_line keeps its repr (bounded by the nesting limit)
-    if len(text) > RAW_KEEP_BYTES:
-        del rec[name]
-        _head(rec, name, text)
+def replayable(rec: dict[str, Any]) -> bool:
+    """A record that a replay can bring back (a row, kept whole): never dropped to make room."""
+    return rec.get("kind") == "row" and not rec.get("truncated")
 
 
-def _small(value: list[Any] | dict[str, Any]) -> bool:
-    items = value.values() if isinstance(value, dict) else value
-    return all(v is None or type(v) in (bool, int, float) or (type(v) is str and len(v) < 1024) for v in items)
-
-
-def _head(rec: dict[str, Any], name: str, data: bytes) -> None:
-    head = data[:RAW_HEAD_BYTES]
+def _head(rec: dict[str, Any], name: str, head: bytes, length: int, sha256: str) -> None:
     rec[f"{name}_head"] = head.decode("utf-8", "backslashreplace")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as e:
         if e.start < len(head) - 3:  # not just a character cut in two at the end
             rec[f"{name}_head_b64"] = base64.b64encode(head).decode("ascii")
-    rec[f"{name}_bytes"] = len(data)
-    rec[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
+    rec[f"{name}_bytes"] = length
+    rec[f"{name}_sha256"] = sha256
     rec["truncated"] = True
 
 

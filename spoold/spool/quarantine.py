@@ -9,6 +9,7 @@ summary (records per reason, oldest and newest), and the per-file access that
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +18,19 @@ from typing import Any
 import orjson
 
 from spoold.durable import fsync_dir
-from spoold.safefile import UnsafeFile, open_file, read_file
+from spoold.safefile import UnsafeFile, open_file
 from spoold.spool import tally
-from spoold.spool.files import QUARANTINE
+from spoold.spool.files import MAX_LINE_BYTES, QUARANTINE, READ_BLOCK, LongLine, iter_lines
 from spoold.spool.spool import Spool
 from spoold.spool.tally import reason_group
 
-__all__ = ["count_records", "expire", "files", "quarantine_doc", "read", "reason_group", "summary", "summary_lines"]
+__all__ = ["count_lines", "count_records", "expire", "files", "quarantine_doc", "read", "reason_group", "summary",
+           "summary_lines"]
+
+log = logging.getLogger(__name__)
+# The longest record spoold writes: a line of max_line_bytes JSON-escaped (up to 6 bytes a byte) and more.
+MAX_RECORD_BYTES = 8 * MAX_LINE_BYTES
+
 
 def files(spool: Spool, table: str) -> list[Path]:
     """The table's quarantine files, oldest name first (temp files of a publish in progress left out)."""
@@ -33,35 +40,54 @@ def files(spool: Spool, table: str) -> list[Path]:
     return sorted(p for p in qdir.glob("*.jsonl") if not p.name.startswith("."))
 
 
-def read(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one quarantine file; a line that is not a record comes back as ``{"unreadable": text}``."""
+def read(path: Path, max_record: int = MAX_RECORD_BYTES) -> Iterator[dict[str, Any]]:
+    """The records of one quarantine file; a line that is not a record comes back as ``{"unreadable": text}``.
+
+    Read line by line: a line over ``max_record`` bytes (no record spoold writes is that long: a producer
+    planted it) is never held whole, it comes back unreadable.
+    """
     try:
-        data = read_file(path, limit=1 << 40)  # never a link a producer planted in a group spool's quarantine
+        lines = iter_lines(path, max_record)  # never a link a producer planted in a group spool's quarantine
+        for _, line, _ in lines:
+            if not line.strip():
+                continue
+            if isinstance(line, LongLine):
+                yield {"unreadable": f"a line of {line.length} bytes, longer than any quarantine record"}
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                rec = None
+            yield rec if isinstance(rec, dict) else {"unreadable": line.decode("utf-8", "backslashreplace")}
     except FileNotFoundError:  # replayed or rewritten meanwhile
         return
     except UnsafeFile as e:
         yield {"unreadable": str(e)}
-        return
-    for line in data.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            rec = None
-        yield rec if isinstance(rec, dict) else {"unreadable": line.decode("utf-8", "backslashreplace")}
 
 
 def count_records(spool: Spool, table: str) -> int:
     """How many records the table's quarantine holds (one per line), counted ones past its budget included."""
-    n = tally.counts(spool.table_dir(table) / QUARANTINE)[0]
+    n = tally.counts(spool.table_dir(table) / QUARANTINE, spool.bounds.owner())[0]
     for path in files(spool, table):
         try:
-            with open(open_file(path), "rb") as f:
-                n += sum(1 for line in f if line.strip())
+            n += count_lines(path)
         except (FileNotFoundError, UnsafeFile):
             continue
     return n
+
+
+def count_lines(path: Path) -> int:
+    """The lines of ``path`` that are not blank, read in blocks: memory stays bounded whatever is in it
+    (a producer's sparse file of a few GiB with no newline is one line)."""
+    n, open_line = 0, False  # open_line: the line running on from the previous block has something in it
+    with open(open_file(path), "rb", buffering=0) as f:
+        while block := f.read(READ_BLOCK):
+            pieces = block.split(b"\n")
+            for piece in pieces[:-1]:
+                n += 1 if open_line or piece.strip() else 0
+                open_line = False
+            open_line = open_line or bool(pieces[-1].strip())
+    return n + open_line
 
 
 def summary(spool: Spool, table: str) -> dict[str, Any]:
@@ -69,7 +95,7 @@ def summary(spool: Spool, table: str) -> dict[str, Any]:
 
     Records counted but not kept (past the quarantine's budget) are in every count; ``not_kept`` says how many.
     """
-    not_kept, reasons, kinds, times = tally.counts(spool.table_dir(table) / QUARANTINE)
+    not_kept, reasons, kinds, times = tally.counts(spool.table_dir(table) / QUARANTINE, spool.bounds.owner())
     paths = files(spool, table)
     for path in paths:
         for rec in read(path):
@@ -102,18 +128,25 @@ def expire(spool: Spool, table: str, older_than_s: float, now: float) -> tuple[i
     removed = records = 0
     for path in files(spool, table):
         try:
-            if path.stat().st_mtime >= cutoff:
+            if path.lstat().st_mtime >= cutoff:  # a link planted there: its own age, never followed
                 continue
-            n = sum(1 for _ in read(path))
+            n = count_lines(path)  # streamed: a producer's huge (sparse) file is never read whole
             path.unlink()
         except FileNotFoundError:
             continue
+        except UnsafeFile as e:  # a link or a FIFO a producer planted: not a record file, and never read
+            log.warning("%s; not counted as quarantine records", e)
+            n = 0
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
         removed += 1
         records += n
     if removed:
         fsync_dir(qdir)
     with spool.tally_lock(table):
-        records += tally.expire(qdir, cutoff, spool.file_mode)
+        records += tally.expire(qdir, cutoff, spool.file_mode, spool.bounds.owner())
     return removed, records
 
 

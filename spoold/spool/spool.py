@@ -40,7 +40,9 @@ from spoold.spool.files import (
     READ_BLOCK,
     flush_name,
     quarantine_record,
+    read_tail,
     record_line,
+    replayable,
 )
 from spoold.spool.modes import Modes, open_active, regular
 
@@ -281,8 +283,15 @@ class Spool:
     def quarantine(self, table: str, name: str, records: list[dict[str, Any]]) -> Path | None:
         """Publish quarantine records as ``quarantine/<name>.jsonl`` (replacing, so retries don't double).
 
-        Only what fits in the table's quarantine budget and above ``min_free_bytes`` is written;
-        the rest is counted in the tally (:mod:`spoold.spool.tally`). None: nothing was written.
+        The table's quarantine budget (``quarantine_max_bytes``) and ``min_free_bytes`` bound it:
+
+        - records that can be replayed (kind ``row``: rows rejected for their values, commit poison) are
+          never dropped: if they do not all fit, :class:`SpoolFull` (retryable) is raised before anything
+          is written or forgotten, so the caller keeps the spool file they came from and retries;
+        - the others (``line``, ``source``, truncated ones: never replayable) are written while they fit
+          after those, and the rest only counted in the tally (:mod:`spoold.spool.tally`).
+
+        None: nothing was written (all counted).
         """
         if not records:
             return None
@@ -291,19 +300,19 @@ class Spool:
         self.modes.mkdir(qdir)
         path = qdir / f"{name}.jsonl"
         lines = [record_line(r) for r in records]
-        room, kept, size = self.bounds.quarantine_room(qdir, path), 0, 0
-        while kept < len(lines) and size + len(lines[kept]) <= room:
-            size += len(lines[kept])
-            kept += 1
+        keep = self.bounds.quarantine_fit(table, qdir, path, lines, [replayable(r) for r in records])
+        kept = [ln for ln, k in zip(lines, keep) if k]
+        counted = [r for r, k in zip(records, keep) if not k]
         with self.tally_lock(table):
             if kept:
-                write_atomic(path, b"".join(lines[:kept]), self.modes.file_mode)
+                write_atomic(path, b"".join(kept), self.modes.file_mode)
             elif path.exists():  # a retry that finds less room than its first try: the tally counts them all
                 path.unlink()
                 fsync_dir(qdir)
-            tally.record(qdir, name, records[kept:], sum(map(len, lines[kept:])), self.modes.file_mode)
-        if kept < len(records):
-            self.bounds.quarantine_over(table, len(records) - kept)
+            tally.record(qdir, name, counted, sum(len(ln) for ln, k in zip(lines, keep) if not k),
+                         self.modes.file_mode, self.bounds.owner())
+        if counted:
+            self.bounds.quarantine_over(table, len(counted))
         return path if kept else None
 
     @contextmanager
@@ -407,7 +416,7 @@ class Spool:
                 pos = start + nl + 1
                 break
             pos = start
-        tail = os.pread(fd, size - pos, pos)
+        tail = read_tail(fd, pos, size, self.bounds.limits.max_line_bytes)
         rec = quarantine_record("torn write: unterminated last line of active.jsonl", ACTIVE, -1, tail, offset=pos)
         self.quarantine(table, f"torn-{time.time_ns()}", [rec])
         os.ftruncate(fd, pos)
@@ -429,3 +438,4 @@ class Spool:
         seq = max([last, *existing]) + 1
         write_atomic(seq_file, str(seq).encode(), self.modes.file_mode)
         return seq
+

@@ -9,11 +9,16 @@ retried flush that publishes the same name again replaces its entry instead of
 counting twice. The file stays small: past ``_RECENT`` names the oldest entries
 are folded into one total, and each entry names at most ``_REASONS`` reasons.
 
-The caller holds the tally's lock (``TALLY_LOCK``) around :func:`record`.
+The caller holds the tally's lock (``TALLY_LOCK``) around :func:`record` and
+:func:`expire`. The tally lives in a directory producers of a group spool can
+write in: it is read only as a regular file of the spool's owner (``owner``),
+never through a link nor from a FIFO (:func:`spoold.safefile.read_file`); anything
+else in its place counts as no tally, and a writer moves it aside (logged).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -24,6 +29,7 @@ import orjson
 
 from spoold.durable import fsync_dir, write_atomic
 from spoold.layout import TALLY
+from spoold.safefile import UnsafeFile, move_aside, read_file
 
 _RECENT = 64  # entries kept by name (a retry replaces its own); older ones are folded into the total
 _REASONS = 8  # reasons named per entry; the rest are counted under _OTHER
@@ -31,6 +37,8 @@ _TOTAL_REASONS = 64
 _REASON_CHARS = 200
 _OTHER = "other reasons (not itemized)"
 MAX_BYTES = 256 << 10  # what the tally can take on disk at most, with the bounds above
+
+log = logging.getLogger(__name__)
 
 # Reasons name the offending value ("cannot cast 3000000000 to int"); counts group them without it,
 # so a thousand rows rejected for one cause count as one reason.
@@ -51,10 +59,20 @@ def reason_group(reason: str) -> str:
     return reason
 
 
-def load(qdir: Path) -> dict[str, Any]:
-    """The tally of quarantine directory ``qdir`` (an empty one if there is none or it is unreadable)."""
+def load(qdir: Path, owner: int | None = None, *, fix: bool = False) -> dict[str, Any]:
+    """The tally of quarantine directory ``qdir`` (an empty one if there is none or it is unreadable).
+
+    ``owner``: the uid it must belong to (the spool's owner; default: this process's). One that is not
+    a regular file of ``owner`` (a link, a FIFO, a producer's file) counts as none; ``fix``: the caller
+    holds the tally's lock and will write it, so such an entry is moved aside first.
+    """
+    path = qdir / TALLY
     try:
-        doc = orjson.loads((qdir / TALLY).read_bytes())
+        doc = orjson.loads(read_file(path, owner=os.geteuid() if owner is None else owner, limit=4 * MAX_BYTES))
+    except UnsafeFile as e:
+        doc = None
+        if fix:
+            log.warning("%s; moved aside to %s, counting starts again", e, move_aside(path))
     except (OSError, orjson.JSONDecodeError):
         doc = None
     if not isinstance(doc, dict):
@@ -64,13 +82,18 @@ def load(qdir: Path) -> dict[str, Any]:
     return doc
 
 
-def record(qdir: Path, name: str, records: list[dict[str, Any]], nbytes: int, mode: int) -> None:
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def record(qdir: Path, name: str, records: list[dict[str, Any]], nbytes: int, mode: int,
+           owner: int | None = None) -> None:
     """Count ``records`` (``nbytes`` of record lines not written) under ``name``, replacing what ``name``
     had; none: forget ``name``."""
     path = qdir / TALLY
-    if not records and not path.exists():
+    if not records and not _exists(path):
         return
-    doc = load(qdir)
+    doc = load(qdir, owner, fix=True)
     recent: dict[str, Any] = doc["recent"]
     if not records and recent.pop(name, None) is None:
         return
@@ -88,11 +111,12 @@ def record(qdir: Path, name: str, records: list[dict[str, Any]], nbytes: int, mo
     write_atomic(path, orjson.dumps(doc), mode)
 
 
-def expire(qdir: Path, cutoff: float, mode: int) -> int:
+
+def expire(qdir: Path, cutoff: float, mode: int, owner: int | None = None) -> int:
     """Forget what was counted before ``cutoff`` (epoch seconds); returns how many records that was."""
-    if not (qdir / TALLY).exists():
+    if not _exists(qdir / TALLY):
         return 0
-    doc = load(qdir)
+    doc = load(qdir, owner, fix=True)
     gone = 0
     for name, e in list(doc["recent"].items()):
         if (e.get("at") or 0) < cutoff:
@@ -112,11 +136,11 @@ def expire(qdir: Path, cutoff: float, mode: int) -> int:
     return gone
 
 
-def counts(qdir: Path) -> tuple[int, Counter[str], Counter[str], list[float]]:
+def counts(qdir: Path, owner: int | None = None) -> tuple[int, Counter[str], Counter[str], list[float]]:
     """(records, reasons, kinds, times) the tally counts, for ``spoold quarantine`` and status."""
-    if not (qdir / TALLY).exists():
+    if not _exists(qdir / TALLY):
         return 0, Counter(), Counter(), []
-    doc = load(qdir)
+    doc = load(qdir, owner)
     reasons: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     times: list[float] = []
@@ -154,8 +178,8 @@ def _fold(total: dict[str, Any], e: dict[str, Any]) -> None:
 
 
 def size(qdir: Path) -> int:
-    """Bytes the tally takes on disk (0 if none)."""
+    """Bytes the tally takes on disk (0 if none; never follows a link)."""
     try:
-        return os.stat(qdir / TALLY).st_size
+        return os.lstat(qdir / TALLY).st_size
     except FileNotFoundError:
         return 0

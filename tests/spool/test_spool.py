@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import grp
+import hashlib
 import multiprocessing
 import os
 import random
@@ -23,6 +25,7 @@ import pytest
 from spoold.config import TableSpec
 from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, encode
 from spoold.errors import SpoolError, UsageError
+from spoold.settings import SpoolLimits
 from spoold.spool.files import ACTIVE, QUARANTINE, iter_lines, quarantine_record, read_validated
 from spoold.spool.spool import Spool, write_atomic
 
@@ -319,18 +322,42 @@ def test_torn_tail_is_quarantined_with_its_reason_by_the_next_append_or_rotate(t
     assert keys == ["before0", "before1", "before2", "after0", "after1"]
 
 
-def test_torn_tail_with_no_complete_line_and_binary_garbage(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
+@pytest.mark.parametrize("max_line", [1 << 20, 32 << 20])
+def test_torn_tail_with_no_complete_line_and_binary_garbage(tmp_path: Path, max_line: int) -> None:
+    spool = Spool(tmp_path / "spool", limits=SpoolLimits(max_line_bytes=max_line))
     spool.table_dir(T, create=True)
     garbage = b"\xff\xfe" + os.urandom(3 * (1 << 20)).replace(b"\n", b"") + b"\xc3"  # > one read block
     (spool.table_dir(T) / ACTIVE).write_bytes(garbage)
     spool.append(T, rows("ok", 1))
     (rec,) = quarantined(spool)
-    # longer than RAW_KEEP_BYTES: kept truncated, its head exact, its length and hash whole
-    assert "raw" not in rec and "raw_b64" not in rec and rec["truncated"] is True
-    assert __import__("base64").b64decode(rec["raw_head_b64"]) == garbage[:4096]
-    assert rec["raw_bytes"] == len(garbage) and rec["raw_sha256"] == __import__("hashlib").sha256(garbage).hexdigest()
+    if max_line < len(garbage):  # longer than max_line_bytes: never read whole; its head exact, length and hash
+        assert "raw" not in rec and "raw_b64" not in rec and rec["truncated"] is True
+        assert base64.b64decode(rec["raw_head_b64"]) == garbage[:4096]
+        assert rec["raw_bytes"] == len(garbage) and rec["raw_sha256"] == hashlib.sha256(garbage).hexdigest()
+    else:  # read whole: kept whole (its readable rendering only starts it)
+        assert base64.b64decode(rec["raw_b64"]) == garbage and "truncated" not in rec
+        assert rec["raw_escaped"].startswith("\\xff\\xfe") and len(rec["raw_escaped"]) < 4 * (64 << 10)
     assert spooled(spool)[0] == ["ok0"]
+
+
+@pytest.mark.parametrize("max_line", [1000, 1 << 20])
+def test_a_spool_line_is_quarantined_whole_up_to_max_line_bytes_and_as_head_length_hash_past_it(
+        tmp_path: Path, max_line: int) -> None:
+    big = b'{"version": 1, "rows": "' + b"x" * 300_000  # not JSON, far over 64 KiB
+    path = tmp_path / "flush-1.jsonl"
+    path.write_bytes(b"short\n" + big + b"\n" + b"z" * 3_000_000 + b"\n")
+    validator = Validator(TableSpec(identifier=T))
+    recs = [quarantine_record(v.error, path.name, n, raw) for n, raw, v in read_validated(path, validator, max_line)]
+    by_line = {r["line"]: r for r in recs}
+    assert by_line[1]["raw"] == "short"
+    if max_line > len(big):  # read whole: kept whole, however long
+        assert by_line[2]["raw"] == big.decode() and "truncated" not in by_line[2]
+    else:
+        assert by_line[2]["raw_bytes"] == len(big) and by_line[2]["raw_sha256"] == hashlib.sha256(big).hexdigest()
+        assert big.startswith(by_line[2]["raw_head"].encode()) and by_line[2]["truncated"] is True
+    third = by_line[3]
+    assert third["raw_bytes"] == 3_000_000 and third["raw_sha256"] == hashlib.sha256(b"z" * 3_000_000).hexdigest()
+    assert third["raw_head"] == "z" * 4096 and third["truncated"] is True and "raw" not in third
 
 
 def test_quarantine_record_keeps_raw_bytes_and_replaces_on_retry(tmp_path: Path) -> None:
