@@ -13,7 +13,6 @@ goes into a ``string`` column as its JSON text.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from math import isfinite
@@ -30,7 +29,10 @@ _NESTS = (dict, list, tuple)  # what orjson writes as an object or array (subcla
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NONE = type(None)
 _MIN_INT, _MAX_INT = -(2**63), 2**64 - 1  # what JSON readers (orjson) keep as integers
-_LONG_DIGITS = re.compile(rb"\d{20}|-\d{19}")  # the only integer texts that may lie outside them
+# The only integer texts that may lie outside them have 19 digits or more: found with a C-speed translate and
+# find (a regex tried at every byte of a 500-byte row cost ~8 µs, most of `spoold append`'s time).
+_DIGIT_RUNS = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"9" * 19
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
 _US = timedelta(microseconds=1)
@@ -155,7 +157,7 @@ def wide_integer(raw: bytes) -> str | None:
     """Why JSON text ``raw`` cannot be read exactly: an integer beyond 64 bits, which orjson would
     silently read as a double (None: no such integer). Costs one regex scan unless a long digit run is
     there; then the line is read once more, by the stdlib, only to look at its integers."""
-    if _LONG_DIGITS.search(raw) is None:
+    if raw.translate(_DIGIT_RUNS).find(_LONG_RUN) < 0:
         return None
     try:
         json.loads(raw, parse_int=_narrow)
