@@ -22,17 +22,25 @@ from spoold.sources import SourceLineError
 from spoold.sources.jsonl import parse_object
 from spoold.spool.spool import Spool
 
+READ_BLOCK = 1 << 20
 BATCH_ROWS = MAX_ENVELOPE_ROWS  # rows validated together: one envelope's worth
 
 
 def bounded_lines(stream: IO[bytes], max_line: int) -> Iterator[bytes]:
-    """The input's lines, each read only up to ``max_line`` bytes: a longer one is InputError, never held whole."""
-    lineno = 0
-    while line := stream.readline(max_line + 1):
-        lineno += 1
-        if len(line) > max_line and not (len(line) == max_line + 1 and line.endswith(b"\n")):
-            raise InputError(f"line {lineno}: longer than max_line_bytes ({max_line} bytes)")
-        yield line
+    """The input's lines (without their newline), read a block at a time: a line longer than ``max_line`` is
+    InputError once the bytes read show it, never held whole (at most ``max_line`` plus a block)."""
+    lineno, pending = 0, b""
+    while block := stream.read(READ_BLOCK):
+        *lines, pending = (pending + block).split(b"\n")
+        for line in lines:
+            lineno += 1
+            if len(line) > max_line:
+                raise InputError(f"line {lineno}: longer than max_line_bytes ({max_line} bytes)")
+            yield line
+        if len(pending) > max_line:
+            raise InputError(f"line {lineno + 1}: longer than max_line_bytes ({max_line} bytes)")
+    if pending:
+        yield pending
 
 
 def validated_batches(lines: Iterable[bytes], validator: Validator) -> Iterator[tuple[list[dict[str, Any]], list[int]]]:

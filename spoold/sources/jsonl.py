@@ -24,6 +24,9 @@ def parse_object(line: bytes) -> dict[str, object]:
         raise SourceLineError("empty object: a row needs at least one column")
     if "" in obj:  # no envelope can carry it: the rules reject an empty column name
         raise SourceLineError("empty column name")
+    kinds = set(map(type, obj.values()))
+    if kinds <= _EXACT:  # the usual row: flat, and no number orjson could have read as a double
+        return obj
     # the object itself is one level: its values may have MAX_DEPTH. Nesting that deep needs as many
     # brackets, which the text is counted for first (at C speed: most rows have a few).
     if line.count(b"{") + line.count(b"[") > MAX_DEPTH and too_deep(obj, MAX_DEPTH + 1):
@@ -31,6 +34,11 @@ def parse_object(line: bytes) -> dict[str, object]:
     if (wide := wide_integer(line)) is not None:  # orjson read it as a double: refused, never stored rounded
         raise SourceLineError(wide)
     return obj
+
+
+# Values that need no further look: an integer beyond 64 bits comes out of orjson as a float (so a float, or a
+# container that may hold one, is looked at), and only containers can nest.
+_EXACT = frozenset({str, int, bool, type(None)})
 
 
 def materialize(line: bytes) -> list[dict[str, object]]:
