@@ -149,9 +149,10 @@ class _Unreadable(Exception):
     """A source file failed to open or read (not: a failure while handling its rows)."""
 
 
-def _lines(path: Path, fmt: str, pos: Position, fd: int) -> Iterator[SourceLine]:
+def _lines(path: Path, fmt: str, pos: Position, fd: int, max_line: int) -> Iterator[SourceLine]:
     try:  # history files are finished: an unterminated last line counts too
-        yield from read_lines(path, fmt, pos.offset, lineno=pos.lineno, include_partial=True, fd=fd)
+        yield from read_lines(path, fmt, pos.offset, lineno=pos.lineno, include_partial=True, fd=fd,
+                              max_line=max_line)
     except OSError as e:
         raise _Unreadable from e
 
@@ -185,7 +186,7 @@ def _read_lines(run: BackfillRun, pos: Position, fd: int, fmt: str, done_bytes: 
     scanned = materialized = 0
     start, skip = pos.offset, pos.skip  # the first line's first ``skip`` rows: taken by an earlier run
     line = None
-    lines = _lines(Path(pos.path), fmt, pos, fd)
+    lines = _lines(Path(pos.path), fmt, pos, fd, run.config.spool_limits.max_line_bytes)
     try:
         for line in lines:
             scanned += 1
