@@ -53,7 +53,7 @@ class SpooldDaemon:
         self._env = env
         self.log_path = env.base / f"daemon-{number}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._notify: _NotifySocket | None = None
+        self._notify: NotifySocket | None = None
 
     @property
     def pid(self) -> int | None:
@@ -64,7 +64,7 @@ class SpooldDaemon:
 
     def start(self) -> None:
         """Start ``spoold run --config <env's>`` and return once it has said READY=1."""
-        self._notify = _NotifySocket()
+        self._notify = NotifySocket()
         env = {**os.environ, "NOTIFY_SOCKET": self._notify.address}  # os.environ is the env's isolated one
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -222,8 +222,9 @@ def _spool_line(env: SpooldEnv, table: str) -> str:
     return text
 
 
-class _NotifySocket:
-    """The daemon's ``NOTIFY_SOCKET``: a datagram socket read on a thread; counts READY=1."""
+class NotifySocket:
+    """The daemon's ``NOTIFY_SOCKET``: a datagram socket read on a thread; counts READY=1, keeps the last
+    STATUS, and every datagram in order in ``messages`` as (monotonic time, text)."""
 
     def __init__(self) -> None:
         self._dir: str | None = None
@@ -239,6 +240,7 @@ class _NotifySocket:
         self.sock.settimeout(0.2)
         self.ready = 0
         self.status = ""
+        self.messages: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._receive, name="spoold-notify", daemon=True)
@@ -253,7 +255,9 @@ class _NotifySocket:
             except OSError:
                 return
             with self._cond:
-                for field in data.decode(errors="replace").split("\n"):
+                text = data.decode(errors="replace")
+                self.messages.append((time.monotonic(), text))
+                for field in text.split("\n"):
                     if field == "READY=1":
                         self.ready += 1
                     elif field.startswith("STATUS="):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,42 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spoold.testing.daemon import _NotifySocket
+from spoold.testing.daemon import NotifySocket
 
 DEADLINE_S = 90.0
-
-
-class _Recording:
-    """A socket whose ``recv`` also keeps each datagram, as (monotonic time, text), in ``got``."""
-
-    def __init__(self, sock: socket.socket, got: list[tuple[float, str]]) -> None:
-        self._sock, self._got = sock, got
-
-    def recv(self, size: int) -> bytes:
-        data = self._sock.recv(size)
-        self._got.append((time.monotonic(), data.decode(errors="replace")))
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-class NotifySocket(_NotifySocket):
-    """spoold.testing's NOTIFY_SOCKET reader (``ready``: READY=1 count, ``status``: last STATUS, ``wait``), which
-    also keeps every datagram in order in ``messages``, as (monotonic time, text), for tests of the protocol."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[float, str]] = []
-        super().__init__()
-
-    # The reader's thread receives through ``self.sock``: it gets a recording view of the socket from the start.
-    @property  # type: ignore[override]
-    def sock(self) -> Any:
-        return self._recording
-
-    @sock.setter
-    def sock(self, value: socket.socket) -> None:
-        self._recording = _Recording(value, self.messages)
 
 
 class DaemonProc:
