@@ -109,7 +109,7 @@ class Daemon:
                 log.warning("daemon.listen changed: the new address is served after a restart")
             self._apply(new)
             log.info("reloaded configuration from %s", new.path or "embedded defaults")
-        systemd.notify("READY=1", self.report.status_line(self.states))
+        systemd.notify("READY=1", f"STATUS={self.report.status_line(self.states)}")
 
     @property
     def states(self) -> dict[str, TableState]:
@@ -121,7 +121,7 @@ class Daemon:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         # Ready as soon as work can be accepted (the spool root exists; appends are safe at any
         # time): before the first look at the spool, which may start a long flush of a backlog.
-        systemd.notify("READY=1", self.report.status_line(self.states))
+        systemd.notify("READY=1", f"STATUS={self.report.status_line(self.states)}")
         log.info("spoold running: spool %s, %d source(s), debounce %ss, max delay %ss", self.spool.root,
                  len(self.config.sources), self.config.flush.debounce_s, self.config.flush.max_delay_s)
         try:

@@ -399,6 +399,10 @@ def test_notify_socket_gets_ready_watchdog_and_stopping(
     fields = [f for _, m in d.notify.messages for f in m.split("\n")]
     assert fields.index("READY=1") < fields.index("WATCHDOG=1") < fields.index("STOPPING=1")
     assert any(f.startswith("STATUS=") and "pending" in f for f in fields)
+    # every field is KEY=VALUE, the READY=1 datagram's status text too (systemd drops a bare line)
+    ready = next(m for _, m in d.notify.messages if "READY=1" in m.split("\n"))
+    assert all(f.split("=", 1)[0] in ("READY", "STATUS") and "=" in f for f in ready.split("\n")), ready
+    assert all("=" in f and f.split("=", 1)[0].isupper() for f in fields), fields
 
 
 def _rss_mb(pid: int) -> float:
