@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -53,12 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpooldError as e:
         print(f"spoold: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `spoold quarantine | head`: the reader is gone; quiet, as other tools are
+        _stdout_gone()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe stopped
     except OSError as e:  # the spool's disk: full, read-only, a file where a directory should be
         print(f"spoold: error: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("spoold: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail on the closed pipe too."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.cli import run_spoold
+from support.cli import run_spoold, write_config
 
 COMMANDS = ("run", "append", "flush", "backfill", "status")
 ROW = b'{"part_id": "a"}\n'
@@ -140,3 +140,20 @@ def test_version_prints_the_package_version() -> None:
 
     r = run_spoold("--version")
     assert r.returncode == 0 and r.stdout.decode().strip() == f"spoold {spoold.__version__}"
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`spoold quarantine | head -1`: no "Broken pipe" traceback or error line, exit 141 (128 + SIGPIPE)."""
+    from spoold.config import load_config
+    from spoold.spool.spool import Spool
+
+    cfg = write_config(tmp_path)
+    spool = Spool.from_config(load_config(cfg))
+    for i in range(300):  # a long listing: many tables, each a line
+        spool.quarantine(f"t.q{i}", "x", [{"reason": "bad", "kind": "line", "file": "f", "line": 1, "at": 0.0}])
+    proc = subprocess.run(f"{sys.executable} -m spoold quarantine --config {cfg} | head -1; "
+                          "echo \"rc=${PIPESTATUS[0]}\" >&2", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 1
+    assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "rc=141" in proc.stderr, proc.stderr
