@@ -15,6 +15,7 @@ line naming the key.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import re
@@ -189,6 +190,11 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
     _only_keys(spool, "spool.", {"root", "group", "group_readable_sources", *SpoolLimits.__dataclass_fields__})
     root = _path(spool, "spool.root", base) or state_dir / "spool"
     group = _opt(spool, "spool.group", str)
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError(f"spool.group: no such group {group!r} (create it, or remove the key)") from None
     share_sources = _opt(spool, "spool.group_readable_sources", bool) or False
     limits = _settings(SpoolLimits, {k: v for k, v in spool.items()
                                      if k not in ("root", "group", "group_readable_sources")}, "spool")

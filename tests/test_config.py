@@ -275,3 +275,14 @@ def test_idle_restart_may_be_zero_but_not_negative(tmp_path: Path) -> None:
         parse_config({"flush": {"idle_restart_s": -1}})
     with pytest.raises(ConfigError, match="flush.debounce_s"):
         parse_config({"flush": {"debounce_s": 0}})
+
+
+def test_a_spool_group_that_does_not_exist_is_refused_at_load(tmp_path: Path) -> None:
+    """Caught when the config is read (exit 2, naming the key), not at the first append (exit 1)."""
+    from support.cli import run_spoold, write_config
+
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[spool]\n", '[spool]\ngroup = "no-such-group-spoold"\n', 1))
+    proc = run_spoold("status", "--config", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert b"spool.group: no such group 'no-such-group-spoold'" in proc.stderr
