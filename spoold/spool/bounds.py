@@ -198,10 +198,9 @@ class Bounds:
 
     def room(self, table: str) -> int:
         """Bytes an append to ``table`` could add right now (may be negative); a hint, the check decides."""
-        try:
-            fs = os.statvfs(self.root)
-        except OSError:
-            return 0
+        fs = self.filesystem()
+        if fs is None:
+            return 1 << 62  # unknown: the append's own check decides
         room = fs.f_bavail * fs.f_frsize - min_free(self.limits, fs.f_blocks * fs.f_frsize)
         if self.limits.max_bytes:
             room = min(room, self.limits.max_bytes - self.pending_bytes(table))
@@ -215,11 +214,22 @@ class Bounds:
 
     def free_bytes(self) -> int | None:
         """Free bytes on the spool's filesystem (as an unprivileged writer sees them); None if unknown."""
-        try:
-            fs = os.statvfs(self.root)
-        except OSError:
-            return None
-        return fs.f_bavail * fs.f_frsize
+        fs = self.filesystem()
+        return None if fs is None else fs.f_bavail * fs.f_frsize
+
+    def filesystem(self) -> os.statvfs_result | None:
+        """The spool's filesystem: the root's, or before the root exists that of the directory it will be made
+        in (a fresh install is not "full"); None if it cannot be looked at."""
+        path = self.root
+        while True:
+            try:
+                return os.statvfs(path)
+            except FileNotFoundError:
+                if path.parent == path:
+                    return None
+                path = path.parent
+            except OSError:
+                return None
 
     # -- the flush files' size, cached -----------------------------------------------------
     def rotated_bytes(self, table: str) -> int:

@@ -157,3 +157,15 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> N
     assert proc.stdout.count("\n") == 1
     assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "rc=141" in proc.stderr, proc.stderr
+
+
+def test_status_before_the_spool_exists_does_not_call_a_declared_table_full(tmp_path: Path) -> None:
+    """A fresh install: the spool root is made at the first append; until then no table is "spool full"."""
+    cfg = write_config(tmp_path, '[tables."chat.parts".columns]\npart_id = "string!"\n')
+    root = tmp_path / "state" / "spool"
+    assert not root.exists()
+    doc = json.loads(run_spoold("status", "--json", "--config", str(cfg)).stdout)
+    assert doc["tables"]["chat.parts"]["spool_full"] is False
+    text = run_spoold("status", "--config", str(cfg))
+    assert text.returncode == 0 and b"SPOOL FULL" not in text.stdout, text.stdout
+    assert not root.exists()  # status made nothing
