@@ -17,7 +17,7 @@ import orjson
 
 from spoold.cli.args import join_replay, parser
 from spoold.config import Config, load_config, validate_identifier
-from spoold.errors import SpooldError
+from spoold.errors import SpooldError, UsageError
 from spoold.redact import RedactingFormatter, redact
 
 log = logging.getLogger("spoold")
@@ -95,14 +95,18 @@ def cmd_flush(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.iceberg.sink import Sink
     from spoold.spool.spool import Spool
 
+    spool = Spool.from_config(config)
     for t in args.tables:
         validate_identifier(t)
-    results, errors = flush_all(config, Spool.from_config(config), Sink(config), args.tables or None)
+        if t not in config.tables and not spool.table_dir(t).is_dir():
+            raise UsageError(f"table {t}: not in the config and nothing spooled for it (`spoold status` lists "
+                             "the tables)")
+    results, errors = flush_all(config, spool, Sink(config), args.tables or None)
     doc: dict[str, Any] = {"tables": {t: r.summary() for t, r in results.items()}}
     if errors:
         doc["errors"] = {t: str(e) for t, e in errors.items()}
     lines = [f"{t}: committed {r.committed}, deduplicated {r.deduplicated}, quarantined {r.quarantined}"
-             for t, r in results.items()]
+             for t, r in results.items() if r.files]  # a table with nothing spooled: "nothing to flush"
     if as_json or lines or not errors:
         _emit(doc, as_json, "\n".join(lines) or "nothing to flush")
     for t, e in errors.items():

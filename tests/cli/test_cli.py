@@ -169,3 +169,15 @@ def test_status_before_the_spool_exists_does_not_call_a_declared_table_full(tmp_
     text = run_spoold("status", "--config", str(cfg))
     assert text.returncode == 0 and b"SPOOL FULL" not in text.stdout, text.stdout
     assert not root.exists()  # status made nothing
+
+
+def test_flush_of_an_unknown_table_is_bad_usage_and_an_idle_flush_says_so(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    unknown = run_spoold("flush", "no.such", "--config", str(cfg))
+    assert unknown.returncode == 2 and b"table no.such: not in the config and nothing spooled" in unknown.stderr
+    appended = run_spoold("append", "t.x", "--config", str(cfg), input=b'{"part_id": "a"}\n')
+    assert appended.returncode == 0, appended.stderr
+    first = run_spoold("flush", "--config", str(cfg))
+    assert first.returncode == 0 and b"t.x: committed 1" in first.stdout
+    again = run_spoold("flush", "--config", str(cfg))  # the table's spool is empty now
+    assert again.returncode == 0 and again.stdout.strip() == b"nothing to flush", again.stdout
