@@ -94,6 +94,7 @@ class Maintainer:
         except StopIteration:
             self._run = None
             keep_record(self.config, table, report)
+            log.info("%s", report.line(table))  # (`spoold maintain` prints it instead)
             state = self.states[table]  # flushes committed between the steps count towards the next run
             self.states[table] = replace(after_run(state, time.time(), report.files_after, swept=sweeps),
                                          commits=max(0, state.commits - before))

@@ -218,3 +218,16 @@ def test_a_partition_value_that_needs_escaping_flushes_and_compacts_in_one_go(tm
     data = tbl.scan().to_arrow()
     assert sorted(data.column("part_id").to_pylist()) == sorted(f"k{i}-{j}" for i in range(4) for j in range(5))
     assert set(data.column("src").to_pylist()) == {"host:1/\u00e9 %41"}
+
+
+def test_spoold_maintain_prints_each_tables_line_once(tmp_path: Path) -> None:
+    """In a terminal stdout and stderr meet: the report line is printed, not also logged."""
+    from support.cli import write_config
+
+    cfg = write_config(tmp_path)
+    assert run_spoold("append", "t.m", "--config", str(cfg), input=b'{"part_id": "a"}\n').returncode == 0
+    assert run_spoold("flush", "--config", str(cfg)).returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "spoold", "maintain", "--config", str(cfg)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.count(b"t.m: ") == 1, proc.stdout

@@ -176,7 +176,6 @@ def run_steps(tables: Tables, config: Config, spec: TableSpec, opts: Options, re
     report.duration_s = round(time.time() - started, 3)
     if not opts.dry_run:
         _record(tables, spec, report)
-    log.info("%s", report.line(spec.identifier))
 
 
 def totals(tbl: Table) -> tuple[int, int]:
