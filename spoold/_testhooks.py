@@ -3,7 +3,7 @@
 Off unless ``SPOOLD_TEST_HOOKS`` names a directory when spoold is imported; a
 point then costs one global lookup. Even then only for a directory the tests
 made for it: owned by this process's user, private (no group or other
-permission bits) and holding a file ``enabled`` of that user (tests/testhooks.py
+permission bits) and holding a file ``enabled`` of that user (tests/support/testhooks.py
 makes it so); any other is ignored, with one line on stderr. That is why
 hooks in an installed, production spoold are safe: they run no code, read no
 input but the names of files in that directory, and write only inside it, so

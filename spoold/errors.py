@@ -67,6 +67,10 @@ class SpoolFull(SpoolError):
     retryable = True
 
 
+class QuarantineFull(SpoolFull):
+    """Rejected rows that a replay could bring back do not fit the quarantine's budget: kept spooled, retried."""
+
+
 class DataError(SpooldError):
     """The rows themselves cannot be committed (a column name or value the table cannot take).
 
@@ -92,6 +96,7 @@ def error_class(e: BaseException) -> str:
 
 _CLASSES: tuple[tuple[type[BaseException], str], ...] = (
     (CommitConflict, "commit conflict"), (CatalogError, "catalog unreachable"), (ConfigError, "configuration error"),
-    (DataError, "rows refused by the table"), (SpoolFull, "spool full"), (TableBusy, "table busy"),
+    (DataError, "rows refused by the table"), (QuarantineFull, "quarantine full"), (SpoolFull, "spool full"),
+    (TableBusy, "table busy"),
     (SpoolError, "spool error"), (UsageError, "bad input"),
 )

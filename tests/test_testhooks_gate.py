@@ -3,7 +3,7 @@
 ``SPOOLD_TEST_HOOKS`` alone (set by a producer's hook, or left in a unit's
 environment) must neither pause spoold nor make it write a marks file: only a
 private directory of spoold's own user holding an ``enabled`` file switches
-hooks on (tests/testhooks.py makes one). Through the real CLI.
+hooks on (tests/support/testhooks.py makes one). Through the real CLI.
 """
 
 from __future__ import annotations

@@ -179,7 +179,10 @@ def _collect(stdout: bytes, out: Isolated) -> None:
     lines = stdout.split(b"\n")
     i = 0
     while i < len(lines) and lines[i]:
-        doc = orjson.loads(lines[i])
+        try:
+            doc = orjson.loads(lines[i])
+        except orjson.JSONDecodeError:  # a header cut off by the child's death: as if never finished
+            return
         n = doc["envelopes"]
         if i + 1 + n > len(lines) - 1:  # its envelopes were cut off by its death: as if never finished
             return

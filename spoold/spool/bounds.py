@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from spoold.errors import SpoolFull
+from spoold.errors import QuarantineFull, SpoolFull
 from spoold.settings import SpoolLimits
 
 AUTO_FREE_FRACTION = 0.02  # min_free_bytes by default: 2% of the spool's filesystem ...
@@ -153,8 +153,14 @@ class Bounds:
         """
         room = self.quarantine_room(qdir, path)
         size = sum(len(ln) for ln, k in zip(lines, keep) if k)
+        budget = self.limits.quarantine_max_bytes
+        if size and budget and size > budget:
+            raise QuarantineFull(f"table {table}: quarantine full: {sum(keep)} rejected row(s) of one spool file "
+                                 f"take {size} bytes as quarantine records, more than [spool] quarantine_max_bytes "
+                                 f"= {budget} on their own; nothing was dropped and the flush is retried (raise "
+                                 "quarantine_max_bytes)")
         if size and size > room:
-            raise SpoolFull(f"table {table}: quarantine full (quarantine_max_bytes / min_free_bytes): "
+            raise QuarantineFull(f"table {table}: quarantine full (quarantine_max_bytes / min_free_bytes): "
                             f"{sum(keep)} rejected row(s) ({size} bytes) that a replay could bring back do not "
                             f"fit in the {max(room, 0)} bytes left; nothing was dropped and the flush is retried "
                             "(raise [spool] quarantine_max_bytes, or replay or remove quarantine files)")

@@ -178,3 +178,9 @@ def test_health_fails_while_the_loop_has_not_turned_or_a_table_lock_stays_held()
     ok, why = health(RUNNING, state(**{"a.b": held}), NOW, 600)
     assert not ok and "a.b" in why and "spool lock held" in why
     assert health(RUNNING, state(**{"a.b": {**held, "oldest_pending_at": NOW - 10}}), NOW, 600)[0]
+
+
+def test_a_full_quarantine_is_named_as_such_on_health_not_as_a_full_spool() -> None:
+    from spoold.errors import QuarantineFull, SpoolFull, error_class
+
+    assert error_class(QuarantineFull("x")) == "quarantine full" and error_class(SpoolFull("x")) == "spool full"
