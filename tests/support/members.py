@@ -8,7 +8,9 @@ import os
 import pwd
 import secrets
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +26,32 @@ NEEDS_ROOT = [
 
 @pytest.fixture
 def group() -> Iterator[str]:
+    """A group made for the test; while it lives, a member can reach this interpreter and spoold's code."""
     name = f"spoold-t{secrets.token_hex(3)}"
     subprocess.run(["groupadd", name], check=True, capture_output=True)
+    opened = _reachable_by_others()
     try:
         yield name
     finally:
         subprocess.run(["groupdel", name], capture_output=True)
+        for path, mode in reversed(opened):
+            os.chmod(path, mode)
+
+
+def _reachable_by_others() -> list[tuple[str, int]]:
+    """Let others traverse (x, never r or w) the directories above the virtualenv and the checkout, as a
+    checkout in a private directory (CI's clone in a ``mktemp -d``) would keep the member from running spoold;
+    returns what to restore."""
+    import spoold
+
+    opened: list[tuple[str, int]] = []
+    for target in (Path(sys.prefix), Path(spoold.__file__).resolve().parent):
+        for d in reversed([target, *target.parents]):
+            mode = os.stat(d).st_mode
+            if not mode & stat.S_IXOTH:
+                opened.append((str(d), stat.S_IMODE(mode)))
+                os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+    return opened
 
 
 @pytest.fixture
