@@ -85,4 +85,4 @@ def _flock_until(fd: int, deadline: float) -> None:
             if left <= 0:
                 raise Busy("another process") from None
             time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.02)  # short polls: a producer holds the lock for one fsync
+            pause = min(pause * 2, 0.002)  # short polls: a producer holds the lock for one fsync
