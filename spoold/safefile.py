@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 
 from spoold.errors import SpoolError
-from spoold.layout import REFUSED_PREFIX, temp_name  # noqa: F401 (temp_name re-exported)
+from spoold.layout import REFUSED_PREFIX
 
 _OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 

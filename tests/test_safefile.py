@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from spoold.durable import write_atomic
+from spoold.layout import temp_name
 from spoold.locks import FileLocks
-from spoold.safefile import UnsafeFile, open_file, private_dir, read_file, temp_name
+from spoold.safefile import UnsafeFile, open_file, private_dir, read_file
 from spoold.spool.files import iter_lines
 from spoold.spool.spool import Spool
 

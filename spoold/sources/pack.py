@@ -19,8 +19,8 @@ from typing import Any
 
 from spoold.envelope import envelopes
 from spoold.errors import SpooldError
-from spoold.sources.reader import LONG_HEAD_BYTES, MAX_LINE_BYTES, SourceLine
-from spoold.spool.files import quarantine_record
+from spoold.sources.reader import SourceLine
+from spoold.spool.files import LONG_HEAD_BYTES, MAX_LINE_BYTES, quarantine_record
 
 Envelope = tuple[bytes, int]  # an encoded envelope line and its row count
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import orjson
 
-from spoold.safefile import UnsafeFile, open_file, private_dir, read_file, temp_name
+from spoold.layout import temp_name
+from spoold.safefile import UnsafeFile, open_file, private_dir, read_file
 from spoold.spool.spool import write_atomic
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from spoold.settings import SpoolLimits
 from spoold.sources import jsonl, transcript
 from spoold.sources.line import SourceLineError
+from spoold.spool.files import LONG_HEAD_BYTES, MAX_LINE_BYTES  # one rule for spool and source lines
 
 Materializer = Callable[[bytes], list[dict[str, object]]]
 
@@ -26,8 +26,6 @@ _MATERIALIZERS: dict[str, Materializer] = {
     "transcript": transcript.materialize,
 }
 _BLOCK = 1 << 20  # large reads, split in memory: per-line reads would dominate backfill time
-MAX_LINE_BYTES = SpoolLimits().max_line_bytes
-LONG_HEAD_BYTES = 4096  # what a quarantine record keeps of a line over max_line
 
 
 @dataclass(slots=True)  # not frozen: frozen __init__ costs ~0.8 s per 1M lines

@@ -27,9 +27,9 @@ from spoold.config import Config, validate_identifier
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import envelopes
 from spoold.errors import InputError, SpoolError, TableBusy, UsageError
-from spoold.layout import FLUSH_LOCK, HELD, LOCK, SEQ, TALLY_LOCK
+from spoold.layout import FLUSH_LOCK, HELD, LOCK, SEQ, TALLY_LOCK, temp_name
 from spoold.locks import Busy, FileLocks
-from spoold.safefile import UnsafeFile, check_dir, open_file, read_file, temp_name
+from spoold.safefile import UnsafeFile, check_dir, open_file, read_file
 from spoold.settings import SpoolLimits
 from spoold.spool import tally
 from spoold.spool.bounds import Bounds

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support.daemonproc import wait_for
 
 from spoold.config import TableSpec
 from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, encode
@@ -420,6 +421,9 @@ def test_concurrent_producers_and_a_rotator_lose_and_tear_nothing(tmp_path: Path
     producers, calls, per_call = 5, 150, 20
     stop, log = tmp_path / "stop", tmp_path / "rotations.log"
     rotator = subprocess.Popen([sys.executable, "-c", ROTATOR, str(root), T, str(stop), str(log)])
+    # The producers start once the rotator is in its loop (it opens its log right before): started together,
+    # they could finish while it still imports, and then it rotates once only.
+    wait_for(lambda: log.exists() or rotator.poll() is not None, "the rotator started", timeout=60)
     procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, str(root), T, f"p{i}", str(calls), str(per_call)])
              for i in range(producers)]
     try:
