@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd Type=notify)",
                    description="Watch the spool and configured sources; commit on a debounce; "
-                   "SIGTERM flushes and exits, SIGHUP reloads the config.")
+                   "SIGTERM/SIGINT flush and exit; SIGHUP reloads the config, or, when spoold run has a "
+                   "controlling terminal, is that terminal hanging up and flushes and exits too.")
 
     a = sub.add_parser("append", parents=[common], help="append JSON rows (one object per line) to a table's spool",
                        description="Each input line is a JSON object (one row; keys are column names). "

@@ -10,7 +10,9 @@ can ping the systemd watchdog.
 Signal handlers only set flags (and wake the watcher): SIGTERM/SIGINT flush
 what is pending within ``flush.shutdown_timeout_s`` and exit 0; a second one
 exits at once (the spool is on disk, nothing is lost); SIGHUP reloads the
-config. Nothing a producer or a source writes can make the daemon exit. One
+config, unless the daemon has a controlling terminal: then it is that terminal
+hanging up and stops the daemon like SIGTERM (see :mod:`spoold.daemon.terminal`).
+Nothing a producer or a source writes can make the daemon exit. One
 thing outside does: the config file it runs by gone together with its spool
 root stops it with exit 0, like SIGTERM, instead of making a deleted tree (e.g.
 a test's temporary directory) again; see :meth:`Daemon._world`. A config file
@@ -31,7 +33,7 @@ from types import FrameType
 from watchfiles import Change, watch
 
 from spoold.config import Config, load_config
-from spoold.daemon import systemd
+from spoold.daemon import systemd, terminal
 from spoold.daemon.footprint import loaded, restart_lean
 from spoold.daemon.report import DaemonReport
 from spoold.daemon.scheduler import TableState, due_tables
@@ -65,6 +67,8 @@ class Daemon:
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
+        self._hup = terminal.HUP_RELOAD  # set by run(): what SIGHUP means to this process
+        self._tty_fds: tuple[int, ...] = ()
         self._rewatch = False
         self._scan = True  # a full look at spool and sources is due (start-up, reload, rescan)
         self._touched: set[str] = set()
@@ -118,7 +122,10 @@ class Daemon:
     # -- the loop ----------------------------------------------------------------
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        self._hup = terminal.hangup_means()
+        self._tty_fds = terminal.terminal_fds()
+        handled = (signal.SIGTERM, signal.SIGINT) + (() if self._hup == terminal.HUP_IGNORE else (signal.SIGHUP,))
+        old = {s: signal.signal(s, self._on_signal) for s in handled}
         # Ready as soon as work can be accepted (the spool root exists; appends are safe at any
         # time): before the first look at the spool, which may start a long flush of a backlog.
         systemd.notify("READY=1", f"STATUS={self.report.status_line(self.states)}")
@@ -162,8 +169,13 @@ class Daemon:
         self._wake.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
+        if signum == signal.SIGHUP and self._hup == terminal.HUP_RELOAD:
             self._reload = True
+        elif signum == signal.SIGHUP:
+            # The terminal hung up (the kernel and the shell may each send one): stop once, as SIGTERM does.
+            terminal.leave_terminal(self._tty_fds)
+            if self._stop_signal is None:
+                self._stop_signal = signum
         elif self._stop_signal is None:
             self._stop_signal = signum
         else:
@@ -316,6 +328,8 @@ class Daemon:
     def _shutdown(self) -> int:
         """Flush everything pending within shutdown_timeout_s, then report exit 0."""
         name = signal.Signals(self._stop_signal).name if self._stop_signal else "stop"
+        if self._stop_signal == signal.SIGHUP:
+            name = "terminal hung up (SIGHUP)"
         timeout = self.config.flush.shutdown_timeout_s
         tables = self._pending_tables(self.spool.tables())
         systemd.notify("STOPPING=1", f"STATUS=stopping: flushing {len(tables)} table(s)")

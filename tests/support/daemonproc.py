@@ -38,7 +38,8 @@ class DaemonProc:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.notify = NotifySocket()
         self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg), *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True,  # no controlling terminal: SIGHUP reloads
                                      env={**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify.address})
         if ready:
             self.wait_ready()
