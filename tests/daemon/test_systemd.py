@@ -236,3 +236,23 @@ def test_unit_exposure_level_is_at_most_2(installable_unit: Path) -> None:
     m = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", proc.stdout)
     assert m, proc.stdout + proc.stderr
     assert float(m[1]) <= MAX_EXPOSURE, proc.stdout
+
+
+def _install_commands() -> list[str]:
+    """The shell lines of docs/operating.md's "Installing for systemd" block."""
+    text = (REPO / "docs" / "operating.md").read_text()
+    section = text.split("### Installing for systemd", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "docs/operating.md: no sh block under 'Installing for systemd'"
+    return [line.strip() for line in block[1].splitlines() if line.strip()]
+
+
+def test_unit_runs_the_command_the_docs_install() -> None:
+    lines = _install_commands()
+    venv = next(line.split()[-1] for line in lines if line.startswith("python3 -m venv "))
+    assert any(line.startswith(f"{venv}/bin/pip install ") for line in lines), lines
+    link = next(line.split() for line in lines if line.startswith("ln -s"))
+    assert link[-2] == f"{venv}/bin/spoold", link
+    exec_start = re.search(r"^ExecStart=(\S+)", UNIT.read_text(), re.M)
+    assert exec_start and exec_start[1] == link[-1], (exec_start and exec_start[1], link)
+    assert "install -m 0644 systemd/spoold.service /etc/systemd/system/spoold.service" in lines
