@@ -102,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quarantine", parents=[common], help="what is in quarantine, by reason",
                        description="Records per table and reason, oldest and newest. The records are JSON lines "
                        "under <spool>/<table>/quarantine/ (grep them); `spoold quarantine replay TABLE` "
-                       "validates them again and re-spools those that pass.")
+                       "validates them again and re-spools those that pass; `spoold quarantine drop TABLE` discards "
+                       "those that can never pass.")
     q.add_argument("tables", nargs="*", metavar="TABLE", help="tables to show (default: all with a quarantine)")
     r = sub.add_parser("quarantine replay", parents=[common], help="re-validate quarantined records; re-spool "
                        "those that pass now", description="Validate every quarantined record of TABLE again "
@@ -111,11 +112,20 @@ def parser() -> argparse.ArgumentParser:
                        "and to run again.")
     r.add_argument("table", help="table identifier, namespace.name")
     r.add_argument("--dry-run", action="store_true", help="count what would be replayed; change nothing")
+    d = sub.add_parser("quarantine drop", parents=[common], help="discard quarantined records for good",
+                       description="Discard TABLE's quarantined records (all, or those whose reason contains "
+                       "TEXT): for records that can never pass (not JSON, a torn line, a bad envelope, a line "
+                       "too long). Asks first on a terminal; elsewhere --yes is required. `spoold status` counts "
+                       "what was dropped.")
+    d.add_argument("table", help="table identifier, namespace.name")
+    d.add_argument("--reason", metavar="TEXT", help="only records whose reason contains TEXT (case matters)")
+    d.add_argument("--yes", action="store_true", help="do not ask")
     return p
 
 
 def join_replay(argv: list[str]) -> list[str]:
-    """``quarantine replay`` is one command to argparse: join the two words where they are the command."""
+    """``quarantine replay`` and ``quarantine drop`` are one command each to argparse: join the two words
+    where they are the command."""
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -125,8 +135,8 @@ def join_replay(argv: list[str]) -> list[str]:
         if a.startswith("-"):
             i += 1
             continue
-        if a == "quarantine" and i + 1 < len(argv) and argv[i + 1] == "replay":
-            return [*argv[:i], "quarantine replay", *argv[i + 2:]]
+        if a == "quarantine" and i + 1 < len(argv) and argv[i + 1] in ("replay", "drop"):
+            return [*argv[:i], f"quarantine {argv[i + 1]}", *argv[i + 2:]]
         return argv
     return argv
 

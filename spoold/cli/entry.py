@@ -196,6 +196,36 @@ def cmd_replay(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     return 0
 
 
+def cmd_drop(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    """Discard quarantined records; asks on a terminal, and refuses (exit 2) elsewhere without --yes."""
+    from spoold.spool.discard import drop, matching
+    from spoold.spool.spool import Spool
+
+    validate_identifier(args.table)
+    spool = Spool.from_config(config)
+    which = "" if args.reason is None else f" whose reason contains {args.reason!r}"
+    if not args.yes:
+        n = matching(spool, args.table, args.reason).dropped
+        if not n:
+            _emit({"table": args.table, "dropped": 0, "kept": matching(spool, args.table, None).dropped}, as_json,
+                  f"{args.table}: no quarantined record{which}")
+            return 0
+        if not sys.stdin.isatty():
+            raise UsageError(f"would drop {n} quarantined record(s) of {args.table}{which}: pass --yes to drop "
+                             "them without asking (there is no terminal to ask on)")
+        print(f"drop {n} quarantined record(s) of {args.table}{which}? They cannot be brought back. [y/N] ",
+              end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline(16).strip().lower() not in ("y", "yes"):
+            print("spoold: nothing dropped", file=sys.stderr)
+            return 1
+    s = drop(spool, args.table, args.reason)
+    text = f"{args.table}: dropped {s.dropped} quarantined record(s){which}; kept {s.kept}"
+    if s.unsafe:
+        text += f"; {s.unsafe} file(s) in the quarantine directory are not spoold's and were left alone"
+    _emit({"table": args.table, "dropped": s.dropped, "kept": s.kept}, as_json, text)
+    return 0
+
+
 def cmd_maintain(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.cli.maintain import maintain_tables
     from spoold.iceberg.maintain.run import Options
@@ -225,6 +255,7 @@ def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 
 _COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run,
-             "quarantine": cmd_quarantine, "quarantine replay": cmd_replay, "maintain": cmd_maintain}
+             "quarantine": cmd_quarantine, "quarantine replay": cmd_replay, "quarantine drop": cmd_drop,
+             "maintain": cmd_maintain}
 
 __all__ = ["main", "setup_logging"]

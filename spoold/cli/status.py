@@ -29,7 +29,7 @@ from spoold.redact import redact, redact_doc
 from spoold.safefile import read_state
 from spoold.spool.files import first_envelope, iter_lines
 from spoold.spool.held import spooled
-from spoold.spool.quarantine import count_records
+from spoold.spool.quarantine import count_records, dropped_count
 from spoold.spool.spool import Spool
 
 RUN_KINDS = {"flush": "last_flush", "backfill": "last_backfill", "maintain": "last_maintenance"}
@@ -67,6 +67,7 @@ def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str
         "spooled_files": len(files),
         "oldest_pending_s": round(now - oldest, 3) if oldest is not None else None,
         "quarantined": count_records(spool, table),
+        "dropped": dropped_count(spool, table),  # quarantined records discarded by `spoold quarantine drop`
         "spooled_bytes": spool.bounds.pending_bytes(table),
         "spool_full": spool.bounds.full(table),  # appends refused (see [spool] max_bytes, min_free_bytes)
     }
@@ -218,18 +219,22 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         runs = "; ".join(f"{label} {_when(s.get(k))}" for label, k in (
             ("last flush", "last_flush"), ("last backfill", "last_backfill"), ("last maintenance", "last_maintenance")))
         lines.append(f"{t}: spooled {s['spooled_rows']} row(s) in {s['spooled_files']} file(s){age}; "
-                     f"quarantined {s['quarantined']}; committed {committed}; {runs}"
+                     f"quarantined {s['quarantined']}"
+                     + (f" ({s['dropped']} dropped before)" if s.get("dropped") else "")
+                     + f"; committed {committed}; {runs}"
                      + ("; SPOOL FULL: appends are refused until a flush frees room" if s.get("spool_full") else ""))
         attempt = s.get("last_flush_attempt") or {}
         if str(attempt.get("result", "")).startswith("error"):
             hints.append(f"{t}: the last flush here failed: {attempt['result'][len('error: '):]}")
         if s["quarantined"]:
-            hints.append(f"{t}: `spoold quarantine {t}` shows why {s['quarantined']} record(s) are in quarantine; "
-                         f"`spoold quarantine replay {t}` retries them")
-    lines += hints + daemon_lines(doc)
+            hints.append(f"{t}: `spoold quarantine {t}` shows why {s['quarantined']} record(s) are in quarantine, "
+                         "and whether to replay them (after a config or table fix) or drop them (they can "
+                         "never pass)")
+    lines += hints if doc["tables"] else ["no tables"]
+    lines += daemon_lines(doc)
     if "catalog_error" in doc:
         lines.append(f"catalog unreachable: {doc['catalog_error']}")
-    return [redact(line) for line in lines] or ["no tables"]
+    return [redact(line) for line in lines]
 
 
 def _when(run: dict[str, Any] | None) -> str:
@@ -246,7 +251,7 @@ def daemon_lines(doc: dict[str, Any]) -> list[str]:
     """Text lines for ``spoold status``: the daemon, per-table backoff and per-source offset lag."""
     daemon = doc.get("daemon")
     if not daemon:
-        return []
+        return ["daemon: not running (none has run on this spool root)"]
     lines = [f"daemon: {'running, pid ' + str(daemon.get('pid')) if daemon.get('running') else 'not running'}"]
     for t, info in doc.get("tables", {}).items():
         if info.get("backoff_s"):

@@ -18,18 +18,33 @@ from typing import Any
 import orjson
 
 from spoold.durable import fsync_dir
-from spoold.safefile import UnsafeFile, open_file
+from spoold.errors import SpooldError
+from spoold.layout import DROPPED
+from spoold.safefile import UnsafeFile, open_file, read_state
 from spoold.spool import tally
 from spoold.spool.files import MAX_LINE_BYTES, QUARANTINE, READ_BLOCK, LongLine, iter_lines
 from spoold.spool.spool import Spool
 from spoold.spool.tally import reason_group
 
-__all__ = ["count_lines", "count_records", "expire", "files", "quarantine_doc", "read", "reason_group", "summary",
-           "summary_lines"]
+__all__ = ["UNREADABLE", "can_pass", "count_lines", "count_records", "dropped_count", "expire", "files",
+           "quarantine_doc", "read", "read_dropped", "reason_group", "summary", "summary_lines"]
 
 log = logging.getLogger(__name__)
+UNREADABLE = "unreadable quarantine record"  # the reason of a quarantine file's line that is not a record
+# Reasons no config or table change can cure: the line or row itself is broken (or was never kept whole).
+# Replay keeps such records for ever; `spoold quarantine drop` is their way out.
+_NEVER_PASS = ("torn write", "not valid UTF-8 JSON", "not valid JSON", "not a JSON object", "version must be",
+               "columns must be", "rows must be a list", "line longer than", "row is not a list", "row has ",
+               "empty object", "empty column name", "a value is nested too deeply", "a content part is nested",
+               "message content is neither", "no usable key: message line has no uuid", UNREADABLE)
 # The longest record spoold writes: a line of max_line_bytes JSON-escaped (up to 6 bytes a byte) and more.
 MAX_RECORD_BYTES = 8 * MAX_LINE_BYTES
+
+
+def can_pass(reason: str) -> bool:
+    """Whether a record quarantined for ``reason`` may pass after a config or table change (then replay it),
+    or never can (not JSON, a torn line, a bad envelope, a line too long: drop it)."""
+    return not reason.startswith(_NEVER_PASS)
 
 
 def files(spool: Spool, table: str) -> list[Path]:
@@ -99,7 +114,7 @@ def summary(spool: Spool, table: str) -> dict[str, Any]:
     paths = files(spool, table)
     for path in paths:
         for rec in read(path):
-            reasons[reason_group(str(rec.get("reason", "unreadable quarantine record")))] += 1
+            reasons[reason_group(str(rec.get("reason", UNREADABLE)))] += 1
             kinds[str(rec.get("kind", "line"))] += 1
             at = rec.get("at")
             if isinstance(at, (int, float)) and not isinstance(at, bool):
@@ -113,7 +128,23 @@ def summary(spool: Spool, table: str) -> dict[str, Any]:
         "files": len(paths),
         "not_kept": not_kept,
         "directory": str(spool.table_dir(table) / QUARANTINE),
+        "dropped": dropped_count(spool, table),
     }
+
+
+def dropped_count(spool: Spool, table: str) -> int:
+    """How many of ``table``'s quarantined records ``spoold quarantine drop`` discarded, all time."""
+    n = read_dropped(spool, table).get("records")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+
+
+def read_dropped(spool: Spool, table: str) -> dict[str, Any]:
+    """``<table>/.dropped.json`` (written by :mod:`spoold.spool.discard`); {} when there is none."""
+    try:
+        doc = orjson.loads(read_state(spool.table_dir(table) / DROPPED, spool.root))
+    except (OSError, SpooldError, orjson.JSONDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def expire(spool: Spool, table: str, older_than_s: float, now: float) -> tuple[int, int]:
@@ -169,9 +200,25 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         if s.get("not_kept"):
             lines.append(f"  {s['not_kept']} of them counted only (past [spool] quarantine_max_bytes or "
                          "min_free_bytes): not kept, cannot be replayed")
-        lines += [f"  {n:>8}  {reason}" for reason, n in s["reasons"].items()]
-        lines.append(f"  fix the cause (config, table), then `spoold quarantine replay {t}`")
+        curable = [r for r in s["reasons"] if can_pass(r)]
+        never = [r for r in s["reasons"] if not can_pass(r)]
+        lines += [f"  {n:>8}  {reason}{'' if can_pass(reason) else '  (can never pass)'}"
+                  for reason, n in s["reasons"].items()]
+        if curable:
+            lines.append(f"  fix the cause (config, table), then `spoold quarantine replay {t}`"
+                         + (" (it keeps those that can never pass)" if never else ""))
+        if never:
+            opts = [""] if not curable else [f" --reason '{p}'" for p in dict.fromkeys(map(_never_prefix, never))]
+            lines.append(f"  {'they' if not curable else 'those that'} can never pass: "
+                         + "; ".join(f"`spoold quarantine drop {t}{o}`" for o in opts) + " discards them")
+        if s.get("dropped"):
+            lines.append(f"  {s['dropped']} record(s) dropped before (`spoold quarantine drop`)")
     return lines or ["nothing in quarantine"]
+
+
+def _never_prefix(reason: str) -> str:
+    """The start every reason of this kind has (a --reason TEXT that picks them, and no curable one)."""
+    return next(p for p in _NEVER_PASS if reason.startswith(p)).strip()
 
 
 def _ts(at: float | None) -> str:

@@ -136,6 +136,33 @@ def expire(qdir: Path, cutoff: float, mode: int, owner: int | None = None) -> in
     return gone
 
 
+def drop(qdir: Path, text: str | None, mode: int, owner: int | None = None) -> int:
+    """Forget the counted records whose (grouped) reason contains ``text`` (all: None); returns how many."""
+    if not _exists(qdir / TALLY):
+        return 0
+    doc = load(qdir, owner, fix=True)
+    gone = 0
+    for e in [doc["total"], *doc["recent"].values()]:
+        if text is None:
+            gone += int(e.get("records") or 0)
+            e["records"] = 0
+            continue
+        reasons = e.get("reasons") or {}
+        for reason in [r for r in reasons if text in r]:
+            n = min(int(reasons.pop(reason) or 0), int(e.get("records") or 0))
+            e["records"] = int(e.get("records") or 0) - n
+            gone += n
+    doc["recent"] = {name: e for name, e in doc["recent"].items() if e.get("records")}
+    if not doc["total"].get("records"):
+        doc["total"] = _entry()
+    if doc["recent"] or doc["total"]["records"]:
+        write_atomic(qdir / TALLY, orjson.dumps(doc), mode)
+    else:
+        (qdir / TALLY).unlink(missing_ok=True)
+        fsync_dir(qdir)
+    return gone
+
+
 def counts(qdir: Path, owner: int | None = None) -> tuple[int, Counter[str], Counter[str], list[float]]:
     """(records, reasons, kinds, times) the tally counts, for ``spoold quarantine`` and status."""
     if not _exists(qdir / TALLY):
