@@ -12,7 +12,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.cli import run_spoold, write_config
@@ -21,28 +23,66 @@ from support.paths import REPO
 from spoold.catalog_keys import CATALOG_KEYS, FILE_IO_KEYS
 from spoold.cli.args import parser
 from spoold.cli.entry import main
-from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings
+from spoold.config import parse_config
+from spoold.errors import ConfigError
 
 DOCS = REPO / "docs"
 SAMPLE = REPO / "systemd" / "spoold.toml"
 # Pages other branches are adding; the links to them are checked once they exist.
 
 
+# A section's keys as the parser names them when it refuses an unknown one; the document to refuse it in.
+_PROBES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "spool": lambda t: {"spool": t},
+    "flush": lambda t: {"flush": t},
+    "daemon": lambda t: {"daemon": t},
+    "maintain": lambda t: {"maintain": t},
+    "tables.<name>": lambda t: {"tables": {"a.b": t}},
+    "sources": lambda t: {"sources": [t]},
+}
+
+
+def _accepted(section: str) -> set[str]:
+    """The keys the config parser accepts in ``section``: the list its error for an unknown key gives."""
+    with pytest.raises(ConfigError) as e:
+        parse_config(_PROBES[section]({"zz_no_such_key": 1}))
+    m = re.search(r"\(allowed: ([^)]*)\)", str(e.value))
+    assert m, f"[{section}]: the parser's error names no allowed keys: {e.value}"
+    return set(m[1].split(", "))
+
+
 def config_keys() -> dict[str, set[str]]:
-    """Every key the config parser accepts, per section, read from the code."""
-    source = (REPO / "spoold" / "config.py").read_text()
-    keys: dict[str, set[str]] = {}
-    for function in re.split(r"^def ", source, flags=re.MULTILINE):
-        for prefix, allowed in re.findall(r'_only_keys\(\w+, f?"([^"]*)", \{([^}]*)\}\)', function):
-            section = {"_parse_table": "tables.<name>", "_parse_source": "sources"}.get(
-                function.split("(")[0], prefix.rstrip(".") or "top")
-            keys.setdefault(section, set()).update(re.findall(r'"([^"]+)"', allowed))
-    for section, cls in (("flush", FlushSettings), ("daemon", DaemonSettings), ("maintain", MaintainSettings)):
-        keys[section] = set(cls.__dataclass_fields__)
+    """Every key the config parser accepts, per section, asked of the parser itself."""
+    keys = {section: _accepted(section) for section in _PROBES}
+    # Plain keys beside the tables under [tables]: the ones parse_config takes out before the tables.
+    keys["tables"] = set(re.findall(r'tables_t\.pop\("(\w+)"', (REPO / "spoold" / "config.py").read_text()))
     keys["catalog"] = {"name", "type", "uri", "warehouse"}
-    keys.pop("top")
-    assert {"spool", "tables.<name>", "sources", "flush", "daemon", "maintain"} <= set(keys), keys
+    assert keys["tables"] and all(keys.values()), keys
     return keys
+
+
+def documented_keys() -> dict[str, set[str]]:
+    """The keys of each section's table in docs/configuration.md (its first column), and [tables]' plain ones."""
+    page = (DOCS / "configuration.md").read_text()
+    out: dict[str, set[str]] = {}
+    for heading, body in re.findall(r"^## `([^`]+)`\n(.*?)(?=^## |\Z)", page, re.MULTILINE | re.DOTALL):
+        section = "tables.<name>" if heading.startswith("[tables.") else heading.strip("[]")
+        out[section] = set(re.findall(r"^\| `([a-z_]+)` \|", body, re.MULTILINE))
+        if section == "tables.<name>":
+            plain = re.search(r"^```toml\n\[tables\]\n(.*?)^```", body, re.MULTILINE | re.DOTALL)
+            out["tables"] = set(re.findall(r"^(\w+) =", plain[1], re.MULTILINE)) if plain else set()
+    return out
+
+
+def test_every_documented_config_key_is_accepted() -> None:
+    """The other direction: a key docs/configuration.md lists is one the parser takes."""
+    accepted, documented = config_keys(), documented_keys()
+    assert set(_PROBES) | {"tables"} <= set(documented), sorted(documented)
+    for section in [*_PROBES, "tables"]:
+        extra = sorted(documented[section] - accepted[section])
+        assert not extra, f"docs/configuration.md lists [{section}] keys the config does not accept: {extra}"
+        missing = sorted(accepted[section] - documented[section])
+        assert not missing, f"[{section}] keys the config accepts are not in docs/configuration.md's table: {missing}"
 
 
 def test_every_config_key_is_documented_in_docs_and_in_the_sample_config() -> None:
@@ -141,6 +181,30 @@ def test_every_tested_recipe_runs_as_written(index: int, chat_parts: Path, tmp_p
     assert r.returncode == 0, f"recipe {index} failed:\n{recipe}\n{r.stderr}"
     out = r.stdout
     assert "a:0" in out and "a:2" in out or out.strip().endswith(".metadata.json"), out
+
+
+def test_the_spelled_out_pyiceberg_recipe_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
+    """The recipe for the embedded defaults (no config file, state under ~/.local/state/spoold), as written."""
+    (recipe,) = re.findall(r"^<!-- tested with the embedded defaults -->\n```python\n(.*?)^```$",
+                           (DOCS / "read-your-tables.md").read_text(), re.MULTILINE | re.DOTALL)
+    assert "to_pandas()" not in recipe  # pandas is not installed with spoold
+    home = tmp_path / "recipe-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "STATE_DIRECTORY")}
+    env |= {"HOME": str(home), "PYICEBERG_HOME": str(home),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    rows = b"".join(b'{"part_id": "a:%d", "text": "hello %d"}\n' % (i, i) for i in range(3))
+    for args, given in ((("append", "chat.parts"), rows), (("flush",), None)):
+        r = subprocess.run([sys.executable, "-m", "spoold", *args], input=given, capture_output=True, env=env,
+                           cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert (home / ".local" / "state" / "spoold" / "catalog.db").exists()
+    script = tmp_path / "recipe.py"
+    script.write_text(recipe)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0, f"the recipe failed:\n{recipe}\n{r.stderr}"
+    assert "'a:0'" in r.stdout and "'a:2'" in r.stdout, r.stdout
 
 
 def test_the_architecture_page_names_every_module() -> None:
