@@ -203,6 +203,16 @@ def _to_double(v: Any) -> float:
     return float(v)
 
 
+_FLOAT_MAX = 3.4028234663852886e38  # the largest finite 32-bit float: past it a value would become infinity
+
+
+def _to_float(v: Any) -> float:
+    """A number a 32-bit float holds without overflowing (rounded to its precision when written)."""
+    if type(v) not in (int, float) or not -_FLOAT_MAX <= v <= _FLOAT_MAX:
+        raise TypeError
+    return float(v)
+
+
 def _to_bool(v: Any) -> bool:
     if type(v) is not bool:
         raise TypeError
@@ -264,6 +274,7 @@ CASTERS = {
     "string": _to_string,
     "int": _to_int(*_INT_RANGE["int"]),
     "long": _to_int(*_INT_RANGE["long"]),
+    "float": _to_float,
     "double": _to_double,
     "boolean": _to_bool,
     "timestamptz": _to_timestamptz,

@@ -30,7 +30,7 @@ from spoold.errors import ConfigError, UsageError
 from spoold.redact import remember
 from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings, SpoolLimits
 
-COLUMN_TYPES = ("string", "int", "long", "double", "boolean", "timestamptz", "date")
+COLUMN_TYPES = ("string", "int", "long", "float", "double", "boolean", "timestamptz", "date")
 SOURCE_FORMATS = ("jsonl", "transcript")
 DEFAULT_KEY = "part_id"
 DEFAULT_LEGACY_KEY = ("message_id", "part_index")

@@ -42,12 +42,13 @@ ICEBERG_TYPES: dict[str, IcebergType] = {
     "string": StringType(),
     "int": IntegerType(),
     "long": LongType(),
+    "float": FloatType(),
     "double": DoubleType(),
     "boolean": BooleanType(),
     "timestamptz": TimestamptzType(),
     "date": DateType(),
 }
-_NAMES = {type(t): name for name, t in ICEBERG_TYPES.items()} | {FloatType: "double"}
+_NAMES = {type(t): name for name, t in ICEBERG_TYPES.items()}
 
 
 def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
@@ -62,17 +63,20 @@ def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
     return types, required
 
 
+_SAFE = {("int", "long"), ("float", "double")}  # values validated as the first fit a column of the second
+
+
 def type_conflicts(types: Mapping[str, str], columns: Iterable[str], schema: Schema) -> dict[str, tuple[str, str]]:
     """Columns validated as one type that the table holds as another: ``{column: (validated, table)}``.
 
     Such values must not reach Arrow: ``pa.array([2.5], type=pa.int64())``
-    silently truncates to 2. Only an ``int`` into a ``long`` column is safe.
+    silently truncates to 2. Only an ``int`` into a ``long`` column, or a ``float`` into a ``double``, is safe.
     """
     have, _ = table_types(schema)
     out = {}
     for c in columns:
         mine, theirs = types.get(c), have.get(c)
-        if mine is not None and theirs is not None and mine != theirs and (mine, theirs) != ("int", "long"):
+        if mine is not None and theirs is not None and mine != theirs and (mine, theirs) not in _SAFE:
             out[c] = (mine, theirs)
     return out
 

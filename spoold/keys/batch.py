@@ -22,6 +22,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.large_string(),
     "int": pa.int32(),
     "long": pa.int64(),
+    "float": pa.float32(),
     "double": pa.float64(),
     "boolean": pa.bool_(),
     "timestamptz": pa.timestamp("us", tz="UTC"),

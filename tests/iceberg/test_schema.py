@@ -69,7 +69,7 @@ def test_table_types_reads_back_spooled_types_and_skips_what_envelopes_cannot_fi
         NestedField(4, "tags", ListType(5, StringType())),
     )
     types, required = table_types(schema)
-    assert types == {"part_id": "string", "f": "double", "i": "int", "tags": "list<string>"}  # no value casts to it
+    assert types == {"part_id": "string", "f": "float", "i": "int", "tags": "list<string>"}  # no value casts to it
     assert required == {"part_id"}
     assert table_types(new_schema(SPEC, {}))[0] == {c.name: c.type for c in SPEC.columns}
 
