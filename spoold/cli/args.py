@@ -7,6 +7,7 @@ here imports more than the standard library and spoold's light modules.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from spoold.errors import UsageError
@@ -23,7 +24,26 @@ catalog, local warehouse)."""
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2
-        self.exit(2, f"spoold: error: {message} (see --help)\n")
+        self.exit(2, f"spoold: error: {_unrecognized(message) or message} (see --help)\n")
+
+
+_SHOWN = 3  # extra arguments named in the error; the shell may have expanded a glob to thousands
+
+
+def _unrecognized(message: str) -> str | None:
+    """argparse's "unrecognized arguments: <every one>" made short, with a hint when they are existing paths:
+    the shell expanded an unquoted glob (``--source ~/x/*.jsonl``) into many arguments."""
+    if not message.startswith(_UNRECOGNIZED):
+        return None
+    extra = message[len(_UNRECOGNIZED):].split(" ")
+    shown = " ".join(extra[:_SHOWN]) + (f" and {len(extra) - _SHOWN} more" if len(extra) > _SHOWN else "")
+    if not all(os.path.lexists(os.path.expanduser(p)) for p in extra):
+        return f"unrecognized arguments: {shown}"
+    return (f"{len(extra)} unexpected path(s): {shown}; did the shell expand an unquoted glob? Quote the pattern "
+            "(--source '~/x/*.jsonl') so that spoold expands it, or repeat --source before each path")
+
+
+_UNRECOGNIZED = "unrecognized arguments: "
 
 
 def parser() -> argparse.ArgumentParser:

@@ -181,3 +181,17 @@ def test_flush_of_an_unknown_table_is_bad_usage_and_an_idle_flush_says_so(tmp_pa
     assert first.returncode == 0 and b"t.x: committed 1" in first.stdout
     again = run_spoold("flush", "--config", str(cfg))  # the table's spool is empty now
     assert again.returncode == 0 and again.stdout.strip() == b"nothing to flush", again.stdout
+
+
+def test_an_unquoted_glob_gets_one_line_saying_to_quote_it(tmp_path: Path) -> None:
+    """`spoold backfill t --source ~/x/*.jsonl`: the shell hands spoold every path; say what happened."""
+    cfg = write_config(tmp_path)
+    paths = []
+    for i in range(50):
+        (p := tmp_path / f"h{i:02d}.jsonl").write_text("{}\n")
+        paths.append(str(p))
+    r = run_spoold("backfill", "t.x", "--config", str(cfg), "--source", *paths)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.count("\n") == 1, err
+    assert "49 unexpected path(s)" in err and "and 46 more" in err and "unquoted glob" in err, err
+    assert "--source '~/x/*.jsonl'" in err and "repeat --source" in err and paths[-1] not in err, err
