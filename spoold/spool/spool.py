@@ -18,14 +18,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from spoold.config import Config, validate_identifier
+from spoold.config import Config, TableSpec, validate_identifier
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
-from spoold.envelope import envelopes
+from spoold.envelope import Validator, columnize, envelopes
 from spoold.errors import InputError, SpoolError, TableBusy, UsageError
 from spoold.layout import FLUSH_LOCK, HELD, LOCK, SEQ, TALLY_LOCK, temp_name
 from spoold.locks import Busy, FileLocks
@@ -73,11 +73,14 @@ class Spool:
         # Longest an append waits for the table's lock (None: as long as it takes, as producers do);
         # the daemon bounds its own (its tailer's), so one stuck table never stops the others.
         self.lock_wait_s: float | None = None
+        self._spec: Callable[[str], TableSpec] = TableSpec  # a table's declared spec (append(check=True))
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
         private = frozenset() if config.spool_share_sources else frozenset(s.table for s in config.sources)
-        return cls(config.spool_root, config.spool_group, config.spool_limits, private)
+        spool = cls(config.spool_root, config.spool_group, config.spool_limits, private)
+        spool._spec = config.table
+        return spool
 
     # -- layout -----------------------------------------------------------------
     @property
@@ -153,11 +156,30 @@ class Spool:
         return files
 
     # -- writing ----------------------------------------------------------------
-    def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Append row objects (column → value); durable (fsync'd) when this returns."""
+    def append(self, table: str, rows: Iterable[Mapping[str, Any]], *, check: bool = False) -> int:
+        """Append row objects (column → value); durable (fsync'd) when this returns.
+
+        A row whose values do not fit the table's declared columns is spooled all the same and
+        quarantined by the flush with its reason (kept, replayable once the config is fixed): a
+        producer's row is never lost to a config mistake. ``check=True`` refuses such rows first, as
+        ``spoold append`` does: InputError naming the first bad row (1-based), nothing appended.
+        """
+        if check:
+            rows = list(rows)
+            self._check(table, rows)
         lines = list(envelopes(rows, self.bounds.limits.max_line_bytes))
         self.append_lines(table, lines)
         return sum(n for _, n in lines)
+
+    def _check(self, table: str, rows: list[Mapping[str, Any]]) -> None:
+        """The row-level rules ``spoold append`` applies (stdlib only: no pyarrow)."""
+        if not rows:
+            return
+        cols, matrix = columnize([dict(r) for r in rows])
+        verdict = Validator(self._spec(table), cast=False).rows(cols, matrix)
+        if verdict.rejects:
+            first = min(verdict.rejects, key=lambda r: r.index)
+            raise InputError(f"table {table}: row {first.index + 1}: {first.reason}")
 
     def append_lines(self, table: str, lines: Iterable[tuple[bytes, int] | bytes]) -> None:
         """Append pre-encoded envelope lines: one write each, one fsync for the call; all or nothing.
