@@ -95,8 +95,8 @@ def backfill(
     run = BackfillRun(config, spec, sink or Sink(config), summary, cursors, props=props, dry_run=dry_run,
                       limit=limit, progress=progress, stop=stop)
     summary.seen_set_s = round(time.monotonic() - started, 3)
-    log.info("backfill %s: %d source file(s), %.1f MB; seen-set: %d committed + %d spooled key(s)",
-             table, len(files), total_bytes / 1e6, len(run.seen.committed), len(run.seen.spooled))
+    log.info("backfill %s: %d source file(s), %.1f MB; rows whose key is among the %d committed or %d spooled "
+             "are skipped", table, len(files), total_bytes / 1e6, len(run.seen.committed), len(run.seen.spooled))
     stopped = False
     if progress is not None:
         progress.start()

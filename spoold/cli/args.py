@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
                        description="Materialize rows from source files and write only those whose key is "
                        "neither committed nor spooled, at most --limit rows a run: run it again to go on. "
                        "Ctrl-C stops after the current chunk (exit 130). Exit 2 when every row it "
-                       "materialized was quarantined (a wrong --format or table config).")
+                       "read was quarantined (a wrong --format or table config).")
     b.add_argument("table", help="table identifier, namespace.name")
     b.add_argument("--source", action="append", required=True, metavar="PATH",
                    help="file, directory or glob (repeatable)")
@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"source format; {FORMAT_RULE}")
     lim = b.add_mutually_exclusive_group()
     lim.add_argument("--limit", type=_positive_int, default=1000, metavar="N",
-                     help="consider at most N materialized rows this run (default 1000); each source file's "
+                     help="consider at most N rows read from the sources this run (default 1000); each source file's "
                      "cursor remembers where the run stopped, so the next run goes on from there")
     lim.add_argument("--all", action="store_true", help="no limit: read on to the end of every source")
     b.add_argument("--restart", action="store_true",

@@ -134,7 +134,7 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
             h.removeFilter(progress)
     verb = "would write" if s.dry_run else "wrote"
     lines = [
-        f"{s.table}: scanned {s.scanned} line(s), materialized {s.materialized} row(s); "
+        f"{s.table}: read {s.scanned} source line(s) giving {s.materialized} row(s); "
         f"{verb} {s.would_write if s.dry_run else s.written}; skipped {s.skipped_committed} committed, "
         f"{s.skipped_spooled} spooled, {s.duplicates_in_source} duplicate(s) in the sources; "
         f"quarantined {s.quarantined}; {s.failed} bad source line(s)"
@@ -150,7 +150,7 @@ def cmd_backfill(args: argparse.Namespace, config: Config, as_json: bool) -> int
     _emit(s.as_dict(), as_json, "\n".join(lines))
     sys.stdout.flush()
     if s.all_quarantined:
-        print(f"spoold: error: all {s.quarantined} row(s) materialized were quarantined, first because: "
+        print(f"spoold: error: all {s.quarantined} row(s) read from the sources were quarantined, first because: "
               f"{s.first_quarantine_reason} (check --format and the table's key; --restart reads the sources again)",
               file=sys.stderr)
         return 2

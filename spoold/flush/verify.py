@@ -52,9 +52,9 @@ class Keeper:
                 held.hold(self.spool, self.table, path, commits, time.time() + self.config.flush.verify_after_s)
                 kept.append(path.name)
         if kept:
-            log.info("table %s: committed to a table not verified yet (snapshot %s); %s held in %s/ until a look "
-                     "in %gs", self.table, out.snapshot_id if out else "-", ", ".join(kept), held.HELD,
-                     self.config.flush.verify_after_s)
+            log.info("table %s: committed (snapshot %s); the catalog may still replace a table this new, so %s "
+                     "stay in %s/ until a look in %gs shows the commit (docs/fleet.md)", self.table,
+                     out.snapshot_id if out else "-", ", ".join(kept), held.HELD, self.config.flush.verify_after_s)
         self.spool.remove(p for p in gone if p.parent.name != held.HELD)
         for path in gone:
             if path.parent.name == held.HELD:

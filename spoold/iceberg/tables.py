@@ -219,7 +219,9 @@ class Tables:
         if path.parent.is_dir():  # (a table this spool never held a row of: kept in memory only)
             write_state(path, uuid.encode(), self.config.spool_group)
         self._pins[spec.identifier] = uuid
-        log.info("table %s: verified (uuid %s); this spool trusts its commits there from now on", spec.identifier, uuid)
+        log.info("table %s: this spool's commits are verified in the table the catalog serves (table uuid %s): "
+                 "from now on spool files are deleted right after their commit (docs/fleet.md)", spec.identifier,
+                 uuid)
 
     def confirm(self, spec: TableSpec, uuid: str, snapshot_id: int) -> bool:
         """After a commit to a table not verified yet: pin it if that is safe at once; True if pinned.

@@ -239,4 +239,4 @@ def _source_line(materialize: Materializer, name: str, lineno: int, start: int, 
 
 def _unexpected(e: Exception) -> str:
     """The error of a line a format's reader failed on in a way it does not check for (e.g. a bug)."""
-    return f"cannot materialize: {type(e).__name__}: {e}"
+    return f"cannot read rows from this line: {type(e).__name__}: {e}"
