@@ -195,3 +195,13 @@ def test_an_unquoted_glob_gets_one_line_saying_to_quote_it(tmp_path: Path) -> No
     assert r.returncode == 2 and err.count("\n") == 1, err
     assert "49 unexpected path(s)" in err and "and 46 more" in err and "unquoted glob" in err, err
     assert "--source '~/x/*.jsonl'" in err and "repeat --source" in err and paths[-1] not in err, err
+
+
+def test_status_says_when_no_daemon_ever_ran(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, '[tables."chat.parts".columns]\npart_id = "string!"\n')
+    text = run_spoold("status", "--config", str(cfg)).stdout.decode()
+    assert text.startswith("chat.parts: spooled 0 row(s)"), text
+    assert text.splitlines()[-1] == "daemon: not running (none has run on this spool root)", text
+    empty = write_config(tmp_path / "empty")
+    assert run_spoold("status", "--config", str(empty)).stdout.decode().splitlines() == [
+        "no tables", "daemon: not running (none has run on this spool root)"]
