@@ -170,7 +170,7 @@ class _Rebuild:
         self.total = sum(p.rows for p in parts)
         seen: set[str] = set()
         for part in parts:
-            for columns, rows in ice.read_part(old, snap or 0, part):
+            for columns, rows in ice.read_part(old, snap or 0, part, self.config.flush.chunk_rows):
                 verdict = validator.rows(columns, rows)
                 self._count(len(rows), verdict.rejects)
                 new = set(verdict.keys) - seen
@@ -220,7 +220,7 @@ class _Rebuild:
         rejects: list[dict[str, Any]] = []
         seq = line = 0
         chunk = self.config.flush.chunk_rows
-        for columns, rows in ice.read_part(old, snap, part):
+        for columns, rows in ice.read_part(old, snap, part, chunk):
             verdict = validator.rows(columns, rows)
             self._count(len(rows), verdict.rejects)
             for rej in verdict.rejects:

@@ -117,15 +117,16 @@ def parts(tbl: Table, snapshot_id: int | None) -> list[Part]:
     return sorted(out, key=lambda p: p.name)
 
 
-def read_part(tbl: Table, snapshot_id: int, part: Part) -> Iterator[tuple[list[str], list[list[Any]]]]:
-    """The rows of one data file as JSON values (timestamps and dates as ISO-8601), batch by batch."""
+def read_part(tbl: Table, snapshot_id: int, part: Part, max_rows: int) -> Iterator[tuple[list[str], list[list[Any]]]]:
+    """The rows of one data file as JSON values (timestamps and dates as ISO-8601), at most ``max_rows`` at a time."""
     scan = tbl.scan(snapshot_id=snapshot_id)
     with catalog_errors(f"cannot read {part.task.file.file_path}"):
         reader = ArrowScan(tbl.metadata, tbl.io, scan.projection(), AlwaysTrue()).to_record_batches([part.task])
-        for rb in reader:
-            columns = rb.schema.names
-            values = [[_json(v) for v in rb.column(i).to_pylist()] for i in range(rb.num_columns)]
-            yield columns, list(map(list, zip(*values))) if values else []
+        for whole in reader:
+            for rb in (whole.slice(at, max_rows) for at in range(0, whole.num_rows, max_rows)):
+                columns = rb.schema.names
+                values = [[_json(v) for v in rb.column(i).to_pylist()] for i in range(rb.num_columns)]
+                yield columns, list(map(list, zip(*values))) if values else []
 
 
 def _json(v: Any) -> Any:
