@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 from support.cli import run_spoold, write_config
-from support.daemonproc import wait_for
-from support.tables import committed_counts, load_table
+from support.daemonproc import DaemonProc, wait_for
+from support.tables import committed_counts, load_table, spooled_keys
 from support.testhooks import Hooks
 
 from spoold.cli import main
@@ -145,33 +145,37 @@ def test_a_string_column_is_rebuilt_as_timestamptz_partitioned_by_day(tmp_path: 
     assert b"no backup to drop" in spoold("rebuild", table, "--drop-backup", "--config", str(new)).stdout
 
 
-def test_rows_appended_and_flushed_during_a_rebuild_land_in_the_new_table(tmp_path: Path) -> None:
-    table = "app.events"
-    old, new = configs(tmp_path, [table], '[flush]\nchunk_rows = 100\n')
+@pytest.mark.slow
+def test_while_a_table_is_rebuilt_the_daemon_holds_its_rows_flushes_the_others_then_the_new_table_gets_them(
+        tmp_path: Path) -> None:
+    table, other = "app.events", "app.other"
+    extra = '[flush]\ndebounce_s = 0.2\nmax_delay_s = 1\nchunk_rows = 100\n'
+    old, new = configs(tmp_path, [table, other], extra)
     batch, good, bad = rows(300)
     land(old, table, batch)
     spoold("flush", "--config", str(old))
 
     hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.committed")
-    env = {**os.environ, **hooks.env()}
-    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+                          env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    daemon = DaemonProc(new)
     try:
         hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
         late, late_good, _ = rows(50, prefix="late")
         land(new, table, [r for r in late if r["part_id"] in late_good])  # appends go on
-        flush = subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--config", str(new)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # waits for the rebuild
+        land(new, other, [r for r in late if r["part_id"] in late_good])
+        wait_for(lambda: len(committed_counts(new, other)) == len(late_good), "the other table's rows")
+        assert len(spooled_keys(new, table)) == len(late_good)  # this one's wait
         hooks.resume(rb.pid)
-        out, err = rb.communicate(timeout=120)
+        _, err = rb.communicate(timeout=120)
         assert rb.returncode == 0, err.decode()
-        fout, ferr = flush.communicate(timeout=120)
-        assert flush.returncode == 0, ferr.decode()
+        wait_for(lambda: set(committed_counts(new, table)) == good | late_good, "the late rows in the new table")
     finally:
         if rb.poll() is None:
             rb.kill()
+        daemon.close()
     assert committed_counts(new, table) == Counter(good | late_good)
-    assert str(load_table(new, table).schema().find_field("ts").field_type) == "timestamptz"
+    assert "flush failed" not in daemon.log(), daemon.log()
     backup = orjson.loads(spoold("rebuild", table, "--drop-backup", "--dry-run", "--json", "--config",
                                  str(new)).stdout)["dropped"][0]
     assert committed_counts(new, backup) == Counter(good | bad)  # none of the late rows went to the old table
@@ -179,21 +183,20 @@ def test_rows_appended_and_flushed_during_a_rebuild_land_in_the_new_table(tmp_pa
 
 def test_rebuild_errors(tmp_path: Path) -> None:
     old, new = configs(tmp_path, ["app.events"])
-    proc = run_spoold("rebuild", "app.nosuch", "--config", str(new))
-    assert proc.returncode == 2 and b"not in the catalog" in proc.stderr
-    proc = run_spoold("rebuild", "nosuch", "--config", str(new))
-    assert proc.returncode == 2
-    land(new, "app.events", rows(5)[0])
-    spoold("flush", "--config", str(new))
-    proc = spoold("rebuild", "app.events", "--config", str(new))
-    assert b"nothing to rebuild" in proc.stdout and b"error" not in proc.stderr
+    code, _, err = cli("rebuild", "app.nosuch", "--config", str(new))
+    assert code == 2 and "not in the catalog" in err
+    assert cli("rebuild", "nosuch", "--config", str(new))[0] == 2
+    (tmp_path / "rows.jsonl").write_bytes(b'{"part_id": "a", "ts": "2026-01-01T00:00:00Z"}\n')
+    assert cli("append", "app.events", str(tmp_path / "rows.jsonl"), "--config", str(new))[0] == 0
+    assert cli("flush", "--config", str(new))[0] == 0
+    code, out, err = cli("rebuild", "app.events", "--config", str(new))
+    assert code == 0 and "nothing to rebuild" in out and "error" not in err
     (tmp_path / "bad.db").mkdir()  # a catalog that cannot be opened
     broken = write_config(tmp_path, NEW.format(t="app.events"), name="broken.toml",
                           catalog=f'[catalog]\ntype = "sql"\nuri = "sqlite:///{tmp_path / "bad.db"}"\n'
                           f'warehouse = "file://{tmp_path / "wh"}"\n')
-    proc = run_spoold("rebuild", "app.events", "--config", str(broken))
-    assert proc.returncode == 1 and b"cannot open catalog" in proc.stderr
-    assert b"nothing to rebuild" not in proc.stdout
+    code, out, err = cli("rebuild", "app.events", "--config", str(broken))
+    assert code == 1 and "cannot open catalog" in err and "nothing to rebuild" not in out
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -207,6 +210,22 @@ def cli(*args: str) -> tuple[int, str, str]:
 # Where a kill lands: paused at a named point (then killed), or after a random delay.
 POINTS = ["rebuild.created", "rebuild.committed@1", "commit.staged@2", "rebuild.committed@2", "rebuild.copied",
           "rebuild.backed_up", None, None, "rebuild.committed@1", "rebuild.backed_up"]
+
+
+def kill_once(hooks_dir: Path, point: str | None, rng: random.Random, table: str, cfg: Path) -> str:
+    """Start a rebuild, SIGKILL it at ``point`` (None: at a random moment); the last point it marked."""
+    hooks = Hooks(hooks_dir, pause_at=point)
+    proc = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(cfg)],
+                            env={**os.environ, **hooks.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if point is not None:
+        hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
+    else:  # a random moment once it got going
+        wait_for(lambda: hooks.marks(proc.pid) or proc.poll() is not None, "the rebuild to start", every=0.01)
+        wait_for(lambda: rng.random() < 0.2 or proc.poll() is not None, "a random moment", every=0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    marks = [m.point for m in hooks.marks(proc.pid)]
+    return marks[-1] if marks else "start"
 
 
 @pytest.mark.slow
@@ -223,21 +242,8 @@ def test_kill_9_anywhere_in_a_rebuild_loses_and_doubles_nothing(tmp_path: Path) 
     assert cli("flush", "--config", str(old))[0] == 0
     hits: Counter[str] = Counter()
     for seed in seeds:
-        rng = random.Random(seed)
         t, point = tables[seed], POINTS[seed]
-        hooks = Hooks(tmp_path / f"hooks{seed}", pause_at=point)
-        env = {**os.environ, **hooks.env()}
-        proc = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", t, "--config", str(new)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if point is not None:
-            hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
-        else:  # a random moment once it got going
-            wait_for(lambda: hooks.marks(proc.pid) or proc.poll() is not None, "the rebuild to start", every=0.01)
-            wait_for(lambda: rng.random() < 0.2 or proc.poll() is not None, "a random moment", every=0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        marks = [m.point for m in hooks.marks(proc.pid)]
-        hits[marks[-1] if marks else "start"] += 1
+        hits[kill_once(tmp_path / f"hooks{seed}", point, random.Random(seed), t, new)] += 1
         during = set()
         if (load_config(new).spool_root / t / REBUILD).exists():  # a flush now must not touch the table
             (tmp_path / "late.jsonl").write_bytes(b'{"part_id": "during", "ts": "2026-01-01T00:00:00Z"}\n')
