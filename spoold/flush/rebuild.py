@@ -44,6 +44,7 @@ from spoold.keys.batch import Batch
 from spoold.layout import REBUILD, TABLE_UUID
 from spoold.safefile import UnsafeFile, read_state
 from spoold.spool.files import quarantine_record
+from spoold.spool.quarantine import files, read
 from spoold.spool.spool import Spool
 from spoold.spool.tally import reason_group
 
@@ -129,6 +130,8 @@ class _Rebuild:
         self.report = RebuildReport(self.table)
         self.reasons: Counter[str] = Counter()
         self.total = 0
+        self._known: dict[Any, str] | None = None
+        self.prefix = "rebuild-"  # of this rebuild's quarantine files: with its stamp once it has one
 
     # -- phases -----------------------------------------------------------------------------------------------
     def run(self) -> RebuildReport:
@@ -148,6 +151,7 @@ class _Rebuild:
         else:
             log.info("table %s: going on with the unfinished rebuild into %s", self.table, state["staging"])
         self.report.backup = state["backup"]
+        self.prefix = f"rebuild-{state['staging'].rsplit(ice.STAGING, 1)[-1]}-"
         if state["phase"] == "copy":
             state["new_uuid"] = self._copy(state)
             state["phase"] = "swap"
@@ -248,9 +252,24 @@ class _Rebuild:
         reached("rebuild.committed")  # test-only mark: a kill here must double nothing
 
     def _quarantine(self, part: ice.Part, seq: int, rejects: list[dict[str, Any]]) -> None:
-        if rejects:  # named after the data file and part: a copy done again replaces, never adds
-            self.spool.quarantine(self.table, f"rebuild-{part.name}-{seq:06d}", rejects)
+        # Named after the data file and part: a copy done again replaces, never adds. A row whose file
+        # another writer rewrote meanwhile (a compaction of the old table) is in another file already.
+        name = f"{self.prefix}{part.name}-{seq:06d}"
+        known = self._quarantined()
+        rejects = [r for r in rejects if known.setdefault(r.get("key"), name) == name or r.get("key") is None]
+        if rejects:
+            self.spool.quarantine(self.table, name, rejects)
             self.report.quarantined += len(rejects)
+
+    def _quarantined(self) -> dict[Any, str]:
+        """The keys of the rows an earlier run of this rebuild quarantined, and the file each is in."""
+        if self._known is None:
+            self._known = {}
+            for path in sorted(files(self.spool, self.table)):
+                if path.name.startswith(self.prefix):
+                    for rec in read(path):
+                        self._known.setdefault(rec.get("key"), path.stem)
+        return self._known
 
     def _count(self, rows: int, rejects: list[Any]) -> None:
         self.report.rows += rows

@@ -15,13 +15,14 @@ import random
 import signal
 import subprocess
 import sys
+import types
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from support.cli import run_spoold, write_config
+from support.cli import write_config
 from support.daemonproc import DaemonProc, wait_for
 from support.tables import committed_counts, load_table, spooled_keys
 from support.testhooks import Hooks
@@ -64,15 +65,17 @@ def rows(n: int, prefix: str = "k") -> tuple[list[dict[str, Any]], set[str], set
     return out, good, bad
 
 
-def spoold(*args: str) -> subprocess.CompletedProcess[bytes]:
-    proc = run_spoold(*args)
-    assert proc.returncode == 0, (args, proc.stderr.decode())
-    return proc
+def spoold(*args: str) -> Any:
+    """The real CLI, in this process; it must succeed: its stdout (bytes) as ``.stdout``."""
+    code, out, err = cli(*args)
+    assert code == 0, (args, err)
+    return types.SimpleNamespace(stdout=out.encode())
 
 
 def land(cfg: Path, table: str, batch: list[dict[str, Any]]) -> None:
-    proc = run_spoold("append", table, "--config", str(cfg), input=b"".join(orjson.dumps(r) + b"\n" for r in batch))
-    assert proc.returncode == 0, proc.stderr.decode()
+    path = cfg.parent / "rows.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in batch))
+    spoold("append", table, str(path), "--config", str(cfg))
 
 
 def quarantined_keys(cfg: Path, table: str) -> Counter[str]:
@@ -86,7 +89,6 @@ def quarantined_keys(cfg: Path, table: str) -> Counter[str]:
     return out
 
 
-@pytest.mark.slow
 def test_a_string_column_is_rebuilt_as_timestamptz_partitioned_by_day(tmp_path: Path) -> None:
     from integration.test_duckdb import duckdb_connection
 
@@ -181,6 +183,52 @@ def test_while_a_table_is_rebuilt_the_daemon_holds_its_rows_flushes_the_others_t
     assert committed_counts(new, backup) == Counter(good | bad)  # none of the late rows went to the old table
 
 
+def test_a_table_compacted_during_its_rebuild_is_copied_again_without_doubles(tmp_path: Path) -> None:
+    table = "app.events"
+    old, new = configs(tmp_path, [table], '[flush]\nchunk_rows = 100\n')
+    batch, good, bad = rows(400)
+    for at in range(0, 400, 100):  # four small data files, for maintenance to compact
+        land(old, table, batch[at:at + 100])
+        spoold("flush", "--config", str(old))
+    hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.committed@2")
+    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+                          env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
+        code, out, err = cli("maintain", table, "--json", "--config", str(old))
+        assert code == 0 and orjson.loads(out)["tables"][table]["files_compacted"] >= 4, out + err
+        hooks.resume(rb.pid)
+        _, err = rb.communicate(timeout=120)
+        assert rb.returncode == 0, err.decode()
+    finally:
+        if rb.poll() is None:
+            rb.kill()
+    assert committed_counts(new, table) == Counter(good)
+    assert quarantined_keys(new, table) == Counter(bad)  # the compacted files' rejects are not added again
+
+
+def test_a_long_lived_sink_that_knew_the_old_table_commits_into_the_rebuilt_one(tmp_path: Path) -> None:
+    """The daemon's catalog connection outlives a rebuild: its cached table and pinned uuid give way."""
+    from spoold.flush.flush import flush_table
+    from spoold.iceberg.sink import Sink
+    from spoold.spool.spool import Spool
+
+    table = "app.events"
+    old, new = configs(tmp_path, [table])
+    batch, good, bad = rows(100)
+    land(old, table, batch)
+    spoold("flush", "--config", str(old))
+    config = load_config(new)
+    sink = Sink(config)  # as the daemon's: it has seen (and pinned) the old table
+    assert sink.load(config.table(table)) is not None and sink.verified(config.table(table))
+    spoold("rebuild", table, "--config", str(new))
+    late, late_good, _ = rows(20, prefix="late")
+    land(new, table, [r for r in late if r["part_id"] in late_good])
+    result = flush_table(config, Spool.from_config(config), sink, table)
+    assert result.committed == len(late_good)
+    assert committed_counts(new, table) == Counter(good | late_good)
+
+
 def test_rebuild_errors(tmp_path: Path) -> None:
     old, new = configs(tmp_path, ["app.events"])
     code, _, err = cli("rebuild", "app.nosuch", "--config", str(new))
@@ -212,20 +260,27 @@ POINTS = ["rebuild.created", "rebuild.committed@1", "commit.staged@2", "rebuild.
           "rebuild.backed_up", None, None, "rebuild.committed@1", "rebuild.backed_up"]
 
 
-def kill_once(hooks_dir: Path, point: str | None, rng: random.Random, table: str, cfg: Path) -> str:
-    """Start a rebuild, SIGKILL it at ``point`` (None: at a random moment); the last point it marked."""
-    hooks = Hooks(hooks_dir, pause_at=point)
-    proc = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(cfg)],
-                            env={**os.environ, **hooks.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if point is not None:
-        hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
-    else:  # a random moment once it got going
-        wait_for(lambda: hooks.marks(proc.pid) or proc.poll() is not None, "the rebuild to start", every=0.01)
-        wait_for(lambda: rng.random() < 0.2 or proc.poll() is not None, "a random moment", every=0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    marks = [m.point for m in hooks.marks(proc.pid)]
-    return marks[-1] if marks else "start"
+class Killed:
+    """A rebuild started to be SIGKILLed at ``point`` (None: at a random moment once it got going)."""
+
+    def __init__(self, hooks_dir: Path, point: str | None, table: str, cfg: Path) -> None:
+        self.hooks, self.point = Hooks(hooks_dir, pause_at=point), point
+        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(cfg)],
+                                     env={**os.environ, **self.hooks.env()}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def kill(self, rng: random.Random) -> str:
+        """Kill it where it was meant to die; the last point it marked."""
+        proc, hooks = self.proc, self.hooks
+        if self.point is not None:
+            hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
+        else:
+            wait_for(lambda: hooks.marks(proc.pid) or proc.poll() is not None, "the rebuild to start", every=0.01)
+            wait_for(lambda: rng.random() < 0.2 or proc.poll() is not None, "a random moment", every=0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        marks = [m.point for m in hooks.marks(proc.pid)]
+        return marks[-1] if marks else "start"
 
 
 @pytest.mark.slow
@@ -240,10 +295,11 @@ def test_kill_9_anywhere_in_a_rebuild_loses_and_doubles_nothing(tmp_path: Path) 
         assert cli("append", t, str(tmp_path / "rows.jsonl"), "--config", str(old))[0] == 0
         expected[t] = (good, bad)
     assert cli("flush", "--config", str(old))[0] == 0
-    hits: Counter[str] = Counter()
+    # All ten rebuilds (of ten tables) start at once: they pause at their points side by side.
+    killed = [Killed(tmp_path / f"hooks{seed}", POINTS[seed], tables[seed], new) for seed in seeds]
+    hits = Counter(k.kill(random.Random(seed)) for seed, k in zip(seeds, killed))
     for seed in seeds:
         t, point = tables[seed], POINTS[seed]
-        hits[kill_once(tmp_path / f"hooks{seed}", point, random.Random(seed), t, new)] += 1
         during = set()
         if (load_config(new).spool_root / t / REBUILD).exists():  # a flush now must not touch the table
             (tmp_path / "late.jsonl").write_bytes(b'{"part_id": "during", "ts": "2026-01-01T00:00:00Z"}\n')
