@@ -108,16 +108,16 @@ def drop_backups(config: Config, table: str, *, dry_run: bool = False) -> Rebuil
             tbl = ice.load(sink.tables, name)
             if tbl is None:
                 continue
+            # Data first, the table still in the catalog: a drop killed half-way is done again from the start.
             owned = ice.owned_location(tbl)
+            deleted, why = ice.purge(tbl, metadata=False) if owned else (0, "not provably its own location")
             ice.drop(sink.tables, name)
-            if not owned:
-                log.warning("table %s: its files stay under %s (not provably its own location)", name,
-                            tbl.location())
-                continue
-            deleted, why = ice.purge(tbl, str(tbl.metadata.table_uuid))
+            if why is None:
+                more, why = ice.purge(tbl, metadata=True)
+                deleted += more
             report.purged_files += deleted
             if why is not None:
-                log.warning("table %s: its files stay: %s", name, why)
+                log.warning("table %s: dropped; its files under %s stay: %s", name, tbl.location(), why)
     finally:
         sink.close()
     return report

@@ -15,9 +15,10 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from pyarrow.fs import FileSelector, FileType
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
@@ -26,7 +27,7 @@ from spoold.config import TableSpec
 from spoold.errors import CatalogError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.maintain.confine import Confine, uri
-from spoold.iceberg.maintain.owner import is_metadata, marked, markers_at, metadata_uuid
+from spoold.iceberg.maintain.owner import is_metadata, marked, marker_uuid, markers_at, metadata_uuid
 from spoold.iceberg.maintain.reachable import filesystem, fs_path
 from spoold.iceberg.schema import ICEBERG_TYPES, partition_spec, table_types
 from spoold.iceberg.tables import Tables
@@ -49,10 +50,8 @@ def backups(tables: Tables, table: str) -> list[str]:
     with catalog_errors(f"cannot list the tables of {ns}"):
         try:
             idents = tables.catalog().list_tables(ns)
-        except Exception as e:  # a namespace that is gone has no backups
-            if type(e).__name__ == "NoSuchNamespaceError":
-                return []
-            raise
+        except NoSuchNamespaceError:  # a namespace that is gone has no backups
+            return []
     return sorted(f"{ns}.{i[-1]}" for i in idents if pattern.fullmatch(i[-1]))
 
 
@@ -176,12 +175,15 @@ def drop(tables: Tables, identifier: str) -> None:
     log.info("table %s: dropped from the catalog", identifier)
 
 
-def purge(tbl: Table, uuid: str) -> tuple[int, str | None]:
-    """Delete every file under a dropped table's own location: ``(files deleted, why not all)``.
+def purge(tbl: Table, *, metadata: bool) -> tuple[int, str | None]:
+    """Delete the files under a backup table's own location: ``(files deleted, why none)``.
 
-    Only where the location is the table's (its marker, no other's) and holds no
-    metadata file of another table; anything else is left in place.
+    ``metadata=False`` (before the table is dropped): all but its metadata files and owner
+    marker, so a purge killed half-way leaves a table that loads and is purged again;
+    ``metadata=True`` (once dropped): everything left. Only where no other table's marker
+    or metadata file is there; otherwise nothing is deleted.
     """
+    uuid = str(tbl.metadata.table_uuid)
     name, loc = ".".join(tbl.name()), tbl.location().rstrip("/")
     confine = Confine(tbl)
     fs = filesystem(tbl.io, loc)
@@ -189,12 +191,10 @@ def purge(tbl: Table, uuid: str) -> tuple[int, str | None]:
         infos = fs.get_file_info(FileSelector(fs_path(tbl.io, loc), recursive=True, allow_not_found=True))
     except OSError as e:
         return 0, f"cannot list {loc}: {e}"
-    scheme = loc.split("://", 1)[0] if "://" in loc else "file"
-    netloc = loc.split("://", 1)[1].split("/", 1)[0] if "://" in loc and scheme != "file" else ""
-    files = [uri(scheme, netloc, i.path) for i in infos if i.type == FileType.File]
+    parsed = urlparse(loc)
+    files = [uri(parsed.scheme or "file", parsed.netloc, i.path) for i in infos if i.type == FileType.File]
     for path in files:
-        name_ = path.rsplit("/", 1)[-1]
-        if name_.startswith(".spoold-owner-") and not name_.endswith(uuid):
+        if marker_uuid(path) not in (None, uuid):
             return 0, f"{loc} holds another table's owner marker"
         if is_metadata(path):
             try:
@@ -203,26 +203,30 @@ def purge(tbl: Table, uuid: str) -> tuple[int, str | None]:
                 other = None
             if other not in (uuid, ""):
                 return 0, f"{loc} holds another table's metadata ({path})"
+    if not metadata:
+        files = [p for p in files if not is_metadata(p) and marker_uuid(p) is None]
     deleted = 0
-    for path in sorted(files, key=lambda p: p.rsplit("/", 1)[-1].startswith(".spoold-owner-")):  # marker last
+    for path in sorted(files, key=lambda p: marker_uuid(p) is not None):  # the marker last
         try:
             deleted += confine.delete(path)
         except FileNotFoundError:
             pass
-    if scheme == "file":
+    if metadata and (parsed.scheme or "file") == "file":
         _remove_empty_dirs(fs, fs_path(tbl.io, loc))
-    log.info("table %s: deleted %d file(s) under %s", name, deleted, loc)
+    log.debug("table %s: deleted %d file(s) under %s", name, deleted, loc)
     return deleted, None
 
 
 def _remove_empty_dirs(fs: Any, root: str) -> None:
+    """A local location's directories the purge emptied, deepest first (object stores have none)."""
     try:
-        dirs = [i.path for i in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True))
-                if i.type == FileType.Directory]
+        infos = fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True))
     except OSError:
         return
-    for d in sorted(dirs, key=len, reverse=True) + [root]:
+    if any(i.type == FileType.File for i in infos):
+        return  # something stayed (a file that could not be deleted): keep the tree
+    for d in sorted((i.path for i in infos if i.type == FileType.Directory), key=len, reverse=True) + [root]:
         try:
-            fs.delete_dir(d) if not fs.get_file_info(FileSelector(d, recursive=True)) else None
+            fs.delete_dir(d)
         except OSError:
             pass

@@ -210,7 +210,9 @@ def test_a_table_compacted_during_its_rebuild_is_copied_again_without_doubles(tm
 def test_a_long_lived_sink_that_knew_the_old_table_commits_into_the_rebuilt_one(tmp_path: Path) -> None:
     """The daemon's catalog connection outlives a rebuild: its cached table and pinned uuid give way."""
     from spoold.flush.flush import flush_table
+    from spoold.flush.rebuild import rebuild
     from spoold.iceberg.sink import Sink
+    from spoold.progress import Progress
     from spoold.spool.spool import Spool
 
     table = "app.events"
@@ -221,12 +223,24 @@ def test_a_long_lived_sink_that_knew_the_old_table_commits_into_the_rebuilt_one(
     config = load_config(new)
     sink = Sink(config)  # as the daemon's: it has seen (and pinned) the old table
     assert sink.load(config.table(table)) is not None and sink.verified(config.table(table))
-    spoold("rebuild", table, "--config", str(new))
+    log = io.StringIO()  # and a long rebuild says how far it got
+    report = rebuild(config, table, progress=Progress(log, "rebuild", tty=False, interval=0))
+    assert report.copied == len(good) and report.backup
+    assert f"rebuild 100.0% {len(good) + len(bad)} rows" in log.getvalue().replace(",", "")
     late, late_good, _ = rows(20, prefix="late")
     land(new, table, [r for r in late if r["part_id"] in late_good])
     result = flush_table(config, Spool.from_config(config), sink, table)
     assert result.committed == len(late_good)
     assert committed_counts(new, table) == Counter(good | late_good)
+
+    # A backup whose location it cannot prove its own (no owner marker) is dropped, its files kept.
+    location = Path(load_table(new, report.backup).location().removeprefix("file://"))
+    for marker in location.glob(".spoold-owner-*"):
+        marker.unlink()
+    files = sorted(p for p in location.rglob("*") if p.is_file())
+    assert orjson.loads(spoold("rebuild", table, "--drop-backup", "--json", "--config", str(new)).stdout)[
+        "purged_files"] == 0
+    assert load_table(new, report.backup) is None and sorted(p for p in location.rglob("*") if p.is_file()) == files
 
 
 def test_rebuild_errors(tmp_path: Path) -> None:
