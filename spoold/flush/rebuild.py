@@ -163,8 +163,12 @@ class _Rebuild:
 
     def dry_run(self) -> RebuildReport:
         self.report.dry_run = True
+        state = _load(self.spool, self.table)
+        if state is not None:
+            raise UsageError(f"table {self.table}: a rebuild into {state['staging']} is unfinished; "
+                             f"`spoold rebuild {self.table}` finishes it")
         old = self._old()
-        if ice.up_to_date(self.spec, old) and _load(self.spool, self.table) is None:
+        if ice.up_to_date(self.spec, old):
             self.report.nothing_to_do = True
             return self.report
         self.report.backup = ice.sibling(self.table, ice.BACKUP, "<stamp>")
@@ -238,8 +242,6 @@ class _Rebuild:
             if len(rejects) >= _QUARANTINE_PART:
                 self._quarantine(part, seq, rejects)
                 seq, rejects = seq + 1, []
-            if self.progress is not None and self.total:
-                self.progress.update(self.report.rows, self.report.rows / self.total)
         self._commit(staging, batch, validator, part)
         self._quarantine(part, seq, rejects)
 
@@ -274,6 +276,8 @@ class _Rebuild:
     def _count(self, rows: int, rejects: list[Any]) -> None:
         self.report.rows += rows
         self.reasons.update(reason_group(r.reason) for r in rejects)
+        if self.progress is not None and self.total:
+            self.progress.update(self.report.rows, self.report.rows / self.total)
         if self.report.dry_run:
             self.report.quarantined += len(rejects)
 
