@@ -321,6 +321,8 @@ def test_kill_9_anywhere_in_a_rebuild_loses_and_doubles_nothing(tmp_path: Path) 
             code, _, err = cli("flush", t, "--config", str(new))
             assert code == 1 and "being rebuilt" in err, err
             during = {"during"}
+            code, _, err = cli("backfill", t, "--source", str(tmp_path / "late.jsonl"), "--config", str(new))
+            assert code == 1 and "being rebuilt" in err, err
         code, _, err = cli("rebuild", t, "--config", str(new))  # goes on, and finishes
         assert code == 0, err
         assert cli("flush", t, "--config", str(new))[0] == 0
