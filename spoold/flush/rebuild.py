@@ -12,12 +12,15 @@ Crash-safe through a durable state file (``layout.REBUILD``) and keys:
 
 - ``copy``: the staging table's commits are settled against its own keys, so
   copying a data file again adds nothing; quarantine files are named after the
-  data file and part they hold, so writing them again replaces them;
+  data file and part they hold, so writing them again replaces them (and a row
+  this rebuild quarantined from another file, before a compaction, is not added);
+  while the old table moves on (another writer), it is copied again;
 - ``swap``: each rename is taken only once the catalog shows it is still to do
   (by table uuid), so a re-run after a kill between the two renames finishes it;
-- while the state file exists every flush of the table refuses to run (the name
-  may be missing between the renames, and rows committed to the old table after
-  its copy would be lost). Re-running ``spoold rebuild TABLE`` finishes the work.
+  what reached the old table before its rename is copied first;
+- while the state file exists flushes and backfills of the table refuse to run
+  (the name may be missing between the renames). Re-running
+  ``spoold rebuild TABLE`` finishes the work.
 
 See docs/commands.md and docs/troubleshooting.md.
 """
@@ -153,7 +156,7 @@ class _Rebuild:
         self.report.backup = state["backup"]
         self.prefix = f"rebuild-{state['staging'].rsplit(ice.STAGING, 1)[-1]}-"
         if state["phase"] == "copy":
-            state["new_uuid"] = self._copy(state)
+            state["new_uuid"] = self._copy(state, self.table)
             state["phase"] = "swap"
             self._save(state)
             reached("rebuild.copied")
@@ -196,9 +199,19 @@ class _Rebuild:
             raise UsageError(f"table {self.table}: not in the catalog (nothing to rebuild)")
         return tbl
 
-    def _copy(self, state: dict[str, Any]) -> str:
+    def _source(self, name: str) -> Any:
+        """The old table, under its name or (once renamed) its backup name."""
+        if name == self.table:
+            return self._old()
+        tbl = ice.load(self.sink.tables, name)
+        if tbl is None:
+            raise CatalogError(f"table {self.table}: its backup {name} is not in the catalog; left as it is (the "
+                               f"state file {self._path()} says what was planned)")
+        return tbl
+
+    def _copy(self, state: dict[str, Any], name: str) -> str:
         """Copy every row of the old table's snapshot into staging; again while the old table moved on."""
-        old = self._old()
+        old = self._source(name)
         if str(old.metadata.table_uuid) != state["uuid"]:
             raise CatalogError(f"table {self.table} was replaced during its rebuild (uuid {old.metadata.table_uuid}, "
                                f"was {state['uuid']}); drop {state['staging']} and the state file "
@@ -216,7 +229,7 @@ class _Rebuild:
             self.reasons.clear()
             for part in parts:
                 self._copy_part(old, snap, part, staging, validator)
-            old = self._old()
+            old = self._source(name)
             if snapshot_id(old) == snap:
                 return str(created.metadata.table_uuid)
             # Someone committed to the old table meanwhile (a backfill, another host): copy again, keys settle it.
@@ -290,6 +303,10 @@ class _Rebuild:
             reached("rebuild.backed_up")  # test-only mark: the name is free, the staging table not renamed yet
             at_name = None
         if at_name is None:
+            backup = ice.load(tables, state["backup"])
+            if backup is not None and snapshot_id(backup) != state["snapshot_id"]:
+                # a commit reached the old table after the copy's last look (another writer): copy it too
+                self._copy(state, state["backup"])
             if ice.served_uuid(tables, state["staging"]) != new_uuid:
                 raise CatalogError(f"table {self.table}: neither it nor its rebuilt copy {state['staging']} is in "
                                    f"the catalog; the old table is {state['backup']}")

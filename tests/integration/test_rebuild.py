@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 from support.cli import write_config
 from support.daemonproc import DaemonProc, wait_for
@@ -205,6 +206,30 @@ def test_a_table_compacted_during_its_rebuild_is_copied_again_without_doubles(tm
             rb.kill()
     assert committed_counts(new, table) == Counter(good)
     assert quarantined_keys(new, table) == Counter(bad)  # the compacted files' rejects are not added again
+
+
+def test_rows_another_writer_commits_to_the_old_table_just_before_the_swap_are_copied_too(tmp_path: Path) -> None:
+    table = "app.events"
+    old, new = configs(tmp_path, [table])
+    batch, good, bad = rows(100)
+    land(old, table, batch)
+    spoold("flush", "--config", str(old))
+    hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.copied")  # the copy took its last look
+    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+                          env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
+        tbl = load_table(old, table)  # another writer (a backfill that was already running, another host)
+        late = [{"part_id": f"other{i}", "ts": "2026-03-01T00:00:00Z", "n": i} for i in range(7)]
+        tbl.append(pa.Table.from_pylist(late, schema=tbl.schema().as_arrow()))
+        hooks.resume(rb.pid)
+        _, err = rb.communicate(timeout=120)
+        assert rb.returncode == 0, err.decode()
+    finally:
+        if rb.poll() is None:
+            rb.kill()
+    assert committed_counts(new, table) == Counter(good | {r["part_id"] for r in late})
+    assert quarantined_keys(new, table) == Counter(bad)
 
 
 def test_a_long_lived_sink_that_knew_the_old_table_commits_into_the_rebuilt_one(tmp_path: Path) -> None:
