@@ -24,7 +24,11 @@ spooled, its offset is not saved yet), ``backfill.committed`` (a backfill
 chunk is committed, the source cursors it covers are not saved yet),
 ``replay.respooled`` (a quarantine replay's rows are durably spooled, their
 records are not removed yet), ``drop.rewritten`` (a quarantine drop rewrote or
-removed one quarantine file, its count in ``.dropped.json`` is not written yet).
+removed one quarantine file, its count in ``.dropped.json`` is not written yet),
+``rebuild.created`` (a rebuild's staging table exists), ``rebuild.committed`` (a rebuild committed rows into it),
+``rebuild.copied`` (every row is copied, the renames are to come),
+``rebuild.backed_up`` (the old table is renamed to its backup name, the staging
+table not yet to the table's).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The tree (docs/spool-layout.md says what each holds and who may read it)::
     <root>/.daemon.lock  .daemon.json  .tail/  .backfill/<table>/
     <root>/<table>/active.jsonl  flush-<seq>.jsonl  quarantine/  .held/
                    .lock  .flush-lock  .seq  .table-uuid  .last-flush.json  .last-maintenance.json
-                   .dropped.json
+                   .dropped.json  .rebuild.json
 
 A leaf: the spool, the sources, backfill, the daemon and the Iceberg seam (which
 pins a table's uuid here) all take their names from this module; state files are
@@ -30,6 +30,7 @@ TABLE_UUID = ".table-uuid"  # the uuid of the table this spool's commits were ve
 LAST_FLUSH = ".last-flush.json"  # this spool's last flush attempt
 LAST_MAINTENANCE = ".last-maintenance.json"  # this spool's last maintenance run
 DROPPED = ".dropped.json"  # how many quarantined records `spoold quarantine drop` discarded
+REBUILD = ".rebuild.json"  # an unfinished `spoold rebuild`: its phase and tables (flushes wait while it exists)
 TALLY = ".tally.json"  # quarantine records past the budget, counted (in QUARANTINE)
 TALLY_LOCK = ".tally.lock"
 # -- the spool root -----------------------------------------------------------------------------------------------

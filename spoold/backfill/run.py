@@ -37,13 +37,15 @@ from typing import Any
 from spoold.backfill.cursor import Cursors
 from spoold.backfill.write import BackfillRun, BackfillSummary
 from spoold.config import Config
-from spoold.errors import InputError
+from spoold.errors import InputError, TableBusy
+from spoold.flush.rebuild import pending
 from spoold.iceberg.sink import Sink, TableSink
 from spoold.keys.batch import gc_paused
 from spoold.progress import Progress
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
 from spoold.sources.detect import format_chooser
 from spoold.sources.position import Position
+from spoold.spool.spool import Spool
 
 log = logging.getLogger(__name__)
 MAX_REPORTED_LINES = 50  # bad source lines named on stderr; the rest are only counted
@@ -88,6 +90,11 @@ def backfill(
     total_bytes = sum(sizes)
     summary = BackfillSummary(dry_run=dry_run, table=table, run_id=uuid.uuid4().hex[:16])
     spec = config.table(table)
+    spool = Spool.from_config(config)
+    if not dry_run and spool.table_dir(table).is_dir() and (staging := pending(spool, table)) is not None:
+        # between a rebuild's renames the table is missing: a commit would create a new, empty one
+        raise TableBusy(f"table {table} is being rebuilt (into {staging}); backfill it once "
+                        f"`spoold rebuild {table}` has finished")
     choose = format_chooser(config, table, fmt)
     cursors = Cursors(config.spool_root, table, restart=restart, save=not dry_run)
     # The sink adds spoold.host: every commit of this run names the run, what it read and where it ran.

@@ -140,6 +140,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("table", help="table identifier, namespace.name")
     d.add_argument("--reason", metavar="TEXT", help="only records whose reason contains TEXT (case matters)")
     d.add_argument("--yes", action="store_true", help="do not ask")
+
+    rb = sub.add_parser("rebuild", parents=[common], help="re-create a table under the config's schema and "
+                        "partitioning", description="Re-create TABLE under the config's declared column types "
+                        "and partition_by when Iceberg cannot change them in place (e.g. string to timestamptz): "
+                        "every committed row is validated again into the new table, rows that no longer pass go "
+                        "to quarantine (replayable), the old table stays as TABLE__backup_<stamp>. Flushes of "
+                        "TABLE wait meanwhile. Safe to interrupt: run it again to finish. See docs/commands.md.")
+    rb.add_argument("table", help="table identifier, namespace.name")
+    rb.add_argument("--dry-run", action="store_true",
+                    help="count the rows that would be copied and quarantined (per reason); change nothing")
+    rb.add_argument("--drop-backup", action="store_true",
+                    help="drop the backup tables a rebuild left, and delete their files under their own location")
     return p
 
 

@@ -245,6 +245,43 @@ def cmd_maintain(args: argparse.Namespace, config: Config, as_json: bool) -> int
     return 1 if errors else 0
 
 
+def cmd_rebuild(args: argparse.Namespace, config: Config, as_json: bool) -> int:
+    """Rebuild (or ``--drop-backup``); progress on stderr. Exit 2 for a table the catalog does not have."""
+    from spoold.flush.rebuild import drop_backups, rebuild
+    from spoold.progress import Progress
+
+    validate_identifier(args.table)
+    if args.drop_backup:
+        r = drop_backups(config, args.table, dry_run=args.dry_run)
+        verb = "would drop" if r.dry_run else "dropped"
+        text = (f"{args.table}: {verb} {', '.join(r.dropped)}" + ("" if r.dry_run else
+                f" ({r.purged_files} file(s) deleted)")) if r.dropped else f"{args.table}: no backup to drop"
+        _emit(r.as_dict(), as_json, text)
+        return 0
+    progress = Progress(sys.stderr, f"rebuild {args.table}")
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(progress)  # log lines (to stderr) erase the bar first
+    try:
+        r = rebuild(config, args.table, dry_run=args.dry_run, progress=progress)
+    finally:
+        progress.clear()
+        for h in handlers:
+            h.removeFilter(progress)
+    if r.nothing_to_do:
+        text = f"{args.table}: nothing to rebuild (the table already has the config's types and partitioning)"
+    else:
+        verb = ("would copy", "would quarantine") if r.dry_run else ("copied", "quarantined")
+        text = (f"{args.table}: read {r.rows} row(s); {verb[0]} {r.copied}, {verb[1]} {r.quarantined}, "
+                f"{r.deduplicated} repeated key(s) dropped")
+        text += "".join(f"\n  {n:>8}  {reason}" for reason, n in r.reasons.items())
+        if not r.dry_run:
+            text += (f"\nthe old table is {r.backup} until `spoold rebuild {args.table} --drop-backup`"
+                     + (f"; `spoold quarantine replay {args.table}` after a fix" if r.quarantined else ""))
+    _emit(r.as_dict(), as_json, text)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     from spoold.daemon.loop import run_daemon
     from spoold.daemon.runlock import daemon_lock
@@ -256,6 +293,6 @@ def cmd_run(args: argparse.Namespace, config: Config, as_json: bool) -> int:
 
 _COMMANDS = {"append": cmd_append, "flush": cmd_flush, "backfill": cmd_backfill, "status": cmd_status, "run": cmd_run,
              "quarantine": cmd_quarantine, "quarantine replay": cmd_replay, "quarantine drop": cmd_drop,
-             "maintain": cmd_maintain}
+             "maintain": cmd_maintain, "rebuild": cmd_rebuild}
 
 __all__ = ["main", "setup_logging"]

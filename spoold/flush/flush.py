@@ -25,6 +25,7 @@ from spoold.durable import write_state
 from spoold.envelope import Validator
 from spoold.errors import SpooldError, TableBusy
 from spoold.flush.pipeline import CommitPipeline
+from spoold.flush.rebuild import pending
 from spoold.flush.verify import Keeper, recheck
 from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, TableSink
@@ -85,6 +86,9 @@ def flush_table(config: Config, spool: Spool, sink: TableSink, table: str, *, ro
         return result  # nothing was ever spooled for it
     try:
         with spool.flush_lock(table, wait=wait):
+            if (staging := pending(spool, table)) is not None:  # the table may be missing between its renames
+                raise TableBusy(f"table {table} is being rebuilt (into {staging}); its rows stay spooled until "
+                                f"`spoold rebuild {table}` has finished")
             spool.sweep_temp(table)
             recheck(config, spool, sink, table)  # rows held for a table not verified yet: delete or re-queue
             held: LockHeld | None = None

@@ -257,6 +257,9 @@ class Tables:
         known = self.pinned(spec)
         uuid = str(tbl.metadata.table_uuid)
         if known is not None and known != uuid:
+            self._pins.pop(spec.identifier, None)  # `spoold rebuild` may have pinned the new table meanwhile
+            known = self.pinned(spec)
+        if known is not None and known != uuid:
             raise CatalogError(
                 f"table {spec.identifier} was replaced (uuid {uuid}, this spool committed to {known}); "
                 f"delete {self._uuid_file(spec)} to accept the new table"
