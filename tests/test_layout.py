@@ -46,9 +46,10 @@ MAY_IMPORT = {
     "sources": {"spool"},
     "flush": {"keys", "iceberg", "spool", "sources"},
     "backfill": {"keys", "iceberg", "spool", "sources", "flush"},
-    "daemon": {"keys", "iceberg", "spool", "sources", "flush", "backfill"},
-    "cli": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon"},
-    "testing": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "cli"},
+    "ingest": {"spool", "sources"},
+    "daemon": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "ingest"},
+    "cli": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "ingest"},
+    "testing": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "cli", "ingest"},
 }
 MAX_TOP_LEVEL_MODULES = 14
 
