@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -316,11 +317,18 @@ class IngestServer:
             headers.append(("Retry-After", str(reply.retry_after)))
         if reply.close:
             headers.append(("Connection", "close"))
-        data = h.send(h11.Response(status_code=reply.code, headers=headers)) + h.send(h11.Data(data=reply.body)) \
+        data = h.send(h11.Response(status_code=reply.code, headers=headers, reason=_phrase(reply.code))) + h.send(h11.Data(data=reply.body)) \
             + h.send(h11.EndOfMessage())
         writer.write(data)
         async with asyncio.timeout(self.settings.header_timeout_s):
             await writer.drain()
+
+
+def _phrase(code: int) -> bytes:
+    try:
+        return HTTPStatus(code).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _closed(reply: Reply) -> Reply:

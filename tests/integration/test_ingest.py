@@ -1,0 +1,90 @@
+"""``[ingest] listen`` end to end: NDJSON and JSON-array bodies over HTTP into a real daemon's tables."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from support.cli import run_spoold
+from support.daemonproc import DaemonProc, wait_for
+from support.ingest import Client, ingest_address, ingest_config, post
+from support.tables import committed_counts
+
+TABLE = '[tables."app.events"]\n[tables."app.events".columns]\npart_id = "string!"\nn = "long"\n'
+
+
+def lines(keys: range, prefix: str = "k") -> bytes:
+    return b"".join(orjson.dumps({"part_id": f"{prefix}{k}", "n": k}) + b"\n" for k in keys)
+
+
+def test_bodies_land_and_bad_requests_append_nothing(tmp_path: Path) -> None:
+    cfg = ingest_config(tmp_path, TABLE, ingest="max_body_bytes = 4096\n")
+    d = DaemonProc(cfg)
+    try:
+        addr = ingest_address(d)
+        c = Client(addr)
+        path = "/v1/tables/app.events"
+        # Four encodings of rows, on one keep-alive connection.
+        assert c.post(path, lines(range(0, 10)), Content_Type="application/x-ndjson")[0] == 200
+        assert c.post(path, gzip.compress(lines(range(10, 20))), Content_Type="application/x-ndjson",
+                      Content_Encoding="gzip")[0] == 200
+        arr = orjson.dumps([{"part_id": f"k{k}", "n": k} for k in range(20, 30)])
+        code, _, body = c.post(path, arr, Content_Type="application/json")
+        assert (code, orjson.loads(body)) == (200, {"table": "app.events", "rows": 10})
+        assert c.post(path, gzip.compress(orjson.dumps([{"part_id": "k30", "n": 30}])),
+                      Content_Type="application/json", Content_Encoding="gzip")[0] == 200
+        # A bad third line: 400 naming it, and none of the request's rows are appended.
+        bad = lines(range(100, 102)) + b'{"part_id": "k102", "n": "three"}\n' + lines(range(103, 105))
+        code, _, body = c.post(path, bad, Content_Type="application/x-ndjson")
+        assert code == 400 and orjson.loads(body)["error"].startswith("line 3: "), body
+        code, _, body = c.post(path, b'{"part_id": "k200", "n": 1}\n{not json\n')
+        assert code == 400 and b"line 2: not valid JSON" in body
+        code, _, body = c.post(path, orjson.dumps([{"part_id": "k300", "n": 1}, 7]), Content_Type="application/json")
+        assert code == 400 and b"row 2: not a JSON object" in body
+        # Too large: as sent, and once gunzipped (a gzip bomb costs max_body_bytes at most).
+        assert post(addr, path, lines(range(400, 600)))[0] == 413
+        assert post(addr, path, gzip.compress(b" " * (1 << 20)), Content_Encoding="gzip")[0] == 413
+        # Who may write.
+        assert post(addr, path, lines(range(500, 501)), token=None)[0] == 401
+        assert post(addr, path, lines(range(500, 501)), token="wrong")[0] == 401
+        assert post(addr, "/v1/tables/other.table", lines(range(500, 501)))[0] == 403
+        assert post(addr, "/v1/tables/not..valid", lines(range(500, 501)))[0] == 404
+        want = Counter(f"k{k}" for k in range(31))
+        wait_for(lambda: committed_counts(cfg, "app.events") == want, "the accepted rows committed, nothing else")
+    finally:
+        d.close()
+
+
+def test_a_full_spool_answers_503_and_a_client_that_retries_loses_nothing(tmp_path: Path) -> None:
+    cfg = ingest_config(tmp_path, TABLE, spool="max_bytes = 4000", ingest="retry_after_s = 1\n",
+                        flush="debounce_s = 0.5\nmax_delay_s = 1\n")
+    d = DaemonProc(cfg)
+    try:
+        c = Client(ingest_address(d))
+        refused = 0
+        for batch in range(12):  # ~1.3 KB each: the spool holds three at most
+            body = lines(range(batch * 30, batch * 30 + 30))
+            while True:
+                code, headers, reply = c.post("/v1/tables/app.events", body)
+                if code == 200:
+                    break
+                assert code == 503 and headers["retry-after"] == "1" and b"spool full" in reply, (code, reply)
+                refused += 1
+                time.sleep(int(headers["retry-after"]))
+        assert refused > 0
+        want = Counter(f"k{k}" for k in range(360))
+        wait_for(lambda: committed_counts(cfg, "app.events") == want, "every row committed once")
+    finally:
+        d.close()
+
+
+def test_a_public_listen_without_a_token_refuses_to_start(tmp_path: Path) -> None:
+    cfg = ingest_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', 'listen = "0.0.0.0:0"')
+                   .replace("token_file", "# token_file"))
+    proc = run_spoold("run", "--config", str(cfg), timeout=60)
+    assert proc.returncode == 2
+    assert b"ingest.listen is not a loopback address and ingest.token_file is not set" in proc.stderr
