@@ -21,7 +21,7 @@ from support.paths import REPO
 from spoold.catalog_keys import CATALOG_KEYS, FILE_IO_KEYS
 from spoold.cli.args import parser
 from spoold.cli.entry import main
-from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings
+from spoold.settings import DaemonSettings, FlushSettings, IngestSettings, MaintainSettings
 
 DOCS = REPO / "docs"
 SAMPLE = REPO / "systemd" / "spoold.toml"
@@ -37,7 +37,8 @@ def config_keys() -> dict[str, set[str]]:
             section = {"_parse_table": "tables.<name>", "_parse_source": "sources"}.get(
                 function.split("(")[0], prefix.rstrip(".") or "top")
             keys.setdefault(section, set()).update(re.findall(r'"([^"]+)"', allowed))
-    for section, cls in (("flush", FlushSettings), ("daemon", DaemonSettings), ("maintain", MaintainSettings)):
+    for section, cls in (("flush", FlushSettings), ("daemon", DaemonSettings), ("maintain", MaintainSettings),
+                       ("ingest", IngestSettings)):
         keys[section] = set(cls.__dataclass_fields__)
     keys["catalog"] = {"name", "type", "uri", "warehouse"}
     keys.pop("top")

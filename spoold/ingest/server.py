@@ -317,8 +317,8 @@ class IngestServer:
             headers.append(("Retry-After", str(reply.retry_after)))
         if reply.close:
             headers.append(("Connection", "close"))
-        data = h.send(h11.Response(status_code=reply.code, headers=headers, reason=_phrase(reply.code))) + h.send(h11.Data(data=reply.body)) \
-            + h.send(h11.EndOfMessage())
+        head = h11.Response(status_code=reply.code, headers=headers, reason=_phrase(reply.code))
+        data = h.send(head) + h.send(h11.Data(data=reply.body)) + h.send(h11.EndOfMessage())
         writer.write(data)
         async with asyncio.timeout(self.settings.header_timeout_s):
             await writer.drain()
