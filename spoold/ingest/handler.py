@@ -27,6 +27,8 @@ from spoold.safefile import UnsafeFile, read_file
 TABLES = "/v1/tables/"
 LOGS = "/v1/logs"
 _JSON = "application/json"
+ROW_TYPES = frozenset({_JSON, "application/x-ndjson", "application/ndjson", "application/jsonl",
+                       "application/x-jsonlines", "application/jsonlines", "application/json-lines"})
 
 
 class Events(Protocol):
@@ -63,9 +65,10 @@ def error(code: int, message: str, **kw: Any) -> Reply:
 class Handler:
     """The ingest listener's decisions, for one configuration (replaced whole on reload)."""
 
-    def __init__(self, config: Config, token: bytes | None) -> None:
+    def __init__(self, config: Config, token: bytes | None, hosts: frozenset[str] | None = None) -> None:
         self.config = config
         self.token = token
+        self.hosts = hosts  # the Host headers a loopback listener without a token answers (None: any)
 
     def check(self, method: str, target: str, headers: dict[str, str]) -> Route | Reply:
         """A route, or the reply that refuses the request before its body is read."""
@@ -75,6 +78,10 @@ class Handler:
             return error(404, f"not found: POST {TABLES}<table> or {LOGS}")
         if method != "POST":
             return error(405, "method not allowed: use POST")
+        if self.hosts is not None and headers.get("host", "").strip().lower() not in self.hosts:
+            # DNS rebinding: a web page whose name now resolves to 127.0.0.1 is "same origin" for the browser
+            return error(421, "misdirected request: this listener answers its own loopback address only "
+                              "(set [ingest] token_file to serve other Host names)")
         if self.token is not None:
             auth = headers.get("authorization", "")
             scheme, _, given = auth.partition(" ")
@@ -99,8 +106,12 @@ class Handler:
         if kind == "logs":
             if ctype not in ("application/x-protobuf", _JSON):
                 return error(415, "OTLP logs: Content-Type application/x-protobuf or application/json")
-        # /v1/tables takes JSON lines or a JSON array whatever the Content-Type says (agents differ, curl sends
-        # form-urlencoded): the body's first byte tells them apart, as no row line starts with "[".
+        elif ctype not in ROW_TYPES:
+            # Not only pickiness: a web page may POST text/plain or a form to a loopback port without the
+            # browser asking first (no CORS preflight); JSON content types make it ask, and nothing says yes.
+            return error(415, f"unsupported Content-Type {ctype!r}: application/x-ndjson or application/json")
+        # Agents label JSON lines either way (Fluent Bit's json_lines says application/json): the body's first
+        # byte tells a JSON array from JSON lines, as no row line starts with "[".
         return Route(kind, table, encoding == "gzip", ctype == _JSON)
 
     def rows(self, route: Route, body: bytes) -> tuple[list[bytes], int, Reply | None]:
@@ -169,6 +180,12 @@ class Handler:
     @staticmethod
     def _ctype(route: Route) -> str:
         return _JSON if route.json else "application/x-protobuf"
+
+
+def loopback_hosts(host: str, port: int) -> frozenset[str]:
+    """The Host headers naming a loopback listener on ``port``."""
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host}
+    return frozenset(f"{n}:{port}".lower() for n in names) | frozenset(n.lower() for n in names if port == 80)
 
 
 def read_token(path: str, listen_host_loopback: bool) -> bytes | None:

@@ -37,7 +37,7 @@ import h11
 from spoold.config import Config, parse_listen
 from spoold.errors import SpoolFull, TableBusy
 from spoold.ingest.commit import GroupCommit, Overloaded
-from spoold.ingest.handler import Events, Handler, Reply, Route, error
+from spoold.ingest.handler import Events, Handler, Reply, Route, error, loopback_hosts
 from spoold.spool.spool import Spool
 
 log = logging.getLogger("spoold.ingest")
@@ -86,6 +86,8 @@ class IngestServer:
         self._sock.setblocking(False)
         h, p = self._sock.getsockname()[:2]
         self.address = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        if token is None:  # a loopback listener (a public one needs a token): only its own names as Host
+            self.handler.hosts = loopback_hosts(host, p)
         self.draining = False
         self.inflight = 0
         self.alive = False
@@ -101,6 +103,7 @@ class IngestServer:
     def start(self) -> None:
         """Start every thread the listener will ever need."""
         self.commit.start()
+        self.alive = True  # until its thread ends: /health then says the listener is down
         for t in self._threads:
             t.start()
         log.info("ingest: serving POST /v1/tables/<table> and /v1/logs on %s://%s",
@@ -108,7 +111,7 @@ class IngestServer:
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config's tables and rules (the address, token and TLS stay until a restart)."""
-        self.handler = Handler(config, self.handler.token)
+        self.handler = Handler(config, self.handler.token, self.handler.hosts)
 
     def drain(self, timeout: float) -> None:
         """503 from now on; wait (at most ``timeout``) for requests in flight, append what is queued, stop."""
@@ -161,7 +164,6 @@ class IngestServer:
         server = await asyncio.start_server(self._connection, sock=self._sock, ssl=self._ssl,
                                             limit=READ_BYTES, ssl_handshake_timeout=self.settings.header_timeout_s
                                             if self._ssl else None)
-        self.alive = True
         async with server:
             await self._stopped.wait()
             server.close()
@@ -260,6 +262,9 @@ class IngestServer:
             return route, body
         try:
             lines, rows, partial = await self._in_worker(lambda: handler.rows(route, body))
+        except Exception as e:  # a bug, not the client's: say so, keep serving
+            log.error("ingest: table %s: cannot read a request's rows: %s", route.table, e, exc_info=True)
+            return route, handler.refuse(route, 500, "internal error (see the daemon's log); nothing was appended")
         finally:
             self._held -= len(body)
         if partial is not None and partial.code != 200:

@@ -27,6 +27,7 @@ def test_bodies_land_and_bad_requests_append_nothing(tmp_path: Path) -> None:
         addr = ingest_address(d)
         c = Client(addr)
         path = "/v1/tables/app.events"
+        assert post(addr, path, lines(range(31, 32)), Host="ingest.example:80")[0] == 200  # a token: any Host
         # Four encodings of rows, on one keep-alive connection.
         assert c.post(path, lines(range(0, 10)), Content_Type="application/x-ndjson")[0] == 200
         assert c.post(path, gzip.compress(lines(range(10, 20))), Content_Type="application/x-ndjson",
@@ -52,7 +53,11 @@ def test_bodies_land_and_bad_requests_append_nothing(tmp_path: Path) -> None:
         assert post(addr, path, lines(range(500, 501)), token="wrong")[0] == 401
         assert post(addr, "/v1/tables/other.table", lines(range(500, 501)))[0] == 403
         assert post(addr, "/v1/tables/not..valid", lines(range(500, 501)))[0] == 404
-        want = Counter(f"k{k}" for k in range(31))
+        # What a web page can send a loopback port without the browser asking first (a form, text/plain)
+        # is refused, and so is a rebound DNS name in Host (no token on this route: the page cannot know it).
+        assert post(addr, path, lines(range(500, 501)), Content_Type="text/plain")[0] == 415
+        assert post(addr, path, lines(range(500, 501)), Content_Type="application/x-www-form-urlencoded")[0] == 415
+        want = Counter(f"k{k}" for k in range(32))
         wait_for(lambda: committed_counts(cfg, "app.events") == want, "the accepted rows committed, nothing else")
     finally:
         d.close()
@@ -77,6 +82,20 @@ def test_a_full_spool_answers_503_and_a_client_that_retries_loses_nothing(tmp_pa
         assert refused > 0
         want = Counter(f"k{k}" for k in range(360))
         wait_for(lambda: committed_counts(cfg, "app.events") == want, "every row committed once")
+    finally:
+        d.close()
+
+
+def test_without_a_token_a_loopback_listener_answers_its_own_names_only(tmp_path: Path) -> None:
+    cfg = ingest_config(tmp_path, TABLE, token=False)
+    d = DaemonProc(cfg)
+    try:
+        addr = ingest_address(d)
+        port = addr.rsplit(":", 1)[1]
+        body = lines(range(1))
+        assert post(addr, "/v1/tables/app.events", body, token=None, Host="rebound.example.com")[0] == 421
+        for host in (addr, f"localhost:{port}"):
+            assert post(addr, "/v1/tables/app.events", body, token=None, Host=host)[0] == 200
     finally:
         d.close()
 

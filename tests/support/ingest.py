@@ -14,13 +14,13 @@ TOKEN = "s3cret-token-for-tests"
 
 
 def ingest_config(tmp_path: Path, body: str = "", *, ingest: str = "", spool: str = "",
-                  flush: str = "debounce_s = 0.3\nmax_delay_s = 2\n") -> Path:
-    """A config with ``[ingest] listen`` on a free port of 127.0.0.1 and a bearer token file (0600)."""
-    token = tmp_path / "token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o600)
-    cfg = write_config(tmp_path, f'[flush]\n{flush}\n[ingest]\nlisten = "127.0.0.1:0"\ntoken_file = "{token}"\n'
-                                 f'{ingest}\n{body}')
+                  flush: str = "debounce_s = 0.3\nmax_delay_s = 2\n", token: bool = True) -> Path:
+    """A config with ``[ingest] listen`` on a free port of 127.0.0.1 and (``token``) a bearer token file (0600)."""
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    key = f'token_file = "{path}"\n' if token else ""
+    cfg = write_config(tmp_path, f'[flush]\n{flush}\n[ingest]\nlisten = "127.0.0.1:0"\n{key}{ingest}\n{body}')
     if spool:
         cfg.write_text(cfg.read_text().replace("[spool]\n", f"[spool]\n{spool}\n", 1))
     return cfg
@@ -41,7 +41,7 @@ class Client:
 
     def post(self, path: str, body: bytes, token: str | None = TOKEN, **headers: str) -> tuple[int, dict[str, str],
                                                                                               bytes]:
-        h = {k.replace("_", "-"): v for k, v in headers.items()}
+        h = {"Content-Type": "application/x-ndjson", **{k.replace("_", "-"): v for k, v in headers.items()}}
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         try:
