@@ -107,3 +107,7 @@ def test_a_public_listen_without_a_token_refuses_to_start(tmp_path: Path) -> Non
     proc = run_spoold("run", "--config", str(cfg), timeout=60)
     assert proc.returncode == 2
     assert b"ingest.listen is not a loopback address and ingest.token_file is not set" in proc.stderr
+    cfg = ingest_config(tmp_path)
+    (tmp_path / "token").chmod(0o644)  # a token others can read is no secret
+    proc = run_spoold("run", "--config", str(cfg), timeout=60)
+    assert proc.returncode == 2 and b"readable by it alone (chmod 600)" in proc.stderr, proc.stderr

@@ -80,17 +80,35 @@ def test_the_otel_sdk_exporter_lands_records_with_their_attributes_once(tmp_path
         d.close()
 
 
-def test_bad_otlp_bodies_get_a_status_and_nothing_is_appended(tmp_path: Path) -> None:
-    cfg = ingest_config(tmp_path)
+def test_bad_otlp_bodies_get_a_status_and_rejected_records_a_partial_success(tmp_path: Path) -> None:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
+
+    cfg = ingest_config(tmp_path, spool="max_line_bytes = 4096")
     d = DaemonProc(cfg)
     try:
         addr = ingest_address(d)
+        # A record too large for a spool line is rejected alone; its sibling is appended.
+        req = ExportLogsServiceRequest()
+        records = req.resource_logs.add().scope_logs.add().log_records
+        for text in ("x" * 10_000, "small"):
+            records.add(time_unix_nano=1_796_452_000_123_456_789).body.string_value = text
+        code, _, body = post(addr, "/v1/logs", req.SerializeToString(), Content_Type="application/x-protobuf")
+        resp = ExportLogsServiceResponse.FromString(body)
+        assert code == 200 and resp.partial_success.rejected_log_records == 1, body
+        assert "longer than max_line_bytes" in resp.partial_success.error_message
+        wait_for(lambda: len(committed_counts(cfg, "otel.logs", "record_id")) == 1, "the small record committed")
+        tbl = load_table(cfg, "otel.logs")
+        row = tbl.scan().to_arrow().to_pylist()[0]
+        assert (row["body"], row["time"].isoformat()) == ("small", "2026-12-05T06:26:40.123456+00:00")
         code, headers, body = post(addr, "/v1/logs", b"\xff\xff\xff", Content_Type="application/x-protobuf")
         assert code == 400 and headers["content-type"] == "application/x-protobuf" and b"OTLP" in body
         code, _, body = post(addr, "/v1/logs", b'{"resourceLogs": [{"scopeLogs": [{"logRecords": '
                              b'[{"traceId": "zz"}]}]}]}', Content_Type="application/json")
         assert code == 400 and orjson.loads(body)["code"] == 3 and "traceId" in orjson.loads(body)["message"]
         assert post(addr, "/v1/logs", b"{}", Content_Type="text/plain")[0] == 415
-        assert not (tmp_path / "state" / "spool" / "otel.logs" / "active.jsonl").exists()
+        assert len(committed_counts(cfg, "otel.logs", "record_id")) == 1
     finally:
         d.close()
