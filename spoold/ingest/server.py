@@ -116,6 +116,7 @@ class IngestServer:
     def drain(self, timeout: float) -> None:
         """503 from now on; wait (at most ``timeout``) for requests in flight, append what is queued, stop."""
         self.draining = True
+        log.info("ingest: stopping; requests get 503 from now on (%d in flight)", self.inflight)
         deadline = time.monotonic() + timeout
         while self.inflight and time.monotonic() < deadline:
             time.sleep(0.01)

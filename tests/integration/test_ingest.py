@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import orjson
 from support.cli import run_spoold
 from support.daemonproc import DaemonProc, wait_for
-from support.ingest import Client, ingest_address, ingest_config, post
+from support.ingest import TOKEN, Client, ingest_address, ingest_config, post
 from support.tables import committed_counts
 
 TABLE = '[tables."app.events"]\n[tables."app.events".columns]\npart_id = "string!"\nn = "long"\n'
@@ -82,6 +84,33 @@ def test_a_full_spool_answers_503_and_a_client_that_retries_loses_nothing(tmp_pa
         assert refused > 0
         want = Counter(f"k{k}" for k in range(360))
         wait_for(lambda: committed_counts(cfg, "app.events") == want, "every row committed once")
+    finally:
+        d.close()
+
+
+def test_stopping_answers_new_requests_503_and_commits_those_in_flight(tmp_path: Path) -> None:
+    cfg = ingest_config(tmp_path, TABLE, flush="debounce_s = 60\nmax_delay_s = 60\n")
+    d = DaemonProc(cfg)
+    try:
+        addr = ingest_address(d)
+        host, port = addr.rsplit(":", 1)
+        body = lines(range(2))
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"POST /v1/tables/app.events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}"
+                      f"\r\nContent-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                      + body[:5])
+            # Another request answered after this head was sent: the listener's loop has read that head by now.
+            other = Client(addr)
+            assert other.post("/v1/tables/app.events", lines(range(2, 3)))[0] == 200
+            d.signal(signal.SIGTERM)
+            wait_for(lambda: "requests get 503 from now on (1 in flight)" in d.log(), "the drain to begin")
+            code, headers, _ = other.post("/v1/tables/app.events", lines(range(3, 4)))
+            assert (code, headers["retry-after"]) == (503, "5")
+            s.sendall(body[5:])  # the request in flight when the drain began is appended and answered...
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert d.wait() == 0
+        # ...and committed by the drain's flush
+        assert committed_counts(cfg, "app.events") == Counter(["k0", "k1", "k2"])
     finally:
         d.close()
 
