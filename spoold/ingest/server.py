@@ -233,15 +233,13 @@ class IngestServer:
             return False
         t0 = time.monotonic()
         self.inflight += 1
-        route: Route | None = None
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
             route, reply = await self._answer(h, conn, reader, event, headers)
+            self.events.request(route.kind if route else "other", reply.code, time.monotonic() - t0)
+            await self._send(h, writer, reply)  # in flight until answered: a drain waits for the answer too
         finally:
             self.inflight -= 1
-        kind = route.kind if route else "other"
-        self.events.request(kind, reply.code, time.monotonic() - t0)
-        await self._send(h, writer, reply)
         return not reply.close and h.our_state is h11.DONE and h.their_state is h11.DONE
 
     async def _answer(self, h: h11.Connection, conn: _Conn, reader: asyncio.StreamReader, event: h11.Request,

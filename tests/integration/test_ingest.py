@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import signal
 import socket
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import orjson
 from support.cli import run_spoold
-from support.daemonproc import DaemonProc, wait_for
+from support.daemonproc import DaemonProc, http_get, wait_for
 from support.ingest import TOKEN, Client, ingest_address, ingest_config, post
 from support.tables import committed_counts
 
@@ -66,8 +67,8 @@ def test_bodies_land_and_bad_requests_append_nothing(tmp_path: Path) -> None:
 
 
 def test_a_full_spool_answers_503_and_a_client_that_retries_loses_nothing(tmp_path: Path) -> None:
-    cfg = ingest_config(tmp_path, TABLE, spool="max_bytes = 4000", ingest="retry_after_s = 1\n",
-                        flush="debounce_s = 0.5\nmax_delay_s = 1\n")
+    cfg = ingest_config(tmp_path, TABLE + '[daemon]\nlisten = "127.0.0.1:0"\n', spool="max_bytes = 4000",
+                        ingest="retry_after_s = 1\n", flush="debounce_s = 0.5\nmax_delay_s = 1\n")
     d = DaemonProc(cfg)
     try:
         c = Client(ingest_address(d))
@@ -84,6 +85,14 @@ def test_a_full_spool_answers_503_and_a_client_that_retries_loses_nothing(tmp_pa
         assert refused > 0
         want = Counter(f"k{k}" for k in range(360))
         wait_for(lambda: committed_counts(cfg, "app.events") == want, "every row committed once")
+        metrics = re.search(r"serving /metrics and /health on http://(\S+)", d.log())
+        assert metrics is not None
+        assert http_get(metrics.group(1), "/health")[0] == 200
+        text = http_get(metrics.group(1), "/metrics")[1].decode()
+        assert f'spoold_ingest_requests_total{{code="503",route="tables"}} {refused}.0' in text
+        assert 'spoold_ingest_requests_total{code="200",route="tables"} 12.0' in text
+        assert 'spoold_ingest_rows_total{table="app.events"} 360.0' in text
+        assert 'spoold_ingest_request_duration_seconds_count{route="tables"}' in text
     finally:
         d.close()
 
