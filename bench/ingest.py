@@ -68,17 +68,23 @@ def start_daemon(state: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]
 def client(port: int, reqs: list[bytes], lat: list[float], errors: list[str]) -> None:
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    head = f"POST /v1/tables/{TABLE} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-ndjson\r\n"
+    head = f"POST /v1/tables/{TABLE} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-ndjson\r\n"
     for body in reqs:
         t0 = time.perf_counter()
         s.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         buf = b""
         while b"\r\n\r\n" not in buf:
-            buf += s.recv(65536)
+            if not (more := s.recv(65536)):
+                errors.append(f"connection closed: {buf[:200]!r}")
+                return
+            buf += more
         top, _, rest = buf.partition(b"\r\n\r\n")
         length = int(re.search(rb"content-length: (\d+)", top.lower()).group(1))  # type: ignore[union-attr]
         while len(rest) < length:
-            rest += s.recv(65536)
+            if not (more := s.recv(65536)):
+                errors.append("connection closed mid-reply")
+                return
+            rest += more
         lat.append(time.perf_counter() - t0)
         if not top.startswith(b"HTTP/1.1 200"):
             errors.append(top.split(b"\r\n", 1)[0].decode())
