@@ -149,3 +149,24 @@ def test_a_public_listen_without_a_token_refuses_to_start(tmp_path: Path) -> Non
     (tmp_path / "token").chmod(0o644)  # a token others can read is no secret
     proc = run_spoold("run", "--config", str(cfg), timeout=60)
     assert proc.returncode == 2 and b"readable by it alone (chmod 600)" in proc.stderr, proc.stderr
+
+
+def test_an_idle_daemon_with_ingest_on_restarts_lean_and_serves_again(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a fixed port: the re-executed image binds it again
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ingest_config(tmp_path, TABLE, flush="debounce_s = 0.3\nmax_delay_s = 2\nidle_restart_s = 2\n")
+    cfg.write_text(cfg.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
+    d = DaemonProc(cfg)
+    try:
+        addr = f"127.0.0.1:{port}"
+        assert post(addr, "/v1/tables/app.events", lines(range(2)))[0] == 200
+        wait_for(lambda: committed_counts(cfg, "app.events") == Counter(["k0", "k1"]), "first rows committed")
+        wait_for(lambda: d.log().count("spoold running") == 2, "the idle restart's fresh image")
+        rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines()
+                   if ln.startswith("VmRSS:")) / 1024
+        assert rss <= 40, f"idle RSS with ingest on: {rss:.1f} MB"
+        assert post(addr, "/v1/tables/app.events", lines(range(2, 3)))[0] == 200
+        wait_for(lambda: committed_counts(cfg, "app.events") == Counter(["k0", "k1", "k2"]), "rows after it")
+    finally:
+        d.close()
