@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import re
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 from support.cli import run_spoold
 from support.daemonproc import DaemonProc, http_get, wait_for
 from support.ingest import TOKEN, Client, ingest_address, ingest_config, post
@@ -168,5 +173,31 @@ def test_an_idle_daemon_with_ingest_on_restarts_lean_and_serves_again(tmp_path: 
         assert rss <= 40, f"idle RSS with ingest on: {rss:.1f} MB"
         assert post(addr, "/v1/tables/app.events", lines(range(2, 3)))[0] == 200
         wait_for(lambda: committed_counts(cfg, "app.events") == Counter(["k0", "k1", "k2"]), "rows after it")
+    finally:
+        d.close()
+
+
+def test_built_in_tls(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    cfg = ingest_config(tmp_path, TABLE, ingest=f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    d = DaemonProc(cfg)
+    try:
+        addr = ingest_address(d)
+        assert f"https://{addr}" in d.log()
+        host, port = addr.rsplit(":", 1)
+        conn = http.client.HTTPSConnection(host, int(port), timeout=30,
+                                           context=ssl.create_default_context(cafile=str(cert)))
+        conn.request("POST", "/v1/tables/app.events", body=lines(range(3)),
+                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"})
+        assert conn.getresponse().status == 200
+        conn.close()
+        with pytest.raises(ConnectionError):  # plain HTTP to a TLS listener gets nowhere
+            post(addr, "/v1/tables/app.events", lines(range(3, 4)))
+        wait_for(lambda: committed_counts(cfg, "app.events") == Counter(["k0", "k1", "k2"]), "rows over TLS")
     finally:
         d.close()
