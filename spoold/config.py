@@ -21,14 +21,14 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from spoold.catalog_keys import validate_catalog
 from spoold.errors import ConfigError, UsageError
 from spoold.redact import remember
-from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings, SpoolLimits
+from spoold.settings import DaemonSettings, FlushSettings, IngestSettings, MaintainSettings, SpoolLimits
 
 COLUMN_TYPES = ("string", "int", "long", "float", "double", "boolean", "timestamptz", "date")
 SOURCE_FORMATS = ("jsonl", "transcript")
@@ -119,6 +119,7 @@ class Config:
     spool_limits: SpoolLimits = field(default_factory=SpoolLimits)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     maintain: MaintainSettings = field(default_factory=MaintainSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
     tables: Mapping[str, TableSpec] = field(default_factory=dict)
     sources: tuple[SourceSpec, ...] = ()
     max_columns: int = DEFAULT_MAX_COLUMNS
@@ -182,7 +183,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config:
     """Validate an already-parsed TOML document into a :class:`Config`."""
-    _only_keys(data, "", {"spool", "catalog", "flush", "daemon", "maintain", "tables", "sources"})
+    _only_keys(data, "", {"spool", "catalog", "flush", "daemon", "maintain", "ingest", "tables", "sources"})
     base = path.parent if path is not None else Path.cwd()
     state_dir = _default_state_dir()
 
@@ -233,6 +234,9 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         raise ConfigError("tables.max_columns: expected a positive integer")
     tables = {ident: _parse_table(ident, t, max_columns) for ident, t in tables_t.items()}
     sources = tuple(_parse_source(i, s, base) for i, s in enumerate(_list(data, "sources")))
+    ingest = _ingest(_table(data, "ingest"), base)
+    if ingest.listen and ingest.otlp_logs_table not in tables:
+        tables[ingest.otlp_logs_table] = otlp_logs_spec(ingest.otlp_logs_table, max_columns)
     return Config(
         path=path,
         state_dir=state_dir,
@@ -245,10 +249,44 @@ def parse_config(data: Mapping[str, Any], *, path: Path | None = None) -> Config
         spool_limits=limits,
         daemon=daemon,
         maintain=_settings(MaintainSettings, _table(data, "maintain"), "maintain"),
+        ingest=ingest,
         tables=tables,
         sources=sources,
         max_columns=max_columns,
     )
+
+
+def _ingest(t: Mapping[str, Any], base: Path) -> IngestSettings:
+    """``[ingest]``: its listen address parses, its files are absolute paths (relative to the config's directory),
+    its table names are identifiers; the token rule for a non-loopback address is checked where it is served."""
+    s = _settings(IngestSettings, t, "ingest")
+    paths = {k: str(_path(t, f"ingest.{k}", base) or "") for k in ("token_file", "tls_cert", "tls_key")}
+    if bool(paths["tls_cert"]) != bool(paths["tls_key"]):
+        raise ConfigError("ingest.tls_cert and ingest.tls_key: set both or neither")
+    if s.listen:
+        parse_listen(s.listen, "ingest.listen")
+    try:
+        validate_identifier(s.otlp_logs_table)
+    except UsageError as e:
+        raise ConfigError(f"ingest.otlp_logs_table: {e}") from None
+    return replace(s, **paths)
+
+
+# The OTLP logs table's columns (docs/ingest.md), after the OpenTelemetry logs data model; attributes,
+# resource attributes and a body that is not a string are JSON text.
+OTLP_LOGS_COLUMNS = (
+    ("record_id", "string!"), ("time", "timestamptz"), ("observed_time", "timestamptz"),
+    ("severity_number", "int"), ("severity_text", "string"), ("event_name", "string"), ("body", "string"),
+    ("attributes", "string"), ("resource_attributes", "string"), ("scope_name", "string"),
+    ("scope_version", "string"), ("trace_id", "string"), ("span_id", "string"), ("flags", "long"),
+)
+
+
+def otlp_logs_spec(identifier: str, max_columns: int = DEFAULT_MAX_COLUMNS) -> TableSpec:
+    """The OTLP logs table as spoold declares it when the config does not."""
+    cols = tuple(Column(n, t.removesuffix("!"), t.endswith("!")) for n, t in OTLP_LOGS_COLUMNS)
+    return TableSpec(identifier=identifier, key="record_id", legacy_key=(), columns=cols, declared=True,
+                     max_columns=max_columns)
 
 
 def _settings(cls: type[Any], t: Mapping[str, Any], section: str) -> Any:
@@ -286,12 +324,12 @@ def is_loopback(host: str) -> bool:
         return False  # any other name may resolve to anything (a LAN address, all interfaces)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
+def parse_listen(listen: str, key: str = "daemon.listen") -> tuple[str, int]:
     """``[daemon] listen`` as (host, port): ``HOST:PORT``, an IPv6 host in brackets; port 0 picks a free one."""
     host, sep, port = listen.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or int(port) > 65535 or (":" in host and "[" not in listen):
-        raise ConfigError(f"daemon.listen: expected HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), got {listen!r}")
+        raise ConfigError(f"{key}: expected HOST:PORT (e.g. 127.0.0.1:9464 or [::1]:9464), got {listen!r}")
     return host, int(port)
 
 

@@ -103,3 +103,35 @@ class MaintainSettings:
     target_file_bytes: int = 64 << 20
 
     ZERO_OK = frozenset({"small_files", "interval_s", "max_snapshot_age_s", "keep_snapshots"})
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """``[ingest]``: rows over HTTP (docs/ingest.md), served by ``spoold run`` on a listener of its own."""
+
+    # HOST:PORT for POST /v1/tables/<table> and POST /v1/logs; empty: off.
+    listen: str = ""
+    # The table OTLP log records go to (its schema: docs/ingest.md).
+    otlp_logs_table: str = "otel.logs"
+    # Any valid table name may be written; false: only tables the config declares (and otlp_logs_table).
+    any_table: bool = False
+    # A file holding the bearer token requests must carry (owner-only permissions); empty: none
+    # (refused for a non-loopback listen).
+    token_file: str = ""
+    # A request body larger than this (sent, or once gunzipped) is refused whole (413).
+    max_body_bytes: int = 16 << 20
+    # Connections open at once; past it the idle ones, then the slowest readers, are closed for a new one.
+    max_connections: int = 512
+    # A request's line and headers must be in within this long of its first byte (or of the connection).
+    header_timeout_s: float = 10.0
+    # A request's body must be in within this long of its headers.
+    body_timeout_s: float = 30.0
+    # A keep-alive connection with no request in flight is closed after this long.
+    idle_timeout_s: float = 60.0
+    # The Retry-After of a 503 (spool full, draining), in seconds.
+    retry_after_s: int = 5
+    # Built-in TLS: PEM certificate chain and key files (both or neither); empty: plain HTTP.
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    ZERO_OK = frozenset[str]()

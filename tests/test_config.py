@@ -233,6 +233,12 @@ def test_unknown_keys_are_refused_naming_the_key(toml: str, names: str) -> None:
         ('[[sources]]\ntable = "a.b"\npath = "/x"\nformat = "csv"', "sources[0].format"),
         ('[[sources]]\ntable = "a.b"\npath = 3', "sources[0].path"),
         ("sources = 3", "sources"),
+        ('[ingest]\nlisten = "4318"', "ingest.listen"),
+        ('[ingest]\nlisten = "127.0.0.1:4318"\nmax_body_bytes = 0', "ingest.max_body_bytes"),
+        ('[ingest]\ntls_cert = "/c.pem"', "ingest.tls_cert and ingest.tls_key"),
+        ('[ingest]\notlp_logs_table = "logs"', "ingest.otlp_logs_table"),
+        ('[ingest]\nany_table = "yes"', "ingest.any_table"),
+        ('[ingest]\nport = 4318', "ingest.port"),
     ],
 )
 def test_bad_types_are_refused_naming_the_key(toml: str, names: str) -> None:

@@ -37,6 +37,7 @@ _PROBES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "flush": lambda t: {"flush": t},
     "daemon": lambda t: {"daemon": t},
     "maintain": lambda t: {"maintain": t},
+    "ingest": lambda t: {"ingest": t},
     "tables.<name>": lambda t: {"tables": {"a.b": t}},
     "sources": lambda t: {"sources": [t]},
 }

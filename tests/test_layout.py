@@ -12,10 +12,12 @@ PACKAGE = REPO / "spoold"
 
 
 def test_capture_modules_import_neither_pyarrow_nor_pyiceberg() -> None:
-    """`spoold append`, the Python producer API, the spool and the tailer start without the flush stack."""
+    """`spoold append`, the Python producer API, the spool, the tailer and the ingest listener start without the
+    flush stack."""
     code = (
         "import sys\n"
         "import spoold, spoold.cli.entry, spoold.cli.append, spoold.spool.spool, spoold.envelope, spoold.sources.tail\n"
+        "import spoold.ingest.server, spoold.ingest.otlp\n"
         "from spoold import Spool, load_config\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pyarrow', 'pyiceberg', 'sqlalchemy'))\n"
         "print(','.join(heavy))\n"
@@ -46,9 +48,10 @@ MAY_IMPORT = {
     "sources": {"spool"},
     "flush": {"keys", "iceberg", "spool", "sources"},
     "backfill": {"keys", "iceberg", "spool", "sources", "flush"},
-    "daemon": {"keys", "iceberg", "spool", "sources", "flush", "backfill"},
-    "cli": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon"},
-    "testing": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "cli"},
+    "ingest": {"spool", "sources"},
+    "daemon": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "ingest"},
+    "cli": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "ingest"},
+    "testing": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "cli", "ingest"},
 }
 MAX_TOP_LEVEL_MODULES = 14
 

@@ -29,10 +29,11 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from watchfiles import Change, watch
 
-from spoold.config import Config, load_config
+from spoold.config import Config, is_loopback, load_config, parse_listen
 from spoold.daemon import systemd, terminal
 from spoold.daemon.footprint import loaded, restart_lean
 from spoold.daemon.report import DaemonReport
@@ -44,6 +45,9 @@ from spoold.sources.tail import Tailer
 from spoold.spool import quarantine
 from spoold.spool.spool import ROTATE_WAIT_S, Spool
 
+if TYPE_CHECKING:
+    from spoold.ingest.server import IngestServer
+
 log = logging.getLogger("spoold.daemon.loop")
 
 _RUST_TIMEOUT_MS = 250  # longest the loop sleeps without changes: timer precision
@@ -51,6 +55,7 @@ _WATCH_DEBOUNCE_MS = 300  # longest watchfiles gathers a burst of changes
 _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this often
 _LAST_COMMIT_S = 5.0  # past shutdown_timeout_s, the commit in flight gets this long before the process exits
 _GONE_GRACE_S = 2.0  # a spool root missing this long (its config still there) is made again
+_INGEST_DRAIN_S = 5.0  # ingest requests in flight at SIGTERM get this long to be appended and answered
 
 
 class Daemon:
@@ -64,6 +69,7 @@ class Daemon:
         self.errors = LogLimiter(config.daemon.log_repeat_s)
         # systemd STATUS/WATCHDOG, .daemon.json and, with [daemon] listen, /metrics and /health
         self.report = DaemonReport(self.errors.note, config.daemon.listen, listen_public=config.daemon.listen_public)
+        self.ingest = start_ingest(config, self.report)  # [ingest] listen: rows over HTTP, on threads of its own
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
         self._reload = False
@@ -111,6 +117,10 @@ class Daemon:
                             "`spoold flush` with the old config", self.config.spool_root, new.spool_root)
             if new.daemon.listen != self.config.daemon.listen:
                 log.warning("daemon.listen changed: the new address is served after a restart")
+            if _ingest_wiring(new) != _ingest_wiring(self.config):
+                log.warning("ingest listen, token_file or TLS changed: served after a restart")
+            if self.ingest is not None:
+                self.ingest.reconfigure(new)
             self._apply(new)
             log.info("reloaded configuration from %s", new.path or "embedded defaults")
         systemd.notify("READY=1", f"STATUS={self.report.status_line(self.states)}")
@@ -240,6 +250,8 @@ class Daemon:
             self._busy_at = time.monotonic()
         if self.states or self.tailer.has_work() or not loaded():
             self._busy_at = mono
+        elif self.ingest is not None and self.ingest.inflight:
+            self._busy_at = mono  # never re-executed under a request between its fsync and its 200
         elif self.may_restart and 0 < self.config.flush.idle_restart_s <= mono - self._busy_at:
             log.info("idle for %.0fs: restarting to hand back the flush stack's memory", mono - self._busy_at)
             restart_lean()
@@ -334,6 +346,9 @@ class Daemon:
         tables = self._pending_tables(self.spool.tables())
         systemd.notify("STOPPING=1", f"STATUS=stopping: flushing {len(tables)} table(s)")
         self.report.draining()
+        if self.ingest is not None:  # 503 to new requests; those in flight end (fsync'd) before the flush
+            self.ingest.drain(_INGEST_DRAIN_S)
+            tables = self._pending_tables(self.spool.tables())
         log.info("%s: flushing %d table(s) before exit (at most %ss)", name, len(tables), timeout)
         deadline = time.monotonic() + timeout
 
@@ -372,6 +387,31 @@ def run_daemon(config: Config, config_path: str | os.PathLike[str] | None = None
     embedding the daemon), so it may re-execute itself when idle.
     """
     return Daemon(config, config_path, may_restart=may_restart).run()
+
+
+def start_ingest(config: Config, report: DaemonReport) -> IngestServer | None:
+    """``[ingest] listen``'s server, started (None when off); ConfigError for an unsafe token setup."""
+    s = config.ingest
+    if not s.listen:
+        return None
+    from spoold.daemon.metrics import IngestEvents
+    from spoold.ingest.handler import read_token
+    from spoold.ingest.server import IngestServer
+
+    token = read_token(s.token_file, is_loopback(parse_listen(s.listen, "ingest.listen")[0]))
+    try:
+        server = IngestServer(config, token, IngestEvents())
+    except OSError as e:
+        raise SpooldError(f"ingest.listen {s.listen}: cannot listen: {e.strerror or e}") from None
+    server.start()
+    if report.metrics is not None:
+        report.metrics.ingest_alive = lambda: server.alive
+    return server
+
+
+def _ingest_wiring(config: Config) -> tuple[str, str, str, str]:
+    s = config.ingest
+    return s.listen, s.token_file, s.tls_cert, s.tls_key
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from spoold.config import Config
@@ -37,13 +37,15 @@ log = logging.getLogger("spoold.daemon.loop")
 
 STARTING, RUNNING, DRAINING = "starting", "running", "draining"
 STALL_S = 10.0  # the loop turns every 250 ms and long work pings about every second: this long silent is stuck
+INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float,
-           stalled_s: float = 0.0) -> tuple[bool, str]:
+           stalled_s: float = 0.0, ingest_down: bool = False) -> tuple[bool, str]:
     """(healthy, why) from the daemon's phase and its published state (see :meth:`DaemonReport.state_doc`);
-    ``stalled_s``: how long since the loop's last heartbeat.
+    ``stalled_s``: how long since the loop's last heartbeat; ``ingest_down``: ``[ingest] listen`` is set and
+    its listener is not serving.
 
     ``why`` names the table and the class of its error, never the error's text: /health is unauthenticated.
     """
@@ -51,6 +53,8 @@ def health(phase: str, state: Mapping[str, Any], now: float, max_delay_s: float,
         return False, phase
     if stalled_s > STALL_S:
         return False, f"daemon loop stuck: no turn for {stalled_s:.0f}s"
+    if ingest_down:
+        return False, "ingest listener down"
     for table, info in sorted(state.get("tables", {}).items()):
         oldest = info.get("oldest_pending_at")
         if info.get("lock_held_since") and oldest is not None and now - oldest > max_delay_s:
@@ -98,6 +102,12 @@ class _Counters:
         self.maintenance = counter("spoold_maintenance_runs", "Table maintenance runs, by result", "result")
         self.duration: Histogram = Histogram("spoold_flush_duration_seconds", "Wall time of a flush, by table",
                                              ["table"], buckets=FLUSH_BUCKETS, registry=registry)
+        self.ingest_requests = Counter("spoold_ingest_requests", "Ingest requests answered, by route and code",
+                                       ["route", "code"], registry=registry)
+        self.ingest_rows = counter("spoold_ingest_rows", "Rows acknowledged by the ingest listener (fsync'd)")
+        self.ingest_duration = Histogram("spoold_ingest_request_duration_seconds", "Ingest requests' time from "
+                                         "their head to their reply, by route", ["route"],
+                                         buckets=INGEST_BUCKETS, registry=registry)
 
     def table(self, table: str) -> None:
         """Show ``table``'s metrics from now on, its counters at zero before their first event (for rate())."""
@@ -140,6 +150,19 @@ def maintained(table: str, result: str = "ok") -> None:
         _live.maintenance.labels(table, result).inc()
 
 
+class IngestEvents:
+    """The ingest listener's events as metrics (a no-op until a daemon serves them)."""
+
+    def request(self, route: str, code: int, duration_s: float) -> None:
+        if (c := _live) is not None:
+            c.ingest_requests.labels(route, str(code)).inc()
+            c.ingest_duration.labels(route).observe(duration_s)
+
+    def accepted(self, table: str, rows: int) -> None:
+        if (c := _live) is not None:
+            c.ingest_rows.labels(table).inc(rows)
+
+
 class Metrics:
     """The daemon's counters and health: what ``GET /metrics`` and ``GET /health`` answer on ``[daemon] listen``
     (the server is :class:`spoold.daemon.listener.Listener`, which this binds)."""
@@ -153,6 +176,7 @@ class Metrics:
         disable_created_metrics()  # no *_created series beside each counter: nobody graphs them
         self.phase = STARTING
         self.heartbeat = time.monotonic()  # the loop's last turn, set by its DaemonReport
+        self.ingest_alive: Callable[[], bool] | None = None  # with [ingest] listen: is its listener serving?
         self._state: Mapping[str, Any] = {}
         self._max_delay_s = float("inf")
         self.registry = CollectorRegistry()
@@ -178,12 +202,17 @@ class Metrics:
 
     def health(self) -> tuple[bool, str]:
         """:func:`health` now, from the last published state."""
-        return health(self.phase, self._state, time.time(), self._max_delay_s, time.monotonic() - self.heartbeat)
+        return health(self.phase, self._state, time.time(), self._max_delay_s, time.monotonic() - self.heartbeat,
+                      self._ingest_down())
+
+    def _ingest_down(self) -> bool:
+        return self.ingest_alive is not None and not self.ingest_alive()
 
     def health_doc(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the ``/health`` body): phase, why, and ``tables``: each troubled table with its class of error."""
         now = time.time()
-        ok, reason = health(self.phase, self._state, now, self._max_delay_s, time.monotonic() - self.heartbeat)
+        ok, reason = health(self.phase, self._state, now, self._max_delay_s, time.monotonic() - self.heartbeat,
+                            self._ingest_down())
         status = self.phase if self.phase != RUNNING or ok else "failing"
         doc: dict[str, Any] = {"ok": ok, "status": status, "reason": reason}
         tables = troubled(self._state, now)

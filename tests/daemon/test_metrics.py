@@ -184,3 +184,8 @@ def test_a_full_quarantine_is_named_as_such_on_health_not_as_a_full_spool() -> N
     from spoold.errors import QuarantineFull, SpoolFull, error_class
 
     assert error_class(QuarantineFull("x")) == "quarantine full" and error_class(SpoolFull("x")) == "spool full"
+
+
+def test_health_fails_while_the_ingest_listener_is_down() -> None:
+    assert health(RUNNING, {}, 0.0, 60.0, ingest_down=True) == (False, "ingest listener down")
+    assert health(RUNNING, {}, 0.0, 60.0, ingest_down=False) == (True, "ok")

@@ -1,0 +1,177 @@
+"""OTLP/HTTP logs → rows of the OTLP logs table (its schema: docs/ingest.md).
+
+Decoded with the official ``opentelemetry-proto`` messages (protobuf, or the
+OTLP JSON encoding read into the same messages), imported at the first
+``/v1/logs`` request so a daemon that never gets one does not carry them.
+One row per log record, after the OpenTelemetry logs data model; attributes,
+resource attributes and a non-string body are JSON text, queryable in DuckDB
+with ``attributes->>'$.key'``. A record's key (``record_id``) is a
+fingerprint of its content (SHA-256 of a canonical encoding), so an
+exporter's retry of a batch doubles nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from spoold.ingest.ndjson import BadBody
+
+MAX_VALUE_DEPTH = 64  # an AnyValue nested deeper is refused (the record, not the batch)
+_ONE_E9 = 1_000_000_000
+
+
+class RejectedRecord(Exception):
+    """This log record cannot become a row (partial success names the count and the first reason)."""
+
+
+def decode(body: bytes, json: bool) -> Any:
+    """The body as an ``ExportLogsServiceRequest``; BadBody when it is none."""
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    msg = ExportLogsServiceRequest()
+    if not json:
+        try:
+            msg.ParseFromString(body)
+        except (DecodeError, RecursionError, ValueError) as e:
+            raise BadBody(f"not an OTLP ExportLogsServiceRequest (protobuf): {e}") from None
+        return msg
+    try:
+        doc = orjson.loads(body)
+        _hex_ids(doc)  # OTLP JSON writes ids in hex, where protobuf's JSON mapping expects base64
+        json_format.ParseDict(doc, msg, ignore_unknown_fields=True)
+    except (orjson.JSONDecodeError, json_format.ParseError, ValueError, TypeError, AttributeError,
+            RecursionError) as e:
+        raise BadBody(f"not an OTLP ExportLogsServiceRequest (JSON): {e}") from None
+    return msg
+
+
+def _hex_ids(doc: Any) -> None:
+    if type(doc) is not dict:
+        raise ValueError("expected a JSON object")
+    for rl in doc.get("resourceLogs") or doc.get("resource_logs") or []:
+        for sl in (rl.get("scopeLogs") or rl.get("scope_logs") or []) if type(rl) is dict else []:
+            for rec in (sl.get("logRecords") or sl.get("log_records") or []) if type(sl) is dict else []:
+                if type(rec) is not dict:
+                    continue
+                for k in ("traceId", "spanId", "trace_id", "span_id"):
+                    v = rec.get(k)
+                    if type(v) is str and v:
+                        try:
+                            rec[k] = base64.b64encode(bytes.fromhex(v)).decode()
+                        except ValueError:
+                            raise ValueError(f"{k} {v[:64]!r} is not hex") from None
+
+
+def rows(msg: Any) -> tuple[list[dict[str, Any]], int, str]:
+    """(rows, records rejected, the first rejection's reason) of an ``ExportLogsServiceRequest``."""
+    out: list[dict[str, Any]] = []
+    rejected, reason = 0, ""
+    for rl in msg.resource_logs:
+        resource = _json(_kvs(rl.resource.attributes, 0))
+        for sl in rl.scope_logs:
+            scope_name, scope_version = sl.scope.name or None, sl.scope.version or None
+            for rec in sl.log_records:
+                try:
+                    out.append(_row(rec, resource, scope_name, scope_version))
+                except RejectedRecord as e:
+                    rejected += 1
+                    reason = reason or str(e)
+    return out, rejected, reason
+
+
+def _row(rec: Any, resource: str, scope_name: str | None, scope_version: str | None) -> dict[str, Any]:
+    body = _value(rec.body, 0) if rec.HasField("body") else None
+    row: dict[str, Any] = {
+        "time": _iso(rec.time_unix_nano),
+        "observed_time": _iso(rec.observed_time_unix_nano),
+        "severity_number": int(rec.severity_number),
+        "severity_text": rec.severity_text or None,
+        "event_name": rec.event_name or None,
+        "body": body if body is None or type(body) is str else _json(body),
+        "attributes": _json(_kvs(rec.attributes, 0)),
+        "resource_attributes": resource,
+        "scope_name": scope_name,
+        "scope_version": scope_version,
+        "trace_id": rec.trace_id.hex() or None,
+        "span_id": rec.span_id.hex() or None,
+        "flags": int(rec.flags),
+    }
+    # The fingerprint covers what the row holds, with the timestamps at full (nanosecond) precision.
+    canon = orjson.dumps([row, rec.time_unix_nano, rec.observed_time_unix_nano], option=orjson.OPT_SORT_KEYS)
+    row["record_id"] = hashlib.sha256(canon).hexdigest()[:32]
+    return row
+
+
+def _iso(ns: int) -> str | None:
+    if not ns:
+        return None  # 0: unknown, in the data model
+    secs, rest = divmod(ns, _ONE_E9)
+    try:
+        return datetime.fromtimestamp(secs, UTC).replace(microsecond=rest // 1000).isoformat()
+    except (OverflowError, ValueError, OSError):
+        raise RejectedRecord(f"timestamp {ns} is out of range") from None
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _kvs(kvs: Any, depth: int) -> dict[str, Any]:
+    return {kv.key: _value(kv.value, depth + 1) for kv in kvs}
+
+
+def _value(v: Any, depth: int) -> Any:
+    """An AnyValue as JSON: strings, booleans, integers, doubles as such; bytes as base64; arrays and
+    key-value lists as arrays and objects."""
+    if depth > MAX_VALUE_DEPTH:
+        raise RejectedRecord(f"a value is nested deeper than {MAX_VALUE_DEPTH} levels")
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_value(x, depth + 1) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return _kvs(v.kvlist_value.values, depth)
+    if kind == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    x = getattr(v, kind)
+    if kind == "double_value" and (x != x or x in (float("inf"), float("-inf"))):
+        return str(x)  # JSON has no NaN or infinity
+    return x
+
+
+def response(rejected: int, message: str, json: bool) -> bytes:
+    """An ``ExportLogsServiceResponse``: empty, or with ``partial_success`` when records were rejected."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+    resp = ExportLogsServiceResponse()
+    if rejected:
+        resp.partial_success.rejected_log_records = rejected
+        resp.partial_success.error_message = message
+    return json_format.MessageToJson(resp).encode() if json else resp.SerializeToString()
+
+
+def status(code: int, message: str, json: bool) -> bytes:
+    """A ``google.rpc.Status`` (what OTLP/HTTP answers an error with). Its two fields are written here: the
+    package that has the message (googleapis-common-protos) would be a dependency for these few bytes."""
+    if json:
+        return orjson.dumps({"code": code, "message": message})
+    text = message.encode()
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
