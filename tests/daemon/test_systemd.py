@@ -176,16 +176,17 @@ def test_the_documented_sources_drop_in_verifies(installable_unit: Path) -> None
 
 def test_example_config_has_exactly_the_known_keys() -> None:
     # The config loader refuses unknown keys; the example must not teach any.
-    from spoold.settings import DaemonSettings, FlushSettings, MaintainSettings
+    from spoold.settings import DaemonSettings, FlushSettings, IngestSettings, MaintainSettings
 
     cfg = tomllib.loads(EXAMPLE_CONFIG.read_text())
-    assert set(cfg) == {"spool", "catalog", "flush", "daemon", "maintain", "tables", "sources"}
+    assert set(cfg) == {"spool", "catalog", "flush", "daemon", "ingest", "maintain", "tables", "sources"}
     assert set(cfg["spool"]) == {"root"}
     assert set(cfg["catalog"]) == {"name", "type", "uri", "warehouse"}
     # every setting is shown (and explained) in the example
     assert set(cfg["flush"]) == set(FlushSettings.__dataclass_fields__)
     assert set(cfg["daemon"]) == set(DaemonSettings.__dataclass_fields__)
     assert set(cfg["maintain"]) == set(MaintainSettings.__dataclass_fields__)
+    assert set(cfg["ingest"]) == set(IngestSettings.__dataclass_fields__)
     assert cfg["maintain"] == {k: getattr(MaintainSettings(), k) for k in MaintainSettings.__dataclass_fields__}
     table = cfg["tables"]["chat.parts"]
     assert set(table) == {"key", "legacy_key", "partition_by", "columns"}
