@@ -19,6 +19,7 @@ from spoold.config import Config
 from spoold.envelope import MAX_ENVELOPE_ROWS, Validator, columnize, envelopes
 from spoold.errors import InputError
 from spoold.sources import SourceLineError
+from spoold.sources.detect import source_types
 from spoold.sources.jsonl import parse_object
 from spoold.spool.spool import Spool
 
@@ -110,7 +111,7 @@ def append_input(config: Config, table: str, source: str) -> int:
         raise InputError(f"cannot read {source}: {e.strerror}") from None
     count = [0]
     with stream as f:
-        validator = Validator(config.table(table), cast=False)
+        validator = Validator(config.table(table), cast=False, hints=source_types(config, table))
         max_line = config.spool_limits.max_line_bytes
         Spool.from_config(config).append_stream(table, _envelope_lines(bounded_lines(f, max_line), validator, count,
                                                                        max_line))
