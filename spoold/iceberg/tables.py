@@ -146,13 +146,13 @@ class Tables:
             if widen:
                 log.info("table %s: widened columns %s (as the config declares)", spec.identifier,
                          ", ".join(f"{c} to {t}" for c, t in widen.items()))
+        why = unwritable(tbl)
+        if why is not None:  # (Iceberg cannot evolve such a spec either: it checks the old one against the schema)
+            raise TableError(f"table {spec.identifier}: {why}, so no row can be written; the rows stay spooled "
+                             f"until `spoold rebuild {spec.identifier}` re-creates it under the config's schema "
+                             "and partition_by")
         if spec.partitioned:
             tbl = self._evolve_spec(spec, tbl)
-        why = unwritable(tbl)
-        if why is not None:
-            raise TableError(f"table {spec.identifier}: {why}, so no row can be written; the rows stay spooled "
-                             f"(set partition_by in [tables.{spec.identifier!r}] to change the spec, or run "
-                             f"`spoold rebuild {spec.identifier}`)")
         return tbl
 
     def _evolve_spec(self, spec: TableSpec, tbl: Table) -> Table:
@@ -171,9 +171,9 @@ class Tables:
                         update.add_field(column, transform, name)
                 sync_local_files([tbl.metadata_location])
         except DataError as e:  # the table's fault, not the rows': they stay spooled
-            raise TableError(f"table {spec.identifier}: Iceberg cannot change its partition spec {before} to "
-                             f"[{', '.join(map(str, spec.partition_by))}] ({e.__cause__.__class__.__name__}); "
-                             f"`spoold rebuild {spec.identifier}` re-creates it under the config's spec") from e
+            raise TableError(f"table {spec.identifier}: Iceberg refused to change its partition spec {before} to "
+                             f"[{', '.join(map(str, spec.partition_by))}] (`-v` logs why); `spoold rebuild "
+                             f"{spec.identifier}` re-creates it under the config's spec") from e
         log.info("table %s: partition spec changed from %s to %s, as the config declares (new data is written "
                  "under it; existing files keep theirs)", spec.identifier, before,
                  describe_spec(tbl.spec().fields, tbl.schema()))
