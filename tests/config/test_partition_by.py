@@ -9,7 +9,6 @@ from support.cli import write_config
 
 from spoold.cli.entry import main
 
-
 TS = '[tables."chat.parts".columns]\npart_id = "string!"\nts = "timestamptz"\n'
 
 
