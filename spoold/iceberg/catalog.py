@@ -153,7 +153,7 @@ def _data_problem(e: BaseException) -> str:
             return "a value does not fit its column's type in the table"
         if isinstance(c, BadRequestError):
             return "the catalog refused the commit as a bad request"
-    return f"the table refused the rows ({type(e).__name__}; `-v` logs the details)"
+    return f"the table refused the rows ({type(e).__name__}; -v logs the details)"
 
 
 # Libraries whose every exception is about reaching something (a database, a server, a bucket).
