@@ -200,12 +200,15 @@ class Validator:
         *,
         cast: bool = True,
         hints: Mapping[str, str] | None = None,
+        infer_timestamps: bool = True,
     ) -> None:
         """``cast=False``: only the verdicts are wanted (``spoold append``): values are checked with the
         same rules but not converted, and pyarrow is never imported. ``hints``: the types a source format
-        knows its columns by (transcript), given to such columns when neither config nor table has them."""
+        knows its columns by (transcript), given to such columns when neither config nor table has them.
+        ``infer_timestamps=False``: zoned timestamp strings make a ``string`` column, as any string does."""
         self.spec = spec
         self.hints: dict[str, str] = dict(hints or {})
+        self._timestamps = infer_timestamps
         self._casters = CASTERS if cast else CHECKERS
         self._vector = cast
         self.types: dict[str, str] = {**(table_types or {}), **spec.column_types()}
@@ -293,7 +296,7 @@ class Validator:
         hint = self.hints.get(name)
         if hint is not None:
             return hint
-        return "timestamptz" if inferred == "string" and zoned_timestamps(vals) else inferred
+        return "timestamptz" if inferred == "string" and self._timestamps and zoned_timestamps(vals) else inferred
 
     def _names(self) -> dict[str, str]:
         """The columns by casefolded name (made at the first new column: most validators never need it)."""

@@ -63,6 +63,20 @@ def test_zoned_timestamp_strings_create_a_timestamptz_column_and_a_later_non_tim
     assert sorted(committed_keys(cfg, "ev.j")) == ["a", "b", "d"]
 
 
+def test_spoold_append_leaves_timestamps_to_flush_which_sees_the_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """append cannot see the table (its column may be a string): a non-timestamp after an envelope of timestamps
+    is appended, and flush, whose first envelope made the column timestamptz, quarantines it naming the column."""
+    cfg = write_config(tmp_path)
+    rows: list[dict[str, object]] = [{"part_id": f"k{i}", "at": f"2026-01-01T00:00:{i % 60:02d}Z"} for i in range(1000)]
+    rows.append({"part_id": "late", "at": "n/a"})
+    assert append_flush(cfg, "ev.a", rows, capsys) == {"committed": 1000, "deduplicated": 0, "quarantined": 1}
+    assert types(cfg, "ev.a")["at"] == "timestamptz"
+    assert main(["quarantine", "--json", "--config", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out)["tables"]["ev.a"]["reasons"] == {
+        "column 'at': cannot cast a value to timestamptz": 1}
+
+
 def test_backfill_of_a_transcript_creates_the_table_with_the_transcripts_types(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     r = run_spoold("backfill", "chat.parts", "--source", str(TRANSCRIPT), "--format", "transcript", "--all",
