@@ -128,7 +128,9 @@ def spec_changes(spec: TableSpec, tbl: Table) -> tuple[list[str], list[tuple[str
     have = {(f.source_id, str(f.transform)): f.name for f in tbl.spec().fields}
     want = {(source_id, str(t)): (schema.find_column_name(source_id), t, name)
             for source_id, t, name in _wanted(spec, schema)}
-    return [name for k, name in have.items() if k not in want], [v for k, v in want.items() if k not in have]
+    # (a void field is what a format-1 table keeps of a removed one: already as good as gone)
+    remove = [name for k, name in have.items() if k not in want and k[1] != "void"]
+    return remove, [v for k, v in want.items() if k not in have]
 
 
 def unwritable(tbl: Table) -> str | None:
