@@ -13,6 +13,7 @@ goes into a ``string`` column as its JSON text.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from math import isfinite
@@ -242,6 +243,19 @@ _TS_ZONED = rf"^{_TS_BODY}(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
 _TS_NAIVE = rf"^{_TS_BODY}$"
 _VECTOR_MIN = 64  # below this Arrow's fixed cost outweighs it
 _STR_OR_NONE = frozenset({str, _NONE})
+
+
+_ZONED = re.compile(_TS_ZONED)
+
+
+def zoned_timestamps(vals: list[Any]) -> bool:
+    """True when every non-null value is an RFC 3339 timestamp with a zone (``Z`` or ``+hh:mm``) that
+    :func:`_to_timestamptz` takes: an undeclared column such strings create is typed ``timestamptz``."""
+    match = _ZONED.match
+    try:
+        return all(v is None or (type(v) is str and match(v) and _to_timestamptz(v) is not None) for v in vals)
+    except ValueError:  # the right shape, not a calendar date (Feb 30)
+        return False
 
 
 def _timestamps_vectorized(vals: list[Any]) -> list[Any] | None:

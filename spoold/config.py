@@ -43,6 +43,15 @@ _TRANSFORM_RE = re.compile(
     r"|(?P<pfn>bucket|truncate)\[(?P<n>[1-9][0-9]*)\]\((?P<pcol>\w+)\)"
     r"|(?P<bare>\w+))"
 )
+# The column types each transform can take (Iceberg's rules, as pyiceberg's ``can_transform`` has them; void
+# takes any). ``json`` is a string column; nested columns are not primitive, so none of these takes them.
+_TRANSFORM_TAKES = {
+    "year": ("timestamptz", "date"), "month": ("timestamptz", "date"), "day": ("timestamptz", "date"),
+    "hour": ("timestamptz",),
+    "bucket": ("int", "long", "date", "timestamptz", "string", "json"),
+    "truncate": ("int", "long", "string", "json"),
+    "identity": (*COLUMN_TYPES, "json"),
+}
 
 
 def validate_identifier(ident: str) -> str:
@@ -87,6 +96,7 @@ class TableSpec:
     partition_by: tuple[PartitionField, ...] = ()
     columns: tuple[Column, ...] = ()  # empty: inferred from the first envelopes
     declared: bool = False
+    partitioned: bool = False  # partition_by is in the config: an existing table's spec is evolved to match it
     max_columns: int = DEFAULT_MAX_COLUMNS  # [tables] max_columns: no new column past this many
 
     def column_types(self) -> dict[str, str]:
@@ -369,10 +379,26 @@ def _parse_table(ident: str, t: Any, max_columns: int = DEFAULT_MAX_COLUMNS) -> 
             parts.append(PartitionField(m["fn"], m["col"]))
         else:
             parts.append(PartitionField(m["pfn"], m["pcol"], int(m["n"])))
-    for p in parts:
-        if columns and p.column not in types:
-            raise ConfigError(f"{where}.partition_by: {p} names an undeclared column {p.column!r}")
-    return TableSpec(ident, key, tuple(legacy), tuple(parts), tuple(columns), declared=True, max_columns=max_columns)
+    _check_partitions(where, parts, {key: "string", **types})
+    return TableSpec(ident, key, tuple(legacy), tuple(parts), tuple(columns), declared=True,
+                     partitioned="partition_by" in t, max_columns=max_columns)
+
+
+def _check_partitions(where: str, parts: list[PartitionField], types: Mapping[str, str]) -> None:
+    """Refuse a partition field no table could take: its column undeclared (an inferred type is known only
+    once rows arrive, too late to refuse), of a type its transform cannot take, or the same field twice."""
+    for i, p in enumerate(parts):
+        typ = types.get(p.column)
+        if typ is None:
+            raise ConfigError(f"{where}.partition_by: {p} names column {p.column!r}, which {where}.columns does "
+                              f"not declare (declare its type there, e.g. {p.column} = "
+                              f"\"{_TRANSFORM_TAKES.get(p.transform, COLUMN_TYPES)[0]}\")")
+        takes = _TRANSFORM_TAKES.get(p.transform)
+        if takes is not None and typ not in takes:
+            raise ConfigError(f"{where}.partition_by: {p} cannot partition column {p.column!r}, declared {typ}: "
+                              f"{p.transform} takes {', '.join(t for t in takes if t in COLUMN_TYPES)}")
+        if p in parts[:i]:
+            raise ConfigError(f"{where}.partition_by: {p} is named twice")
 
 
 def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:

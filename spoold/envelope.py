@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer
+from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer, zoned_timestamps
 from spoold.config import TableSpec
 from spoold.errors import InputError, SpoolError
 
@@ -181,8 +181,10 @@ class Validator:
     table gets the type of its first non-null value (in spool order, the same
     for flush and backfill), and later values must cast to it: ``1`` then
     ``1.5`` makes a ``long`` column and rejects the second row, whatever the
-    chunking. Table columns of types spoold does not write (lists, structs,
-    decimals...) accept only null.
+    chunking. Strings that are all timestamps with a zone in the envelope that
+    creates the column make it ``timestamptz``; ``hints`` go before both.
+    Table columns of types spoold does not write (lists, structs, decimals...)
+    accept only null.
 
     A new column is refused, with the rows that bring a value for it, when its
     name is not printable, longer than ``MAX_COLUMN_NAME_BYTES``, equal to an
@@ -197,10 +199,16 @@ class Validator:
         table_required: frozenset[str] = frozenset(),
         *,
         cast: bool = True,
+        hints: Mapping[str, str] | None = None,
+        infer_timestamps: bool = True,
     ) -> None:
         """``cast=False``: only the verdicts are wanted (``spoold append``): values are checked with the
-        same rules but not converted, and pyarrow is never imported."""
+        same rules but not converted, and pyarrow is never imported. ``hints``: the types a source format
+        knows its columns by (transcript), given to such columns when neither config nor table has them.
+        ``infer_timestamps=False``: zoned timestamp strings make a ``string`` column, as any string does."""
         self.spec = spec
+        self.hints: dict[str, str] = dict(hints or {})
+        self._timestamps = infer_timestamps
         self._casters = CASTERS if cast else CHECKERS
         self._vector = cast
         self.types: dict[str, str] = {**(table_types or {}), **spec.column_types()}
@@ -278,8 +286,17 @@ class Validator:
                         row_bad.setdefault(pos, refused)
                 return None
             typ = self.types[name] = INFERRED[type(first)]
+            typ = self.types[name] = self._typed(name, typ, vals)
             self._names()[name.casefold()] = name
         return cast_column(name, typ, vals, row_bad, self._casters, vector=self._vector)
+
+    def _typed(self, name: str, inferred: str, vals: list[Any]) -> str:
+        """A new column's type: the one its source format knows (``hints``), else the inferred one, made
+        ``timestamptz`` when the strings that create the column are all timestamps with a zone."""
+        hint = self.hints.get(name)
+        if hint is not None:
+            return hint
+        return "timestamptz" if inferred == "string" and self._timestamps and zoned_timestamps(vals) else inferred
 
     def _names(self) -> dict[str, str]:
         """The columns by casefolded name (made at the first new column: most validators never need it)."""

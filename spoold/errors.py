@@ -71,12 +71,22 @@ class QuarantineFull(SpoolFull):
     """Rejected rows that a replay could bring back do not fit the quarantine's budget: kept spooled, retried."""
 
 
+class TableError(SpooldError):
+    """The table itself can take no row, whatever the rows (e.g. a partition field that cannot take its column's
+    type): the rows stay spooled and are tried again, until the table or the config is fixed."""
+
+    retryable = True
+
+
 class DataError(SpooldError):
     """The rows themselves cannot be committed (a column name or value the table cannot take).
 
     Not retryable: the same rows fail the same way every time, so flush isolates
-    them into quarantine instead of retrying them forever.
+    them into quarantine instead of retrying them forever. ``reason``: what about
+    the rows was refused, for a quarantine record (the message says what failed too).
     """
+
+    reason: str = ""
 
 
 def one_line(e: BaseException) -> str:
@@ -96,7 +106,8 @@ def error_class(e: BaseException) -> str:
 
 _CLASSES: tuple[tuple[type[BaseException], str], ...] = (
     (CommitConflict, "commit conflict"), (CatalogError, "catalog unreachable"), (ConfigError, "configuration error"),
-    (DataError, "rows refused by the table"), (QuarantineFull, "quarantine full"), (SpoolFull, "spool full"),
+    (DataError, "rows refused by the table"), (TableError, "table cannot take rows"),
+    (QuarantineFull, "quarantine full"), (SpoolFull, "spool full"),
     (TableBusy, "table busy"),
     (SpoolError, "spool error"), (UsageError, "bad input"),
 )

@@ -43,7 +43,7 @@ from spoold.iceberg.sink import Sink, TableSink
 from spoold.keys.batch import gc_paused
 from spoold.progress import Progress
 from spoold.sources import SourceLine, expand_sources, materializer, read_lines
-from spoold.sources.detect import format_chooser
+from spoold.sources.detect import format_chooser, format_types
 from spoold.sources.position import Position
 from spoold.spool.spool import Spool
 
@@ -178,6 +178,7 @@ def _read_file(run: BackfillRun, path: Path, choose: Callable[[str, int], str], 
         except OSError as e:
             raise _Unreadable from e
         run.s.formats[fmt] = run.s.formats.get(fmt, 0) + 1
+        run.validator.hints.update(format_types(fmt))  # a transcript's columns are created with its types
         return _read_lines(run, pos, fd, fmt, done_bytes, total_bytes)
     finally:
         os.close(fd)

@@ -61,14 +61,15 @@ def spooled_keys(spool: Spool, spec: TableSpec, validator: Validator) -> Iterato
 class SeenSet:
     """committed ∪ spooled ∪ kept by this run, looked up a group of keys at a time."""
 
-    def __init__(self, sink: TableSink, spool: Spool, spec: TableSpec) -> None:
-        """Read the spooled keys, then the committed ones (and the table's columns as of those)."""
+    def __init__(self, sink: TableSink, spool: Spool, spec: TableSpec, hints: dict[str, str] | None = None) -> None:
+        """Read the spooled keys, then the committed ones (and the table's columns as of those). ``hints``:
+        the types of the table's sources (:func:`spoold.sources.detect.source_types`), as flush has them."""
         tbl = sink.load(spec)
         types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
         self.spooled = KeyIndex()
         self.unreadable_spool_files = 0
         # A fresh validator, as a flush starting now would make, so verdicts match flush's.
-        for _path, keys in spooled_keys(spool, spec, Validator(spec, types, required)):
+        for _path, keys in spooled_keys(spool, spec, Validator(spec, types, required, hints=hints)):
             if keys is None:
                 self.unreadable_spool_files += 1
             else:

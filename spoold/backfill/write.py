@@ -39,6 +39,7 @@ from spoold.keys.index import fingerprints
 from spoold.keys.settle import settle
 from spoold.progress import Progress
 from spoold.sources import SourceLine
+from spoold.sources.detect import source_types
 from spoold.sources.position import Position
 from spoold.spool import held
 from spoold.spool.files import quarantine_record
@@ -106,9 +107,10 @@ class BackfillRun:
         self.config, self.spec, self.sink, self.s, self.cursors = config, spec, sink, summary, cursors
         self.spool = spool = Spool.from_config(config)
         self.props, self.dry_run, self.limit, self.progress, self.stop = props, dry_run, limit, progress, stop
-        self.seen = SeenSet(sink, spool, spec)
+        hints = source_types(config, spec.identifier)
+        self.seen = SeenSet(sink, spool, spec, hints)
         summary.unreadable_spool_files += self.seen.unreadable_spool_files
-        self.validator = Validator(spec, self.seen.types, self.seen.required)
+        self.validator = Validator(spec, self.seen.types, self.seen.required, hints=hints)
         self.batch = Batch(self.validator.types)
         # chunk k commits while chunk k+1 is read
         self.pipeline = CommitPipeline(sink, spec, spool, "backfill", self.rejected_commit)

@@ -110,7 +110,10 @@ def append_input(config: Config, table: str, source: str) -> int:
         raise InputError(f"cannot read {source}: {e.strerror}") from None
     count = [0]
     with stream as f:
-        validator = Validator(config.table(table), cast=False)
+        # It cannot see the table, whose column may be a string where these rows look like timestamps (or
+        # a long where a transcript's is an int): it types new columns as plainly as it can, and flush,
+        # which sees the table, decides (quarantining what the table's types refuse).
+        validator = Validator(config.table(table), cast=False, infer_timestamps=False)
         max_line = config.spool_limits.max_line_bytes
         Spool.from_config(config).append_stream(table, _envelope_lines(bounded_lines(f, max_line), validator, count,
                                                                        max_line))

@@ -31,6 +31,7 @@ from spoold.iceberg.schema import table_types
 from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch, gc_paused
 from spoold.layout import LAST_FLUSH
+from spoold.sources.detect import source_types
 from spoold.spool.files import quarantine_record, read_validated
 from spoold.spool.spool import LockHeld, Spool
 
@@ -126,7 +127,7 @@ class _Flush:
         spec = config.table(table)
         tbl = sink.load(spec, reuse=True)  # stale columns surface as a conflict at commit, then it reloads
         types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
-        self.validator = Validator(spec, types, required)
+        self.validator = Validator(spec, types, required, hints=source_types(config, table))
         self.chunk = _Chunk(Batch(self.validator.types))
         # chunk k commits while k+1 is read
         self.pipeline = CommitPipeline(sink, spec, spool, "flush", self._rejected, tick)

@@ -136,7 +136,7 @@ def commit_isolating(sink: TableSink, spec: TableSpec, batch: Batch, types: Mapp
         return sink.commit(spec, batch, types, props)
     except DataError as e:
         if len(batch) == 1:
-            reject(batch, 0, str(e))
+            reject(batch, 0, e.reason or str(e))
             return CommitOutcome(0, 0, None)
         mid = len(batch) // 2
         first = commit_isolating(sink, spec, batch.part(0, mid), types, props, reject)

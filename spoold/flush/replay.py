@@ -31,6 +31,7 @@ from spoold._testhooks import reached
 from spoold.config import Config
 from spoold.envelope import LineResult, Validator, columnize
 from spoold.sources import SourceLineError, materializer
+from spoold.sources.detect import source_types
 from spoold.spool.quarantine import files, read
 from spoold.spool.spool import Spool, fsync_dir, write_atomic
 
@@ -66,7 +67,7 @@ def replay(config: Config, table: str, *, dry_run: bool = False, sink: Any = Non
         return summary
     tbl = (sink or Sink(config)).load(spec)
     types, required = table_types(tbl.schema()) if tbl is not None else ({}, frozenset[str]())
-    validator = Validator(spec, types, required)
+    validator = Validator(spec, types, required, hints=source_types(config, table))
     for path in files(spool, table):
         # A flush of this table publishes quarantine files too; locked per file, so a daemon's
         # flush (and its watchdog) never waits for a whole large replay.

@@ -12,6 +12,7 @@ path involved, never a pyiceberg flag or environment variable.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import re
@@ -40,6 +41,7 @@ from spoold.config import Config
 from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError
 from spoold.redact import redact, redact_uri
 
+log = logging.getLogger(__name__)
 # The [catalog] of the catalog this process opened last: errors raised later, deep in a commit,
 # do not say which catalog they came from. (A process serves one config; a reload opens anew.)
 _props: Mapping[str, str] = {}
@@ -135,7 +137,23 @@ def catalog_errors(what: str) -> Iterator[None]:
             raise CommitConflict(message) from e
         if _environmental(e):
             raise CatalogError(message) from e
-        raise DataError(message) from e
+        # The rows' fault: said in spoold's words (it becomes a quarantine reason); the library's text under -v.
+        log.debug("%s: %s", what, message)
+        err = DataError(f"{what}: {_data_problem(e)}")
+        err.reason = _data_problem(e)
+        raise err from e
+
+
+def _data_problem(e: BaseException) -> str:
+    """What about the rows the table refused, in spoold's words (never a library's message)."""
+    for c in _chain(e):
+        if isinstance(c, OSError) and (c.errno == errno.ENAMETOOLONG or "name too long" in str(c).lower()):
+            return "a partition value makes a file name longer than the file system allows"
+        if isinstance(c, OverflowError) or type(c).__name__ in ("ArrowInvalid", "ArrowTypeError"):
+            return "a value does not fit its column's type in the table"
+        if isinstance(c, BadRequestError):
+            return "the catalog refused the commit as a bad request"
+    return f"the table refused the rows ({type(e).__name__}; -v logs the details)"
 
 
 # Libraries whose every exception is about reaching something (a database, a server, a bucket).

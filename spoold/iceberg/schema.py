@@ -10,6 +10,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField as IcebergPartitionField
 from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.schema import Schema
+from pyiceberg.table import Table
 from pyiceberg.transforms import (
     BucketTransform,
     DayTransform,
@@ -96,17 +97,62 @@ def new_schema(spec: TableSpec, types: Mapping[str, str]) -> Schema:
 
 def partition_spec(spec: TableSpec, schema: Schema) -> PartitionSpec:
     """``partition_by`` (e.g. ``day(ts)``) as an Iceberg partition spec."""
-    fields = []
-    for i, p in enumerate(spec.partition_by):
+    return PartitionSpec(*(IcebergPartitionField(source_id, 1000 + i, transform, name)
+                           for i, (source_id, transform, name) in enumerate(_wanted(spec, schema))))
+
+
+def _wanted(spec: TableSpec, schema: Schema) -> list[tuple[int, Transform[Any, Any], str]]:
+    """``partition_by`` as (source field id, transform, field name), each checked against ``schema``."""
+    out = []
+    for p in spec.partition_by:
         try:
             source = schema.find_field(p.column)
         except ValueError:
             raise ConfigError(
                 f"tables.{spec.identifier!r}.partition_by: {p} names column {p.column!r}, which the table lacks"
             ) from None
+        transform = _transform(p.transform, p.param)
+        if not transform.can_transform(source.field_type):
+            raise ConfigError(f"tables.{spec.identifier!r}.partition_by: {p} cannot partition the table's column "
+                              f"{p.column!r}, which is {source.field_type}")
         name = p.column if p.transform == "identity" else f"{p.column}_{p.transform}"
-        fields.append(IcebergPartitionField(source.field_id, 1000 + i, _transform(p.transform, p.param), name))
-    return PartitionSpec(*fields)
+        out.append((source.field_id, transform, name))
+    return out
+
+
+def describe_spec(fields: Iterable[IcebergPartitionField], schema: Schema) -> str:
+    """A partition spec as ``partition_by`` writes it: ``[day(ts), bucket[16](part_id)]``."""
+    return "[" + ", ".join(f"{f.transform}({schema.find_column_name(f.source_id)})" for f in fields) + "]"
+
+
+def spec_changes(spec: TableSpec, tbl: Table) -> tuple[list[str], list[tuple[str, Transform[Any, Any], str]]]:
+    """What makes ``tbl``'s partition spec ``partition_by``: (field names to remove, (column, transform, name)
+    to add); both empty when it already is (in any order). Only for a table whose config sets ``partition_by``."""
+    schema = tbl.schema()
+    have = {(f.source_id, str(f.transform)): f.name for f in tbl.spec().fields}
+    want = {(source_id, str(t)): (schema.find_column_name(source_id), t, name)
+            for source_id, t, name in _wanted(spec, schema)}
+    # (a void field is what a format-1 table keeps of a removed one: already as good as gone)
+    remove = [name for k, name in have.items() if k not in want and k[1] != "void"]
+    return remove, [v for k, v in want.items() if k not in have]
+
+
+def unwritable(tbl: Table) -> str | None:
+    """Why no row can be written into ``tbl`` whatever its values (None: it can take rows).
+
+    A partition field whose transform cannot take its column's type (``day`` of a
+    string, made by an earlier spoold or another tool) fails every write.
+    """
+    schema = tbl.schema()
+    for f in tbl.spec().fields:
+        try:
+            source = schema.find_field(f.source_id)
+        except ValueError:
+            return f"its partition field {f.name!r} has no source column"
+        if not f.transform.can_transform(source.field_type):
+            return (f"its partition field {f.transform}({source.name}) cannot take column {source.name!r}, "
+                    f"which the table holds as {source.field_type}")
+    return None
 
 
 def _transform(name: str, param: int | None) -> Transform[Any, Any]:

@@ -29,10 +29,10 @@ from pyiceberg.table import Table, TableProperties
 
 from spoold.config import Config, TableSpec
 from spoold.durable import write_state
-from spoold.errors import CatalogError, ConfigError
+from spoold.errors import CatalogError, ConfigError, DataError, TableError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.maintain.owner import mark_quietly
-from spoold.iceberg.schema import ICEBERG_TYPES, new_schema, partition_spec
+from spoold.iceberg.schema import ICEBERG_TYPES, describe_spec, new_schema, partition_spec, spec_changes, unwritable
 from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keys.index import KeyIndex
 from spoold.layout import TABLE_UUID
@@ -146,6 +146,38 @@ class Tables:
             if widen:
                 log.info("table %s: widened columns %s (as the config declares)", spec.identifier,
                          ", ".join(f"{c} to {t}" for c, t in widen.items()))
+        why = unwritable(tbl)
+        if why is not None:  # (Iceberg cannot evolve such a spec either: it checks the old one against the schema)
+            raise TableError(f"table {spec.identifier}: {why}, so no row can be written; the rows stay spooled "
+                             f"until `spoold rebuild {spec.identifier}` re-creates it under the config's schema "
+                             "and partition_by")
+        if spec.partitioned:
+            tbl = self._evolve_spec(spec, tbl)
+        return tbl
+
+    def _evolve_spec(self, spec: TableSpec, tbl: Table) -> Table:
+        """Give the table the config's partition spec by Iceberg partition evolution: new data files are
+        written under it, existing ones keep theirs (nothing is rewritten)."""
+        remove, add = spec_changes(spec, tbl)
+        if not remove and not add:
+            return tbl
+        before = describe_spec(tbl.spec().fields, tbl.schema())
+        try:
+            with catalog_errors(f"cannot change the partition spec of {spec.identifier}"):
+                with tbl.update_spec() as update:
+                    for name in remove:
+                        update.remove_field(name)
+                    for column, transform, name in add:
+                        update.add_field(column, transform, name)
+                sync_local_files([tbl.metadata_location])
+        except DataError as e:  # the table's fault, not the rows': they stay spooled
+            raise TableError(f"table {spec.identifier}: Iceberg refused to change its partition spec {before} to "
+                             f"[{', '.join(map(str, spec.partition_by))}] (`-v` logs why); `spoold rebuild "
+                             f"{spec.identifier}` re-creates it under the config's spec") from e
+        log.info("table %s: partition spec changed from %s to %s, as the config declares (new data is written "
+                 "under it; existing files keep theirs)", spec.identifier, before,
+                 describe_spec(tbl.spec().fields, tbl.schema()))
+        self._latest[spec.identifier] = tbl
         return tbl
 
     def _create(self, spec: TableSpec, types: Mapping[str, str]) -> Table:
@@ -292,7 +324,7 @@ def widenings(spec: TableSpec, schema: Schema) -> dict[str, str]:
         raise ConfigError(
             f"tables.{spec.identifier!r}.columns.{col.name}: the table's column {col.name!r} is {have}, the config "
             f"declares {col.type}; Iceberg can only widen int to long and float to double (declare {have} "
-            "again, or write to a new table)")
+            f"again, or run `spoold rebuild {spec.identifier}` to re-create the table with the config's types)")
     return out
 
 

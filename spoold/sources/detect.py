@@ -18,6 +18,7 @@ from collections.abc import Callable
 import orjson
 
 from spoold.config import Config, TableSpec
+from spoold.sources import transcript
 from spoold.sources.globs import source_glob
 
 TRANSCRIPT_FIELDS = ("message", "uuid", "sessionId", "parentUuid", "leafUuid", "messageId")
@@ -49,6 +50,21 @@ def format_chooser(config: Config, table: str, fmt: str) -> Callable[[str, int],
     return choose
 
 
+def format_types(fmt: str) -> dict[str, str]:
+    """The column types a source format knows its rows by (transcript); {} for jsonl, whose rows say nothing."""
+    return dict(transcript.TYPES) if fmt == "transcript" else {}
+
+
+def source_types(config: Config, table: str) -> dict[str, str]:
+    """The column types the formats of ``table``'s ``[[sources]]`` know: what its new columns are created as
+    (by flush, backfill, replay and append alike) where neither the config nor the table types them."""
+    out: dict[str, str] = {}
+    for s in config.sources:
+        if s.table == table:
+            out.update(format_types(s.format))
+    return out
+
+
 def sniff(line: bytes, spec: TableSpec) -> str:
     """``transcript`` or ``jsonl``, from a file's first non-blank line (see the module's rule)."""
     try:
@@ -78,4 +94,4 @@ def first_line(fd: int) -> bytes:
     return b""
 
 
-__all__ = ["RULE", "TRANSCRIPT_FIELDS", "first_line", "format_chooser", "sniff"]
+__all__ = ["RULE", "TRANSCRIPT_FIELDS", "first_line", "format_chooser", "format_types", "sniff", "source_types"]

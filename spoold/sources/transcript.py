@@ -50,6 +50,7 @@ COLUMNS = {
     "kind": "string",
     "text": "string",
 }
+TYPES = {name: typ.removesuffix("!") for name, typ in COLUMNS.items()}  # what an undeclared table gets
 
 
 def materialize(line: bytes) -> list[dict[str, object]]:
