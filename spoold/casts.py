@@ -43,6 +43,7 @@ _FAST_TYPES: dict[str, frozenset[type]] = {
     "long": frozenset({int, _NONE}),
     "double": frozenset({float, int, _NONE}),
     "boolean": frozenset({bool, _NONE}),
+    "json": frozenset({str, _NONE}),
 }
 INFERRED = {str: "string", bool: "boolean", int: "long", float: "double", dict: "string", list: "string"}
 
@@ -188,6 +189,15 @@ def _to_string(v: Any) -> str:
     raise TypeError
 
 
+def _to_json(v: Any) -> str:
+    """A ``json`` column: a string as itself (text a producer encoded already), anything else as its JSON text."""
+    if type(v) in (bool, int, float):
+        if (why := refusal(v)) is not None:
+            raise ValueError(why)
+        return orjson.dumps(v).decode()
+    return _to_string(v)
+
+
 def _to_int(lo: int, hi: int) -> Any:
     def cast(v: Any) -> int:
         if type(v) is not int or not lo <= v <= hi:
@@ -268,6 +278,7 @@ CASTERS = {
     "boolean": _to_bool,
     "timestamptz": _to_timestamptz,
     "date": _to_date,
+    "json": _to_json,
 }
 
 

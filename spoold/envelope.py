@@ -9,6 +9,7 @@ only for a column with an odd value, to find the rows to reject).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +21,14 @@ from typing import Any
 import orjson
 
 from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer
+from spoold.coltypes import nested, render
 from spoold.config import TableSpec
 from spoold.errors import InputError, SpoolError
+from spoold.nested import cast_nested, cast_values, extend, infer
 
+log = logging.getLogger(__name__)
 VERSION = 1
+_PER_VALUE_BELOW = 8  # a nested column of fewer values is cast value by value
 _LIST = {list}
 _STR = {str}
 _PLAIN = frozenset({str, bool, type(None)})  # values that need no check before encoding
@@ -205,13 +210,20 @@ class Validator:
         self._vector = cast
         self.types: dict[str, str] = {**(table_types or {}), **spec.column_types()}
         self.pinned = frozenset(self.types)
+        self._declared = frozenset(spec.column_types())  # their struct types are closed: no field is inferred
+        self.grown: set[str] = set()  # pinned columns whose struct types gained fields here
         self.types.setdefault(spec.key, "string")  # keys are strings, never inferred as numbers
         self.required = (spec.required() | table_required) - {spec.key}  # the key has its own rule
         self._folded: dict[str, str] | None = None  # casefolded name → column, made at the first new column
 
     def inferred(self) -> dict[str, str]:
-        """Columns this validator has seen that the table does not have yet."""
-        return {c: t for c, t in self.types.items() if c not in self.pinned}
+        """Columns this validator has seen that the table does not have yet (or with struct fields it lacks)."""
+        return {c: t for c, t in self.types.items() if c not in self.pinned or c in self.grown}
+
+    def pin(self) -> None:
+        """The table now has every column and field this validator has seen (they were committed)."""
+        self.pinned = frozenset(self.types)
+        self.grown.clear()
 
     def line(self, raw: bytes, terminated: bool = True) -> LineResult:
         """Apply every line-level and row-level rule to one spool line."""
@@ -277,9 +289,50 @@ class Validator:
                     if v is not None:
                         row_bad.setdefault(pos, refused)
                 return None
-            typ = self.types[name] = INFERRED[type(first)]
+            if type(first) in (dict, list):
+                shape = self._infer(name, None, vals)
+                if shape is None:
+                    return None  # only empty arrays or objects of nulls: the type waits for a value that shows it
+                typ = render(shape)
+            else:
+                typ = INFERRED[type(first)]
+            self.types[name] = typ
             self._names()[name.casefold()] = name
-        return cast_column(name, typ, vals, row_bad, self._casters, vector=self._vector)
+        tree = nested(typ)
+        if tree is None:
+            return cast_column(name, typ, vals, row_bad, self._casters, vector=self._vector)
+        bad: dict[int, str] = {}
+        out = self._nested(name, tree, vals, bad)
+        if bad and name not in self._declared and any("unexpected field" in r for r in bad.values()):
+            grown = self._infer(name, tree, vals)  # the table's (or an inferred) struct evolves by new fields
+            if grown is not None and grown != tree:
+                self.types[name] = render(grown)
+                self.grown.add(name)
+                bad = {}
+                out = self._nested(name, grown, vals, bad)
+        for pos in sorted(bad):
+            row_bad.setdefault(pos, bad[pos])
+        return out
+
+    def _nested(self, name: str, tree: Any, vals: list[Any], bad: dict[int, str]) -> list[Any]:
+        if len(vals) < _PER_VALUE_BELOW:  # a few values: cheaper one by one than as child columns
+            return cast_values(name, tree, vals, bad, self._casters)
+        return cast_nested(name, tree, vals, bad, self._leaf)
+
+    def _leaf(self, name: str, typ: str, vals: list[Any], bad: dict[int, str]) -> list[Any]:
+        return cast_column(name, typ, vals, bad, self._casters, vector=self._vector)
+
+    def _infer(self, name: str, known: Any, vals: list[Any]) -> Any:
+        """``known`` extended by every value of the column (spool order), falling back to json where needed."""
+        fallbacks: list[str] = []
+        shape = known
+        for v in vals:
+            if v is not None:
+                shape = extend(shape, infer(v, fallbacks, name))
+        for why in dict.fromkeys(fallbacks):
+            log.info("table %s: column %s cannot be typed consistently (%s); stored as JSON text",
+                     self.spec.identifier, why.split(":", 1)[0], why.split(": ", 1)[1])
+        return shape
 
     def _names(self) -> dict[str, str]:
         """The columns by casefolded name (made at the first new column: most validators never need it)."""
