@@ -147,8 +147,10 @@ class Batch:
         n, columns = len(self.keys), {}
         for name, chunks in self._chunks.items():
             pieces, at = [], 0
-            typ = chunks[0][1].type  # a column's type never changes (inferred ones are never widened)
+            typ = chunks[-1][1].type  # a column's type only grows: a struct may gain fields (never widened)
             for start, arr in chunks:
+                if arr.type != typ:  # a segment sealed before its struct gained a field: the field is null there
+                    arr = pa.array(arr.to_pylist(), type=typ)
                 if start > at:
                     pieces.append(pa.nulls(start - at, typ))
                 pieces.append(arr)
