@@ -50,10 +50,10 @@ Type = str | Struct | ListOf | MapOf
 
 
 class TypeSyntax(ValueError):
-    """A type text that does not parse; ``pos`` is the 0-based offset of the problem."""
+    """A type text that does not parse; ``pos`` is the 0-based offset of the problem (shown 1-based)."""
 
     def __init__(self, message: str, pos: int) -> None:
-        super().__init__(f"{message} at position {pos}")
+        super().__init__(f"{message} at character {pos + 1}")
         self.pos = pos
 
 

@@ -121,8 +121,9 @@ def _struct(path: str, t: Struct, vals: list[Any], nulls: bool, row_bad: dict[in
 
 def _flat(path: str, t: ListOf | MapOf, vals: list[Any], row_bad: dict[int, str], leaf: Leaf) -> list[Any]:
     """A list's elements (a map's values) as one flat child column, reasons mapped back to rows."""
-    sized = [v if v is not None else () for v in vals]
     is_map = isinstance(t, MapOf)
+    hole = _EMPTY if is_map else ()
+    sized = [hole if v is None else v for v in vals]
     flat = list(chain.from_iterable(map(dict.values, sized) if is_map else sized))  # type: ignore[arg-type]
     child_t, required = (t.value, t.required) if isinstance(t, MapOf) else (t.element, t.required)
     child_bad: dict[int, str] = {}
