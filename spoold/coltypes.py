@@ -142,6 +142,7 @@ class _Parser:
             fields: list[Field] = []
             seen: set[str] = set()
             while True:
+                self.space()
                 name_at = self.i
                 name = self.name()
                 if name.casefold() in seen:

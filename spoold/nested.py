@@ -72,6 +72,8 @@ def cast_nested(path: str, t: Type, vals: list[Any], row_bad: dict[int, str], le
 
     Returns ``vals`` itself when nothing needed converting.
     """
+    if not vals:
+        return vals
     if isinstance(t, str):
         local: dict[int, str] = {}
         out = leaf(path, t, vals, local)
