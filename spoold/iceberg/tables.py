@@ -307,7 +307,7 @@ def widenings(spec: TableSpec, schema: Schema) -> dict[tuple[str, ...], str]:
             what = f"column {col.name!r}" if len(path) == 1 else f"field {_dotted(path)}"
             raise ConfigError(
                 f"{where}: the table's {what} is {theirs}, the config declares {mine}; Iceberg can only widen int "
-                f"to long and float to double (declare {theirs} again, or `spoold rebuild` the table)")
+                f"to long and float to double (declare {theirs} again, or write to a new table)")
     return out
 
 
