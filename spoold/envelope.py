@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer
-from spoold.coltypes import nested, render
+from spoold.coltypes import count_fields, nested, render
 from spoold.config import TableSpec
 from spoold.errors import InputError, SpoolError
 from spoold.nested import cast_nested, cast_values, extend, infer
@@ -293,6 +293,11 @@ class Validator:
                 shape = self._infer(name, None, vals)
                 if shape is None:
                     return None  # only empty arrays or objects of nulls: the type waits for a value that shows it
+                if (over := self._too_wide(1 + count_fields(shape))) is not None:
+                    for pos, v in enumerate(vals):
+                        if v is not None:
+                            row_bad.setdefault(pos, f"column {name}: {over}")
+                    return None
                 typ = render(shape)
             else:
                 typ = INFERRED[type(first)]
@@ -305,7 +310,7 @@ class Validator:
         out = self._nested(name, tree, vals, bad)
         if bad and name not in self._declared and any("unexpected field" in r for r in bad.values()):
             grown = self._infer(name, tree, vals)  # the table's (or an inferred) struct evolves by new fields
-            if grown is not None and grown != tree:
+            if grown is not None and grown != tree and self._too_wide(count_fields(grown) - count_fields(tree)) is None:
                 self.types[name] = render(grown)
                 self.grown.add(name)
                 bad = {}
@@ -313,6 +318,15 @@ class Validator:
         for pos in sorted(bad):
             row_bad.setdefault(pos, bad[pos])
         return out
+
+    def _too_wide(self, more: int) -> str | None:
+        """Why ``more`` struct fields may not be added to the table (None: they may): nested fields count
+        against ``[tables] max_columns`` like columns."""
+        have = len(self.types) + sum(count_fields(t) for t in map(nested, self.types.values()) if t is not None)
+        if have + more <= self.spec.max_columns:
+            return None
+        return f"its fields would take the table to {have + more} columns and fields: beyond [tables] max_columns = " \
+               f"{self.spec.max_columns}"
 
     def _nested(self, name: str, tree: Any, vals: list[Any], bad: dict[int, str]) -> list[Any]:
         if len(vals) < _PER_VALUE_BELOW:  # a few values: cheaper one by one than as child columns

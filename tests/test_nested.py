@@ -124,3 +124,13 @@ def test_a_validator_grows_a_tables_struct_but_never_a_declared_one() -> None:
                          declared=True)
     res = Validator(declared).line(encode(["part_id", "p"], [["x", {"a": 1, "b": "new"}], ["y", {"a": 2}]])[:-1])
     assert res.keys == ["y"] and res.rejects[0].reason == 'column p: unexpected field "b"'
+
+
+def test_nested_fields_count_against_max_columns() -> None:
+    v = Validator(TableSpec("ev.t", max_columns=5))
+    res = v.line(encode(["part_id", "p"], [["a", {"x": 1, "y": 2}], ["b", {"x": 1, "y": 2, "z": 3}]])[:-1])
+    assert res.keys == ["a", "b"] and v.types["p"] == "struct<x: long, y: long, z: long>"  # 2 columns + 3 fields
+    res = v.line(encode(["part_id", "p"], [["c", {"x": 1, "w": 2}], ["d", {"x": 2}]])[:-1])
+    assert res.keys == ["d"] and res.rejects[0].reason == 'column p: unexpected field "w"'
+    res = v.line(encode(["part_id", "q"], [["e", {"a": 1}]])[:-1])
+    assert res.keys == [] and "beyond [tables] max_columns = 5" in res.rejects[0].reason

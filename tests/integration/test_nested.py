@@ -188,6 +188,7 @@ def test_compaction_keeps_nested_columns_intact(tmp_path: Path) -> None:
         run_spoold("append", TABLE, "--config", str(cfg), input=jsonl(rows))
         run(cfg, "flush")
     before = by_key(cfg)
+    assert before["d"]["props"]["user"] == {"id": 1, "name": "ann", "email": None}
     out = run(cfg, "maintain", TABLE, "--older-than", "0s", "--keep", "1")
     assert out["tables"][TABLE]
     assert len(load_table(cfg, TABLE).inspect.files()) == 1
