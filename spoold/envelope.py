@@ -29,6 +29,7 @@ from spoold.nested import cast_nested, cast_values, extend, infer
 log = logging.getLogger(__name__)
 VERSION = 1
 _PER_VALUE_BELOW = 8  # a nested column of fewer values is cast value by value
+_SAID: set[tuple[str, str]] = set()  # (table, path) of the json fallbacks already logged
 _LIST = {list}
 _STR = {str}
 _PLAIN = frozenset({str, bool, type(None)})  # values that need no check before encoding
@@ -344,8 +345,12 @@ class Validator:
             if v is not None:
                 shape = extend(shape, infer(v, fallbacks, name))
         for why in dict.fromkeys(fallbacks):
-            log.info("table %s: column %s cannot be typed consistently (%s); stored as JSON text",
-                     self.spec.identifier, why.split(":", 1)[0], why.split(": ", 1)[1])
+            path, _, reason = why.partition(": ")
+            said = (self.spec.identifier, path)
+            if said not in _SAID and len(_SAID) < 10_000:  # once per process (bounded: paths come from rows)
+                _SAID.add(said)
+                log.info("table %s: column %s cannot be typed consistently (%s); stored as JSON text",
+                         self.spec.identifier, path, reason)
         return shape
 
     def _names(self) -> dict[str, str]:
