@@ -9,7 +9,6 @@ only for a column with an odd value, to find the rows to reject).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +23,10 @@ from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_
 from spoold.coltypes import count_fields, nested, render
 from spoold.config import TableSpec
 from spoold.errors import InputError, SpoolError
-from spoold.nested import cast_nested, cast_values, extend, infer
+from spoold.nested import cast_nested, cast_values, infer_column
 
-log = logging.getLogger(__name__)
 VERSION = 1
 _PER_VALUE_BELOW = 8  # a nested column of fewer values is cast value by value
-_SAID: set[tuple[str, str]] = set()  # (table, path) of the json fallbacks already logged
 _LIST = {list}
 _STR = {str}
 _PLAIN = frozenset({str, bool, type(None)})  # values that need no check before encoding
@@ -338,20 +335,7 @@ class Validator:
         return cast_column(name, typ, vals, bad, self._casters, vector=self._vector)
 
     def _infer(self, name: str, known: Any, vals: list[Any]) -> Any:
-        """``known`` extended by every value of the column (spool order), falling back to json where needed."""
-        fallbacks: list[str] = []
-        shape = known
-        for v in vals:
-            if v is not None:
-                shape = extend(shape, infer(v, fallbacks, name))
-        for why in dict.fromkeys(fallbacks):
-            path, _, reason = why.partition(": ")
-            said = (self.spec.identifier, path)
-            if said not in _SAID and len(_SAID) < 10_000:  # once per process (bounded: paths come from rows)
-                _SAID.add(said)
-                log.info("table %s: column %s cannot be typed consistently (%s); stored as JSON text",
-                         self.spec.identifier, path, reason)
-        return shape
+        return infer_column(self.spec.identifier, name, known, vals)
 
     def _names(self) -> dict[str, str]:
         """The columns by casefolded name (made at the first new column: most validators never need it)."""

@@ -16,6 +16,7 @@ type of a list that was empty) to a type, never changing a type it has.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from itertools import accumulate, chain, islice, repeat
@@ -26,6 +27,7 @@ import orjson
 from spoold.casts import MAX_DEPTH, too_deep
 from spoold.coltypes import Field, ListOf, MapOf, Struct, Type
 
+log = logging.getLogger(__name__)
 # leaf(name, typ, vals, row_bad) -> cast values: the scalar rules for one column (spoold.casts.cast_column)
 Leaf = Callable[[str, str, list[Any], dict[int, str]], list[Any]]
 MAX_STRUCT_FIELDS = 100  # an object with more keys than this is stored as JSON text, not inferred as a struct
@@ -34,6 +36,7 @@ MAX_FIELD_NAME_BYTES = 255
 _NONE = type(None)
 _EMPTY: dict[str, Any] = {}
 _HOLE = "\x00"  # stands for a list index or map key in a child column's reasons, filled in per row
+_SAID: set[tuple[str, str]] = set()  # (table, path) of the json fallbacks already logged
 _KIND = {str: "string", bool: "boolean", int: "number", float: "number", dict: "object", list: "array"}
 
 
@@ -301,3 +304,20 @@ def extend(known: Type | None, new: Type | None) -> Type | None:
     if isinstance(known, ListOf) and isinstance(new, ListOf):
         return ListOf(extend(known.element, new.element) or known.element, known.required)
     return known
+
+
+def infer_column(table: str, name: str, known: Type | None, vals: list[Any]) -> Type | None:
+    """``known`` (None: a new column) extended by every value of column ``name`` in order; a json fallback is
+    logged once per table and path."""
+    fallbacks: list[str] = []
+    shape = known
+    for v in vals:
+        if v is not None:
+            shape = extend(shape, infer(v, fallbacks, name))
+    for why in dict.fromkeys(fallbacks):
+        path, _, reason = why.partition(": ")
+        if (table, path) not in _SAID and len(_SAID) < 10_000:  # once per process (bounded: paths come from rows)
+            _SAID.add((table, path))
+            log.info("table %s: column %s cannot be typed consistently (%s); stored as JSON text", table, path, reason)
+    return shape
+
