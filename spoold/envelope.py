@@ -290,7 +290,9 @@ class Validator:
             if type(first) in (dict, list):
                 shape = self._infer(name, None, vals)
                 if shape is None:
-                    return None  # only empty arrays or objects of nulls: the type waits for a value that shows it
+                    if not any(map(too_deep, vals)):
+                        return None  # only empty arrays or objects of nulls: the type waits for a value that shows it
+                    shape = "json"  # which rejects the value too deep to store (never dropped as if null)
                 if (over := self._too_wide(1 + count_fields(shape))) is not None:
                     for pos, v in enumerate(vals):
                         if v is not None:

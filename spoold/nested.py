@@ -312,7 +312,7 @@ def infer_column(table: str, name: str, known: Type | None, vals: list[Any]) -> 
     fallbacks: list[str] = []
     shape = known
     for v in vals:
-        if v is not None:
+        if v is not None and not too_deep(v):  # a value too deep to store at all never shapes a column
             shape = extend(shape, infer(v, fallbacks, name))
     for why in dict.fromkeys(fallbacks):
         path, _, reason = why.partition(": ")

@@ -134,3 +134,14 @@ def test_nested_fields_count_against_max_columns() -> None:
     assert res.keys == ["d"] and res.rejects[0].reason == 'column p: unexpected field "w"'
     res = v.line(encode(["part_id", "q"], [["e", {"a": 1}]])[:-1])
     assert res.keys == [] and "beyond [tables] max_columns = 5" in res.rejects[0].reason
+
+
+def test_a_value_too_deep_to_store_is_rejected_never_dropped_and_never_shapes_a_column() -> None:
+    deep: Any = 1
+    for _ in range(80):
+        deep = [deep]
+    v = Validator(TableSpec("ev.t"))
+    res = v.line(encode(["part_id", "x"], [["a", deep]])[:-1])
+    assert res.keys == [] and "nested too deeply" in res.rejects[0].reason
+    res = v.line(encode(["part_id", "y"], [["b", deep], ["c", [1]]])[:-1])
+    assert res.keys == ["c"] and v.types["y"] == "list<long>"
