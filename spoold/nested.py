@@ -96,7 +96,7 @@ def cast_nested(path: str, t: Type, vals: list[Any], row_bad: dict[int, str], le
         return vals
     if isinstance(t, Struct):
         return _struct(path, t, vals, _NONE in kinds, row_bad, leaf)
-    return _flat(path, t, vals, row_bad, leaf)
+    return _flat(path, t, vals, _NONE in kinds, row_bad, leaf)
 
 
 def _struct(path: str, t: Struct, vals: list[Any], nulls: bool, row_bad: dict[int, str], leaf: Leaf) -> list[Any]:
@@ -124,11 +124,12 @@ def _struct(path: str, t: Struct, vals: list[Any], nulls: bool, row_bad: dict[in
     return [None if v is None else dict(zip(fields, row, strict=True)) for v, row in zip(vals, zip(*children))]
 
 
-def _flat(path: str, t: ListOf | MapOf, vals: list[Any], row_bad: dict[int, str], leaf: Leaf) -> list[Any]:
+def _flat(path: str, t: ListOf | MapOf, vals: list[Any], nulls: bool, row_bad: dict[int, str],
+          leaf: Leaf) -> list[Any]:
     """A list's elements (a map's values) as one flat child column, reasons mapped back to rows."""
     is_map = isinstance(t, MapOf)
     hole = _EMPTY if is_map else ()
-    sized = [hole if v is None else v for v in vals]
+    sized = [hole if v is None else v for v in vals] if nulls else vals
     flat = list(chain.from_iterable(map(dict.values, sized) if is_map else sized))  # type: ignore[arg-type]
     child_t, required = (t.value, t.required) if isinstance(t, MapOf) else (t.element, t.required)
     child_bad: dict[int, str] = {}
