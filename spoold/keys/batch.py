@@ -105,7 +105,7 @@ class Batch:
         for name, chunks in self._chunks.items():
             for first, arr in chunks:
                 if first <= i < first + len(arr):
-                    value = arr[i - first].as_py()
+                    value = arr[i - first].as_py(maps_as_pydicts="strict")  # a map as the object it came as
                     out[name] = value.isoformat() if hasattr(value, "isoformat") else value
                     break
         return out
