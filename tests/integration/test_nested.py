@@ -193,3 +193,23 @@ def test_compaction_keeps_nested_columns_intact(tmp_path: Path) -> None:
     assert out["tables"][TABLE]
     assert len(load_table(cfg, TABLE).inspect.files()) == 1
     assert by_key(cfg) == before
+
+
+def test_a_declared_nested_field_widens_or_is_added_and_another_change_is_refused_naming_its_path(
+        tmp_path: Path) -> None:
+    def declare(props: str) -> Path:
+        return write_config(tmp_path, f'[tables."{TABLE}".columns]\npart_id = "string!"\nprops = "{props}"\n')
+
+    cfg = declare("struct<u: struct<n: int>>")
+    run_spoold("append", TABLE, "--config", str(cfg), input=jsonl([{"part_id": "a", "props": {"u": {"n": 1}}}]))
+    assert run(cfg, "flush")["tables"][TABLE]["committed"] == 1
+    cfg = declare("struct<u: struct<n: long, m: string>, l: list<double>>")
+    row = {"part_id": "b", "props": {"u": {"n": 2**40, "m": "x"}, "l": [0.5]}}
+    run_spoold("append", TABLE, "--config", str(cfg), input=jsonl([row]))
+    assert run(cfg, "flush")["tables"][TABLE]["committed"] == 1
+    assert str(load_table(cfg, TABLE).schema().find_field("props.u.n").field_type) == "long"
+    assert by_key(cfg)["b"]["props"] == row["props"] and by_key(cfg)["a"]["props"]["u"] == {"n": 1, "m": None}
+    cfg = declare("struct<u: struct<n: string>>")
+    run_spoold("append", TABLE, "--config", str(cfg), input=jsonl([{"part_id": "c", "props": {"u": {"n": "s"}}}]))
+    proc = run(cfg, "flush", rc=2)
+    assert "the table's field props.u.n is long, the config declares string" in proc.stderr.decode()
