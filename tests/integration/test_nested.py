@@ -213,3 +213,21 @@ def test_a_declared_nested_field_widens_or_is_added_and_another_change_is_refuse
     run_spoold("append", TABLE, "--config", str(cfg), input=jsonl([{"part_id": "c", "props": {"u": {"n": "s"}}}]))
     proc = run(cfg, "flush", rc=2)
     assert "the table's field props.u.n is long, the config declares string" in proc.stderr.decode()
+
+
+def test_a_row_quarantined_for_an_undeclared_struct_field_is_replayed_once_the_config_declares_it(
+        tmp_path: Path) -> None:
+    def declare(props: str) -> Path:
+        return write_config(tmp_path, f'[tables."{TABLE}".columns]\npart_id = "string!"\nprops = "{props}"\n')
+
+    cfg = declare("struct<a: long>")
+    spool = tmp_path / "state" / "spool" / TABLE
+    spool.mkdir(parents=True)
+    (spool / "active.jsonl").write_text(json.dumps(
+        {"version": 1, "columns": ["part_id", "props"], "rows": [["ok", {"a": 1}], ["later", {"a": 2, "b": "x"}]]})
+        + "\n")
+    assert run(cfg, "flush")["tables"][TABLE] == {"committed": 1, "deduplicated": 0, "quarantined": 1}
+    cfg = declare("struct<a: long, b: string>")
+    assert run(cfg, "quarantine", "replay", TABLE)["replayed"] == 1
+    assert run(cfg, "flush")["tables"][TABLE]["committed"] == 1
+    assert by_key(cfg)["later"]["props"] == {"a": 2, "b": "x"} and by_key(cfg)["ok"]["props"] == {"a": 1, "b": None}
