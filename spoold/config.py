@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from spoold.catalog_keys import validate_catalog
+from spoold.coltypes import TypeSyntax, parse_declared
 from spoold.errors import ConfigError, UsageError
 from spoold.redact import remember
 from spoold.settings import DaemonSettings, FlushSettings, IngestSettings, MaintainSettings, SpoolLimits
@@ -358,11 +359,13 @@ def _parse_table(ident: str, t: Any, max_columns: int = DEFAULT_MAX_COLUMNS) -> 
         raise ConfigError(f"{where}.legacy_key: expected a list of column names")
     columns = []
     for name, typ in _table(t, "columns").items():
-        if not isinstance(typ, str) or typ.removesuffix("!") not in COLUMN_TYPES:  # one "!", not "string!!"
-            raise ConfigError(
-                f"{where}.columns.{name}: expected one of {', '.join(COLUMN_TYPES)} (optionally with '!')"
-            )
-        columns.append(Column(name, typ.removesuffix("!"), typ.endswith("!")))
+        if not isinstance(typ, str):
+            raise ConfigError(f"{where}.columns.{name}: expected a type such as 'string', 'long!' or 'list<string>'")
+        try:
+            canonical, required = parse_declared(typ)
+        except TypeSyntax as e:
+            raise ConfigError(f"{where}.columns.{name}: {e} in {typ!r}") from None
+        columns.append(Column(name, canonical, required))
     types = {c.name: c.type for c in columns}
     if columns and key not in types:
         raise ConfigError(f"{where}.key: key column {key!r} is not among the declared columns")

@@ -20,10 +20,13 @@ from typing import Any
 import orjson
 
 from spoold.casts import CASTERS, CHECKERS, INFERRED, cast_column, refusal, too_deep, wide_integer, zoned_timestamps
+from spoold.coltypes import count_fields, nested, render
 from spoold.config import TableSpec
 from spoold.errors import InputError, SpoolError
+from spoold.nested import cast_nested, cast_values, infer_column
 
 VERSION = 1
+_PER_VALUE_BELOW = 8  # a nested column of fewer values is cast value by value
 _LIST = {list}
 _STR = {str}
 _PLAIN = frozenset({str, bool, type(None)})  # values that need no check before encoding
@@ -213,13 +216,20 @@ class Validator:
         self._vector = cast
         self.types: dict[str, str] = {**(table_types or {}), **spec.column_types()}
         self.pinned = frozenset(self.types)
+        self._declared = frozenset(spec.column_types())  # their struct types are closed: no field is inferred
+        self.grown: set[str] = set()  # pinned columns whose struct types gained fields here
         self.types.setdefault(spec.key, "string")  # keys are strings, never inferred as numbers
         self.required = (spec.required() | table_required) - {spec.key}  # the key has its own rule
         self._folded: dict[str, str] | None = None  # casefolded name → column, made at the first new column
 
     def inferred(self) -> dict[str, str]:
-        """Columns this validator has seen that the table does not have yet."""
-        return {c: t for c, t in self.types.items() if c not in self.pinned}
+        """Columns this validator has seen that the table does not have yet (or with struct fields it lacks)."""
+        return {c: t for c, t in self.types.items() if c not in self.pinned or c in self.grown}
+
+    def pin(self) -> None:
+        """The table now has every column and field this validator has seen (they were committed)."""
+        self.pinned = frozenset(self.types)
+        self.grown.clear()
 
     def line(self, raw: bytes, terminated: bool = True) -> LineResult:
         """Apply every line-level and row-level rule to one spool line."""
@@ -285,10 +295,57 @@ class Validator:
                     if v is not None:
                         row_bad.setdefault(pos, refused)
                 return None
-            typ = self.types[name] = INFERRED[type(first)]
-            typ = self.types[name] = self._typed(name, typ, vals)
+            if type(first) in (dict, list) and name not in self.hints:
+                shape = self._infer(name, None, vals)
+                if shape is None:
+                    if not any(map(too_deep, vals)):
+                        return None  # only empty arrays or objects of nulls: the type waits for a value that shows it
+                    shape = "json"  # which rejects the value too deep to store (never dropped as if null)
+                if (over := self._too_wide(1 + count_fields(shape))) is not None:
+                    for pos, v in enumerate(vals):
+                        if v is not None:
+                            row_bad.setdefault(pos, f"column {name}: {over}")
+                    return None
+                typ = render(shape)
+            else:
+                typ = self._typed(name, INFERRED[type(first)], vals)
+            self.types[name] = typ
             self._names()[name.casefold()] = name
-        return cast_column(name, typ, vals, row_bad, self._casters, vector=self._vector)
+        tree = nested(typ)
+        if tree is None:
+            return cast_column(name, typ, vals, row_bad, self._casters, vector=self._vector)
+        bad: dict[int, str] = {}
+        out = self._nested(name, tree, vals, bad)
+        if bad and name not in self._declared and any("unexpected field" in r for r in bad.values()):
+            grown = self._infer(name, tree, vals)  # the table's (or an inferred) struct evolves by new fields
+            if grown is not None and grown != tree and self._too_wide(count_fields(grown) - count_fields(tree)) is None:
+                self.types[name] = render(grown)
+                self.grown.add(name)
+                bad = {}
+                out = self._nested(name, grown, vals, bad)
+        for pos in sorted(bad):
+            row_bad.setdefault(pos, bad[pos])
+        return out
+
+    def _too_wide(self, more: int) -> str | None:
+        """Why ``more`` struct fields may not be added to the table (None: they may): nested fields count
+        against ``[tables] max_columns`` like columns."""
+        have = len(self.types) + sum(count_fields(t) for t in map(nested, self.types.values()) if t is not None)
+        if have + more <= self.spec.max_columns:
+            return None
+        return f"its fields would take the table to {have + more} columns and fields: beyond [tables] max_columns = " \
+               f"{self.spec.max_columns}"
+
+    def _nested(self, name: str, tree: Any, vals: list[Any], bad: dict[int, str]) -> list[Any]:
+        if len(vals) < _PER_VALUE_BELOW:  # a few values: cheaper one by one than as child columns
+            return cast_values(name, tree, vals, bad, self._casters)
+        return cast_nested(name, tree, vals, bad, self._leaf)
+
+    def _leaf(self, name: str, typ: str, vals: list[Any], bad: dict[int, str]) -> list[Any]:
+        return cast_column(name, typ, vals, bad, self._casters, vector=self._vector)
+
+    def _infer(self, name: str, known: Any, vals: list[Any]) -> Any:
+        return infer_column(self.spec.identifier, name, known, vals)
 
     def _typed(self, name: str, inferred: str, vals: list[Any]) -> str:
         """A new column's type: the one its source format knows (``hints``), else the inferred one, made

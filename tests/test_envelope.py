@@ -321,7 +321,7 @@ def test_undeclared_columns_are_inferred_from_their_first_value_and_then_strict(
     first = v.line(encode(["part_id", "n", "f", "b", "s", "o"], [["a", 1, 1.5, True, "x", {"k": 1}]])[:-1])
     assert first.rejects == []
     assert v.inferred() == {"part_id": "string", "n": "long", "f": "double", "b": "boolean", "s": "string",
-                            "o": "string"}
+                            "o": "struct<k: long>"}
     second = v.line(encode(["part_id", "n", "s"], [["b", "two", "y"], ["c", 3, 4]])[:-1])
     assert second.keys == [] and len(second.rejects) == 2
 
@@ -355,11 +355,11 @@ def test_an_object_is_never_a_key() -> None:
 
 
 def test_a_table_column_of_a_type_spoold_cannot_write_takes_only_null() -> None:
-    v = Validator(UNDECLARED, {"part_id": "string", "tags": "list<string>"})
-    res = v.line(encode(["part_id", "tags"], [["a", None], ["b", ["x"]], ["c", "x"]])[:-1])
+    v = Validator(UNDECLARED, {"part_id": "string", "amount": "decimal(10, 2)"})
+    res = v.line(encode(["part_id", "amount"], [["a", None], ["b", 1.5], ["c", "x"]])[:-1])
     assert res.keys == ["a"]
-    assert [r.reason for r in res.rejects] == ["column 'tags': cannot cast [\"x\"] to list<string>",
-                                              "column 'tags': cannot cast \"x\" to list<string>"]
+    assert [r.reason for r in res.rejects] == ["column 'amount': cannot cast 1.5 to decimal(10, 2)",
+                                              "column 'amount': cannot cast \"x\" to decimal(10, 2)"]
 
 
 def test_key_column_is_a_string_even_when_inferred() -> None:

@@ -40,7 +40,7 @@ def test_pyiceberg_is_imported_only_inside_the_iceberg_package() -> None:
 # Each wing may import the leaves, itself and the wings named here, nothing else (lazy and type-only imports
 # count too): arrows point one way, from the daemon and the command line down to the spool and the seam.
 LEAVES = {"errors", "durable", "locks", "config", "settings", "catalog_keys", "envelope", "casts", "progress",
-          "_testhooks", "logs", "safefile", "redact", "layout"}
+          "_testhooks", "logs", "safefile", "redact", "layout", "coltypes", "nested"}
 MAY_IMPORT = {
     "keys": set(),
     "iceberg": {"keys"},
@@ -53,7 +53,7 @@ MAY_IMPORT = {
     "cli": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "ingest"},
     "testing": {"keys", "iceberg", "spool", "sources", "flush", "backfill", "daemon", "cli", "ingest"},
 }
-MAX_TOP_LEVEL_MODULES = 14
+MAX_TOP_LEVEL_MODULES = 16  # coltypes and nested: the type grammar (config reads it) and nested casts
 
 
 def _module_name(path: Path) -> str:

@@ -63,7 +63,7 @@ class CommitPipeline:
         self._inflight = (job, then)
         if new_columns:
             self.join()
-            validator.pinned = frozenset(validator.types)
+            validator.pin()
 
     def join(self) -> None:
         """Wait for the commit in flight, if any, and run its ``then`` (its error is raised here)."""

@@ -23,13 +23,14 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
 
+from spoold.coltypes import parse
 from spoold.config import TableSpec
 from spoold.errors import CatalogError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.maintain.confine import Confine, uri
 from spoold.iceberg.maintain.owner import is_metadata, marked, marker_uuid, markers_at, metadata_uuid
 from spoold.iceberg.maintain.reachable import filesystem, fs_path
-from spoold.iceberg.schema import ICEBERG_TYPES, partition_spec, table_types
+from spoold.iceberg.schema import fits, partition_spec, table_types, type_tree
 from spoold.iceberg.tables import Tables
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def target_types(spec: TableSpec, tbl: Table) -> tuple[dict[str, str], frozenset
     declared = spec.column_types()
     out = {**types, **declared}
     for name, typ in out.items():
-        if typ not in ICEBERG_TYPES:
+        if parse(typ) is None:
             raise CatalogError(f"table {spec.identifier}: column {name!r} is {typ}, which spoold cannot write; "
                                "a rebuild would lose it")
     return out, required - set(declared)
@@ -90,7 +91,8 @@ def up_to_date(spec: TableSpec, tbl: Table) -> bool:
             field = schema.find_field(col.name)
         except ValueError:
             continue  # a new column: flush adds it
-        if field.field_type != ICEBERG_TYPES[col.type]:
+        have, want = type_tree(field), parse(col.type)
+        if have != want and not (fits(want, have) and fits(have, want)):  # (string and json are one type)
             return False
     want = [(f.source_id, str(f.transform)) for f in partition_spec(spec, schema).fields]
     have = [(f.source_id, str(f.transform)) for f in tbl.spec().fields]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import count
 from typing import Any
 
 import pyarrow as pa
@@ -29,12 +30,16 @@ from pyiceberg.types import (
     FloatType,
     IcebergType,
     IntegerType,
+    ListType,
     LongType,
+    MapType,
     NestedField,
     StringType,
+    StructType,
     TimestamptzType,
 )
 
+from spoold.coltypes import Field, ListOf, MapOf, Struct, Type, parse, render
 from spoold.config import TableSpec
 from spoold.errors import ConfigError
 from spoold.keys.batch import Batch
@@ -48,23 +53,79 @@ ICEBERG_TYPES: dict[str, IcebergType] = {
     "boolean": BooleanType(),
     "timestamptz": TimestamptzType(),
     "date": DateType(),
+    "json": StringType(),
 }
-_NAMES = {type(t): name for name, t in ICEBERG_TYPES.items()}
+_NAMES = {type(t): name for name, t in ICEBERG_TYPES.items() if name != "json"}
+JSON_DOC = "JSON text"  # the doc of a string field spoold made for a json column: it takes any JSON value
 
 
 def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
-    """Column types (spoold's names) and required columns of an existing table.
+    """Column types (spoold's names, nested ones as type text) and required columns of an existing table.
 
-    A column of a type spoold does not write (nested, decimal, timestamp
-    without zone...) gets its Iceberg type's name, which no value casts to:
-    the validator rejects any non-null value for it instead of guessing.
+    A column of a type spoold does not write (decimal, timestamp without
+    zone, a map of non-string keys, at any depth...) gets its Iceberg type's
+    name, which no value casts to: the validator rejects any non-null value
+    for it instead of guessing. A string column stays ``string`` (JSON text,
+    as spoold wrote objects before nested columns existed), unless spoold
+    made it as ``json``.
     """
-    types = {f.name: _NAMES.get(type(f.field_type), str(f.field_type)) for f in schema.fields}
+    types = {f.name: _spoold_type(f) for f in schema.fields}
     required = frozenset(f.name for f in schema.fields if f.required)
     return types, required
 
 
 _SAFE = {("int", "long"), ("float", "double")}  # values validated as the first fit a column of the second
+
+
+class _Unwritable(Exception):
+    pass
+
+
+def _spoold_type(f: NestedField) -> str:
+    tree = type_tree(f)
+    return render(tree) if tree is not None else str(f.field_type)
+
+
+def type_tree(f: NestedField) -> Type | None:
+    """A table field's type as spoold's type tree (None: a type spoold does not write)."""
+    try:
+        return _tree(f.field_type, f.doc)
+    except _Unwritable:
+        return None
+
+
+def _tree(t: IcebergType, doc: str | None) -> Type:
+    if isinstance(t, StructType):
+        return Struct(tuple(Field(f.name, _tree(f.field_type, f.doc), f.required) for f in t.fields))
+    if isinstance(t, ListType):
+        return ListOf(_tree(t.element_type, None), t.element_required)
+    if isinstance(t, MapType):
+        if not isinstance(t.key_type, StringType):
+            raise _Unwritable
+        return MapOf(_tree(t.value_type, None), t.value_required)
+    name = _NAMES.get(type(t))
+    if name is None:
+        raise _Unwritable
+    return "json" if name == "string" and doc == JSON_DOC else name
+
+
+def iceberg_type(typ: str, ids: Iterator[int] | None = None) -> IcebergType:
+    """Type text → the Iceberg type (nested field ids from ``ids``; the catalog assigns fresh ones anyway)."""
+    tree = parse(typ)
+    if tree is None:
+        raise ValueError(f"not a type spoold writes: {typ}")
+    return _iceberg(tree, ids if ids is not None else count(1))
+
+
+def _iceberg(t: Type, ids: Iterator[int]) -> IcebergType:
+    if isinstance(t, str):
+        return ICEBERG_TYPES[t]
+    if isinstance(t, Struct):
+        return StructType(*(NestedField(next(ids), f.name, _iceberg(f.type, ids), required=f.required,
+                                        doc=JSON_DOC if f.type == "json" else None) for f in t.fields))
+    if isinstance(t, ListOf):
+        return ListType(next(ids), _iceberg(t.element, ids), element_required=t.required)
+    return MapType(next(ids), StringType(), next(ids), _iceberg(t.value, ids), value_required=t.required)
 
 
 def type_conflicts(types: Mapping[str, str], columns: Iterable[str], schema: Schema) -> dict[str, tuple[str, str]]:
@@ -78,8 +139,26 @@ def type_conflicts(types: Mapping[str, str], columns: Iterable[str], schema: Sch
     for c in columns:
         mine, theirs = types.get(c), have.get(c)
         if mine is not None and theirs is not None and mine != theirs and (mine, theirs) not in _SAFE:
+            if {mine, theirs} == {"string", "json"} or fits(parse(mine), parse(theirs)):
+                continue
             out[c] = (mine, theirs)
     return out
+
+
+def fits(mine: Type | None, theirs: Type | None) -> bool:
+    """Values validated as ``mine`` can be written into ``theirs`` (the same, or a struct with more fields)."""
+    if mine is None or theirs is None:
+        return False
+    if mine == theirs or (mine, theirs) in _SAFE or {mine, theirs} == {"string", "json"}:
+        return True
+    if isinstance(mine, Struct) and isinstance(theirs, Struct):
+        have = {f.name: f for f in theirs.fields}
+        return all(f.name in have and fits(f.type, have[f.name].type) for f in mine.fields)
+    if isinstance(mine, ListOf) and isinstance(theirs, ListOf):
+        return fits(mine.element, theirs.element)
+    if isinstance(mine, MapOf) and isinstance(theirs, MapOf):
+        return fits(mine.value, theirs.value)
+    return False
 
 
 def new_schema(spec: TableSpec, types: Mapping[str, str]) -> Schema:
@@ -87,11 +166,13 @@ def new_schema(spec: TableSpec, types: Mapping[str, str]) -> Schema:
     fields = []
     declared = {c.name: c for c in spec.columns}
     names = list(declared) + [n for n in types if n not in declared]
+    ids = count(len(names) + 1)  # nested fields' ids follow the columns'
     for i, name in enumerate(names, 1):
         col = declared.get(name)
         typ = col.type if col else types[name]
         required = col.required if col else name == spec.key
-        fields.append(NestedField(i, name, ICEBERG_TYPES[typ], required=required))
+        fields.append(NestedField(i, name, iceberg_type(typ, ids), required=required,
+                                  doc=JSON_DOC if typ == "json" else None))
     return Schema(*fields)
 
 
@@ -201,7 +282,7 @@ def to_arrow(values: Mapping[str, list[Any] | pa.Array | pa.ChunkedArray], nrows
         if col is None:
             arrays.append(pa.nulls(nrows, field.type))
         elif isinstance(col, (pa.Array, pa.ChunkedArray)):
-            arrays.append(col if col.type == field.type else col.cast(field.type))
+            arrays.append(col if col.type == field.type else _conform(col, field.type))
         else:
             try:
                 arrays.append(pa.array(col, type=field.type))
@@ -209,3 +290,13 @@ def to_arrow(values: Mapping[str, list[Any] | pa.Array | pa.ChunkedArray], nrows
                 # Only reachable when another writer changed a column's type under us.
                 arrays.append(pa.array(col).cast(field.type))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)
+
+
+def _conform(col: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """``col`` as type ``typ``: a cast, or for a struct the table has more fields in (or in another order,
+    another writer's evolution), rebuilt by field name, the missing ones null."""
+    try:
+        return col.cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.array(col.to_pylist(), type=typ)
+

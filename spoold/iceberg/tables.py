@@ -27,12 +27,24 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, 
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 
+from spoold.coltypes import ListOf, MapOf, Struct, Type, parse, render
 from spoold.config import Config, TableSpec
 from spoold.durable import write_state
 from spoold.errors import CatalogError, ConfigError, DataError, TableError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.maintain.owner import mark_quietly
-from spoold.iceberg.schema import ICEBERG_TYPES, describe_spec, new_schema, partition_spec, spec_changes, unwritable
+from spoold.iceberg.schema import (
+    ICEBERG_TYPES,
+    JSON_DOC,
+    describe_spec,
+    iceberg_type,
+    new_schema,
+    partition_spec,
+    spec_changes,
+    table_types,
+    type_tree,
+    unwritable,
+)
 from spoold.iceberg.snapshots import history_ids, sync_local_files
 from spoold.keys.index import KeyIndex
 from spoold.layout import TABLE_UUID
@@ -130,22 +142,33 @@ class Tables:
     def ensure(self, spec: TableSpec, types: Mapping[str, str], *, reuse: bool = False) -> Table:
         """Load (or reuse, see :meth:`load`) or create the table, then add any of ``types``' columns it lacks."""
         tbl = self.load(spec, reuse=reuse) or self._create(spec, types)
-        missing = {c: t for c, t in types.items() if c not in tbl.schema().column_names}
-        widen = widenings(spec, tbl.schema())
-        if missing or widen:
+        schema = tbl.schema()
+        missing = {c: t for c, t in types.items() if c not in schema.column_names}
+        widen = widenings(spec, schema)
+        have, _ = table_types(schema)
+        grow: list[tuple[tuple[str, ...], Type]] = []
+        for c, t in types.items():
+            if c in have and t != have[c]:
+                _additions((c,), parse(t), parse(have[c]), grow)
+        if missing or widen or grow:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
                 with tbl.update_schema() as update:
-                    for name, typ in missing.items():
-                        update.add_column((name,), ICEBERG_TYPES[typ])  # a tuple: "meta.src" is one name, not a path
-                    for name, typ in widen.items():
-                        update.update_column((name,), ICEBERG_TYPES[typ])
+                    for name, typ in missing.items():  # a tuple: "meta.src" is one name, not a path
+                        update.add_column((name,), iceberg_type(typ), doc=JSON_DOC if typ == "json" else None)
+                    for path, t in grow:
+                        update.add_column(path, iceberg_type(render(t)), doc=JSON_DOC if t == "json" else None)
+                    for path, typ in widen.items():
+                        update.update_column(path, ICEBERG_TYPES[typ])
                 sync_local_files([tbl.metadata_location])
             if missing:
                 log.info("table %s: added columns %s", spec.identifier,
                          ", ".join(f"{c} {t}" for c, t in missing.items()))
+            if grow:
+                log.info("table %s: added fields %s", spec.identifier,
+                         ", ".join(f"{_dotted(p)} {render(t)}" for p, t in grow))
             if widen:
                 log.info("table %s: widened columns %s (as the config declares)", spec.identifier,
-                         ", ".join(f"{c} to {t}" for c, t in widen.items()))
+                         ", ".join(f"{_dotted(p)} to {t}" for p, t in widen.items()))
         why = unwritable(tbl)
         if why is not None:  # (Iceberg cannot evolve such a spec either: it checks the old one against the schema)
             raise TableError(f"table {spec.identifier}: {why}, so no row can be written; the rows stay spooled "
@@ -302,30 +325,79 @@ class Tables:
 _WIDENINGS = {("int", "long"), ("float", "double")}
 
 
-def widenings(spec: TableSpec, schema: Schema) -> dict[str, str]:
-    """Declared columns whose config type widens the table's (``int`` → ``long``, ``float`` → ``double``).
+def widenings(spec: TableSpec, schema: Schema) -> dict[tuple[str, ...], str]:
+    """Declared columns (or nested fields, by path) whose config type widens the table's (``int`` → ``long``,
+    ``float`` → ``double``).
 
     Raises ConfigError for any other difference between a declared type and the
-    table's: Iceberg cannot change it in place, and writing on would truncate
-    or reject values.
+    table's, naming the path: Iceberg cannot change it in place, and writing on
+    would truncate or reject values. Struct fields the table lacks are added
+    (not a difference); fields only the table has stay.
     """
-    out = {}
+    out: dict[tuple[str, ...], str] = {}
     for col in spec.columns:
         try:
             field = schema.find_field(col.name)
         except ValueError:
             continue  # a new column: added, not changed
-        have = str(field.field_type)
-        if field.field_type == ICEBERG_TYPES[col.type]:
-            continue
-        if (have, col.type) in _WIDENINGS:
-            out[col.name] = col.type
-            continue
-        raise ConfigError(
-            f"tables.{spec.identifier!r}.columns.{col.name}: the table's column {col.name!r} is {have}, the config "
-            f"declares {col.type}; Iceberg can only widen int to long and float to double (declare {have} "
-            f"again, or run `spoold rebuild {spec.identifier}` to re-create the table with the config's types)")
+        problem = _compare((col.name,), parse(col.type), type_tree(field), out)
+        if problem is not None:
+            path, theirs, mine = problem
+            where = f"tables.{spec.identifier!r}.columns.{col.name}"
+            what = f"column {col.name!r}" if len(path) == 1 else f"field {_dotted(path)}"
+            raise ConfigError(
+                f"{where}: the table's {what} is {theirs}, the config declares {mine}; Iceberg can only widen int "
+                f"to long and float to double (declare {theirs} again, or run `spoold rebuild {spec.identifier}` "
+                "to re-create the table with the config's types)")
     return out
+
+
+def _compare(path: tuple[str, ...], mine: Type | None, theirs: Type | None,
+             out: dict[tuple[str, ...], str]) -> tuple[tuple[str, ...], str, str] | None:
+    """The first path where a declared type cannot become the table's (widenings go into ``out``)."""
+    if mine is None or theirs is None:
+        return path, render(theirs) if theirs is not None else "of a type spoold does not write", \
+            render(mine) if mine is not None else "?"
+    if mine == theirs or {mine, theirs} == {"string", "json"}:
+        return None
+    if isinstance(mine, str) and isinstance(theirs, str):
+        if (theirs, mine) in _WIDENINGS:
+            out[path] = mine
+            return None
+        return path, theirs, mine
+    if isinstance(mine, Struct) and isinstance(theirs, Struct):
+        by_name = {f.name: f for f in theirs.fields}
+        for f in mine.fields:
+            g = by_name.get(f.name)
+            if g is not None and (problem := _compare((*path, f.name), f.type, g.type, out)) is not None:
+                return problem
+        return None
+    if isinstance(mine, ListOf) and isinstance(theirs, ListOf):
+        return _compare((*path, "element"), mine.element, theirs.element, out)
+    if isinstance(mine, MapOf) and isinstance(theirs, MapOf):
+        return _compare((*path, "value"), mine.value, theirs.value, out)
+    return path, render(theirs), render(mine)
+
+
+def _additions(path: tuple[str, ...], mine: Type | None, theirs: Type | None,
+               out: list[tuple[tuple[str, ...], Type]]) -> None:
+    """Struct fields ``mine`` has at any depth and ``theirs`` lacks, as (path, type)."""
+    if isinstance(mine, Struct) and isinstance(theirs, Struct):
+        by_name = {f.name: f for f in theirs.fields}
+        for f in mine.fields:
+            g = by_name.get(f.name)
+            if g is None:
+                out.append(((*path, f.name), f.type))
+            else:
+                _additions((*path, f.name), f.type, g.type, out)
+    elif isinstance(mine, ListOf) and isinstance(theirs, ListOf):
+        _additions((*path, "element"), mine.element, theirs.element, out)
+    elif isinstance(mine, MapOf) and isinstance(theirs, MapOf):
+        _additions((*path, "value"), mine.value, theirs.value, out)
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path)
 
 
 def snapshot_id(tbl: Table) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from spoold.coltypes import ListOf, Struct, Type, nested
 from spoold.envelope import LineResult
 
 # The Arrow type each spoold type is written as: what pyiceberg's schema_to_pyarrow gives for the
@@ -27,7 +28,29 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "boolean": pa.bool_(),
     "timestamptz": pa.timestamp("us", tz="UTC"),
     "date": pa.date32(),
+    "json": pa.large_string(),
 }
+
+
+def arrow_of(typ: str) -> pa.DataType | None:
+    """The Arrow type of spoold type text ``typ``, nested ones included (None: a type spoold doesn't write)."""
+    found = ARROW_TYPES.get(typ) or _NESTED_ARROW.get(typ)
+    if found is None and (tree := nested(typ)) is not None:
+        found = _NESTED_ARROW[typ] = _arrow(tree)
+    return found
+
+
+_NESTED_ARROW: dict[str, pa.DataType] = {}
+
+
+def _arrow(t: Type) -> pa.DataType:
+    if isinstance(t, str):
+        return ARROW_TYPES[t]
+    if isinstance(t, Struct):
+        return pa.struct([pa.field(f.name, _arrow(f.type), nullable=not f.required) for f in t.fields])
+    if isinstance(t, ListOf):
+        return pa.large_list(pa.field("element", _arrow(t.element), nullable=not t.required))
+    return pa.map_(pa.large_string(), pa.field("value", _arrow(t.value), nullable=not t.required))
 
 
 class Batch:
@@ -83,7 +106,7 @@ class Batch:
         for name, chunks in self._chunks.items():
             for first, arr in chunks:
                 if first <= i < first + len(arr):
-                    value = arr[i - first].as_py()
+                    value = arr[i - first].as_py(maps_as_pydicts="strict")  # a map as the object it came as
                     out[name] = value.isoformat() if hasattr(value, "isoformat") else value
                     break
         return out
@@ -110,7 +133,7 @@ class Batch:
 
     def _seal(self) -> None:
         for name, vals in self._segment.items():
-            typ = ARROW_TYPES.get(self.types[name])  # a type spoold doesn't write: the validator let only nulls by
+            typ = arrow_of(self.types[name])  # a type spoold doesn't write: the validator let only nulls by
             arr = pa.array(vals, type=typ) if typ is not None else pa.nulls(len(vals))
             self._chunks.setdefault(name, []).append((self._start, arr))
         self._segment, self._start = {}, len(self.keys)
@@ -125,8 +148,10 @@ class Batch:
         n, columns = len(self.keys), {}
         for name, chunks in self._chunks.items():
             pieces, at = [], 0
-            typ = chunks[0][1].type  # a column's type never changes (inferred ones are never widened)
+            typ = chunks[-1][1].type  # a column's type only grows: a struct may gain fields (never widened)
             for start, arr in chunks:
+                if arr.type != typ:  # a segment sealed before its struct gained a field: the field is null there
+                    arr = pa.array(arr.to_pylist(), type=typ)
                 if start > at:
                     pieces.append(pa.nulls(start - at, typ))
                 pieces.append(arr)

@@ -9,7 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyiceberg.schema import Schema
-from pyiceberg.types import FloatType, IntegerType, ListType, LongType, NestedField, StringType, TimestamptzType
+from pyiceberg.types import (
+    DecimalType,
+    FloatType,
+    IntegerType,
+    ListType,
+    LongType,
+    NestedField,
+    StringType,
+    StructType,
+    TimestamptzType,
+)
 
 from spoold.config import Column, PartitionField, TableSpec
 from spoold.envelope import Validator
@@ -67,9 +77,12 @@ def test_table_types_reads_back_spooled_types_and_skips_what_envelopes_cannot_fi
         NestedField(2, "f", FloatType()),
         NestedField(3, "i", IntegerType()),
         NestedField(4, "tags", ListType(5, StringType())),
+        NestedField(6, "amount", DecimalType(10, 2)),
+        NestedField(7, "deep", StructType(NestedField(8, "d", DecimalType(10, 2)))),
     )
     types, required = table_types(schema)
-    assert types == {"part_id": "string", "f": "float", "i": "int", "tags": "list<string>"}  # no value casts to it
+    assert types == {"part_id": "string", "f": "float", "i": "int", "tags": "list<string!>",
+                     "amount": "decimal(10, 2)", "deep": str(schema.find_field("deep").field_type)}  # no value casts
     assert required == {"part_id"}
     assert table_types(new_schema(SPEC, {}))[0] == {c.name: c.type for c in SPEC.columns}
 
@@ -175,7 +188,10 @@ def test_batch_arrow_types_are_what_pyiceberg_writes_for_each_type() -> None:
     """The batch converts values without pyiceberg; the seam then needs no cast for any type spoold writes."""
     from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-    from spoold.iceberg.schema import ICEBERG_TYPES
-    from spoold.keys.batch import ARROW_TYPES
+    from spoold.iceberg.schema import ICEBERG_TYPES, iceberg_type
+    from spoold.keys.batch import ARROW_TYPES, arrow_of
 
     assert {name: schema_to_pyarrow(t) for name, t in ICEBERG_TYPES.items()} == ARROW_TYPES
+    for typ in ("struct<a: long!, b: struct<t: timestamptz>, `odd name`: list<string!>>", "list<struct<x: date>>",
+                "map<string, list<double>>", "map<string, json!>"):
+        assert schema_to_pyarrow(iceberg_type(typ)) == arrow_of(typ), typ

@@ -23,7 +23,7 @@ def test_a_declaration_is_written_to_the_config(spoold_env: SpooldEnv) -> None:
 
 def test_a_bad_declaration_fails_at_once_and_changes_nothing(spoold_env: SpooldEnv) -> None:
     before = spoold_env.config_path.read_text()
-    with pytest.raises(ConfigError, match=r"columns\.id: expected one of"):
+    with pytest.raises(ConfigError, match=r"columns\.id: unknown type 'strin'"):
         spoold_env.table("ev.rows", {"id": "strin"}, key="id")
     with pytest.raises(ConfigError, match="key column 'nope' is not among the declared columns"):
         spoold_env.table("ev.rows", {"id": "string"}, key="nope")
