@@ -242,6 +242,7 @@ def main() -> None:
                   f"{info['metadata_file_bytes'] / 1024:.1f} KB; metadata on disk {info['metadata_bytes'] / 2**20:.2f}"
                   f" MB, {meta:.2f}x its size after 100 flushes (target <= 2x: {'met' if meta <= 2 else 'MISSED'});"
                   f" aging took {info['aging_s']:.0f} s")
+        print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work skews wall times)")
         if args.parts:
             parts(state)
     finally:
