@@ -19,7 +19,7 @@ class FlushSettings:
     chunk_rows: int = 100_000
     shutdown_timeout_s: float = 30.0
     retry_max_s: float = 300.0
-    # Expire snapshots past the table's own history.expire.* properties after a commit:
+    # Expire snapshots past the table's retention (docs/maintenance.md) after a commit:
     # every flush adds one, and pyiceberg's commit cost grows with the snapshots kept.
     expire_snapshots: bool = True
     # An idle daemon re-executes itself after this long to hand back the flush stack's
