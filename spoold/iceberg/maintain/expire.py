@@ -5,7 +5,8 @@ newest ``keep`` ancestors and every ancestor younger than the cutoff; tags
 keep their snapshot; a snapshot no ref reaches goes once it is older than the
 cutoff. Besides, a branch keeps at most ``max_count`` ancestors however young
 (the table property ``spoold.history.max-snapshots``, docs/maintenance.md):
-every commit pays for each snapshot kept. After the metadata commit, the files to delete are those named by the
+every commit pays for each snapshot kept. After the metadata commit, the
+files to delete are those named by the
 expired snapshots (manifest lists, manifests not in any kept snapshot's list,
 the data and delete files those manifests list) minus every file a kept
 snapshot still reads, computed from the metadata the commit returned. A
