@@ -80,3 +80,14 @@ def test_an_existing_table_keeps_its_own_retention(tmp_path: Path) -> None:
                                                           "max_snapshots": None})
     text = ok(run_spoold("status", "--config", str(cfg)))
     assert "3 snapshot(s) kept (retention: none older than 5d but the newest 1)" in text
+
+
+def test_a_commit_that_merges_manifests_leaves_none_unreferenced(tmp_path: Path) -> None:
+    """pyiceberg lists only the merged manifest; the append's own one would wait days for orphan cleanup."""
+    cfg = write_config(tmp_path)
+    flushes(cfg, 18)  # the tables spoold creates merge manifests once there are 16
+    tbl = Sink(load_config(cfg)).tables.catalog().load_table("t.x")
+    listed = {m.manifest_path for s in tbl.snapshots() for m in s.manifests(tbl.io)}
+    assert len(tbl.current_snapshot().manifests(tbl.io)) < 16  # type: ignore[union-attr]  (it did merge)
+    on_disk = {f"file://{p}" for p in Path(tbl.location().removeprefix("file://"), "metadata").glob("*-m*.avro")}
+    assert on_disk == listed
