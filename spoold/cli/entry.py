@@ -247,7 +247,8 @@ def cmd_maintain(args: argparse.Namespace, config: Config, as_json: bool) -> int
 
 def cmd_rebuild(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     """Rebuild (or ``--drop-backup``); progress on stderr. Exit 2 for a table the catalog does not have."""
-    from spoold.flush.rebuild import abort, drop_backups, rebuild
+    from spoold.flush.rebuild import rebuild
+    from spoold.flush.rebuild_drop import abort, drop_backups
     from spoold.progress import Progress
 
     validate_identifier(args.table)

@@ -83,7 +83,7 @@ class RebuildReport:
 
 def pending(spool: Spool, table: str) -> str | None:
     """The staging table of an unfinished rebuild of ``table`` (None: none). Flush must not run meanwhile."""
-    state = _load(spool, table)
+    state = load_state(spool, table)
     return None if state is None else str(state.get("staging"))
 
 
@@ -101,79 +101,7 @@ def rebuild(config: Config, table: str, *, dry_run: bool = False, progress: Any 
         sink.close()
 
 
-def drop_backups(config: Config, table: str, *, dry_run: bool = False) -> RebuildReport:
-    """Drop the backups ``spoold rebuild`` left of ``table``, and delete their files where they own them."""
-    spec = config.table(table)
-    spool = Spool.from_config(config)
-    report = RebuildReport(table, dry_run=dry_run)
-    if pending(spool, table) is not None:
-        raise UsageError(f"table {table}: a rebuild is unfinished; `spoold rebuild {table}` finishes it first")
-    sink = Sink(config)
-    try:
-        for name in ice.backups(sink.tables, spec.identifier):
-            report.dropped.append(name)
-            if not dry_run:
-                report.purged_files += _drop(sink, name)
-    finally:
-        sink.close()
-    return report
-
-
-def abort(config: Config, table: str) -> RebuildReport:
-    """Roll back an unfinished rebuild still copying: drop its staging table (and its files where it owns
-    them) and the quarantine files it wrote, then its state file, so flushes go on into the old table.
-    UsageError once the old table was renamed (re-running the rebuild finishes it) or with none unfinished."""
-    config.table(table)
-    spool = Spool.from_config(config)
-    report = RebuildReport(table)
-    sink = Sink(config)
-    try:
-        with spool.flush_lock(table):
-            state = _load(spool, table)
-            if state is None:
-                raise UsageError(f"table {table}: no unfinished rebuild to abort")
-            at_name = ice.served_uuid(sink.tables, table)
-            if at_name != state["uuid"]:
-                raise UsageError(f"table {table}: its rebuild is past its first rename (the old table is "
-                                 f"{state['backup']}), too late to abort; `spoold rebuild {table}` finishes it")
-            # The staging table, then the quarantine files, then the state: an abort killed half-way is run again.
-            if ice.load(sink.tables, state["staging"]) is not None:
-                report.purged_files = _drop(sink, state["staging"])
-            report.dropped.append(state["staging"])
-            qdir = spool.table_dir(table) / QUARANTINE
-            if qdir.is_dir():
-                with spool.tally_lock(table):
-                    for path in sorted(files(spool, table)):
-                        if path.name.startswith(_prefix(state)):
-                            path.unlink()
-                    fsync_dir(qdir)
-            path = rebuild_state(spool.root, table)
-            path.unlink()
-            fsync_dir(path.parent)
-            log.info("table %s: rebuild into %s aborted; flushes go on into the old table", table, state["staging"])
-    finally:
-        sink.close()
-    return report
-
-
-def _drop(sink: Sink, name: str) -> int:
-    """Drop table ``name``, and delete its files where it provably owns its location: how many were deleted."""
-    tbl = ice.load(sink.tables, name)
-    if tbl is None:
-        return 0
-    # Data first, the table still in the catalog: a drop killed half-way is done again from the start.
-    owned = ice.owned_location(tbl)
-    deleted, why = ice.purge(tbl, metadata=False) if owned else (0, "not provably its own location")
-    ice.drop(sink.tables, name)
-    if why is None:
-        more, why = ice.purge(tbl, metadata=True)
-        deleted += more
-    if why is not None:
-        log.warning("table %s: dropped; its files under %s stay: %s", name, tbl.location(), why)
-    return deleted
-
-
-def _prefix(state: dict[str, Any]) -> str:
+def quarantine_prefix(state: dict[str, Any]) -> str:
     """The name prefix of the quarantine files this rebuild wrote (with its stamp)."""
     return f"rebuild-{state['staging'].rsplit(ice.STAGING, 1)[-1]}-"
 
@@ -190,7 +118,7 @@ class _Rebuild:
 
     # -- phases -----------------------------------------------------------------------------------------------
     def run(self) -> RebuildReport:
-        state = _load(self.spool, self.table)
+        state = load_state(self.spool, self.table)
         if state is None:
             old = self._old()
             if ice.up_to_date(self.spec, old):
@@ -208,7 +136,7 @@ class _Rebuild:
         else:
             log.info("table %s: going on with the unfinished rebuild into %s", self.table, state["staging"])
         self.report.backup = state["backup"]
-        self.prefix = _prefix(state)
+        self.prefix = quarantine_prefix(state)
         if state["phase"] == "copy":
             state["new_uuid"] = self._copy(state, self.table)
             state["phase"] = "swap"
@@ -220,7 +148,7 @@ class _Rebuild:
 
     def dry_run(self) -> RebuildReport:
         self.report.dry_run = True
-        state = _load(self.spool, self.table)
+        state = load_state(self.spool, self.table)
         if state is not None:
             raise UsageError(f"table {self.table}: a rebuild into {state['staging']} is unfinished; "
                              f"`spoold rebuild {self.table}` finishes it")
@@ -421,7 +349,7 @@ class _Rebuild:
         write_state(self._path(), orjson.dumps(state), self.config.spool_group)
 
 
-def _load(spool: Spool, table: str) -> dict[str, Any] | None:
+def load_state(spool: Spool, table: str) -> dict[str, Any] | None:
     path = rebuild_state(spool.root, table)
     try:
         check_dir(path.parent, owner=os.lstat(spool.root).st_uid, private=True)
