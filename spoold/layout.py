@@ -30,6 +30,8 @@ TABLE_UUID = ".table-uuid"  # the uuid of the table this spool's commits were ve
 LAST_FLUSH = ".last-flush.json"  # this spool's last flush attempt
 LAST_MAINTENANCE = ".last-maintenance.json"  # this spool's last maintenance run
 DROPPED = ".dropped.json"  # how many quarantined records `spoold quarantine drop` discarded
+REBUILD_LEGACY = ".rebuild.json"  # an unfinished rebuild's state as spoold kept it before REBUILD_DIR: read only
+# when the spool's owner wrote it (a rebuild interrupted across an upgrade), removed when that rebuild ends
 TALLY = ".tally.json"  # quarantine records past the budget, counted (in QUARANTINE)
 TALLY_LOCK = ".tally.lock"
 # -- the spool root -----------------------------------------------------------------------------------------------

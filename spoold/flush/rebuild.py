@@ -50,7 +50,7 @@ from spoold.iceberg import rebuild as ice
 from spoold.iceberg.sink import Sink
 from spoold.iceberg.tables import snapshot_id
 from spoold.keys.batch import Batch
-from spoold.layout import QUARANTINE, REBUILD_DIR, TABLE_UUID, rebuild_state
+from spoold.layout import QUARANTINE, REBUILD_DIR, REBUILD_LEGACY, TABLE_UUID, rebuild_state
 from spoold.safefile import UnsafeFile, check_dir, private_dir, read_state
 from spoold.spool.files import quarantine_record, record_line
 from spoold.spool.quarantine import files, read
@@ -99,6 +99,14 @@ def rebuild(config: Config, table: str, *, dry_run: bool = False, progress: Any 
             return _Rebuild(config, spool, sink, spec, progress).run()
     finally:
         sink.close()
+
+
+def remove_state(spool: Spool, table: str) -> None:
+    """The rebuild of ``table`` is over: its state files go (flushes go on)."""
+    for path in (rebuild_state(spool.root, table), spool.table_dir(table) / REBUILD_LEGACY):
+        if path.parent.is_dir():
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
 
 
 def quarantine_prefix(state: dict[str, Any]) -> str:
@@ -332,9 +340,7 @@ class _Rebuild:
         pin = self.spool.table_dir(self.table) / TABLE_UUID
         if pin.exists():  # this spool now commits to the rebuilt table
             write_state(pin, new_uuid.encode(), self.config.spool_group)
-        path = self._path()
-        path.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        remove_state(self.spool, self.table)
         log.info("table %s: rebuilt (%d row(s) copied, %d quarantined); the old table is %s until "
                  "`spoold rebuild %s --drop-backup`", self.table, self.report.copied, self.report.quarantined,
                  state["backup"], self.table)
@@ -350,16 +356,23 @@ class _Rebuild:
 
 
 def load_state(spool: Spool, table: str) -> dict[str, Any] | None:
+    """The state of an unfinished rebuild of ``table`` (None: none). Only spoold's own is read: one in a
+    private directory of the spool's owner, or (saved by an older spoold) its owner's file in the table's."""
     path = rebuild_state(spool.root, table)
     try:
         check_dir(path.parent, owner=os.lstat(spool.root).st_uid, private=True)
-    except (FileNotFoundError, UnsafeFile):
-        return None  # spoold saves rebuild state only in a private directory of the spool's owner: not this one
-    try:
-        state = orjson.loads(read_state(path, spool.root, limit=64 << 10))
+        data = read_state(path, spool.root, limit=64 << 10)
     except FileNotFoundError:
-        return None
-    except (UnsafeFile, orjson.JSONDecodeError) as e:
+        path = spool.table_dir(table) / REBUILD_LEGACY
+        try:
+            data = read_state(path, spool.root, limit=64 << 10)
+        except (FileNotFoundError, UnsafeFile):
+            return None  # (a member's, a link: planted, it means nothing)
+    except UnsafeFile:
+        return None  # not spoold's directory (a member made it): no rebuild saved its state there
+    try:
+        state = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
         raise CatalogError(f"table {table}: the rebuild state file {path} cannot be read ({e}); remove it only "
                            "if no rebuild was started") from None
     if not isinstance(state, dict) or state.get("phase") not in ("copy", "swap") or not all(

@@ -15,10 +15,10 @@ import logging
 from spoold.config import Config
 from spoold.durable import fsync_dir
 from spoold.errors import UsageError
-from spoold.flush.rebuild import RebuildReport, load_state, pending, quarantine_prefix
+from spoold.flush.rebuild import RebuildReport, load_state, pending, quarantine_prefix, remove_state
 from spoold.iceberg import rebuild as ice
 from spoold.iceberg.sink import Sink
-from spoold.layout import QUARANTINE, rebuild_state
+from spoold.layout import QUARANTINE
 from spoold.spool.quarantine import files
 from spoold.spool.spool import Spool
 
@@ -71,9 +71,7 @@ def abort(config: Config, table: str) -> RebuildReport:
                         if path.name.startswith(quarantine_prefix(state)):
                             path.unlink()
                     fsync_dir(qdir)
-            path = rebuild_state(spool.root, table)
-            path.unlink()
-            fsync_dir(path.parent)
+            remove_state(spool, table)
             log.info("table %s: rebuild into %s aborted; flushes go on into the old table", table, state["staging"])
     finally:
         sink.close()

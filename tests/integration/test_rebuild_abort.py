@@ -107,3 +107,23 @@ def test_rebuild_state_a_group_member_plants_blocks_no_flush(base: Path, group: 
     assert cli("rebuild", table, "--config", str(new))[0] == 0
     assert ts_type(new, table) == "timestamptz" and committed_counts(new, table) == Counter({"a": 1, "b": 1})
     assert (root / REBUILD_DIR).stat().st_mode & 0o777 == 0o700
+
+
+def test_a_rebuild_an_older_spoold_left_in_the_tables_directory_is_still_finished(tmp_path: Path) -> None:
+    import random
+
+    table = "app.events"
+    old, new = configs(tmp_path, [table])
+    batch, good, bad = rows(50)
+    land(old, table, batch)
+    spoold("flush", "--config", str(old))
+    Killed(tmp_path / "hooks", "rebuild.copied", table, new).kill(random.Random(0))
+    root = load_config(new).spool_root
+    legacy = root / table / ".rebuild.json"  # where spoold kept it before: an upgrade in the middle of a rebuild
+    rebuild_state(root, table).rename(legacy)
+    code, _, err = cli("flush", table, "--config", str(new))
+    assert code == 1 and "being rebuilt" in err, err
+    assert cli("rebuild", table, "--config", str(new))[0] == 0
+    assert not legacy.exists() and not rebuild_state(root, table).exists()
+    assert ts_type(new, table) == "timestamptz" and committed_counts(new, table) == Counter(good)
+    assert quarantined_keys(new, table) == Counter(bad)
