@@ -132,8 +132,10 @@ class _Rebuild:
             if ice.up_to_date(self.spec, old):
                 self.report.nothing_to_do = True
                 return self.report
-            log.info("table %s: counting what a rebuild would quarantine", self.table)
-            _Rebuild(self.config, self.spool, self.sink, self.spec, self.progress).survey(old)
+            limits = self.spool.bounds.limits
+            if limits.quarantine_max_bytes or limits.min_free_bytes:  # (a first read, to refuse before starting)
+                log.info("table %s: counting what a rebuild would quarantine", self.table)
+                _Rebuild(self.config, self.spool, self.sink, self.spec, self.progress).survey(old)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             state = {"phase": "copy", "uuid": str(old.metadata.table_uuid), "snapshot_id": snapshot_id(old),
                      "staging": ice.sibling(self.table, ice.STAGING, stamp),
