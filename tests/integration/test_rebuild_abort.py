@@ -34,6 +34,7 @@ def test_abort_rolls_back_a_rebuild_still_copying_and_refuses_after_the_first_re
     root = load_config(new).spool_root
     code, _, err = cli("rebuild", table, "--abort", "--config", str(new))
     assert code == 2 and "no unfinished rebuild" in err, err
+    assert cli("rebuild", table, "--abort", "--dry-run", "--config", str(new))[0] == 2
 
     # Killed once it copied everything (its quarantine files written), before the renames: abort it.
     Killed(tmp_path / "hooks1", "rebuild.copied", table, new).kill(random.Random(0))
