@@ -37,6 +37,7 @@ from spoold.iceberg.schema import (
     ICEBERG_TYPES,
     JSON_DOC,
     describe_spec,
+    doubled,
     iceberg_type,
     new_schema,
     partition_spec,
@@ -150,6 +151,14 @@ class Tables:
         for c, t in types.items():
             if c in have and t != have[c]:
                 _additions((c,), parse(t), parse(have[c]), grow)
+        parts = {f.name: f for f in tbl.spec().fields}
+        for c in missing:
+            if c in parts:  # Iceberg refuses a column named like a partition field: only rows with this column fail
+                err = DataError(f"table {spec.identifier}: cannot add column {c!r}")
+                err.reason = (f"column {c!r} has the name of the table's partition field "
+                              f"{describe_spec([parts[c]], schema)[1:-1]}")
+                err.proven = True
+                raise err
         if missing or widen or grow:
             with catalog_errors(f"cannot evolve {spec.identifier}"):
                 with tbl.update_schema() as update:
@@ -176,6 +185,11 @@ class Tables:
                              "and partition_by")
         if spec.partitioned:
             tbl = self._evolve_spec(spec, tbl)
+        why = doubled(tbl)
+        if why is not None:
+            raise TableError(f"table {spec.identifier}: {why}; the rows stay spooled until partition_by in the "
+                             f"config gives it one field per column, or `spoold rebuild {spec.identifier}` "
+                             "re-creates it")
         return tbl
 
     def _evolve_spec(self, spec: TableSpec, tbl: Table) -> Table:
