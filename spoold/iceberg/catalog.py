@@ -142,8 +142,8 @@ def catalog_errors(what: str) -> Iterator[None]:
         log.debug("%s: %s", what, message)  # the library's text, under -v
         problem = _data_problem(e)
         if problem is None:  # nothing shows the rows at fault: the table's (e.g. a bad table property)
-            raise TableError(f"{what}: the table refused the write ({type(e).__name__}, not a fault spoold can "
-                             "pin on a row; `-v` logs the details)") from e
+            raise TableError(f"{what}: the table refused it ({type(e).__name__}; `-v` logs the details), "
+                             "whatever the rows") from e
         # The rows' fault: said in spoold's words (it becomes a quarantine reason).
         err = DataError(f"{what}: {problem[0]}")
         err.reason, err.proven = problem

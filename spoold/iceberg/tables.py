@@ -151,24 +151,31 @@ class Tables:
         for c, t in types.items():
             if c in have and t != have[c]:
                 _additions((c,), parse(t), parse(have[c]), grow)
-        parts = {f.name: f for f in tbl.spec().fields}
+        # Iceberg refuses a column named like a partition field of any spec the table had: only rows with it fail
+        parts = {f.name: f for s in tbl.specs().values() for f in s.fields}
         for c in missing:
-            if c in parts:  # Iceberg refuses a column named like a partition field: only rows with this column fail
+            if c in parts:
                 err = DataError(f"table {spec.identifier}: cannot add column {c!r}")
                 err.reason = (f"column {c!r} has the name of the table's partition field "
                               f"{describe_spec([parts[c]], schema)[1:-1]}")
                 err.proven = True
                 raise err
         if missing or widen or grow:
-            with catalog_errors(f"cannot evolve {spec.identifier}"):
-                with tbl.update_schema() as update:
-                    for name, typ in missing.items():  # a tuple: "meta.src" is one name, not a path
-                        update.add_column((name,), iceberg_type(typ), doc=JSON_DOC if typ == "json" else None)
-                    for path, t in grow:
-                        update.add_column(path, iceberg_type(render(t)), doc=JSON_DOC if t == "json" else None)
-                    for path, typ in widen.items():
-                        update.update_column(path, ICEBERG_TYPES[typ])
-                sync_local_files([tbl.metadata_location])
+            try:
+                with catalog_errors(f"cannot evolve {spec.identifier}"):
+                    with tbl.update_schema() as update:
+                        for name, typ in missing.items():  # a tuple: "meta.src" is one name, not a path
+                            update.add_column((name,), iceberg_type(typ), doc=JSON_DOC if typ == "json" else None)
+                        for path, t in grow:
+                            update.add_column(path, iceberg_type(render(t)), doc=JSON_DOC if t == "json" else None)
+                        for path, typ in widen.items():
+                            update.update_column(path, ICEBERG_TYPES[typ])
+                    sync_local_files([tbl.metadata_location])
+            except TableError as e:  # only the rows bringing new columns or fields evolve it: theirs, unless all
+                err = DataError(str(e))  # rows fail so (then flush takes it as the table's fault)
+                err.reason = "the table refused to add its columns " + ", ".join(
+                    repr(c) for c in [*missing, *(_dotted(p) for p, _ in grow), *(_dotted(p) for p in widen)])
+                raise err from e
             if missing:
                 log.info("table %s: added columns %s", spec.identifier,
                          ", ".join(f"{c} {t}" for c, t in missing.items()))
