@@ -263,6 +263,17 @@ def unwritable(tbl: Table) -> str | None:
     return None
 
 
+def named_like_a_partition(tbl: Table, columns: Iterable[str]) -> str | None:
+    """Why a new column of ``columns`` cannot be added: Iceberg refuses a column named like a partition field of
+    any spec the table had (None: none is)."""
+    parts = {f.name: f for s in tbl.specs().values() for f in s.fields}
+    for c in columns:
+        if c in parts:
+            field = describe_spec([parts[c]], tbl.schema())[1:-1]
+            return f"column {c!r} has the name of the table's partition field {field}"
+    return None
+
+
 def doubled(tbl: Table) -> str | None:
     """Why no row can be written into ``tbl`` (None: nothing of this kind): two partition fields of one column,
     which pyiceberg's writer refuses (another tool may make such a spec; spoold's config cannot)."""

@@ -39,6 +39,7 @@ from spoold.iceberg.schema import (
     describe_spec,
     doubled,
     iceberg_type,
+    named_like_a_partition,
     new_schema,
     partition_spec,
     spec_changes,
@@ -151,15 +152,10 @@ class Tables:
         for c, t in types.items():
             if c in have and t != have[c]:
                 _additions((c,), parse(t), parse(have[c]), grow)
-        # Iceberg refuses a column named like a partition field of any spec the table had: only rows with it fail
-        parts = {f.name: f for s in tbl.specs().values() for f in s.fields}
-        for c in missing:
-            if c in parts:
-                err = DataError(f"table {spec.identifier}: cannot add column {c!r}")
-                err.reason = (f"column {c!r} has the name of the table's partition field "
-                              f"{describe_spec([parts[c]], schema)[1:-1]}")
-                err.proven = True
-                raise err
+        if (clash := named_like_a_partition(tbl, missing)) is not None:  # only the rows with that column fail
+            err = DataError(f"table {spec.identifier}: {clash}")
+            err.reason, err.proven = clash, True
+            raise err
         if missing or widen or grow:
             try:
                 with catalog_errors(f"cannot evolve {spec.identifier}"):
@@ -214,7 +210,7 @@ class Tables:
                     for column, transform, name in add:
                         update.add_field(column, transform, name)
                 sync_local_files([tbl.metadata_location])
-        except DataError as e:  # the table's fault, not the rows': they stay spooled
+        except (DataError, TableError) as e:  # the table's fault, not the rows': they stay spooled
             raise TableError(f"table {spec.identifier}: Iceberg refused to change its partition spec {before} to "
                              f"[{', '.join(map(str, spec.partition_by))}] (`-v` logs why); `spoold rebuild "
                              f"{spec.identifier}` re-creates it under the config's spec") from e
