@@ -281,8 +281,10 @@ def doubled(tbl: Table) -> str | None:
     for f in tbl.spec().fields:
         if f.source_id in seen:
             column = tbl.schema().find_column_name(f.source_id)
+            void = " (a format-1 table keeps a removed field as void)" if "void" in (
+                str(f.transform), str(seen[f.source_id].transform)) else ""
             return (f"its partition fields {seen[f.source_id].transform}({column}) and {f.transform}({column}) both "
-                    f"partition column {column!r}, which spoold cannot write")
+                    f"partition column {column!r}{void}, which spoold cannot write")
         seen[f.source_id] = f
     return None
 

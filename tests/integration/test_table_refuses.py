@@ -136,3 +136,34 @@ def test_rows_of_which_none_commits_for_a_reason_not_proven_theirs_stay_spooled(
     result = flush_table(config, spool, refusing(lambda k: k == "k3"), T)
     assert (result.committed, result.quarantined) == (5, 1)
     assert [p.name.startswith("commit-") for p in quarantined(cfg) if p.suffix == ".jsonl"] == [True]
+
+
+def test_a_table_with_two_partition_fields_of_one_column_fails_until_the_config_gives_it_one(tmp_path: Path) -> None:
+    """Another tool partitioned the table by ``day(ts)`` and ``hour(ts)``, which pyiceberg writes no row into: the
+    flush fails naming the table (rows stay spooled) until ``partition_by`` evolves it to one field per column."""
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+    from pyiceberg.schema import Schema
+    from pyiceberg.transforms import DayTransform, HourTransform
+    from pyiceberg.types import NestedField, StringType, TimestamptzType
+
+    from spoold.iceberg.sink import Sink
+
+    columns = f'[tables."{T}".columns]\npart_id = "string!"\nts = "timestamptz"\ntext = "string"\n'
+    cfg = write_config(tmp_path, f'[tables."{T}"]\n' + columns)
+    catalog = Sink(load_config(cfg)).tables.catalog()
+    catalog.create_namespace("chat")
+    schema = Schema(NestedField(1, "part_id", StringType(), required=True), NestedField(2, "ts", TimestamptzType()),
+                    NestedField(3, "text", StringType()))
+    catalog.create_table(T, schema=schema, partition_spec=PartitionSpec(
+        PartitionField(2, 1000, DayTransform(), "ts_day"), PartitionField(2, 1001, HourTransform(), "ts_hour")))
+    assert run_spoold("append", T, "--config", str(cfg), input=ROWS).returncode == 0
+    r = run_spoold("flush", "--config", str(cfg))
+    assert r.returncode == 1 and r.stderr.decode() == (
+        f"spoold: error: {T}: table {T}: its partition fields day(ts) and hour(ts) both partition column 'ts', which "
+        "spoold cannot write; the rows stay spooled until partition_by in the config gives it one field per column, "
+        f"or `spoold rebuild {T}` re-creates it\n")
+    assert sorted(spooled_keys(cfg, T)) == ["a:0", "a:1"] and quarantined(cfg) == []
+
+    write_config(tmp_path, f'[tables."{T}"]\npartition_by = ["day(ts)"]\n' + columns)
+    r = run_spoold("flush", "--config", str(cfg))
+    assert r.returncode == 0 and b"committed 2, deduplicated 0, quarantined 0" in r.stdout, r.stderr
