@@ -389,7 +389,7 @@ def _parse_table(ident: str, t: Any, max_columns: int = DEFAULT_MAX_COLUMNS) -> 
 
 def _check_partitions(where: str, parts: list[PartitionField], types: Mapping[str, str]) -> None:
     """Refuse a partition field no table could take: its column undeclared (an inferred type is known only
-    once rows arrive, too late to refuse), of a type its transform cannot take, or the same field twice."""
+    once rows arrive, too late to refuse), of a type its transform cannot take, or two fields of one column."""
     for i, p in enumerate(parts):
         typ = types.get(p.column)
         if typ is None:
@@ -402,6 +402,10 @@ def _check_partitions(where: str, parts: list[PartitionField], types: Mapping[st
                               f"{p.transform} takes {', '.join(t for t in takes if t in COLUMN_TYPES)}")
         if p in parts[:i]:
             raise ConfigError(f"{where}.partition_by: {p} is named twice")
+        same = next((q for q in parts[:i] if q.column == p.column), None)
+        if same is not None:  # Iceberg refuses two time transforms of a column; pyiceberg writes none with two fields
+            raise ConfigError(f"{where}.partition_by: {same} and {p} both partition column {p.column!r}: "
+                              "a table is partitioned one way per column (keep one)")
 
 
 def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:

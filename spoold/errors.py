@@ -84,9 +84,12 @@ class DataError(SpooldError):
     Not retryable: the same rows fail the same way every time, so flush isolates
     them into quarantine instead of retrying them forever. ``reason``: what about
     the rows was refused, for a quarantine record (the message says what failed too).
+    ``proven``: the fault is certainly in the row's values (a partition value too long
+    for a file name); otherwise a batch no row of which commits is the table's fault.
     """
 
     reason: str = ""
+    proven: bool = False
 
 
 def one_line(e: BaseException) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from spoold.config import TableSpec
 from spoold.envelope import Validator
-from spoold.errors import DataError
+from spoold.errors import DataError, TableError
 from spoold.iceberg.sink import CommitOutcome, TableSink
 from spoold.keys.batch import Batch
 from spoold.spool.files import quarantine_record
@@ -128,17 +128,34 @@ def commit_isolating(sink: TableSink, spec: TableSpec, batch: Batch, types: Mapp
     ``Sink.commit`` raises :class:`DataError` only after a second try on a fresh
     table version failed the same way. Each half is then committed on its own
     (the good rows land, one snapshot per half), down to single rows, which go to
-    ``reject`` with the error. A failure of the environment (catalog down, disk
-    full) during the search propagates: nothing is set aside for it, the rows
-    stay spooled and the next flush settles again.
+    ``reject`` with the error. But when no row of the batch could be committed and
+    some failure is not certainly the row's own (:attr:`DataError.proven`), the table
+    is at fault, not its rows: :class:`TableError`, nothing is set aside. A failure of
+    the environment (catalog down, disk full) during the search propagates too: the
+    rows stay spooled and the next flush settles again.
     """
+    refused: list[tuple[Batch, DataError]] = []
+    outcome = _isolate(sink, spec, batch, types, props, refused)
+    if refused and not outcome.committed and not all(e.proven for _, e in refused):
+        e = next(e for _, e in refused if not e.proven)
+        raise TableError(f"table {spec.identifier}: none of {len(batch)} row(s) could be committed "
+                         f"({e.reason or e}), so the table is taken to be at fault, not the rows: they stay "
+                         "spooled (`-v` logs the details)") from e
+    for one, e in refused:
+        reject(one, 0, e.reason or str(e))
+    return outcome
+
+
+def _isolate(sink: TableSink, spec: TableSpec, batch: Batch, types: Mapping[str, str],
+             props: Mapping[str, str], refused: list[tuple[Batch, DataError]]) -> CommitOutcome:
+    """Commit ``batch``, halving it down to the single rows that fail, which are added to ``refused``."""
     try:
         return sink.commit(spec, batch, types, props)
     except DataError as e:
         if len(batch) == 1:
-            reject(batch, 0, e.reason or str(e))
+            refused.append((batch, e))
             return CommitOutcome(0, 0, None)
         mid = len(batch) // 2
-        first = commit_isolating(sink, spec, batch.part(0, mid), types, props, reject)
-        second = commit_isolating(sink, spec, batch.part(mid, len(batch)), types, props, reject)
+        first = _isolate(sink, spec, batch.part(0, mid), types, props, refused)
+        second = _isolate(sink, spec, batch.part(mid, len(batch)), types, props, refused)
         return first.then(second)

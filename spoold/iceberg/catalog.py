@@ -38,7 +38,7 @@ from pyiceberg.exceptions import (
 
 from spoold.catalog_keys import sqlite_path
 from spoold.config import Config
-from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError
+from spoold.errors import CatalogError, CommitConflict, ConfigError, DataError, SpooldError, TableError
 from spoold.redact import redact, redact_uri
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,11 @@ def catalog_errors(what: str) -> Iterator[None]:
     The config's (a wrong or missing ``[catalog]`` key): :class:`ConfigError`. The
     environment's (catalog or object store unreachable, disk full, a server error):
     retryable :class:`CatalogError`. Another committer's: :class:`CommitConflict`. The
-    rows' own (a value Arrow or Parquet refuses, a partition value too long for a file
-    name, a name the catalog rejects): :class:`DataError`, which flush isolates into
-    quarantine instead of retrying the same rows forever. Messages are in spoold's terms.
+    rows' own (a value Arrow refuses, a partition value too long for a file name, a
+    request the catalog rejects): :class:`DataError`, which flush isolates into
+    quarantine instead of retrying the same rows forever. Anything else (a table property
+    another tool set that the writer refuses...) is the table's: :class:`TableError`, the
+    rows stay spooled. Messages are in spoold's terms.
     """
     try:
         yield
@@ -137,23 +139,28 @@ def catalog_errors(what: str) -> Iterator[None]:
             raise CommitConflict(message) from e
         if _environmental(e):
             raise CatalogError(message) from e
-        # The rows' fault: said in spoold's words (it becomes a quarantine reason); the library's text under -v.
-        log.debug("%s: %s", what, message)
-        err = DataError(f"{what}: {_data_problem(e)}")
-        err.reason = _data_problem(e)
+        log.debug("%s: %s", what, message)  # the library's text, under -v
+        problem = _data_problem(e)
+        if problem is None:  # nothing shows the rows at fault: the table's (e.g. a bad table property)
+            raise TableError(f"{what}: the table refused it ({type(e).__name__}; `-v` logs the details), "
+                             "whatever the rows") from e
+        # The rows' fault: said in spoold's words (it becomes a quarantine reason).
+        err = DataError(f"{what}: {problem[0]}")
+        err.reason, err.proven = problem
         raise err from e
 
 
-def _data_problem(e: BaseException) -> str:
-    """What about the rows the table refused, in spoold's words (never a library's message)."""
+def _data_problem(e: BaseException) -> tuple[str, bool] | None:
+    """What about the rows the table refused, in spoold's words (never a library's message), and whether the
+    row's values are certainly at fault; None when nothing points at the rows."""
     for c in _chain(e):
         if isinstance(c, OSError) and (c.errno == errno.ENAMETOOLONG or "name too long" in str(c).lower()):
-            return "a partition value makes a file name longer than the file system allows"
+            return "a partition value makes a file name longer than the file system allows", True
         if isinstance(c, OverflowError) or type(c).__name__ in ("ArrowInvalid", "ArrowTypeError"):
-            return "a value does not fit its column's type in the table"
+            return "a value does not fit its column's type in the table", False
         if isinstance(c, BadRequestError):
-            return "the catalog refused the commit as a bad request"
-    return f"the table refused the rows ({type(e).__name__}; -v logs the details)"
+            return "the catalog refused the commit as a bad request", False
+    return None
 
 
 # Libraries whose every exception is about reaching something (a database, a server, a bucket).
@@ -167,7 +174,7 @@ def _environmental(e: BaseException | None) -> bool:
     OS errors are the environment's (no space, I/O, permissions, connection refused),
     except a file name too long, which a partition value causes and retrying never cures.
     Anything else (ValueError, TypeError, Arrow's errors, a 400 from a REST catalog...) is
-    taken as the data's fault.
+    the rows' or the table's (see :func:`_data_problem`).
     """
     while e is not None:
         if isinstance(e, OSError):

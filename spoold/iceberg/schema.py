@@ -182,9 +182,15 @@ def partition_spec(spec: TableSpec, schema: Schema) -> PartitionSpec:
                            for i, (source_id, transform, name) in enumerate(_wanted(spec, schema))))
 
 
-def _wanted(spec: TableSpec, schema: Schema) -> list[tuple[int, Transform[Any, Any], str]]:
-    """``partition_by`` as (source field id, transform, field name), each checked against ``schema``."""
+def _wanted(spec: TableSpec, schema: Schema, taken: Iterable[str] = ()) -> list[tuple[int, Transform[Any, Any], str]]:
+    """``partition_by`` as (source field id, transform, field name), each checked against ``schema``.
+
+    Iceberg refuses a partition field named like a column (other than an identity field's own) or like
+    another field of the spec (``taken``: the names the table's spec keeps), so a name that would clash
+    gets the transform's parameter, then a number: ``n_bucket``, ``n_bucket_8``, ``ts_day_2``.
+    """
     out = []
+    used = set(taken)
     for p in spec.partition_by:
         try:
             source = schema.find_field(p.column)
@@ -196,9 +202,28 @@ def _wanted(spec: TableSpec, schema: Schema) -> list[tuple[int, Transform[Any, A
         if not transform.can_transform(source.field_type):
             raise ConfigError(f"tables.{spec.identifier!r}.partition_by: {p} cannot partition the table's column "
                               f"{p.column!r}, which is {source.field_type}")
-        name = p.column if p.transform == "identity" else f"{p.column}_{p.transform}"
+        name = p.column if p.transform == "identity" else _free_name(f"{p.column}_{p.transform}", p.param, schema,
+                                                                      used)
+        used.add(name)
         out.append((source.field_id, transform, name))
     return out
+
+
+def _free_name(base: str, param: int | None, schema: Schema, used: set[str]) -> str:
+    """``base`` unless a column or another partition field has that name: then with ``param``, or a number."""
+    candidates = [base] + ([f"{base}_{param}"] if param is not None else [])
+    for name in candidates + [f"{base}_{i}" for i in range(2, 2 + len(used) + len(schema.fields) + 2)]:
+        if name not in used and not _is_column(schema, name):
+            return name
+    raise AssertionError("unreachable: more candidates than names taken")
+
+
+def _is_column(schema: Schema, name: str) -> bool:
+    try:
+        schema.find_field(name)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_spec(fields: Iterable[IcebergPartitionField], schema: Schema) -> str:
@@ -211,8 +236,10 @@ def spec_changes(spec: TableSpec, tbl: Table) -> tuple[list[str], list[tuple[str
     to add); both empty when it already is (in any order). Only for a table whose config sets ``partition_by``."""
     schema = tbl.schema()
     have = {(f.source_id, str(f.transform)): f.name for f in tbl.spec().fields}
+    # (a name the current spec holds cannot be given to a new field, even one whose field is removed meanwhile)
+    taken = [f.name for f in tbl.spec().fields if str(f.transform) != "void"]
     want = {(source_id, str(t)): (schema.find_column_name(source_id), t, name)
-            for source_id, t, name in _wanted(spec, schema)}
+            for source_id, t, name in _wanted(spec, schema, taken)}
     # (a void field is what a format-1 table keeps of a removed one: already as good as gone)
     remove = [name for k, name in have.items() if k not in want and k[1] != "void"]
     return remove, [v for k, v in want.items() if k not in have]
@@ -233,6 +260,32 @@ def unwritable(tbl: Table) -> str | None:
         if not f.transform.can_transform(source.field_type):
             return (f"its partition field {f.transform}({source.name}) cannot take column {source.name!r}, "
                     f"which the table holds as {source.field_type}")
+    return None
+
+
+def named_like_a_partition(tbl: Table, columns: Iterable[str]) -> str | None:
+    """Why a new column of ``columns`` cannot be added: Iceberg refuses a column named like a partition field of
+    any spec the table had (None: none is)."""
+    parts = {f.name: f for s in tbl.specs().values() for f in s.fields}
+    for c in columns:
+        if c in parts:
+            field = describe_spec([parts[c]], tbl.schema())[1:-1]
+            return f"column {c!r} has the name of the table's partition field {field}"
+    return None
+
+
+def doubled(tbl: Table) -> str | None:
+    """Why no row can be written into ``tbl`` (None: nothing of this kind): two partition fields of one column,
+    which pyiceberg's writer refuses (another tool may make such a spec; spoold's config cannot)."""
+    seen: dict[int, IcebergPartitionField] = {}
+    for f in tbl.spec().fields:
+        if f.source_id in seen:
+            column = tbl.schema().find_column_name(f.source_id)
+            void = " (a format-1 table keeps a removed field as void)" if "void" in (
+                str(f.transform), str(seen[f.source_id].transform)) else ""
+            return (f"its partition fields {seen[f.source_id].transform}({column}) and {f.transform}({column}) both "
+                    f"partition column {column!r}{void}, which spoold cannot write")
+        seen[f.source_id] = f
     return None
 
 

@@ -21,14 +21,14 @@ from pyiceberg.table import Table
 
 from spoold._testhooks import reached
 from spoold.config import Config, TableSpec
-from spoold.errors import CatalogError, CommitConflict, SpooldError
+from spoold.errors import CatalogError, CommitConflict, SpooldError, TableError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
 from spoold.iceberg.maintain.confine import Confine
 from spoold.iceberg.maintain.expire import expire_after_commit
 from spoold.iceberg.schema import batch_to_arrow, type_conflicts
 from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, unlisted_manifests, without_auto_retry
-from spoold.iceberg.tables import Tables
+from spoold.iceberg.tables import CREATED_TABLE_PROPERTIES, Tables
 from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex, fingerprints
 from spoold.keys.settle import settle
@@ -187,11 +187,14 @@ class Sink:
                     if len(keep) < len(batch):
                         data = data.take(keep)
                 summary = {"spoold.host": self.tables.host, "spoold.rows": str(len(keep)), **props}
-                with catalog_errors(f"cannot commit to {spec.identifier}"):
-                    new = without_auto_retry(tbl)
-                    with MemoTransaction(new) as tx:
-                        tx.append(data, snapshot_properties=summary)
-                        reached("commit.staged")  # test-only mark: files written, the catalog not told yet
+                try:
+                    with catalog_errors(f"cannot commit to {spec.identifier}"):
+                        new = without_auto_retry(tbl)
+                        with MemoTransaction(new) as tx:
+                            tx.append(data, snapshot_properties=summary)
+                            reached("commit.staged")  # test-only mark: files written, the catalog not told yet
+                except TableError as e:
+                    raise TableError(f"{e}; the rows stay spooled{_write_properties(tbl)}") from e
             except CommitConflict as e:
                 self.tables.shared(spec)
                 self.events.conflict(spec.identifier)
@@ -225,3 +228,13 @@ class Sink:
             return CommitOutcome(len(keep), dups, snap.snapshot_id, uuid, new.metadata_location, verified)
         raise CommitConflict(f"table {spec.identifier}: still conflicting after {COMMIT_ATTEMPTS} attempts")
 
+
+
+def _write_properties(tbl: Table) -> str:
+    """A hint naming the table's ``write.*`` properties (but those spoold sets: another tool's), the usual cause
+    of a write the table refuses whatever the rows; names only, at most three, each cut short (untrusted)."""
+    names = sorted(k for k in tbl.properties if k.startswith("write.") and k not in CREATED_TABLE_PROPERTIES)
+    if not names:
+        return ""
+    shown = ", ".join(repr(k[:80]) for k in names[:3]) + (", ..." if len(names) > 3 else "")
+    return f" (check the table properties {shown})"

@@ -38,7 +38,9 @@ from spoold.iceberg.schema import (
     ICEBERG_TYPES,
     JSON_DOC,
     describe_spec,
+    doubled,
     iceberg_type,
+    named_like_a_partition,
     new_schema,
     partition_spec,
     spec_changes,
@@ -153,16 +155,26 @@ class Tables:
         for c, t in types.items():
             if c in have and t != have[c]:
                 _additions((c,), parse(t), parse(have[c]), grow)
+        if (clash := named_like_a_partition(tbl, missing)) is not None:  # only the rows with that column fail
+            err = DataError(f"table {spec.identifier}: {clash}")
+            err.reason, err.proven = clash, True
+            raise err
         if missing or widen or grow:
-            with catalog_errors(f"cannot evolve {spec.identifier}"):
-                with tbl.update_schema() as update:
-                    for name, typ in missing.items():  # a tuple: "meta.src" is one name, not a path
-                        update.add_column((name,), iceberg_type(typ), doc=JSON_DOC if typ == "json" else None)
-                    for path, t in grow:
-                        update.add_column(path, iceberg_type(render(t)), doc=JSON_DOC if t == "json" else None)
-                    for path, typ in widen.items():
-                        update.update_column(path, ICEBERG_TYPES[typ])
-                sync_local_files([tbl.metadata_location])
+            try:
+                with catalog_errors(f"cannot evolve {spec.identifier}"):
+                    with tbl.update_schema() as update:
+                        for name, typ in missing.items():  # a tuple: "meta.src" is one name, not a path
+                            update.add_column((name,), iceberg_type(typ), doc=JSON_DOC if typ == "json" else None)
+                        for path, t in grow:
+                            update.add_column(path, iceberg_type(render(t)), doc=JSON_DOC if t == "json" else None)
+                        for path, typ in widen.items():
+                            update.update_column(path, ICEBERG_TYPES[typ])
+                    sync_local_files([tbl.metadata_location])
+            except TableError as e:  # only the rows bringing new columns or fields evolve it: theirs, unless all
+                err = DataError(str(e))  # rows fail so (then flush takes it as the table's fault)
+                err.reason = "the table refused to add its columns " + ", ".join(
+                    repr(c) for c in [*missing, *(_dotted(p) for p, _ in grow), *(_dotted(p) for p in widen)])
+                raise err from e
             if missing:
                 log.info("table %s: added columns %s", spec.identifier,
                          ", ".join(f"{c} {t}" for c, t in missing.items()))
@@ -179,6 +191,11 @@ class Tables:
                              "and partition_by")
         if spec.partitioned:
             tbl = self._evolve_spec(spec, tbl)
+        why = doubled(tbl)
+        if why is not None:
+            raise TableError(f"table {spec.identifier}: {why}; the rows stay spooled until partition_by in the "
+                             f"config gives it one field per column, or `spoold rebuild {spec.identifier}` "
+                             "re-creates it")
         return tbl
 
     def _evolve_spec(self, spec: TableSpec, tbl: Table) -> Table:
@@ -196,7 +213,7 @@ class Tables:
                     for column, transform, name in add:
                         update.add_field(column, transform, name)
                 sync_local_files([tbl.metadata_location])
-        except DataError as e:  # the table's fault, not the rows': they stay spooled
+        except (DataError, TableError) as e:  # the table's fault, not the rows': they stay spooled
             raise TableError(f"table {spec.identifier}: Iceberg refused to change its partition spec {before} to "
                              f"[{', '.join(map(str, spec.partition_by))}] (`-v` logs why); `spoold rebuild "
                              f"{spec.identifier}` re-creates it under the config's spec") from e

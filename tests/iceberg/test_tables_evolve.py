@@ -16,13 +16,14 @@ COLUMNS = f'[tables."{T}".columns]\npart_id = "string!"\nts = "timestamptz"\n'
 
 
 def flush_rows(cfg: Path, capsys: pytest.CaptureFixture[str], *rows: str) -> tuple[int, str]:
-    """Append ``rows`` (JSON lines) through the CLI, then flush; (flush's exit code, its stderr)."""
+    """Append ``rows`` (JSON lines) through the CLI, then flush; (flush's exit code, its stdout and stderr)."""
     path = cfg.parent / "rows.jsonl"
     path.write_text("".join(r + "\n" for r in rows))
     assert main(["append", T, str(path), "--config", str(cfg)]) == 0, capsys.readouterr().err
     capsys.readouterr()
     rc = main(["flush", "--config", str(cfg)])
-    return rc, capsys.readouterr().err
+    out = capsys.readouterr()
+    return rc, out.out + out.err
 
 
 def spec_of(cfg: Path) -> list[str]:
@@ -69,3 +70,24 @@ def test_a_type_change_iceberg_cannot_make_is_refused_naming_rebuild(
                    "declares timestamptz; Iceberg can only widen int to long and float to double (declare string "
                    f"again, or run `spoold rebuild {T}` to re-create the table with the config's types)\n")
     assert read_table(cfg, T).column("part_id").to_pylist() == ["a"]  # b stays spooled
+
+
+def test_partition_field_names_clash_with_no_column_nor_kept_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Iceberg refuses a partition field named like a column or like a field the spec keeps: ``day(ts)`` beside a
+    column ``ts_day``, ``bucket[8]`` replacing ``bucket[4]`` of one column. Such names get a suffix instead, and a
+    row bringing a new column named like a partition field is quarantined saying so; the others commit."""
+    columns = COLUMNS + 'ts_day = "string"\n'
+    write_config(tmp_path, f'[tables."{T}"]\npartition_by = ["day(ts)", "bucket[4](part_id)"]\n' + columns)
+    cfg = tmp_path / "spoold.toml"
+    rc, err = flush_rows(cfg, capsys, row("a", 1)[:-1] + ', "ts_day": "x"}')
+    assert rc == 0 and "quarantined 0" in err, err
+    assert [f.name for f in load_table(cfg, T).spec().fields] == ["ts_day_2", "part_id_bucket"]
+
+    write_config(tmp_path, f'[tables."{T}"]\npartition_by = ["day(ts)", "bucket[8](part_id)"]\n' + columns)
+    rc, err = flush_rows(cfg, capsys, row("b", 2), row("c", 3)[:-1] + ', "part_id_bucket": 1}')
+    assert rc == 0 and "committed 1, deduplicated 0, quarantined 1" in err, err
+    assert spec_of(cfg) == ["day(ts)", "bucket[8](part_id)"]
+    assert [f.name for f in load_table(cfg, T).spec().fields] == ["ts_day_2", "part_id_bucket_8"]
+    assert "column 'part_id_bucket' has the name of the table's partition field bucket[4](part_id)" in err, err
+    assert sorted(read_table(cfg, T).column("part_id").to_pylist()) == ["a", "b"]
