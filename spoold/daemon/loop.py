@@ -58,6 +58,10 @@ _GONE_GRACE_S = 2.0  # a spool root missing this long (its config still there) i
 _INGEST_DRAIN_S = 5.0  # ingest requests in flight at SIGTERM get this long to be appended and answered
 
 
+# A second stop signal this soon after the first is the same request delivered twice (the kernel re-sends a
+# parent-death signal at each reparenting; a shell may forward a hangup too), not a user asking to exit now.
+REPEATED_SIGNAL_S = 1.0
+
 class Daemon:
     """One running ``spoold run``: config, spool, tailer, per-table schedule."""
 
@@ -72,6 +76,7 @@ class Daemon:
         self.ingest = start_ingest(config, self.report)  # [ingest] listen: rows over HTTP, on threads of its own
         self._wake = threading.Event()  # the watcher's stop event: set by signals to end a wait
         self._stop_signal: int | None = None
+        self._stop_at = 0.0  # when the first stop signal came (monotonic)
         self._reload = False
         self._hup = terminal.HUP_RELOAD  # set by run(): what SIGHUP means to this process
         self._tty_fds: tuple[int, ...] = ()
@@ -185,9 +190,11 @@ class Daemon:
             # The terminal hung up (the kernel and the shell may each send one): stop once, as SIGTERM does.
             terminal.leave_terminal(self._tty_fds)
             if self._stop_signal is None:
-                self._stop_signal = signum
+                self._stop_signal, self._stop_at = signum, time.monotonic()
         elif self._stop_signal is None:
-            self._stop_signal = signum
+            self._stop_signal, self._stop_at = signum, time.monotonic()
+        elif time.monotonic() - self._stop_at < REPEATED_SIGNAL_S:
+            pass  # the same request delivered again: a parent-death signal is re-sent as the process is reparented
         else:
             # Second stop signal: out now. Every acknowledged row is in the spool on disk.
             os.write(2, b"spoold: second signal, exiting at once; pending rows stay in the spool\n")
