@@ -74,7 +74,7 @@ class GroupCommit:
                 raise Overloaded(f"{self._queued_bytes} bytes already wait for the spool")
             self._queue.append((table, lines, size, fut))
             self._queued_bytes += size
-            self._cond.notify_all()
+            self._cond.notify()  # any idle lane can take it (a busy table's lane takes it itself when done)
         return fut
 
     def stop(self, timeout: float) -> None:
