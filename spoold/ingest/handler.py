@@ -219,6 +219,6 @@ def check_group_token(spool_group: str | None, token: bytes | None) -> None:
     """ConfigError for ``[spool] group`` with a token-less listener: only the group's members may write the spool,
     and a loopback listener without a token would let every local user write through spoold instead."""
     if spool_group and token is None:
-        raise ConfigError(f"spool.group is set ({spool_group}) and ingest.token_file is not: every local user could "
-                          "write rows through the ingest listener, not only the group's members; set a token_file "
-                          "(docs/ingest.md)")
+        raise ConfigError(f"spool.group is set ({spool_group}) and the ingest listener has no token: every local "
+                          "user could write rows through it, not only the group's members; set ingest.token_file "
+                          "(read at start-up) (docs/ingest.md)")
