@@ -102,7 +102,8 @@ def test_a_spool_group_needs_a_token_on_the_listener(tmp_path: Path) -> None:
     cfg = ingest_config(tmp_path, TABLES, spool=f'group = "{group}"', token=False)
     proc = run_spoold("run", "--config", str(cfg), timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count(b"\n") == 1 and b"spool.group is set" in proc.stderr and b"ingest.token_file" in proc.stderr
+    err = proc.stderr
+    assert err.count(b"\n") == 1 and b"spool.group is set" in err and b"ingest.token_file" in err, err
     # A running token-less listener keeps its configuration when a reload would add the group.
     without = cfg.read_text().replace(f'group = "{group}"\n', "")
     cfg.write_text(without)
