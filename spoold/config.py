@@ -70,7 +70,8 @@ def validate_identifier(ident: str) -> str:
 
 # `spoold rebuild`'s own tables beside ``<table>``: ``<table>__rebuild_<stamp>`` (staging, dropped once swapped in)
 # and ``<table>__backup_<stamp>`` (the old table, purged by --drop-backup). No producer writes rows to them.
-REBUILD_STAGING, REBUILD_BACKUP, REBUILD_STAMP_RE = "__rebuild_", "__backup_", r"\d{8}T\d{6}Z"
+REBUILD_STAGING, REBUILD_BACKUP = "__rebuild_", "__backup_"
+REBUILD_STAMP, REBUILD_STAMP_RE = "%Y%m%dT%H%M%SZ", r"\d{8}T\d{6}Z"  # time.strftime of UTC, and what it makes
 _REBUILD_NAME_RE = re.compile(rf".*(?:{REBUILD_STAGING}|{REBUILD_BACKUP}){REBUILD_STAMP_RE}")
 
 

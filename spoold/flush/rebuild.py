@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from spoold._testhooks import reached
-from spoold.config import Config, TableSpec
+from spoold.config import REBUILD_STAMP, Config, TableSpec
 from spoold.durable import fsync_dir, write_state
 from spoold.envelope import Validator
 from spoold.errors import CatalogError, UsageError
@@ -144,7 +144,7 @@ class _Rebuild:
             if ice.up_to_date(self.spec, old):
                 self.report.nothing_to_do = True
                 return self.report
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            stamp = time.strftime(REBUILD_STAMP, time.gmtime())
             state = {"phase": "copy", "uuid": str(old.metadata.table_uuid), "snapshot_id": snapshot_id(old),
                      "staging": ice.sibling(self.table, ice.STAGING, stamp),
                      "backup": ice.sibling(self.table, ice.BACKUP, stamp)}
