@@ -26,7 +26,8 @@ chunk is committed, the source cursors it covers are not saved yet),
 records are not removed yet), ``drop.rewritten`` (a quarantine drop rewrote or
 removed one quarantine file, its count in ``.dropped.json`` is not written yet),
 ``rebuild.created`` (a rebuild's staging table exists), ``rebuild.committed`` (a rebuild committed rows into it),
-``rebuild.copied`` (every row is copied, the renames are to come),
+``rebuild.copied`` (every row is copied, the renames are to come), ``rebuild.recopy`` (the old table moved
+on: its newer snapshot is saved as the one to copy, none of it copied yet),
 ``rebuild.backed_up`` (the old table is renamed to its backup name, the staging
 table not yet to the table's), ``ingest.append`` (an ingest commit lane is about
 to take a table's lock for a group or one request of it).

@@ -2,10 +2,10 @@
 
 The tree (docs/spool-layout.md says what each holds and who may read it)::
 
-    <root>/.daemon.lock  .daemon.json  .tail/  .backfill/<table>/
+    <root>/.daemon.lock  .daemon.json  .tail/  .backfill/<table>/  .rebuild/<table>.json
     <root>/<table>/active.jsonl  flush-<seq>.jsonl  quarantine/  .held/
                    .lock  .flush-lock  .seq  .table-uuid  .last-flush.json  .last-maintenance.json
-                   .dropped.json  .rebuild.json
+                   .dropped.json
 
 A leaf: the spool, the sources, backfill, the daemon and the Iceberg seam (which
 pins a table's uuid here) all take their names from this module; state files are
@@ -30,7 +30,8 @@ TABLE_UUID = ".table-uuid"  # the uuid of the table this spool's commits were ve
 LAST_FLUSH = ".last-flush.json"  # this spool's last flush attempt
 LAST_MAINTENANCE = ".last-maintenance.json"  # this spool's last maintenance run
 DROPPED = ".dropped.json"  # how many quarantined records `spoold quarantine drop` discarded
-REBUILD = ".rebuild.json"  # an unfinished `spoold rebuild`: its phase and tables (flushes wait while it exists)
+REBUILD_LEGACY = ".rebuild.json"  # an unfinished rebuild's state as spoold kept it before REBUILD_DIR: read only
+# when the spool's owner wrote it (a rebuild interrupted across an upgrade), removed when that rebuild ends
 TALLY = ".tally.json"  # quarantine records past the budget, counted (in QUARANTINE)
 TALLY_LOCK = ".tally.lock"
 # -- the spool root -----------------------------------------------------------------------------------------------
@@ -39,6 +40,7 @@ DAEMON_STATE = ".daemon.json"  # the running daemon's view, read by `spoold stat
 TAIL_DIR = ".tail"  # the tailer's offsets (and PASS_SUFFIX marks of a pass in progress)
 PASS_SUFFIX = ".pass"
 BACKFILL_DIR = ".backfill"  # backfill's cursors, per table
+REBUILD_DIR = ".rebuild"  # unfinished `spoold rebuild`s, <table>.json each (flushes of the table wait meanwhile)
 REFUSED_PREFIX = ".refused-"  # an entry a producer planted, moved aside (never followed)
 
 
@@ -54,6 +56,12 @@ def flush_name(seq: int) -> str:
 def flush_seq(path: Path) -> int | None:
     m = FLUSH_RE.fullmatch(path.name)
     return int(m.group(1)) if m else None
+
+
+def rebuild_state(root: Path, table: str) -> Path:
+    """The state file of an unfinished ``spoold rebuild`` of ``table``: in the daemon's private REBUILD_DIR,
+    never in the table's directory, where producer-group members may create files."""
+    return root / REBUILD_DIR / f"{table}.json"
 
 
 def state_mode(group: str | None) -> int:

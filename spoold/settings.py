@@ -19,7 +19,7 @@ class FlushSettings:
     chunk_rows: int = 100_000
     shutdown_timeout_s: float = 30.0
     retry_max_s: float = 300.0
-    # Expire snapshots past the table's own history.expire.* properties after a commit:
+    # Expire snapshots past the table's retention (docs/maintenance.md) after a commit:
     # every flush adds one, and pyiceberg's commit cost grows with the snapshots kept.
     expire_snapshots: bool = True
     # An idle daemon re-executes itself after this long to hand back the flush stack's
@@ -87,10 +87,12 @@ class MaintainSettings:
     small_files: int = 100
     # ...and time since the last run, for a table that has had commits since (0: off).
     interval_s: float = 86400.0
-    # Retention: expire snapshots older than this, always keeping the newest keep_snapshots.
-    # 0: the table's history.expire.max-snapshot-age-ms / min-snapshots-to-keep (Iceberg: 5 days / 1).
+    # Retention: expire snapshots older than this, always keeping the newest keep_snapshots, and never
+    # keeping more than max_snapshots. 0: the table's history.expire.max-snapshot-age-ms /
+    # min-snapshots-to-keep (Iceberg: 5 days / 1) / spoold.history.max-snapshots (unset: no cap).
     max_snapshot_age_s: float = 0.0
     keep_snapshots: int = 0
+    max_snapshots: int = 0
     # Files no metadata references are deleted only once older than this: another writer's
     # files are unreferenced until its commit lands (Iceberg's own default: 3 days).
     orphan_age_s: float = 259200.0
@@ -102,7 +104,7 @@ class MaintainSettings:
     # (Iceberg's 512 MB suits clusters; a small host rewrites 64 MB groups comfortably).
     target_file_bytes: int = 64 << 20
 
-    ZERO_OK = frozenset({"small_files", "interval_s", "max_snapshot_age_s", "keep_snapshots"})
+    ZERO_OK = frozenset({"small_files", "interval_s", "max_snapshot_age_s", "keep_snapshots", "max_snapshots"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,8 +93,9 @@ def backfill(
     spool = Spool.from_config(config)
     if not dry_run and spool.table_dir(table).is_dir() and (staging := pending(spool, table)) is not None:
         # between a rebuild's renames the table is missing: a commit would create a new, empty one
-        raise TableBusy(f"table {table} is being rebuilt (into {staging}); backfill it once "
-                        f"`spoold rebuild {table}` has finished")
+        raise TableBusy(f"table {table} is being rebuilt (into {staging}); backfill it once it has finished: "
+                        f"`spoold rebuild {table}` finishes it (`spoold rebuild {table} --abort` rolls it back while "
+                        "it is still copying)")
     choose = format_chooser(config, table, fmt)
     cursors = Cursors(config.spool_root, table, restart=restart, save=not dry_run)
     # The sink adds spoold.host: every commit of this run names the run, what it read and where it ran.

@@ -146,12 +146,16 @@ def parser() -> argparse.ArgumentParser:
                         "and partition_by when Iceberg cannot change them in place (e.g. string to timestamptz): "
                         "every committed row is validated again into the new table, rows that no longer pass go "
                         "to quarantine (replayable), the old table stays as TABLE__backup_<stamp>. Flushes of "
-                        "TABLE wait meanwhile. Safe to interrupt: run it again to finish. See docs/commands.md.")
+                        "TABLE wait meanwhile. Safe to interrupt: run it again to finish (or --abort it before "
+                        "the tables swap). See docs/commands.md.")
     rb.add_argument("table", help="table identifier, namespace.name")
     rb.add_argument("--dry-run", action="store_true",
                     help="count the rows that would be copied and quarantined (per reason); change nothing")
     rb.add_argument("--drop-backup", action="store_true",
                     help="drop the backup tables a rebuild left, and delete their files under their own location")
+    rb.add_argument("--abort", action="store_true",
+                    help="roll back an unfinished rebuild that is still copying: drop its staging table, and "
+                    "flushes go on into the old table")
     return p
 
 

@@ -247,10 +247,18 @@ def cmd_maintain(args: argparse.Namespace, config: Config, as_json: bool) -> int
 
 def cmd_rebuild(args: argparse.Namespace, config: Config, as_json: bool) -> int:
     """Rebuild (or ``--drop-backup``); progress on stderr. Exit 2 for a table the catalog does not have."""
-    from spoold.flush.rebuild import drop_backups, rebuild
+    from spoold.flush.rebuild import rebuild
+    from spoold.flush.rebuild_drop import abort, drop_backups
     from spoold.progress import Progress
 
     validate_identifier(args.table)
+    if args.abort:
+        if args.drop_backup or args.dry_run:
+            raise UsageError("rebuild: --abort takes neither --drop-backup nor --dry-run")
+        r = abort(config, args.table)
+        _emit(r.as_dict(), as_json, f"{args.table}: rebuild aborted; dropped {', '.join(r.dropped)} "
+              f"({r.purged_files} file(s) deleted); flushes go on into the old table")
+        return 0
     if args.drop_backup:
         r = drop_backups(config, args.table, dry_run=args.dry_run)
         verb = "would drop" if r.dry_run else "dropped"

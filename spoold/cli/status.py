@@ -23,10 +23,11 @@ import orjson
 from spoold.config import Config
 from spoold.envelope import parse_envelope
 from spoold.errors import SpooldError, UsageError
-from spoold.iceberg.properties import LAST_MAINTENANCE
+from spoold.iceberg.properties import LAST_MAINTENANCE, retention_of
 from spoold.layout import DAEMON_STATE, LAST_FLUSH
 from spoold.redact import redact, redact_doc
 from spoold.safefile import read_state
+from spoold.settings import MaintainSettings
 from spoold.spool.files import first_envelope, iter_lines
 from spoold.spool.held import spooled
 from spoold.spool.quarantine import count_records, dropped_count
@@ -78,19 +79,26 @@ def spool_status(spool: Spool, table: str, now: float | None = None) -> dict[str
     return out
 
 
-def committed_status(meta: dict[str, Any] | None) -> dict[str, Any]:
+def committed_status(meta: dict[str, Any] | None, maintain: MaintainSettings | None = None) -> dict[str, Any]:
     """The committed half of a table's status, from its metadata document (None: not in the catalog yet).
 
     The last run of each kind is the newest ancestor of the current snapshot
     whose summary has that ``spoold.op``; maintenance prefers the table's
     ``spoold.last-maintenance`` property (it also records runs that committed nothing).
+    ``snapshots`` counts the history kept; ``retention`` is what expiry keeps of
+    it (the table's properties, overridden by ``maintain``, the ``[maintain]`` section).
     """
     out: dict[str, Any] = {"committed_rows": 0, "snapshot_id": None, "data_files": 0, "metadata_location": None,
-                           **dict.fromkeys(RUN_KINDS.values())}
+                           "snapshots": 0, "retention": None, **dict.fromkeys(RUN_KINDS.values())}
     if meta is None:
         return out
     out["metadata_location"] = meta.get("metadata-location")
-    snaps = {s.get("snapshot-id"): s for s in meta.get("snapshots") or []}
+    listed = meta.get("snapshots")
+    listed = listed if isinstance(listed, list) else []
+    out["snapshots"] = len(listed)
+    props = meta.get("properties")
+    out["retention"] = retention_of(props if isinstance(props, dict) else {}, maintain).doc()
+    snaps = {s.get("snapshot-id"): s for s in listed if isinstance(s, dict)}
     snap = snaps.get(meta.get("current-snapshot-id"))
     if snap is not None:
         summary = snap.get("summary") or {}
@@ -161,9 +169,9 @@ def status(config: Config, tables: list[str] | None = None, *, catalog: bool = T
     result: dict[str, Any] = {"tables": {}}
     for t in names:
         info = spool_status(spool, t)
-        info.update(committed_status(metas.get(t)))
+        info.update(committed_status(metas.get(t), config.maintain))
         if error is not None:
-            info.update(committed_rows=None, snapshot_id=None, data_files=None)
+            info.update(committed_rows=None, snapshot_id=None, data_files=None, snapshots=None)
         result["tables"][t] = info
     if error is not None:
         result["catalog_error"] = error
@@ -221,7 +229,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"{t}: spooled {s['spooled_rows']} row(s) in {s['spooled_files']} file(s){age}; "
                      f"quarantined {s['quarantined']}"
                      + (f" ({s['dropped']} dropped before)" if s.get("dropped") else "")
-                     + f"; committed {committed}; {runs}"
+                     + f"; committed {committed}{_history(s)}; {runs}"
                      + ("; SPOOL FULL: appends are refused until a flush frees room" if s.get("spool_full") else ""))
         attempt = s.get("last_flush_attempt") or {}
         if str(attempt.get("result", "")).startswith("error"):
@@ -235,6 +243,25 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     if "catalog_error" in doc:
         lines.append(f"catalog unreachable: {doc['catalog_error']}")
     return [redact(line) for line in lines]
+
+
+def _history(s: dict[str, Any]) -> str:
+    """``, 100 snapshot(s) kept (retention: at most 100, none older than 1d but the newest 10)``."""
+    if s.get("snapshots") is None:
+        return ""
+    keep = s.get("retention")
+    if not keep:
+        return f", {s['snapshots']} snapshot(s) kept"
+    cap = f"at most {keep['max_snapshots']}, " if keep.get("max_snapshots") else ""
+    return (f", {s['snapshots']} snapshot(s) kept (retention: {cap}none older than {_span(keep['max_age_s'])} "
+            f"but the newest {keep['min_snapshots']})")
+
+
+def _span(seconds: int) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % n == 0:
+            return f"{seconds // n}{unit}"
+    return f"{seconds}s"
 
 
 def _when(run: dict[str, Any] | None) -> str:

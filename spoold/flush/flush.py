@@ -89,7 +89,8 @@ def flush_table(config: Config, spool: Spool, sink: TableSink, table: str, *, ro
         with spool.flush_lock(table, wait=wait):
             if (staging := pending(spool, table)) is not None:  # the table may be missing between its renames
                 raise TableBusy(f"table {table} is being rebuilt (into {staging}); its rows stay spooled until "
-                                f"`spoold rebuild {table}` has finished")
+                                f"it has finished: `spoold rebuild {table}` finishes it (`spoold rebuild {table} "
+                                "--abort` rolls it back while it is still copying)")
             spool.sweep_temp(table)
             recheck(config, spool, sink, table)  # rows held for a table not verified yet: delete or re-queue
             held: LockHeld | None = None

@@ -24,9 +24,10 @@ from spoold.config import Config, TableSpec
 from spoold.errors import CatalogError, CommitConflict, SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.committed import advance
+from spoold.iceberg.maintain.confine import Confine
 from spoold.iceberg.maintain.expire import expire_after_commit
 from spoold.iceberg.schema import batch_to_arrow, type_conflicts
-from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, without_auto_retry
+from spoold.iceberg.snapshots import MemoTransaction, sync_snapshot, unlisted_manifests, without_auto_retry
 from spoold.iceberg.tables import Tables
 from spoold.keys.batch import Batch
 from spoold.keys.index import KeyIndex, fingerprints
@@ -207,6 +208,12 @@ class Sink:
             assert snap is not None and snap.parent_snapshot_id == idx.snapshot_id
             with catalog_errors(f"cannot sync the files of {spec.identifier}'s new snapshot"):
                 sync_snapshot(new)  # before flush deletes the spool copy
+            try:  # else they pile up until orphan cleanup, days later; a file left here is left to it
+                with catalog_errors(f"cannot read {spec.identifier}'s new snapshot"):
+                    Confine(new).tidy(unlisted_manifests(new))
+            except SpooldError as e:  # the commit stands whatever happens here
+                log.debug("table %s: manifests of the commit not listed are left to orphan cleanup: %s",
+                          spec.identifier, e)
             idx.add_fingerprints(fh[keep], fl[keep])
             idx.snapshot_id = snap.snapshot_id
             self.tables.committed_version(spec, new)

@@ -104,6 +104,35 @@ def snapshot_files(tbl: Table) -> list[str]:
     return paths
 
 
+def unlisted_manifests(tbl: Table) -> list[str]:
+    """Manifests the commit of the current snapshot wrote but did not list (for the caller to delete).
+
+    Where it merges manifests, pyiceberg writes an append's own manifest
+    (``<commit-uuid>-m0.avro``), then the merged ones (``-m1``...), and lists
+    only the latter: nothing ever references the first, so it would stay until
+    orphan cleanup deletes it days later (one file every
+    ``commit.manifest.min-count-to-merge`` commits). The names are the commit's
+    own (its uuid), so no other snapshot can list them.
+    """
+    snap = tbl.current_snapshot()
+    if snap is None:
+        return []
+    parts = snap.manifest_list.rsplit("/", 1)[-1].removesuffix(".avro").split("-", 3)  # snap-<id>-<attempt>-<uuid>
+    if len(parts) != 4 or parts[0] != "snap":
+        return []
+    prefix = parts[3] + "-m"
+    ours: dict[int, str] = {}
+    for manifest in snap.manifests(tbl.io):
+        head, _, name = manifest.manifest_path.rpartition("/")
+        number = name.removeprefix(prefix).removesuffix(".avro")
+        if name.startswith(prefix) and name.endswith(".avro") and number.isdigit() and len(number) < 6:
+            ours[int(number)] = head
+    if not ours:
+        return []
+    head = ours[max(ours)]
+    return [f"{head}/{prefix}{i}.avro" for i in range(max(ours)) if i not in ours]
+
+
 def sync_local_files(paths: list[str]) -> None:
     """fsync local files and their directories (pyiceberg writes local files without it).
 

@@ -33,6 +33,7 @@ from spoold.durable import write_state
 from spoold.errors import CatalogError, ConfigError, DataError, TableError
 from spoold.iceberg.catalog import catalog_errors, exclusive_create, open_catalog
 from spoold.iceberg.maintain.owner import mark_quietly
+from spoold.iceberg.properties import RETENTION_PROPERTIES
 from spoold.iceberg.schema import (
     ICEBERG_TYPES,
     JSON_DOC,
@@ -59,8 +60,10 @@ log = logging.getLogger(__name__)
 # - each commit adds a manifest; merging them once there are `commit.manifest.min-count-to-merge`
 #   keeps commits and readers' planning from growing with the number of commits: 16, not Java
 #   Iceberg's 100 (a reader opens every manifest: DuckDB's count(*) of a table with ~100 small
-#   manifests took 3x that of one; a merge of small manifests costs a flush little).
+#   manifests took 3x that of one; a merge of small manifests costs a flush little);
+# - a bounded history, by count and age (RETENTION_PROPERTIES, docs/maintenance.md).
 CREATED_TABLE_PROPERTIES = {
+    **RETENTION_PROPERTIES,
     TableProperties.METADATA_DELETE_AFTER_COMMIT_ENABLED: "true",
     TableProperties.METADATA_PREVIOUS_VERSIONS_MAX: "20",
     TableProperties.MANIFEST_MERGE_ENABLED: "true",

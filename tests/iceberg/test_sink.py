@@ -38,12 +38,12 @@ from spoold.keys.index import KeyIndex
 TABLE, TYPES = TABLE_TOML, MAINT_TYPES  # the declared app.events table (tests/support/maintkit.py)
 
 
-def make_config(tmp_path: Path, catalog_query: str = "") -> Config:
+def make_config(tmp_path: Path, catalog_query: str = "", body: str = "") -> Config:
     tmp_path.mkdir(parents=True, exist_ok=True)
     state = tmp_path / "state"
     catalog = (f'[catalog]\ntype = "sql"\nuri = "sqlite:///{state / "catalog.db"}{catalog_query}"\n'
                f'warehouse = "file://{state / "warehouse"}"\n\n')
-    cfg = load_config(write_config(tmp_path, TABLE, catalog=catalog))
+    cfg = load_config(write_config(tmp_path, TABLE + body, catalog=catalog))
     (cfg.spool_root / "app.events").mkdir(parents=True, exist_ok=True)
     return cfg
 
@@ -200,6 +200,35 @@ def test_a_commit_landing_between_settle_and_append_is_resettled_not_doubled(
     assert [k for k, n in counts.items() if n > 1] == []
     assert set(counts) == set(keys("base", 10)) | set(keys("k", 700))
     assert ours.committed(spec, ours.load(spec)).snapshot_id == out.snapshot_id  # type: ignore[arg-type]
+
+
+def test_at_the_history_cap_a_racing_commit_still_conflicts_and_resettles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the history at its cap every commit also expires one: the racer's commit lands between our
+    settle and our append, ours conflicts, re-settles against it, and the history stays bounded."""
+    config = make_config(tmp_path, body="\n[maintain]\nenabled = false\nkeep_snapshots = 1\nmax_snapshots = 3\n")
+    spec = config.table("app.events")
+    ours, theirs = Sink(config), Sink(config)
+    for i in range(4):
+        ours.commit(spec, batch(keys(f"base{i}-", 5)), TYPES, {})
+    real_arrays = Batch.arrays
+    attempts = []
+
+    def racing_arrays(self: Batch, *args: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            monkeypatch.setattr(Batch, "arrays", real_arrays)
+            theirs.commit(spec, batch(keys("k", 30)), TYPES, {})  # k0..k29, and expires the oldest snapshot
+            monkeypatch.setattr(Batch, "arrays", racing_arrays)
+        return real_arrays(self, *args)
+
+    monkeypatch.setattr(Batch, "arrays", racing_arrays)
+    out = ours.commit(spec, batch(keys("k", 50, start=20)), TYPES, {})  # k20..k69: 10 overlap
+    assert len(attempts) == 2 and (out.committed, out.deduplicated) == (40, 10)
+    counts = table_keys(config)
+    assert set(counts.values()) == {1} and len(counts) == 20 + 70
+    tbl = ours.load(spec)
+    assert tbl is not None and len(tbl.snapshots()) <= 3
 
 
 def test_keys_of_another_writers_commit_are_seen_even_after_a_later_commit_merged_its_manifest(

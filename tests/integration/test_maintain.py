@@ -71,7 +71,8 @@ def test_300_commits_then_maintain_keeps_5_snapshots_compacts_and_repairs_double
 
     report = doc[TABLE]
     assert report["files_before"] == 310 and report["duplicates_removed"] == 53 and report["dry_run"] is False
-    assert report["snapshots_expired"] >= 300 and report["files_deleted"] >= 300
+    # (the flushes expired by themselves past the table's cap of 100 snapshots: ~100 are left to expire)
+    assert report["snapshots_expired"] >= 100 and report["files_deleted"] >= 200
     tbl = table(c)
     assert len(tbl.snapshots()) <= 6 and tbl.current_snapshot().summary.operation.value == "replace"
     for part, n in partition_files(tbl).items():

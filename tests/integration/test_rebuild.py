@@ -30,7 +30,7 @@ from support.testhooks import Hooks
 
 from spoold.cli import main
 from spoold.config import load_config
-from spoold.layout import QUARANTINE, REBUILD
+from spoold.layout import QUARANTINE, rebuild_state
 
 OLD = """
 [tables."{t}".columns]
@@ -121,7 +121,7 @@ def test_a_string_column_is_rebuilt_as_timestamptz_partitioned_by_day(tmp_path: 
     for name in (backup, backup.replace("__backup_", "__rebuild_")):
         code, _, err = cli("append", name, str(tmp_path / "late.jsonl"), "--config", str(new))
         assert code == 2 and "backup table of `spoold rebuild`" in err and err.count("\n") == 1, err
-    assert not (load_config(new).spool_root / table / REBUILD).exists()
+    assert not rebuild_state(load_config(new).spool_root, table).exists()
 
     con = duckdb_connection()  # typed timestamps for other readers too
     relation = f"iceberg_scan('{tbl.metadata_location}')"
@@ -237,6 +237,41 @@ def test_rows_another_writer_commits_to_the_old_table_just_before_the_swap_are_c
     assert quarantined_keys(new, table) == Counter(bad)
 
 
+def moved_on_before_the_swap(tmp_path: Path, table: str, old: Path, new: Path) -> set[str]:
+    """A rebuild killed once it copied everything, before its renames; then another writer commits to the old
+    table (a backfill already running, another host). The keys it committed."""
+    hooks = Hooks(tmp_path / f"hooks-{table}-copied", pause_at="rebuild.copied")
+    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+                          env={**os.environ, **hooks.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
+    finally:
+        rb.kill()
+        rb.wait()
+    tbl = load_table(old, table)
+    late = [{"part_id": f"other{i}", "ts": "2026-03-01T00:00:00Z", "n": i} for i in range(7)]
+    tbl.append(pa.Table.from_pylist(late, schema=tbl.schema().as_arrow()))
+    return {r["part_id"] for r in late}
+
+
+def test_a_rebuild_killed_while_it_copies_the_old_tables_last_commit_again_loses_none_of_it(tmp_path: Path) -> None:
+    """The swap copies what another writer committed just before the first rename; killed in that copy, a
+    re-run copies it again (the state keeps the snapshot to copy apart from the last one copied whole)."""
+    table = "app.events"
+    old, new = configs(tmp_path, [table])
+    batch, good, bad = rows(100)
+    land(old, table, batch)
+    spoold("flush", "--config", str(old))
+    late = moved_on_before_the_swap(tmp_path, table, old, new)
+    killed = Killed(tmp_path / "hooks", "rebuild.recopy", table, new)  # renamed; the late commit is to copy
+    assert killed.kill(random.Random(0)) == "rebuild.recopy"
+    code, out, err = cli("rebuild", table, "--json", "--config", str(new))
+    assert code == 0, err
+    assert committed_counts(new, table) == Counter(good | late)  # every row once, the late ones too
+    assert quarantined_keys(new, table) == Counter(bad)
+    assert committed_counts(new, orjson.loads(out)["backup"]) == Counter(good | bad | late)
+
+
 def test_a_long_lived_sink_that_knew_the_old_table_commits_into_the_rebuilt_one(tmp_path: Path) -> None:
     """The daemon's catalog connection outlives a rebuild: its cached table and pinned uuid give way."""
     from spoold.flush.flush import flush_table
@@ -300,8 +335,9 @@ def cli(*args: str) -> tuple[int, str, str]:
 
 
 # Where a kill lands: paused at a named point (then killed), or after a random delay.
+# "rebuild.recopy": another writer committed to the old table just before the swap; killed copying that again.
 POINTS = ["rebuild.created", "rebuild.committed@1", "commit.staged@2", "rebuild.committed@2", "rebuild.copied",
-          "rebuild.backed_up", None, None, "rebuild.committed@1", "rebuild.backed_up"]
+          "rebuild.backed_up", None, None, "rebuild.recopy", "rebuild.backed_up"]
 
 
 class Killed:
@@ -339,13 +375,15 @@ def test_kill_9_anywhere_in_a_rebuild_loses_and_doubles_nothing(tmp_path: Path) 
         assert cli("append", t, str(tmp_path / "rows.jsonl"), "--config", str(old))[0] == 0
         expected[t] = (good, bad)
     assert cli("flush", "--config", str(old))[0] == 0
+    late = {t: moved_on_before_the_swap(tmp_path, t, old, new) if p == "rebuild.recopy" else set()
+            for t, p in zip(tables, POINTS)}
     # All ten rebuilds (of ten tables) start at once: they pause at their points side by side.
     killed = [Killed(tmp_path / f"hooks{seed}", POINTS[seed], tables[seed], new) for seed in seeds]
     hits = Counter(k.kill(random.Random(seed)) for seed, k in zip(seeds, killed))
     for seed in seeds:
         t, point = tables[seed], POINTS[seed]
         during = set()
-        if (load_config(new).spool_root / t / REBUILD).exists():  # a flush now must not touch the table
+        if rebuild_state(load_config(new).spool_root, t).exists():  # a flush now must not touch the table
             (tmp_path / "late.jsonl").write_bytes(b'{"part_id": "during", "ts": "2026-01-01T00:00:00Z"}\n')
             assert cli("append", t, str(tmp_path / "late.jsonl"), "--config", str(new))[0] == 0
             code, _, err = cli("flush", t, "--config", str(new))
@@ -357,10 +395,10 @@ def test_kill_9_anywhere_in_a_rebuild_loses_and_doubles_nothing(tmp_path: Path) 
         assert code == 0, err
         assert cli("flush", t, "--config", str(new))[0] == 0
         good, bad = expected[t]
-        assert committed_counts(new, t) == Counter(good | during), (seed, point)
+        assert committed_counts(new, t) == Counter(good | during | late[t]), (seed, point)
         assert quarantined_keys(new, t) == Counter(bad), (seed, point)
         assert str(load_table(new, t).schema().find_field("ts").field_type) == "timestamptz"
         code, out, _ = cli("rebuild", t, "--drop-backup", "--dry-run", "--json", "--config", str(new))
         backups = orjson.loads(out)["dropped"]
-        assert len(backups) == 1 and committed_counts(new, backups[0]) == Counter(good | bad), (seed, point)
+        assert len(backups) == 1 and committed_counts(new, backups[0]) == Counter(good | bad | late[t]), (seed, point)
     assert len(hits) >= 5, hits

@@ -3,7 +3,10 @@
 Retention, as Iceberg's own ``ExpireSnapshots``: each branch keeps its
 newest ``keep`` ancestors and every ancestor younger than the cutoff; tags
 keep their snapshot; a snapshot no ref reaches goes once it is older than the
-cutoff. After the metadata commit, the files to delete are those named by the
+cutoff. Besides, a branch keeps at most ``max_count`` ancestors however young
+(the table property ``spoold.history.max-snapshots``, docs/maintenance.md):
+every commit pays for each snapshot kept. After the metadata commit, the
+files to delete are those named by the
 expired snapshots (manifest lists, manifests not in any kept snapshot's list,
 the data and delete files those manifests list) minus every file a kept
 snapshot still reads, computed from the metadata the commit returned. A
@@ -18,28 +21,23 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pyiceberg.table import Table, TableProperties
+from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import SnapshotRefType
 from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pyiceberg.table.update.snapshot import ExpireSnapshots
-from pyiceberg.utils.properties import property_as_bool, property_as_int
+from pyiceberg.utils.properties import property_as_bool
 
 from spoold.errors import SpooldError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.maintain.confine import Confine
 from spoold.iceberg.maintain.reachable import files_of, fs_path, manifests_of, statistics_of
+from spoold.iceberg.properties import Retention, retention_of
 from spoold.iceberg.snapshots import MemoTransaction
 from spoold.settings import MaintainSettings
 
 log = logging.getLogger(__name__)
 _GC_ENABLED = "gc.enabled"
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    max_age_ms: int
-    keep: int
 
 
 @dataclass
@@ -52,23 +50,13 @@ class Expired:
 
 def retention(tbl: Table, settings: MaintainSettings | None = None, *, older_than_s: float | None = None,
               keep: int | None = None) -> Retention:
-    """The retention that applies: arguments, then ``[maintain]`` (non-zero), then the table's properties.
+    """The retention that applies to ``tbl`` (see :func:`~spoold.iceberg.properties.retention_of`).
 
     The properties are ``history.expire.max-snapshot-age-ms`` and
-    ``history.expire.min-snapshots-to-keep`` (Iceberg's defaults: 5 days, 1).
+    ``history.expire.min-snapshots-to-keep`` (Iceberg's defaults: 5 days, 1),
+    and spoold's ``spoold.history.max-snapshots`` (no cap where unset).
     """
-    props = tbl.metadata.properties
-    age = property_as_int(props, TableProperties.MAX_SNAPSHOT_AGE_MS, TableProperties.MAX_SNAPSHOT_AGE_MS_DEFAULT)
-    n = property_as_int(props, TableProperties.MIN_SNAPSHOTS_TO_KEEP, TableProperties.MIN_SNAPSHOTS_TO_KEEP_DEFAULT)
-    if settings is not None and settings.max_snapshot_age_s:
-        age = int(settings.max_snapshot_age_s * 1000)
-    if settings is not None and settings.keep_snapshots:
-        n = settings.keep_snapshots
-    if older_than_s is not None:
-        age = int(older_than_s * 1000)
-    if keep is not None:
-        n = keep
-    return Retention(max(0, age or 0), max(1, n or 1))
+    return retention_of(tbl.metadata.properties, settings, older_than_s=older_than_s, keep=keep)
 
 
 def expirable(md: TableMetadata, keep: Retention, now_ms: int) -> list[int]:
@@ -84,11 +72,12 @@ def expirable(md: TableMetadata, keep: Retention, now_ms: int) -> list[int]:
         if ref.snapshot_ref_type != SnapshotRefType.BRANCH:
             continue
         n = ref.min_snapshots_to_keep or keep.keep
+        cap = max(n, keep.max_count) if keep.max_count else None
         ref_cutoff = now_ms - ref.max_snapshot_age_ms if ref.max_snapshot_age_ms is not None else cutoff
         kept = 0
         for snap in ancestors_of(head, md):
             in_some_branch.add(snap.snapshot_id)
-            if kept < n or snap.timestamp_ms >= ref_cutoff:
+            if kept < n or (snap.timestamp_ms >= ref_cutoff and (cap is None or kept < cap)):
                 retained.add(snap.snapshot_id)
                 kept += 1
     return [s.snapshot_id for s in md.snapshots

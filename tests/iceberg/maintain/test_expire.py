@@ -49,12 +49,18 @@ def missing_referenced(tbl: Any) -> list[str]:
 def test_retention_comes_from_arguments_then_config_then_the_tables_properties(cfg: Config) -> None:
     commit(Sink(cfg), ["a"])
     tbl = table(cfg)
-    assert retention(tbl) == Retention(5 * 86_400_000, 1)  # Iceberg's defaults
+    assert retention(tbl) == Retention(86_400_000, 10, 100)  # what spoold sets at create
     with tbl.transaction() as tx:
-        tx.set_properties({"history.expire.max-snapshot-age-ms": "60000", "history.expire.min-snapshots-to-keep": "3"})
+        tx.set_properties({"history.expire.max-snapshot-age-ms": "60000", "history.expire.min-snapshots-to-keep": "3",
+                           "spoold.history.max-snapshots": "oops"})  # untrusted: counts as unset
     assert retention(tbl, MaintainSettings()) == Retention(60000, 3)
-    assert retention(tbl, MaintainSettings(max_snapshot_age_s=7200, keep_snapshots=9)) == Retention(7_200_000, 9)
+    assert retention(tbl, MaintainSettings(max_snapshot_age_s=7200, keep_snapshots=9, max_snapshots=5)) == \
+        Retention(7_200_000, 9, 9)  # the cap never goes below the newest kept
     assert retention(tbl, MaintainSettings(max_snapshot_age_s=7200), older_than_s=0, keep=2) == Retention(0, 2)
+    with tbl.transaction() as tx:
+        tx.remove_properties("history.expire.max-snapshot-age-ms", "history.expire.min-snapshots-to-keep",
+                             "spoold.history.max-snapshots")
+    assert retention(tbl) == Retention(5 * 86_400_000, 1)  # Iceberg's defaults, no cap
 
 
 def test_branches_keep_their_newest_ancestors_and_tags_their_snapshot(cfg: Config) -> None:
@@ -68,6 +74,7 @@ def test_branches_keep_their_newest_ancestors_and_tags_their_snapshot(cfg: Confi
     assert expirable(tbl.metadata, Retention(0, 1), now) == [ids[0], ids[2], ids[4]]  # heads 5 and 3, tag 1
     assert expirable(tbl.metadata, Retention(0, 2), now) == [ids[0]]  # main keeps 5, 4; the branch 3, 2
     assert expirable(tbl.metadata, Retention(10**9, 1), now) == []  # everything is young
+    assert expirable(tbl.metadata, Retention(10**9, 1, 1), now) == [ids[0], ids[2], ids[4]]  # ... but over the cap
 
 
 def test_expiry_deletes_the_compacted_files_and_old_manifests_but_nothing_a_kept_snapshot_reads(cfg: Config) -> None:
