@@ -29,7 +29,8 @@ removed one quarantine file, its count in ``.dropped.json`` is not written yet),
 ``rebuild.copied`` (every row is copied, the renames are to come), ``rebuild.recopy`` (the old table moved
 on: its newer snapshot is saved as the one to copy, none of it copied yet),
 ``rebuild.backed_up`` (the old table is renamed to its backup name, the staging
-table not yet to the table's).
+table not yet to the table's), ``ingest.append`` (an ingest commit lane is about
+to take a table's lock for a group or one request of it).
 """
 
 from __future__ import annotations

@@ -68,6 +68,22 @@ def validate_identifier(ident: str) -> str:
     return ident
 
 
+# `spoold rebuild`'s own tables beside ``<table>``: ``<table>__rebuild_<stamp>`` (staging, dropped once swapped in)
+# and ``<table>__backup_<stamp>`` (the old table, purged by --drop-backup). No producer writes rows to them.
+REBUILD_STAGING, REBUILD_BACKUP = "__rebuild_", "__backup_"
+REBUILD_STAMP, REBUILD_STAMP_RE = "%Y%m%dT%H%M%SZ", r"\d{8}T\d{6}Z"  # time.strftime of UTC, and what it makes
+_REBUILD_NAME_RE = re.compile(rf".*(?:{REBUILD_STAGING}|{REBUILD_BACKUP}){REBUILD_STAMP_RE}")
+
+
+def writable_table(ident: str) -> str:
+    """``ident`` if rows may be written to it: a valid identifier that names none of `spoold rebuild`'s tables."""
+    validate_identifier(ident)
+    if _REBUILD_NAME_RE.fullmatch(ident):
+        raise UsageError(f"table {ident}: a name ending in __rebuild_<stamp> or __backup_<stamp> is a staging or "
+                         "backup table of `spoold rebuild`; rows cannot be written to it")
+    return ident
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str
@@ -277,7 +293,7 @@ def _ingest(t: Mapping[str, Any], base: Path) -> IngestSettings:
     if s.listen:
         parse_listen(s.listen, "ingest.listen")
     try:
-        validate_identifier(s.otlp_logs_table)
+        writable_table(s.otlp_logs_table)
     except UsageError as e:
         raise ConfigError(f"ingest.otlp_logs_table: {e}") from None
     return replace(s, **paths)
@@ -419,7 +435,7 @@ def _parse_source(i: int, s: Any, base: Path) -> SourceSpec:
     if not table or not path:
         raise ConfigError(f"{where}: 'table' and 'path' are required")
     try:
-        validate_identifier(table)
+        writable_table(table)
     except UsageError as e:
         raise ConfigError(f"{where}.table: {e}") from None
     if fmt not in SOURCE_FORMATS:

@@ -113,6 +113,10 @@ class Daemon:
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             new = load_config(self.config_path)
+            if self.ingest is not None:  # its token stays the one read at start-up
+                from spoold.ingest.handler import check_group_token
+
+                check_group_token(new.spool_group, self.ingest.handler.token)
             Spool.from_config(new).make_root()
         except SpooldError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
@@ -405,7 +409,7 @@ def start_ingest(config: Config, report: DaemonReport) -> IngestServer | None:
     from spoold.ingest.handler import read_token
     from spoold.ingest.server import IngestServer
 
-    token = read_token(s.token_file, is_loopback(parse_listen(s.listen, "ingest.listen")[0]))
+    token = read_token(s.token_file, is_loopback(parse_listen(s.listen, "ingest.listen")[0]), config.spool_group)
     try:
         server = IngestServer(config, token, IngestEvents())
     except OSError as e:

@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from spoold._testhooks import reached
-from spoold.config import Config, TableSpec
+from spoold.config import REBUILD_STAMP, Config, TableSpec
 from spoold.durable import fsync_dir, write_state
 from spoold.envelope import Validator
 from spoold.errors import CatalogError, UsageError
@@ -136,7 +136,7 @@ class _Rebuild:
             if limits.quarantine_max_bytes or limits.min_free_bytes:  # (a first read, to refuse before starting)
                 log.info("table %s: counting what a rebuild would quarantine", self.table)
                 _Rebuild(self.config, self.spool, self.sink, self.spec, self.progress).survey(old)
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            stamp = time.strftime(REBUILD_STAMP, time.gmtime())
             state = {"phase": "copy", "uuid": str(old.metadata.table_uuid), "snapshot_id": snapshot_id(old),
                      "staging": ice.sibling(self.table, ice.STAGING, stamp),
                      "backup": ice.sibling(self.table, ice.BACKUP, stamp)}

@@ -24,7 +24,7 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import FileScanTask, Table
 
 from spoold.coltypes import parse
-from spoold.config import TableSpec
+from spoold.config import REBUILD_BACKUP, REBUILD_STAGING, REBUILD_STAMP_RE, TableSpec
 from spoold.errors import CatalogError
 from spoold.iceberg.catalog import catalog_errors
 from spoold.iceberg.maintain.confine import Confine, uri
@@ -34,9 +34,7 @@ from spoold.iceberg.schema import fits, partition_spec, table_types, type_tree
 from spoold.iceberg.tables import Tables
 
 log = logging.getLogger(__name__)
-BACKUP = "__backup_"
-STAGING = "__rebuild_"
-_STAMP_RE = r"\d{8}T\d{6}Z"
+BACKUP, STAGING = REBUILD_BACKUP, REBUILD_STAGING  # names no producer may write to (config.writable_table)
 
 
 def sibling(table: str, kind: str, stamp: str) -> str:
@@ -47,7 +45,7 @@ def sibling(table: str, kind: str, stamp: str) -> str:
 def backups(tables: Tables, table: str) -> list[str]:
     """The backup tables ``spoold rebuild`` left of ``table`` (oldest first)."""
     ns, name = table.rsplit(".", 1)
-    pattern = re.compile(re.escape(name + BACKUP) + _STAMP_RE)
+    pattern = re.compile(re.escape(name + BACKUP) + REBUILD_STAMP_RE)
     with catalog_errors(f"cannot list the tables of {ns}"):
         try:
             idents = tables.catalog().list_tables(ns)

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from spoold.config import Config, validate_identifier
+from spoold.config import Config, validate_identifier, writable_table
 from spoold.errors import ConfigError, InputError, UsageError
 from spoold.ingest import otlp
 from spoold.ingest.ndjson import BadBody, TooLarge, envelope_lines, gunzip, parse_rows
@@ -96,6 +96,10 @@ class Handler:
                 validate_identifier(table)
             except UsageError as e:
                 return error(404, str(e))
+            try:
+                writable_table(table)
+            except UsageError as e:
+                return error(403, str(e))
             if not ingest.any_table and table not in self.config.tables:
                 return error(403, f"table {table} is not declared in the config ([ingest] any_table = true "
                                   "lets any table be written)")
@@ -188,13 +192,15 @@ def loopback_hosts(host: str, port: int) -> frozenset[str]:
     return frozenset(f"{n}:{port}".lower() for n in names) | frozenset(n.lower() for n in names if port == 80)
 
 
-def read_token(path: str, listen_host_loopback: bool) -> bytes | None:
+def read_token(path: str, listen_host_loopback: bool, spool_group: str | None = None) -> bytes | None:
     """``[ingest] token_file``'s token (read once, at start-up); ConfigError when it is unsafe or missing where
-    needed: a non-loopback ``listen`` without a token would let anyone on the network write rows."""
+    needed: a non-loopback ``listen`` without a token would let anyone on the network write rows, and a spool
+    shared with a producer group would be written through the listener by every local user."""
     if not path:
         if not listen_host_loopback:
             raise ConfigError("ingest.listen is not a loopback address and ingest.token_file is not set: anyone "
                               "who can reach it could write rows; set a token_file (docs/ingest.md)")
+        check_group_token(spool_group, None)
         return None
     try:
         st = os.stat(path)
@@ -207,3 +213,12 @@ def read_token(path: str, listen_host_loopback: bool) -> bytes | None:
     if not token or len(token) > 4096 or any(b <= 32 or b > 126 for b in token):
         raise ConfigError(f"ingest.token_file {path}: expected one token of printable characters (at most 4096)")
     return token
+
+
+def check_group_token(spool_group: str | None, token: bytes | None) -> None:
+    """ConfigError for ``[spool] group`` with a token-less listener: only the group's members may write the spool,
+    and a loopback listener without a token would let every local user write through spoold instead."""
+    if spool_group and token is None:
+        raise ConfigError(f"spool.group is set ({spool_group}) and the ingest listener has no token: every local "
+                          "user could write rows through it, not only the group's members; set ingest.token_file "
+                          "(read at start-up) (docs/ingest.md)")

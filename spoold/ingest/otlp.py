@@ -6,8 +6,13 @@ OTLP JSON encoding read into the same messages), imported at the first
 One row per log record, after the OpenTelemetry logs data model; attributes,
 resource attributes and a non-string body are JSON text, queryable in DuckDB
 with ``attributes->>'$.key'``. A record's key (``record_id``) is a
-fingerprint of its content (SHA-256 of a canonical encoding), so an
-exporter's retry of a batch doubles nothing.
+fingerprint of its content, so an exporter's retry of a batch doubles
+nothing: SHA-256 over the deterministic protobuf encoding of the record, of
+its scope and of its resource (with their schema URLs), each part tagged and
+length-prefixed. It covers every field OTLP defines, stored or not (bytes and
+the base64 string of them, NaN and "nan" differ); the JSON encoding is read
+into the same messages first, so it gives the same key as protobuf. Fields
+unknown to this OTLP version are dropped from both before hashing.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def decode(body: bytes, json: bool) -> Any:
             msg.ParseFromString(body)
         except (DecodeError, RecursionError, ValueError) as e:
             raise BadBody(f"not an OTLP ExportLogsServiceRequest (protobuf): {e}") from None
+        msg.DiscardUnknownFields()  # as the JSON encoding's parser does (ignore_unknown_fields): one key for both
         return msg
     try:
         doc = orjson.loads(body)
@@ -75,15 +81,35 @@ def rows(msg: Any) -> tuple[list[dict[str, Any]], int, str]:
     rejected, reason = 0, ""
     for rl in msg.resource_logs:
         resource = _json(_kvs(rl.resource.attributes, 0))
+        in_resource = _part(hashlib.sha256(_DOMAIN), b"R", rl.resource)
+        in_resource.update(_field(b"r", rl.schema_url.encode()))
         for sl in rl.scope_logs:
             scope_name, scope_version = sl.scope.name or None, sl.scope.version or None
+            in_scope = _part(in_resource.copy(), b"S", sl.scope)
+            in_scope.update(_field(b"s", sl.schema_url.encode()))
             for rec in sl.log_records:
                 try:
-                    out.append(_row(rec, resource, scope_name, scope_version))
+                    row = _row(rec, resource, scope_name, scope_version)
                 except RejectedRecord as e:
                     rejected += 1
                     reason = reason or str(e)
+                    continue
+                row["record_id"] = _part(in_scope.copy(), b"L", rec).hexdigest()[:32]
+                out.append(row)
     return out, rejected, reason
+
+
+_DOMAIN = b"spoold otlp log record id v2\n"
+
+
+def _part(h: Any, tag: bytes, msg: Any) -> Any:
+    h.update(_field(tag, msg.SerializeToString(deterministic=True)))
+    return h
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    """A tagged, length-prefixed part: no two sequences of parts encode alike."""
+    return tag + len(data).to_bytes(8, "big") + data
 
 
 def _row(rec: Any, resource: str, scope_name: str | None, scope_version: str | None) -> dict[str, Any]:
@@ -103,9 +129,6 @@ def _row(rec: Any, resource: str, scope_name: str | None, scope_version: str | N
         "span_id": rec.span_id.hex() or None,
         "flags": int(rec.flags),
     }
-    # The fingerprint covers what the row holds, with the timestamps at full (nanosecond) precision.
-    canon = orjson.dumps([row, rec.time_unix_nano, rec.observed_time_unix_nano], option=orjson.OPT_SORT_KEYS)
-    row["record_id"] = hashlib.sha256(canon).hexdigest()[:32]
     return row
 
 

@@ -110,8 +110,13 @@ class IngestServer:
                  "https" if self._ssl else "http", self.address)
 
     def reconfigure(self, config: Config) -> None:
-        """A reloaded config's tables and rules (the address, token and TLS stay until a restart)."""
+        """A reloaded config's tables, rules and spool (the address, token and TLS stay until a restart)."""
         self.handler = Handler(config, self.handler.token, self.handler.hosts)
+        # The reloaded spool (root, bounds, group) takes the next group commit's rows, as the daemon's does.
+        spool = Spool.from_config(config)
+        spool.lock_wait_s = self.spool.lock_wait_s
+        self.spool = spool
+        self.commit.use(spool)
 
     def drain(self, timeout: float) -> None:
         """503 from now on; wait (at most ``timeout``) for requests in flight, append what is queued, stop."""

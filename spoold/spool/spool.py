@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from spoold.config import Config, TableSpec, validate_identifier
+from spoold.config import Config, TableSpec, validate_identifier, writable_table
 from spoold.durable import append_all, fsync_dir, write_all, write_atomic
 from spoold.envelope import Validator, columnize, envelopes
 from spoold.errors import InputError, SpoolError, TableBusy, UsageError
@@ -186,6 +186,7 @@ class Spool:
 
         Raises :class:`SpoolFull` (retryable) when the spool's bounds or a full disk refuse them.
         """
+        writable_table(table)  # never a rebuild's staging or backup table (--drop-backup would purge its rows)
         payloads = [x[0] if isinstance(x, tuple) else x for x in lines]
         if not payloads:
             return
@@ -225,6 +226,7 @@ class Spool:
         spool order is kept. A crash before the rename leaves only the temp
         file, which flush sweeps once it is old.
         """
+        writable_table(table)
         it = iter(lines)
         head: list[bytes] = []
         size = 0

@@ -112,3 +112,47 @@ def test_bad_otlp_bodies_get_a_status_and_rejected_records_a_partial_success(tmp
         assert len(committed_counts(cfg, "otel.logs", "record_id")) == 1
     finally:
         d.close()
+
+
+def test_records_that_differ_in_any_otlp_field_are_rows_of_their_own_in_either_encoding(tmp_path: Path) -> None:
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.add(key="service.name").value.string_value = "checkout"
+    variants = [  # pairs whose rows look alike, and fields no column holds
+        lambda r: r.attributes.add(key="k").value.__setattr__("bytes_value", b"abc"),
+        lambda r: r.attributes.add(key="k").value.__setattr__("string_value", "YWJj"),
+        lambda r: r.body.kvlist_value.values.add(key="x").value.__setattr__("int_value", 1),
+        lambda r: r.body.__setattr__("string_value", '{"x":1}'),
+        lambda r: r.attributes.add(key="k").value.__setattr__("double_value", float("nan")),
+        lambda r: r.attributes.add(key="k").value.__setattr__("string_value", "nan"),
+        lambda r: [r.attributes.add(key="k").value.__setattr__("int_value", v) for v in (1, 2)],
+        lambda r: r.attributes.add(key="k").value.__setattr__("int_value", 2),
+        lambda r: r.__setattr__("dropped_attributes_count", 3),
+        lambda r: None,
+    ]
+    for scope_attr in ("a", "b"):  # the same records under two scopes differing only in an attribute
+        sl = rl.scope_logs.add()
+        sl.scope.name = "shop"
+        sl.scope.attributes.add(key="s").value.string_value = scope_attr
+        for variant in variants:
+            rec = sl.log_records.add(time_unix_nano=1_796_452_000_123_456_789)
+            variant(rec)
+    last = sl.log_records[-1]
+    sl.log_records.add().CopyFrom(last)  # byte-identical in the same scope: one row
+    cfg = ingest_config(tmp_path)
+    d = DaemonProc(cfg)
+    try:
+        addr = ingest_address(d)
+        code, _, _ = post(addr, "/v1/logs", req.SerializeToString(), Content_Type="application/x-protobuf")
+        assert code == 200
+        doc = json_format.MessageToDict(req)  # the OTLP JSON encoding of the same batch: the same keys
+        code, _, _ = post(addr, "/v1/logs", orjson.dumps(doc), Content_Type="application/json")
+        assert code == 200
+        assert d.stop() == 0  # its shutdown flush commits what was spooled
+        counts = committed_counts(cfg, "otel.logs", "record_id")
+        assert (len(counts), set(counts.values())) == (2 * len(variants), {1})
+    finally:
+        d.close()

@@ -116,6 +116,11 @@ def test_a_string_column_is_rebuilt_as_timestamptz_partitioned_by_day(tmp_path: 
     assert quarantined_keys(new, table) == Counter(bad)  # every other one, once, with its reason
     backup = report["backup"]
     assert backup.startswith(f"{table}__backup_") and Counter(committed_counts(new, backup)) == Counter(good | bad)
+    # No producer writes to the backup or a staging table: --drop-backup would purge their rows.
+    (tmp_path / "late.jsonl").write_bytes(b'{"part_id": "late"}\n')
+    for name in (backup, backup.replace("__backup_", "__rebuild_")):
+        code, _, err = cli("append", name, str(tmp_path / "late.jsonl"), "--config", str(new))
+        assert code == 2 and "backup table of `spoold rebuild`" in err and err.count("\n") == 1, err
     assert not rebuild_state(load_config(new).spool_root, table).exists()
 
     con = duckdb_connection()  # typed timestamps for other readers too
