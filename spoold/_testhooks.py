@@ -23,7 +23,8 @@ commit, the flush files it finished are neither deleted nor held yet),
 spooled, its offset is not saved yet), ``backfill.committed`` (a backfill
 chunk is committed, the source cursors it covers are not saved yet),
 ``replay.respooled`` (a quarantine replay's rows are durably spooled, their
-records are not removed yet).
+records are not removed yet), ``replay.removed`` (a replayed quarantine file's
+records are removed, the next file is not begun).
 """
 
 from __future__ import annotations
