@@ -63,7 +63,8 @@ def test_daemon_tests_fail_when_the_daemon_ignores_spool_change_events(tmp_path:
         # Each test waits out its deadline (~16 s) before it fails: side by side, the four take the time of one.
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(len(TESTS)), "-c",
          str(REPO / "pyproject.toml"),
-         "--rootdir", str(REPO), f"--junitxml={report}", "-o", "junit_family=xunit2",
+         "--rootdir", str(REPO), f"--basetemp={tmp_path / 'inner-tmp'}", f"--junitxml={report}",
+         "-o", "junit_family=xunit2",
          *(f"{target}::{name}" for name in TESTS)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert report.exists(), proc.stdout + proc.stderr
