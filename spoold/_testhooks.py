@@ -23,7 +23,8 @@ commit, the flush files it finished are neither deleted nor held yet),
 spooled, its offset is not saved yet), ``backfill.committed`` (a backfill
 chunk is committed, the source cursors it covers are not saved yet),
 ``replay.respooled`` (a quarantine replay's rows are durably spooled, their
-records are not removed yet), ``drop.rewritten`` (a quarantine drop rewrote or
+records are not removed yet), ``replay.removed`` (a replayed quarantine file's
+records are removed, the next file is not begun), ``drop.rewritten`` (a quarantine drop rewrote or
 removed one quarantine file, its count in ``.dropped.json`` is not written yet),
 ``rebuild.created`` (a rebuild's staging table exists), ``rebuild.committed`` (a rebuild committed rows into it),
 ``rebuild.copied`` (every row is copied, the renames are to come), ``rebuild.recopy`` (the old table moved

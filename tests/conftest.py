@@ -57,6 +57,36 @@ SEED = _session_seed()
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The suite runs on every core unless told otherwise: two workers a core (``--dist worksteal``) when no
+    ``-n`` was given. Two, because most tests spend most of their time waiting on the processes they start
+    (daemons, servers, ``spoold`` commands) and on deadlines; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides.
+
+    Not an ``addopts`` entry, so that ``-p no:xdist`` (and ``-n 0``, ``--pdb``) still run it in one process
+    for debugging. Not either in a pytest a test starts (``PYTEST_CURRENT_TEST`` comes down to it: test_seeds,
+    the mutation check) nor in an xdist worker. Registered after xdist's own hook of the same kind, this
+    one runs first and so hands xdist its number.
+    """
+    option = config.option
+    if not hasattr(option, "numprocesses") or option.numprocesses is not None:
+        return  # xdist is off (-p no:xdist) or -n was given
+    if os.environ.get("PYTEST_CURRENT_TEST") or os.environ.get("PYTEST_XDIST_WORKER") or \
+            config.getoption("usepdb", False) or hasattr(config, "workerinput"):
+        return
+    option.numprocesses = "auto" if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else \
+        2 * len(os.sched_getaffinity(0))
+    if option.dist == "no":
+        option.dist = "worksteal"  # the slow tests vary from 5 s to a minute: idle workers take from busy ones
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, slow tests first: a minute-long test started last would leave the other workers idle."""
+    if getattr(config.option, "dist", "no") != "no":
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Hypothesis draws its examples from the suite's seed too, unless --hypothesis-seed says otherwise.
     if config.getoption("hypothesis_seed", None) is None:

@@ -27,8 +27,10 @@ def pytest_run(cwd: Path, *args: str, seed: int | None, **env: str) -> subproces
     environ = {k: v for k, v in os.environ.items() if k not in ("SPOOLD_TEST_SEED", "CI")} | env
     if seed is not None:
         environ["SPOOLD_TEST_SEED"] = str(seed)
+    # --basetemp of its own: another session's cleanup of /tmp/pytest-of-<user> cannot reach it.
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-c", str(REPO / "pyproject.toml"),
-                           "--rootdir", str(REPO), "-s", *args], cwd=cwd, env=environ, capture_output=True,
+                           "--rootdir", str(REPO), f"--basetemp={cwd / '.pytest-tmp'}", "-s", *args], cwd=cwd,
+                          env=environ, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -100,7 +102,8 @@ def test_a_skip_must_say_why_and_fails_under_ci(tmp_path: Path) -> None:
 
     def run(**env: str) -> subprocess.CompletedProcess[str]:
         environ = {k: v for k, v in os.environ.items() if k != "CI"} | env
-        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "tests"], cwd=suite,
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
+                               f"--basetemp={suite / '.pytest-tmp'}", "tests"], cwd=suite,
                               env=environ, capture_output=True, text=True, timeout=300)
 
     local, ci = run(), run(CI="true")

@@ -100,6 +100,7 @@ def _replay_file(spool: Spool, table: str, path: Path, validator: Validator, sum
         fsync_dir(path.parent)
     log.info("table %s: replayed %d record(s) of %s (%d row(s) re-spooled), %d kept", table, replayed,
              path.name, len(rows), len(kept))
+    reached("replay.removed")  # test-only mark: a crash here has finished this file, not the next
 
 
 def judge(rec: dict[str, Any], validator: Validator) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -48,7 +48,7 @@ def mutated_copy(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow  # four daemon tests run to their deadlines
+@pytest.mark.slow  # four daemon tests run to their deadlines (side by side)
 def test_daemon_tests_fail_when_the_daemon_ignores_spool_change_events(tmp_path: Path) -> None:
     pkg = mutated_copy(tmp_path / "pkg")
     env = {**os.environ, "PYTHONPATH": str(pkg)}
@@ -60,8 +60,11 @@ def test_daemon_tests_fail_when_the_daemon_ignores_spool_change_events(tmp_path:
     report = tmp_path / "report.xml"
     target = REPO / "tests" / "integration" / "test_daemon.py"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(REPO / "pyproject.toml"),
-         "--rootdir", str(REPO), f"--junitxml={report}", "-o", "junit_family=xunit2",
+        # Each test waits out its deadline (~16 s) before it fails: side by side, the four take the time of one.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(len(TESTS)), "-c",
+         str(REPO / "pyproject.toml"),
+         "--rootdir", str(REPO), f"--basetemp={tmp_path / 'inner-tmp'}", f"--junitxml={report}",
+         "-o", "junit_family=xunit2",
          *(f"{target}::{name}" for name in TESTS)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert report.exists(), proc.stdout + proc.stderr

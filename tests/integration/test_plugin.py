@@ -42,7 +42,10 @@ def run_pytest(where: Path, files: dict[str, str], *args: str,
         (where / name).write_text(body)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # not this run's xdist/addopts
     base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=where,
+    # Its own --basetemp: under the shared /tmp/pytest-of-<user>, another pytest session's cleanup of old
+    # numbered directories deleted a running inner test's directory (its daemon's log with it).
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           f"--basetemp={where / '.pytest-tmp'}", *args], cwd=where,
                           capture_output=True, text=True, env={**base, **(env or {})}, timeout=900)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import orjson
 import pytest
 from support.cli import run_spoold, write_config
 from support.tables import committed_keys
+from support.testhooks import Hooks
 
 from spoold.config import load_config
 from spoold.spool.files import ACTIVE
@@ -134,7 +136,16 @@ def _keys_in_quarantine(where: Path) -> set[str]:
     return keys
 
 
-FILES, ROWS = 24, 750
+# 12 files: the kills are placed by test hooks, so no file need be large enough for a replay to be caught
+# in it by timing (it was 24 files of 750 rows for that); the hooked kills below replay at most 8 of them.
+FILES, ROWS = 12, 200
+# Where each run is killed: paused at a replay's point (the nth time this run reaches it), then SIGKILLed.
+# replay.respooled: a file's rows are spooled, its records not yet removed (the rows are in both places);
+# replay.removed: a file is done, the next not begun. Then runs killed at a random moment (start-up, or
+# inside a file's append, where no hook can stand), which may instead let a replay finish.
+HOOKED = [("replay.respooled", 1), ("replay.removed", 1), ("replay.respooled", 2), ("replay.removed", 1),
+          ("replay.respooled", 1), ("replay.removed", 2)]
+RANDOM_KILLS = 2
 
 
 @pytest.mark.slow
@@ -153,21 +164,15 @@ def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
     everything = set(good) | bad
     cfg = cfg_with(tmp_path, "long")
     kills = both = partial = 0
-    for attempt in range(40):  # until enough runs were cut short mid-way (a loaded machine finishes some first)
-        if kills >= 8 and partial >= 3:
-            break
-        log = tmp_path / f"replay-{attempt}.log"
-        with open(log, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "replay", T, "--config", str(cfg)],
-                                    stdout=subprocess.DEVNULL, stderr=err)
-        # Kill after this many files were replayed, a moment later (a few files per run, so each of the
-        # ten runs is cut short somewhere: during start-up, inside a file, between files).
-        files_done = rng.choice([0, 1, 1, 2])
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and \
-                log.read_bytes().count(b": replayed ") < files_done:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.02) if files_done else rng.uniform(0.05, 1.0))
+    plan: list[tuple[str, int] | None] = [*HOOKED, *[None] * RANDOM_KILLS]
+    for attempt, where in enumerate(plan):
+        hooks = Hooks(tmp_path / f"hooks-{attempt}", pause_at=f"{where[0]}@{where[1]}" if where else None)
+        proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "replay", T, "--config", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
+        if where:
+            hooks.wait_paused(proc.pid, alive=lambda p=proc: p.poll() is None)
+        else:
+            time.sleep(rng.uniform(0.05, 1.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -176,12 +181,16 @@ def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
         quarantined, spooled = _keys_in_quarantine(qdir(tmp_path)), set(_keys_in_spool(s))
         # nothing lost: every key is in quarantine, in the spool or in the table, whenever it was killed
         assert everything <= quarantined | spooled | table
-        both += bool(quarantined & spooled)  # killed between re-spooling a file's rows and removing its records
-        partial += 0 < len(quarantined - bad) < len(good)
+        in_both = bool((quarantined - bad) & spooled)  # killed between re-spooling a file's rows and removing them
+        half_done = 0 < len(set(good) & (spooled | table)) < len(good)  # some files' rows went back, some not
+        if where:  # the hook proves the window: the kill landed there, mid-replay
+            assert in_both == (where[0] == "replay.respooled") and half_done, (where, in_both, half_done)
+        both += in_both
+        partial += half_done
         if attempt % 3 == 2:
             ok(run_spoold("flush", "--config", str(cfg)))  # as the daemon would, between kills
     print(f"{kills} kill(s); {partial} left a replay half done; {both} between re-spool and record removal")
-    assert kills >= 3 and partial >= 2, f"only {kills} kill(s), {partial} mid-replay: nothing was tested"
+    assert kills >= len(HOOKED) and partial >= len(HOOKED) and both >= 3
     final = replay(cfg)
     ok(run_spoold("flush", "--config", str(cfg)))
     assert final["kept"] == FILES

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,25 @@ def test_a_line_over_max_line_bytes_is_kept_truncated_and_a_long_row_whole(tmp_p
     assert out["replayed"] == 0 and out["kept"] == 2
 
 
-def test_quarantine_counts_against_min_free_bytes(tmp_path: Path) -> None:
+@pytest.fixture
+def own_fs(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a file system of its own (a 64 MiB tmpfs, as root), whose free space only this test
+    changes: on the shared one, other tests (and other workers) writing or deleting meanwhile moved the
+    free space this test measures (it kept 79 records of 100 where 64 KiB allow ~18). Without root it is
+    tmp_path, and such a neighbour can still fail the test."""
+    where = tmp_path / "fs"
+    where.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs",
+                                                    str(where)], capture_output=True).returncode == 0
+    try:
+        yield where
+    finally:
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(where)], capture_output=True)
+
+
+def test_quarantine_counts_against_min_free_bytes(own_fs: Path) -> None:
+    tmp_path = own_fs
     cfg = _config(tmp_path, "min_free_bytes = 0\n")
     spool = Spool.from_config(load_config(cfg))
     v2 = [encode(["part_id", "n"], [[f"k{j}-{i}", i] for i in range(200)]).replace(b'"version":1', b'"version":2')
