@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from spoold.ingest.ndjson import BadBody
+from spoold.ingest.ndjson import MAX_ROWS, BadBody, TooLarge
 
 MAX_VALUE_DEPTH = 64  # an AnyValue nested deeper is refused (the record, not the batch)
 _ONE_E9 = 1_000_000_000
@@ -41,7 +41,7 @@ def decode(body: bytes, json: bool) -> Any:
             msg.ParseFromString(body)
         except (DecodeError, RecursionError, ValueError) as e:
             raise BadBody(f"not an OTLP ExportLogsServiceRequest (protobuf): {e}") from None
-        return msg
+        return _bounded(msg)
     try:
         doc = orjson.loads(body)
         _hex_ids(doc)  # OTLP JSON writes ids in hex, where protobuf's JSON mapping expects base64
@@ -49,6 +49,13 @@ def decode(body: bytes, json: bool) -> Any:
     except (orjson.JSONDecodeError, json_format.ParseError, ValueError, TypeError, AttributeError,
             RecursionError) as e:
         raise BadBody(f"not an OTLP ExportLogsServiceRequest (JSON): {e}") from None
+    return _bounded(msg)
+
+
+def _bounded(msg: Any) -> Any:
+    """``msg``, unless it holds more than ``MAX_ROWS`` records (TooLarge): a few bytes each, a row each."""
+    if sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs) > MAX_ROWS:
+        raise TooLarge(f"more than {MAX_ROWS} log records in one request")
     return msg
 
 
