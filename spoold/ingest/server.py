@@ -9,13 +9,13 @@ bound is ours. Nothing blocks the loop: bodies are turned into rows on
 ``WORKERS`` threads and appended by the group commit's thread, all started
 with the listener.
 
-Bounds: a request's head must be in within ``header_timeout_s`` of its first
-byte, its body within ``body_timeout_s``; a keep-alive connection idle for
-``idle_timeout_s`` is closed. Past ``max_connections`` a new connection
-closes the oldest idle one, else the one that has been sending its head the
-longest (the slowest), else the oldest body still being read: a crowd of idle
-or slow clients cannot lock a new one out. Bodies in memory are bounded by
-``max_body_bytes`` each and ``4 × max_body_bytes`` in all (then 503).
+Bounds (docs/ingest.md#security): a request's head within ``header_timeout_s``
+of its first byte (a TLS handshake too), its body within ``body_timeout_s``,
+``max_body_bytes`` as sent and gunzipped (inflated as it arrives), idle
+keep-alive ``idle_timeout_s``. Connections count from ``accept``, handshake
+included; past ``max_connections`` (or half the fd limit) a new one closes
+the oldest idle, else the slowest head, else the oldest body. Bodies in
+memory, gunzipped, are bounded by ``4 × max_body_bytes`` in all (then 503).
 """
 
 from __future__ import annotations
