@@ -63,11 +63,26 @@ def otlp_records(n: int) -> bytes:
     return field(0x0A, field(0x12, b"\x12\x00" * n))  # resource_logs { scope_logs { log_records {} x n } }
 
 
+def peak_rss_mb(d: DaemonProc) -> float:
+    status = Path(f"/proc/{d.proc.pid}/status").read_text().splitlines()
+    return next(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM:")) / 1024
+
+
 def test_every_gzip_member_rows_per_request_and_tiny_chunks(tmp_path: Path) -> None:
     cfg = ingest_config(tmp_path, TABLE)
     d = DaemonProc(cfg)
     try:
         addr = ingest_address(d)
+        # A million log records in 2 KB of gzip: refused before they are decoded (~130 bytes each), let alone rows.
+        before = peak_rss_mb(d)
+        bomb = gzip.compress(otlp_records(1_000_000))
+        assert len(bomb) < 4096
+        code, _, reply = post(addr, "/v1/logs", bomb, Content_Type="application/x-protobuf", Content_Encoding="gzip")
+        assert code == 413 and b"more than 100000 log records" in reply, reply
+        assert peak_rss_mb(d) - before < 64
+        code, _, reply = post(addr, "/v1/logs", orjson.dumps({"resourceLogs": [{"scopeLogs": [
+            {"logRecords": [{}] * (MAX_ROWS + 1)}]}]}), Content_Type="application/json")
+        assert code == 413 and b"more than 100000 log records" in reply, reply
         # Two gzip members one after the other (what `cat a.gz b.gz` makes): the rows of both.
         two = gzip.compress(lines(range(0, 5))) + gzip.compress(lines(range(5, 10)))
         code, _, reply = post(addr, PATH, two, Content_Encoding="gzip")
@@ -84,10 +99,6 @@ def test_every_gzip_member_rows_per_request_and_tiny_chunks(tmp_path: Path) -> N
         code, _, reply = post(addr, PATH, orjson.dumps([{"part_id": "k100", "n": 1}] * (MAX_ROWS + 1)),
                               Content_Type="application/json")
         assert code == 413 and b"more than 100000 rows" in reply, reply
-        bomb = gzip.compress(otlp_records(MAX_ROWS + 1))
-        assert len(bomb) < 4096
-        code, _, reply = post(addr, "/v1/logs", bomb, Content_Type="application/x-protobuf", Content_Encoding="gzip")
-        assert code == 413 and b"more than 100000 log records" in reply, reply
         # A body in one-byte chunks: an event each for the server, so their number is bounded.
         flood = head(addr, "Transfer-Encoding: chunked\r\n") + b"1\r\n\n\r\n" * 70_000 + b"0\r\n\r\n"
         reply = exchange(addr, flood)
