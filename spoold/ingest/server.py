@@ -54,10 +54,11 @@ _IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3  # a connection's state: which one a new
 
 
 class _Conn:
-    __slots__ = ("sock", "transport", "state", "since")
+    __slots__ = ("sock", "handed", "transport", "state", "since")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.handed = False  # to asyncio, which then owns the socket
         self.transport: Any = None  # once the connection (and its TLS handshake) is up
         self.state = _IDLE
         self.since = time.monotonic()
@@ -68,6 +69,9 @@ class _Conn:
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+            return
+        if not self.handed:
+            self.sock.close()
             return
         try:  # in its handshake: the transport being made owns the socket, so end it without closing its fd
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -210,6 +214,7 @@ class IngestServer:
             task = loop.create_task(self._connection(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(0)  # let it (and those it evicted) move on before the next accept
 
     def _admit(self) -> bool:
         """Make room for a new connection past ``max_connections``: the idle go first, then the slowest."""
@@ -231,6 +236,9 @@ class IngestServer:
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         if self._ssl is not None:
             conn.set(_HEAD)
+        if conn.sock.fileno() < 0:
+            raise ConnectionError("closed for a newer connection")
+        conn.handed = True
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol, conn.sock, ssl=self._ssl,
             ssl_handshake_timeout=self.settings.header_timeout_s if self._ssl is not None else None)
