@@ -10,6 +10,7 @@ JSON array, its 1-based row) before anything is handed to the spool.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -29,28 +30,69 @@ class TooLarge(InputError):
     """The body, once gunzipped, is larger than ``[ingest] max_body_bytes`` (413)."""
 
 
+MAX_ROWS = 100_000  # rows (lines) or OTLP log records in one request: each costs far more as Python objects
+INFLATE_STEP = 256 << 10  # gzip is inflated this much at a time, so a body's size is checked as it grows
+
+
+class Inflater:
+    """``Content-Encoding: gzip`` inflated as the body arrives, in pieces of at most ``INFLATE_STEP`` bytes.
+
+    Every member counts: a gzip stream may be several members one after another (RFC 1952, 2.2; what
+    ``cat a.gz b.gz`` makes), each its own deflate stream. A corrupt or truncated one is BadBody.
+    """
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._started = False  # the current member has had input
+        self._members = 0  # whole ones
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        try:
+            while True:
+                self._started = self._started or bool(data)
+                out = self._d.decompress(data, INFLATE_STEP)
+                if out:
+                    yield out
+                if self._d.eof:  # this member is whole; what follows it is the next one
+                    data = self._d.unused_data
+                    self._d, self._started = zlib.decompressobj(16 + zlib.MAX_WBITS), False
+                    self._members += 1
+                    if not data:
+                        return
+                    continue
+                data = self._d.unconsumed_tail
+                if not data and len(out) < INFLATE_STEP:  # all in, nothing pending
+                    return
+        except zlib.error as e:
+            raise BadBody(f"body is not valid gzip: {e}") from None
+
+    def end(self) -> None:
+        """BadBody when the body ended inside a member, or held none."""
+        if self._started or not self._members:
+            raise BadBody("body is not valid gzip: truncated")
+
+
 def gunzip(body: bytes, limit: int) -> bytes:
     """``Content-Encoding: gzip``, bounded: a body that inflates past ``limit`` is TooLarge (a gzip bomb costs
     ``limit`` bytes at most), a corrupt one BadBody."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = d.decompress(body, limit + 1)
-        if len(out) > limit or d.unconsumed_tail:
+    inflater = Inflater()
+    parts: list[bytes] = []
+    size = 0
+    for piece in inflater.feed(body):
+        size += len(piece)
+        if size > limit:
             raise TooLarge(f"body larger than max_body_bytes ({limit}) once gunzipped")
-        out += d.flush()
-    except zlib.error as e:
-        raise BadBody(f"body is not valid gzip: {e}") from None
-    if not d.eof:
-        raise BadBody("body is not valid gzip: truncated")
-    if len(out) > limit:
-        raise TooLarge(f"body larger than max_body_bytes ({limit}) once gunzipped")
-    return out
+        parts.append(piece)
+    inflater.end()
+    return b"".join(parts)
 
 
 def parse_rows(body: bytes, array: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """Row objects and how each is named in an error ("line 3", "row 3"); BadBody for the first bad one."""
     if array:
         return _array_rows(body)
+    if body.count(b"\n") + (not body.endswith(b"\n")) > MAX_ROWS:  # before splitting: each line costs an object
+        raise TooLarge(f"more than {MAX_ROWS} lines in one request")
     numbered = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
     fast = _flat_rows([line for _, line in numbered])
     if fast is not None:
@@ -96,6 +138,8 @@ def _array_rows(body: bytes) -> tuple[list[dict[str, Any]], list[str]]:
         raise BadBody(f"not valid JSON: {e}") from None
     if type(doc) is not list:
         raise BadBody("expected a JSON array of row objects (Content-Type: application/json)")
+    if len(doc) > MAX_ROWS:
+        raise TooLarge(f"more than {MAX_ROWS} rows in one request")
     rows: list[dict[str, Any]] = []
     for i, item in enumerate(doc, 1):
         try:  # each element goes through the one-object-a-row rule, exactly as a line would

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from spoold.ingest.ndjson import BadBody
+from spoold.ingest.ndjson import MAX_ROWS, BadBody, TooLarge
 
 MAX_VALUE_DEPTH = 64  # an AnyValue nested deeper is refused (the record, not the batch)
 _ONE_E9 = 1_000_000_000
@@ -42,20 +42,91 @@ def decode(body: bytes, json: bool) -> Any:
 
     msg = ExportLogsServiceRequest()
     if not json:
+        _count_entries(body)  # before decoding: a record is two bytes on the wire and ~130 decoded
         try:
             msg.ParseFromString(body)
         except (DecodeError, RecursionError, ValueError) as e:
             raise BadBody(f"not an OTLP ExportLogsServiceRequest (protobuf): {e}") from None
         msg.DiscardUnknownFields()  # as the JSON encoding's parser does (ignore_unknown_fields): one key for both
-        return msg
+        return _bounded(msg)
     try:
         doc = orjson.loads(body)
         _hex_ids(doc)  # OTLP JSON writes ids in hex, where protobuf's JSON mapping expects base64
+        _count_json(doc)  # before the records become messages
         json_format.ParseDict(doc, msg, ignore_unknown_fields=True)
     except (orjson.JSONDecodeError, json_format.ParseError, ValueError, TypeError, AttributeError,
             RecursionError) as e:
         raise BadBody(f"not an OTLP ExportLogsServiceRequest (JSON): {e}") from None
+    return _bounded(msg)
+
+
+def _bounded(msg: Any) -> Any:
+    """``msg``, unless it holds more than ``MAX_ROWS`` records (TooLarge): a few bytes each, a row each."""
+    if sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs) > MAX_ROWS:
+        raise TooLarge(f"more than {MAX_ROWS} log records in one request")
     return msg
+
+
+def _count_entries(body: bytes) -> None:
+    """TooLarge past ``MAX_ROWS`` log records, or resource and scope entries, read off the protobuf wire format
+    (stopping there); a malformed body is left to the decoder to name."""
+    records = entries = 0
+    try:
+        for rl in _fields(memoryview(body), 1):  # ExportLogsServiceRequest.resource_logs
+            for sl in _fields(rl, 2):  # ResourceLogs.scope_logs
+                if (entries := entries + 1) > MAX_ROWS:
+                    raise TooLarge(f"more than {MAX_ROWS} resource and scope entries in one request")
+                for _ in _fields(sl, 2):  # ScopeLogs.log_records
+                    if (records := records + 1) > MAX_ROWS:
+                        raise TooLarge(f"more than {MAX_ROWS} log records in one request")
+            if (entries := entries + 1) > MAX_ROWS:
+                raise TooLarge(f"more than {MAX_ROWS} resource and scope entries in one request")
+    except (ValueError, IndexError):
+        return
+
+
+def _count_json(doc: dict[str, Any]) -> None:
+    records = 0
+    for rl in doc.get("resourceLogs") or doc.get("resource_logs") or []:
+        for sl in (rl.get("scopeLogs") or rl.get("scope_logs") or []) if type(rl) is dict else []:
+            recs = (sl.get("logRecords") or sl.get("log_records") or []) if type(sl) is dict else []
+            records += len(recs) if type(recs) is list else 0
+    if records > MAX_ROWS:
+        raise TooLarge(f"more than {MAX_ROWS} log records in one request")
+
+
+def _fields(buf: memoryview, number: int) -> Any:
+    """The payloads of the length-delimited fields ``number`` of one protobuf message; ValueError if malformed."""
+    i, end = 0, len(buf)
+    while i < end:
+        key, i = _read_varint(buf, i)
+        kind = key & 7
+        if kind == 2:
+            size, i = _read_varint(buf, i)
+            if i + size > end:
+                raise ValueError("truncated")
+            if key >> 3 == number:
+                yield buf[i : i + size]
+            i += size
+        elif kind == 0:
+            i = _read_varint(buf, i)[1]
+        elif kind in (1, 5):
+            i += 8 if kind == 1 else 4
+        else:
+            raise ValueError("wire type")
+
+
+def _read_varint(buf: memoryview, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return n, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint")
 
 
 def _hex_ids(doc: Any) -> None:

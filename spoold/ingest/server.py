@@ -9,20 +9,22 @@ bound is ours. Nothing blocks the loop: bodies are turned into rows on
 ``WORKERS`` threads and appended by the group commit's thread, all started
 with the listener.
 
-Bounds: a request's head must be in within ``header_timeout_s`` of its first
-byte, its body within ``body_timeout_s``; a keep-alive connection idle for
-``idle_timeout_s`` is closed. Past ``max_connections`` a new connection
-closes the oldest idle one, else the one that has been sending its head the
-longest (the slowest), else the oldest body still being read: a crowd of idle
-or slow clients cannot lock a new one out. Bodies in memory are bounded by
-``max_body_bytes`` each and ``4 × max_body_bytes`` in all (then 503).
+Bounds (docs/ingest.md#security): a request's head within ``header_timeout_s``
+of its first byte (a TLS handshake too), its body within ``body_timeout_s``,
+``max_body_bytes`` as sent and gunzipped (inflated as it arrives), idle
+keep-alive ``idle_timeout_s``. Connections count from ``accept``, handshake
+included; past ``max_connections`` (or half the fd limit) a new one closes
+the oldest idle, else the slowest head, else the oldest body. Bodies in
+memory, gunzipped, are bounded by ``4 × max_body_bytes`` in all (then 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
+import resource
 import socket
 import ssl
 import threading
@@ -38,6 +40,7 @@ from spoold.config import Config, parse_listen
 from spoold.errors import SpoolFull, TableBusy
 from spoold.ingest.commit import GroupCommit, Overloaded
 from spoold.ingest.handler import Events, Handler, Reply, Route, error, loopback_hosts
+from spoold.ingest.ndjson import BadBody, Inflater
 from spoold.spool.spool import Spool
 
 log = logging.getLogger("spoold.ingest")
@@ -45,19 +48,35 @@ log = logging.getLogger("spoold.ingest")
 WORKERS = 2
 MAX_HEAD_BYTES = 64 << 10
 READ_BYTES = 256 << 10
+MAX_CHUNKS = 65536  # body pieces (chunks) in one request: a body sent 1 byte a chunk costs an h11 event a byte
+YIELD_EVERY = 64  # body pieces handled before other connections get a turn (one read may hold thousands)
 _IDLE, _HEAD, _BODY, _BUSY = 0, 1, 2, 3  # a connection's state: which one a new connection may evict
 
 
 class _Conn:
-    __slots__ = ("transport", "state", "since")
+    __slots__ = ("sock", "handed", "transport", "state", "since")
 
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.handed = False  # to asyncio, which then owns the socket
+        self.transport: Any = None  # once the connection (and its TLS handshake) is up
         self.state = _IDLE
         self.since = time.monotonic()
 
     def set(self, state: int) -> None:
         self.state, self.since = state, time.monotonic()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+            return
+        if not self.handed:
+            self.sock.close()
+            return
+        try:  # in its handshake: the transport being made owns the socket, so end it without closing its fd
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class IngestServer:
@@ -73,6 +92,8 @@ class IngestServer:
         self._budget = max(4 * s.max_body_bytes, 64 << 20)  # body bytes held in memory at once
         self._held = 0
         self._ssl = _tls(s.tls_cert, s.tls_key)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._fd_cap = max(8, soft // 2) if soft > 0 else 1 << 30  # the other half: spool, catalog, metrics
         host, port = parse_listen(s.listen, "ingest.listen")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -92,6 +113,7 @@ class IngestServer:
         self.inflight = 0
         self.alive = False
         self._conns: dict[int, _Conn] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
@@ -167,48 +189,82 @@ class IngestServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        server = await asyncio.start_server(self._connection, sock=self._sock, ssl=self._ssl,
-                                            limit=READ_BYTES, ssl_handshake_timeout=self.settings.header_timeout_s
-                                            if self._ssl else None)
-        async with server:
-            await self._stopped.wait()
-            server.close()
-            for c in list(self._conns.values()):
-                c.transport.abort()
+        accepting = asyncio.create_task(self._accept())
+        await self._stopped.wait()
+        accepting.cancel()
+        for c in list(self._conns.values()):
+            c.abort()
 
     @property
     def settings(self) -> Any:
         return self.handler.config.ingest
 
     # -- connections ---------------------------------------------------------------------
-    def _admit(self, conn: _Conn) -> bool:
+    async def _accept(self) -> None:
+        """Accept plain TCP and count the connection at once: a TLS handshake is part of its life, so the
+        connections still in one count against ``max_connections`` (and the open-file limit) too."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self._sock)
+            except OSError as e:  # out of file descriptors (EMFILE...): those open must end first
+                log.debug("ingest: accept: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            conn = _Conn(sock)
+            if not self._admit():
+                sock.close()
+                continue
+            self._conns[id(conn)] = conn
+            task = loop.create_task(self._connection(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(0)  # let it (and those it evicted) move on before the next accept
+
+    def _admit(self) -> bool:
         """Make room for a new connection past ``max_connections``: the idle go first, then the slowest."""
-        if len(self._conns) < self.settings.max_connections:
+        if len(self._conns) < min(self.settings.max_connections, self._fd_cap):
             return True
         for state in (_IDLE, _HEAD, _BODY):
             victims = [c for c in self._conns.values() if c.state == state]
             if victims:
-                min(victims, key=lambda c: c.since).transport.abort()
+                victim = min(victims, key=lambda c: c.since)
+                victim.abort()
+                del self._conns[id(victim)]  # counted no more: its socket is closing
                 return True
         return False
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Conn(writer.transport)
-        if not self._admit(conn):
-            writer.transport.abort()
-            return
+    async def _open(self, conn: _Conn) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """``conn`` as streams, after its TLS handshake (within ``header_timeout_s``, like a request's head)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_BYTES, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        if self._ssl is not None:
+            conn.set(_HEAD)
+        if conn.sock.fileno() < 0:
+            raise ConnectionError("closed for a newer connection")
+        conn.handed = True
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, conn.sock, ssl=self._ssl,
+            ssl_handshake_timeout=self.settings.header_timeout_s if self._ssl is not None else None)
+        conn.transport = transport
+        conn.set(_IDLE)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def _connection(self, conn: _Conn) -> None:
         key = id(conn)
-        self._conns[key] = conn
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
+            reader, writer = await self._open(conn)
             while await self._request(h, conn, reader, writer):
                 h.start_next_cycle()
                 conn.set(_IDLE)
         except (TimeoutError, ConnectionError, OSError, h11.ProtocolError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client's own trouble (timeouts, resets, bad HTTP): its connection ends, nothing else
         finally:
-            del self._conns[key]
-            writer.transport.abort()
+            if self._conns.get(key) is conn:
+                del self._conns[key]
+            conn.abort()
 
     async def _next(self, h: h11.Connection, reader: asyncio.StreamReader, conn: _Conn, deadline: float) -> Any:
         while True:
@@ -264,8 +320,9 @@ class IngestServer:
         body = await self._body(h, conn, reader, route, s)
         if isinstance(body, Reply):
             return route, body
+        inflated = dataclasses.replace(route, gzip=False)  # gunzipped as it came in
         try:
-            lines, rows, partial = await self._in_worker(lambda: handler.rows(route, body))
+            lines, rows, partial = await self._in_worker(lambda: handler.rows(inflated, body))
         except Exception as e:  # a bug, not the client's: say so, keep serving
             log.error("ingest: table %s: cannot read a request's rows: %s", route.table, e, exc_info=True)
             return route, handler.refuse(route, 500, "internal error (see the daemon's log); nothing was appended")
@@ -292,31 +349,50 @@ class IngestServer:
         if h.they_are_waiting_for_100_continue:
             conn.transport.write(h.send(h11.InformationalResponse(status_code=100, headers=[])))
         deadline = asyncio.get_running_loop().time() + s.body_timeout_s
+        inflater = Inflater() if route.gzip else None
         parts: list[bytes] = []
-        size = 0
+        size = sent = pieces = 0  # size: as held in memory (gunzipped); sent: as it came
         done = False
         try:
             while True:
                 event = await self._next(h, reader, conn, deadline)
                 if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    self._held += len(event.data)
-                    if size > s.max_body_bytes:
-                        return _closed(self.handler.refuse(route, 413, f"body larger than max_body_bytes "
-                                                           f"({s.max_body_bytes})"))
-                    if self._held > self._budget:
-                        return _closed(self.handler.refuse(route, 503, "too many bodies in flight, retry later",
-                                                           s.retry_after_s))
-                    parts.append(event.data)
+                    sent += len(event.data)
+                    pieces += 1
+                    if sent > s.max_body_bytes:
+                        return self._too_large(route, s, "")
+                    if pieces > MAX_CHUNKS:
+                        return _closed(self.handler.refuse(route, 413, f"body sent in more than {MAX_CHUNKS} "
+                                                           "chunks"))
+                    if pieces % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    for piece in inflater.feed(event.data) if inflater is not None else (event.data,):
+                        size += len(piece)
+                        self._held += len(piece)
+                        if size > s.max_body_bytes:
+                            return self._too_large(route, s, " once gunzipped")
+                        if self._held > self._budget:
+                            return _closed(self.handler.refuse(route, 503, "too many bodies in flight, retry later",
+                                                               s.retry_after_s))
+                        parts.append(piece)
+                        if inflater is not None:
+                            await asyncio.sleep(0)  # a piece inflated at a time, between other connections' turns
                 elif isinstance(event, h11.EndOfMessage):
+                    if inflater is not None:
+                        inflater.end()
                     conn.set(_BUSY)
                     done = True  # its bytes stay counted until they are rows
                     return b"".join(parts)
                 else:
                     raise ConnectionError("client went away mid-body")
+        except BadBody as e:
+            return _closed(self.handler.refuse(route, 400, str(e)))
         finally:
             if not done:  # refused or cut mid-body: the bytes read are dropped
                 self._held -= size
+
+    def _too_large(self, route: Route, s: Any, how: str) -> Reply:
+        return _closed(self.handler.refuse(route, 413, f"body larger than max_body_bytes ({s.max_body_bytes}){how}"))
 
     async def _send(self, h: h11.Connection, writer: asyncio.StreamWriter, reply: Reply) -> None:
         if h.our_state is not h11.SEND_RESPONSE:

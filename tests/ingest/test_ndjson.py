@@ -41,6 +41,9 @@ def test_every_pair_of_lines_reads_as_the_jsonl_rule_reads_it(i: int, j: int) ->
 
 def test_gzip_is_bounded_and_checked() -> None:
     assert gunzip(gzip.compress(b"x" * 100), 100) == b"x" * 100
+    assert gunzip(gzip.compress(b"x" * 50) + gzip.compress(b"y" * 50), 100) == b"x" * 50 + b"y" * 50
+    with pytest.raises(TooLarge):  # every member counts toward the limit
+        gunzip(gzip.compress(b"x" * 60) * 2, 100)
     with pytest.raises(TooLarge):
         gunzip(gzip.compress(b"x" * 101), 100)
     with pytest.raises(TooLarge):  # a bomb: 64 MiB of zeros in ~64 KiB, refused after 1 KiB of output
