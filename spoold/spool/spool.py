@@ -113,8 +113,8 @@ class Spool:
         out = []
         for p in sorted(self.root.iterdir()):
             if p.is_dir() and not p.is_symlink():  # a link planted in a group spool is no table's
-                try:
-                    out.append(validate_identifier(p.name))
+                try:  # (a rebuild's staging or backup name, planted by a group member, is no table to flush)
+                    out.append(writable_table(p.name))
                 except UsageError:
                     continue  # not a table's directory (spoold never creates such names)
         return out
@@ -129,7 +129,7 @@ class Spool:
         if parts[0].startswith(".") or (len(parts) > 1 and (parts[1] == QUARANTINE or parts[1].startswith("."))):
             return None
         try:
-            return validate_identifier(parts[0])
+            return writable_table(parts[0])
         except UsageError:
             return None
 

@@ -128,3 +128,23 @@ def test_a_rebuild_an_older_spoold_left_in_the_tables_directory_is_still_finishe
     assert not legacy.exists() and not rebuild_state(root, table).exists()
     assert ts_type(new, table) == "timestamptz" and committed_counts(new, table) == Counter(good)
     assert quarantined_keys(new, table) == Counter(bad)
+
+
+def test_a_spool_directory_planted_under_a_backup_name_is_never_flushed(tmp_path: Path) -> None:
+    """A group member can make any directory in a group spool; one named like a rebuild's backup (or staging)
+    table must not be flushed into that table, whose files `--drop-backup` later purges."""
+    from support.cli import run_spoold, write_config
+
+    cfg = write_config(tmp_path)
+    rows = b'{"part_id": "a", "v": 1}\n'
+    assert run_spoold("append", "app.e", "--config", str(cfg), input=rows).returncode == 0
+    root = tmp_path / "state" / "spool"
+    planted = root / "app.e__backup_20260101T000000Z"
+    planted.mkdir()
+    (planted / "active.jsonl").write_bytes((root / "app.e" / "active.jsonl").read_bytes())
+    out = run_spoold("flush", "--config", str(cfg), "--json")
+    assert out.returncode == 0, out.stderr
+    assert set(orjson.loads(out.stdout)["tables"]) == {"app.e"}
+    status = run_spoold("status", "--config", str(cfg), "--json")
+    assert "app.e__backup_20260101T000000Z" not in orjson.loads(status.stdout)["tables"]
+    assert (planted / "active.jsonl").exists()  # left alone, not rotated nor committed
