@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
 from pyarrow.fs import FileSelector, FileType
 from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue
@@ -124,8 +125,38 @@ def read_part(tbl: Table, snapshot_id: int, part: Part, max_rows: int) -> Iterat
         for whole in reader:
             for rb in (whole.slice(at, max_rows) for at in range(0, whole.num_rows, max_rows)):
                 columns = rb.schema.names
-                values = [[_json(v) for v in rb.column(i).to_pylist()] for i in range(rb.num_columns)]
+                values = [_column(rb.column(i)) for i in range(rb.num_columns)]
                 yield columns, list(map(list, zip(*values))) if values else []
+
+
+def _column(col: pa.Array) -> list[Any]:
+    """An Arrow column's values as JSON values, read by its type: a map (which Arrow gives as key/value pairs,
+    an empty one as ``[]``) becomes an object at any depth, as the validator takes it."""
+    if not _has_map(col.type):
+        return [_json(v) for v in col.to_pylist()]
+    return [_typed(v, col.type) for v in col.to_pylist()]
+
+
+def _has_map(t: pa.DataType) -> bool:
+    if pa.types.is_map(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_map(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_map(t.value_type)
+    return False
+
+
+def _typed(v: Any, t: pa.DataType) -> Any:
+    if v is None:
+        return None
+    if pa.types.is_map(t):
+        return {str(k): _typed(x, t.item_type) for k, x in v}
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _typed(v.get(t.field(i).name), t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return [_typed(x, t.value_type) for x in v]
+    return _json(v)
 
 
 def _json(v: Any) -> Any:
@@ -136,8 +167,6 @@ def _json(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        if all(isinstance(x, tuple) and len(x) == 2 for x in v) and v:  # an Arrow map: key/value pairs
-            return {str(k): _json(x) for k, x in v}
         return [_json(x) for x in v]
     if isinstance(v, bytes):
         return v.hex()

@@ -402,3 +402,22 @@ def test_kill_9_anywhere_in_a_rebuild_loses_and_doubles_nothing(tmp_path: Path) 
         backups = orjson.loads(out)["dropped"]
         assert len(backups) == 1 and committed_counts(new, backups[0]) == Counter(good | bad | late[t]), (seed, point)
     assert len(hits) >= 5, hits
+
+
+def test_nested_columns_and_empty_maps_are_copied_as_they_were(tmp_path: Path) -> None:
+    """Arrow reads a map back as key/value pairs (an empty one as ``[]``): the rebuild hands the validator
+    objects again, at any depth, so no row with a map, empty or not, is quarantined for its shape."""
+    nested = ('attrs = "map<string, string>"\nprops = "struct<tags: list<string>, m: map<string, long>>"\n')
+    old = write_config(tmp_path, OLD.format(t="app.n") + nested, name="old.toml")
+    new = write_config(tmp_path, NEW.format(t="app.n") + nested, name="new.toml")
+    batch = [{"part_id": "a", "ts": "2026-01-01T00:00:00Z", "attrs": {}, "props": {"tags": [], "m": {}}},
+             {"part_id": "b", "ts": "2026-01-02T00:00:00Z", "attrs": {"k": "v"},
+              "props": {"tags": ["x"], "m": {"one": 1}}},
+             {"part_id": "c", "ts": "2026-01-03T00:00:00Z", "attrs": None, "props": None}]
+    land(old, "app.n", batch)
+    spoold("flush", "--config", str(old))
+    out = orjson.loads(spoold("rebuild", "app.n", "--config", str(new), "--json").stdout)
+    assert out["quarantined"] == 0 and out["copied"] == 3, out
+    got = sorted(load_table(new, "app.n").scan().to_arrow().to_pylist(), key=lambda r: r["part_id"])
+    assert [(r["attrs"], r["props"]) for r in got] == [
+        ([], {"tags": [], "m": []}), ([("k", "v")], {"tags": ["x"], "m": [("one", 1)]}), (None, None)]
