@@ -138,8 +138,13 @@ class Tables:
             try:
                 tbl = self.catalog().load_table(spec.identifier)
             except NoSuchTableError:
-                self._check_not_vanished(spec)
-                return None
+                if self.pinned(spec) is None:
+                    return None
+                try:  # pinned after our load missed it: another process created (and pinned) it in between
+                    tbl = self.catalog().load_table(spec.identifier)
+                except NoSuchTableError:
+                    self._check_not_vanished(spec)
+                    return None
         self._check_uuid(spec, tbl)
         self._latest[spec.identifier] = tbl
         return tbl

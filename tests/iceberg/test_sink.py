@@ -139,6 +139,27 @@ def test_a_replaced_or_vanished_table_is_refused_not_written(config: Config) -> 
         Sink(config).commit(spec, batch(keys("r", 2)), TYPES, {})
 
 
+def test_a_load_that_missed_a_table_another_process_then_created_and_pinned_finds_it(config: Config) -> None:
+    """A reader (``spoold status``, a test waiting on the daemon) whose catalog lookup ran just before the
+    daemon created the table, and whose look at the pin came just after, must not call the table vanished."""
+    spec = config.table("app.events")
+    reader = Sink(config)
+    real = reader.tables.catalog().load_table
+    Sink(config).commit(spec, batch(keys("r", 2)), TYPES, {})  # created and pinned by "the daemon"
+    calls = []
+
+    def late(identifier: Any) -> Any:
+        calls.append(identifier)
+        if len(calls) == 1:
+            from pyiceberg.exceptions import NoSuchTableError
+            raise NoSuchTableError(identifier)  # this lookup ran before the create
+        return real(identifier)
+
+    reader.tables.catalog().load_table = late  # type: ignore[method-assign]
+    tbl = reader.load(spec)
+    assert tbl is not None and len(calls) == 2
+
+
 @pytest.mark.parametrize("replace", [False, True], ids=["dropped", "replaced"])
 def test_a_sink_reusing_its_last_version_still_notices_a_dropped_or_replaced_table(
         config: Config, replace: bool) -> None:
