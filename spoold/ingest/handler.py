@@ -3,7 +3,7 @@
 :mod:`spoold.ingest.server` speaks HTTP; this module decides. :meth:`Handler.check`
 runs on the event loop before a body is read (route, token, table, size:
 cheap refusals never read the body); :meth:`Handler.rows` runs on a worker
-thread (gunzip, parse, the table's rules, envelopes); the result goes to
+thread (parse, the table's rules, envelopes); the result goes to
 :class:`spoold.ingest.commit.GroupCommit` and the 200 is sent once its future
 says the rows are fsync'd.
 """
@@ -21,7 +21,7 @@ import orjson
 from spoold.config import Config, validate_identifier, writable_table
 from spoold.errors import ConfigError, InputError, UsageError
 from spoold.ingest import otlp
-from spoold.ingest.ndjson import BadBody, TooLarge, envelope_lines, gunzip, parse_rows
+from spoold.ingest.ndjson import BadBody, TooLarge, envelope_lines, parse_rows
 from spoold.safefile import UnsafeFile, read_file
 
 TABLES = "/v1/tables/"
@@ -121,13 +121,11 @@ class Handler:
     def rows(self, route: Route, body: bytes) -> tuple[list[bytes], int, Reply | None]:
         """(envelope lines, rows, None) for a body that passed every rule; else ([], 0, the refusal).
 
-        For OTLP logs, a partial success reply (records rejected) comes with the lines of the others.
+        ``body`` is as the client meant it: the server inflates a gzip body as it arrives. For OTLP logs, a
+        partial success reply (records rejected) comes with the lines of the others.
         """
         limits = self.config
-        max_body = limits.ingest.max_body_bytes
         try:
-            if route.gzip:
-                body = gunzip(body, max_body)
             spec = self.config.table(route.table)
             max_line = limits.spool_limits.max_line_bytes
             if route.kind == "tables":

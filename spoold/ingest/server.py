@@ -21,7 +21,6 @@ memory, gunzipped, are bounded by ``4 × max_body_bytes`` in all (then 503).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import queue
 import resource
@@ -320,9 +319,8 @@ class IngestServer:
         body = await self._body(h, conn, reader, route, s)
         if isinstance(body, Reply):
             return route, body
-        inflated = dataclasses.replace(route, gzip=False)  # gunzipped as it came in
-        try:
-            lines, rows, partial = await self._in_worker(lambda: handler.rows(inflated, body))
+        try:  # (``body`` is gunzipped already: inflated as it came in)
+            lines, rows, partial = await self._in_worker(lambda: handler.rows(route, body))
         except Exception as e:  # a bug, not the client's: say so, keep serving
             log.error("ingest: table %s: cannot read a request's rows: %s", route.table, e, exc_info=True)
             return route, handler.refuse(route, 500, "internal error (see the daemon's log); nothing was appended")
