@@ -5,11 +5,9 @@ from __future__ import annotations
 import gzip
 import http.client
 import re
-import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +16,7 @@ import orjson
 import pytest
 from support.cli import run_spoold
 from support.daemonproc import DaemonProc, http_get, wait_for
-from support.ingest import TOKEN, Client, ingest_address, ingest_config, post
+from support.ingest import TOKEN, Client, ingest_address, ingest_config, post, self_signed
 from support.tables import committed_counts
 
 TABLE = '[tables."app.events"]\n[tables."app.events".columns]\npart_id = "string!"\nn = "long"\n'
@@ -178,12 +176,7 @@ def test_an_idle_daemon_with_ingest_on_restarts_lean_and_serves_again(tmp_path: 
 
 
 def test_built_in_tls(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command to make a certificate with")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     cfg = ingest_config(tmp_path, TABLE, ingest=f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
     d = DaemonProc(cfg)
     try:

@@ -7,17 +7,14 @@ import gzip
 import http.client
 import os
 import select
-import shutil
 import socket
 import ssl
-import subprocess
 from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 from support.daemonproc import DaemonProc, wait_for
-from support.ingest import TOKEN, ingest_address, ingest_config, post
+from support.ingest import TOKEN, ingest_address, ingest_config, post, self_signed
 from support.tables import committed_counts
 
 TABLE = '[tables."app.events"]\n[tables."app.events".columns]\npart_id = "string!"\nn = "long"\n'
@@ -144,12 +141,7 @@ def fds(d: DaemonProc) -> int:
 
 
 def test_tls_handshakes_count_against_max_connections(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command to make a certificate with")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed(tmp_path)
     cfg = ingest_config(tmp_path, TABLE, ingest=f'tls_cert = "{cert}"\ntls_key = "{key}"\nmax_connections = 8\n'
                                                  "header_timeout_s = 60\n")
     d = DaemonProc(cfg)

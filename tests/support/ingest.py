@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import http.client
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from support.cli import write_config
 from support.daemonproc import DaemonProc, wait_for
@@ -62,3 +66,14 @@ def post(address: str, path: str, body: bytes, **kw: Any) -> tuple[int, dict[str
         return c.post(path, body, **kw)
     finally:
         c.close()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 (skips the test where no openssl command can make one)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
