@@ -79,6 +79,16 @@ def land(cfg: Path, table: str, batch: list[dict[str, Any]]) -> None:
     spoold("append", table, str(path), "--config", str(cfg))
 
 
+def committed_old(tmp_path: Path, table: str, n: int) -> tuple[Path, Path, set[str], set[str]]:
+    """The old and new configs, with ``n`` rows of :func:`rows` committed to ``table`` under the old one:
+    (old, new, keys that pass the new types, keys that do not)."""
+    old, new = configs(tmp_path, [table])
+    batch, good, bad = rows(n)
+    land(old, table, batch)
+    spoold("flush", "--config", str(old))
+    return old, new, good, bad
+
+
 def quarantined_keys(cfg: Path, table: str) -> Counter[str]:
     qdir = load_config(cfg).spool_root / table / QUARANTINE
     out: Counter[str] = Counter()
@@ -94,10 +104,7 @@ def test_a_string_column_is_rebuilt_as_timestamptz_partitioned_by_day(tmp_path: 
     from integration.test_duckdb import duckdb_connection
 
     table = "app.events"
-    old, new = configs(tmp_path, [table])
-    batch, good, bad = rows(10_000)
-    land(old, table, batch)
-    spoold("flush", "--config", str(old))
+    old, new, good, bad = committed_old(tmp_path, table, 10_000)
     assert str(load_table(old, table).schema().find_field("ts").field_type) == "string"
 
     dry = orjson.loads(spoold("rebuild", table, "--dry-run", "--json", "--config", str(new)).stdout)
@@ -215,10 +222,7 @@ def test_a_table_compacted_during_its_rebuild_is_copied_again_without_doubles(tm
 
 def test_rows_another_writer_commits_to_the_old_table_just_before_the_swap_are_copied_too(tmp_path: Path) -> None:
     table = "app.events"
-    old, new = configs(tmp_path, [table])
-    batch, good, bad = rows(100)
-    land(old, table, batch)
-    spoold("flush", "--config", str(old))
+    old, new, good, bad = committed_old(tmp_path, table, 100)
     hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.copied")  # the copy took its last look
     rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
                           env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -258,10 +262,7 @@ def test_a_rebuild_killed_while_it_copies_the_old_tables_last_commit_again_loses
     """The swap copies what another writer committed just before the first rename; killed in that copy, a
     re-run copies it again (the state keeps the snapshot to copy apart from the last one copied whole)."""
     table = "app.events"
-    old, new = configs(tmp_path, [table])
-    batch, good, bad = rows(100)
-    land(old, table, batch)
-    spoold("flush", "--config", str(old))
+    old, new, good, bad = committed_old(tmp_path, table, 100)
     late = moved_on_before_the_swap(tmp_path, table, old, new)
     killed = Killed(tmp_path / "hooks", "rebuild.recopy", table, new)  # renamed; the late commit is to copy
     assert killed.kill(random.Random(0)) == "rebuild.recopy"
@@ -281,10 +282,7 @@ def test_a_long_lived_sink_that_knew_the_old_table_commits_into_the_rebuilt_one(
     from spoold.spool.spool import Spool
 
     table = "app.events"
-    old, new = configs(tmp_path, [table])
-    batch, good, bad = rows(100)
-    land(old, table, batch)
-    spoold("flush", "--config", str(old))
+    old, new, good, bad = committed_old(tmp_path, table, 100)
     config = load_config(new)
     sink = Sink(config)  # as the daemon's: it has seen (and pinned) the old table
     assert sink.load(config.table(table)) is not None and sink.verified(config.table(table))

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from integration.test_rebuild import Killed, cli, configs, land, quarantined_keys, rows, spoold
+from integration.test_rebuild import Killed, cli, committed_old, configs, land, quarantined_keys, spoold
 from support.members import NEEDS_ROOT, as_member
 from support.tables import committed_counts, load_table
 
@@ -27,10 +27,7 @@ def test_abort_rolls_back_a_rebuild_still_copying_and_refuses_after_the_first_re
     import random
 
     table = "app.events"
-    old, new = configs(tmp_path, [table])
-    batch, good, bad = rows(100)
-    land(old, table, batch)
-    spoold("flush", "--config", str(old))
+    old, new, good, bad = committed_old(tmp_path, table, 100)
     root = load_config(new).spool_root
     code, _, err = cli("rebuild", table, "--abort", "--config", str(new))
     assert code == 2 and "no unfinished rebuild" in err, err
@@ -114,10 +111,7 @@ def test_a_rebuild_an_older_spoold_left_in_the_tables_directory_is_still_finishe
     import random
 
     table = "app.events"
-    old, new = configs(tmp_path, [table])
-    batch, good, bad = rows(50)
-    land(old, table, batch)
-    spoold("flush", "--config", str(old))
+    old, new, good, bad = committed_old(tmp_path, table, 50)
     Killed(tmp_path / "hooks", "rebuild.copied", table, new).kill(random.Random(0))
     root = load_config(new).spool_root
     legacy = root / table / ".rebuild.json"  # where spoold kept it before: an upgrade in the middle of a rebuild
