@@ -59,6 +59,11 @@ _NAMES = {type(t): name for name, t in ICEBERG_TYPES.items() if name != "json"}
 JSON_DOC = "JSON text"  # the doc of a string field spoold made for a json column: it takes any JSON value
 
 
+def field_doc(typ: Type) -> str | None:
+    """The doc of a field spoold makes of type ``typ``: how a ``json`` column is told from a plain string."""
+    return JSON_DOC if typ == "json" else None
+
+
 def table_types(schema: Schema) -> tuple[dict[str, str], frozenset[str]]:
     """Column types (spoold's names, nested ones as type text) and required columns of an existing table.
 
@@ -122,7 +127,7 @@ def _iceberg(t: Type, ids: Iterator[int]) -> IcebergType:
         return ICEBERG_TYPES[t]
     if isinstance(t, Struct):
         return StructType(*(NestedField(next(ids), f.name, _iceberg(f.type, ids), required=f.required,
-                                        doc=JSON_DOC if f.type == "json" else None) for f in t.fields))
+                                        doc=field_doc(f.type)) for f in t.fields))
     if isinstance(t, ListOf):
         return ListType(next(ids), _iceberg(t.element, ids), element_required=t.required)
     return MapType(next(ids), StringType(), next(ids), _iceberg(t.value, ids), value_required=t.required)
@@ -172,7 +177,7 @@ def new_schema(spec: TableSpec, types: Mapping[str, str]) -> Schema:
         typ = col.type if col else types[name]
         required = col.required if col else name == spec.key
         fields.append(NestedField(i, name, iceberg_type(typ, ids), required=required,
-                                  doc=JSON_DOC if typ == "json" else None))
+                                  doc=field_doc(typ)))
     return Schema(*fields)
 
 

@@ -36,9 +36,9 @@ from spoold.iceberg.maintain.owner import mark_quietly
 from spoold.iceberg.properties import RETENTION_PROPERTIES
 from spoold.iceberg.schema import (
     ICEBERG_TYPES,
-    JSON_DOC,
     describe_spec,
     doubled,
+    field_doc,
     iceberg_type,
     named_like_a_partition,
     new_schema,
@@ -169,9 +169,9 @@ class Tables:
                 with catalog_errors(f"cannot evolve {spec.identifier}"):
                     with tbl.update_schema() as update:
                         for name, typ in missing.items():  # a tuple: "meta.src" is one name, not a path
-                            update.add_column((name,), iceberg_type(typ), doc=JSON_DOC if typ == "json" else None)
+                            update.add_column((name,), iceberg_type(typ), doc=field_doc(typ))
                         for path, t in grow:
-                            update.add_column(path, iceberg_type(render(t)), doc=JSON_DOC if t == "json" else None)
+                            update.add_column(path, iceberg_type(render(t)), doc=field_doc(t))
                         for path, typ in widen.items():
                             update.update_column(path, ICEBERG_TYPES[typ])
                     sync_local_files([tbl.metadata_location])
