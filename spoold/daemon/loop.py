@@ -56,11 +56,10 @@ _TAIL_SLICE_S = 0.5  # tailing a backlog yields to flushes and signals this ofte
 _LAST_COMMIT_S = 5.0  # past shutdown_timeout_s, the commit in flight gets this long before the process exits
 _GONE_GRACE_S = 2.0  # a spool root missing this long (its config still there) is made again
 _INGEST_DRAIN_S = 5.0  # ingest requests in flight at SIGTERM get this long to be appended and answered
-
-
 # A second stop signal this soon after the first is the same request delivered twice (the kernel re-sends a
 # parent-death signal at each reparenting; a shell may forward a hangup too), not a user asking to exit now.
 REPEATED_SIGNAL_S = 1.0
+
 
 class Daemon:
     """One running ``spoold run``: config, spool, tailer, per-table schedule."""
