@@ -91,6 +91,10 @@ class DataError(SpooldError):
     reason: str = ""
     proven: bool = False
 
+    def __init__(self, message: str, reason: str = "", *, proven: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.proven = reason, proven
+
 
 def one_line(e: BaseException) -> str:
     """An error as one log line (credentials removed): spoold's own message, or the exception's type and first line."""

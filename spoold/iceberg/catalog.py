@@ -145,9 +145,7 @@ def catalog_errors(what: str) -> Iterator[None]:
             raise TableError(f"{what}: the table refused it ({type(e).__name__}; `-v` logs the details), "
                              "whatever the rows") from e
         # The rows' fault: said in spoold's words (it becomes a quarantine reason).
-        err = DataError(f"{what}: {problem[0]}")
-        err.reason, err.proven = problem
-        raise err from e
+        raise DataError(f"{what}: {problem[0]}", problem[0], proven=problem[1]) from e
 
 
 def _data_problem(e: BaseException) -> tuple[str, bool] | None:

@@ -161,9 +161,7 @@ class Tables:
             if c in have and t != have[c]:
                 _additions((c,), parse(t), parse(have[c]), grow)
         if (clash := named_like_a_partition(tbl, missing)) is not None:  # only the rows with that column fail
-            err = DataError(f"table {spec.identifier}: {clash}")
-            err.reason, err.proven = clash, True
-            raise err
+            raise DataError(f"table {spec.identifier}: {clash}", clash, proven=True)
         if missing or widen or grow:
             try:
                 with catalog_errors(f"cannot evolve {spec.identifier}"):
@@ -175,11 +173,10 @@ class Tables:
                         for path, typ in widen.items():
                             update.update_column(path, ICEBERG_TYPES[typ])
                     sync_local_files([tbl.metadata_location])
-            except TableError as e:  # only the rows bringing new columns or fields evolve it: theirs, unless all
-                err = DataError(str(e))  # rows fail so (then flush takes it as the table's fault)
-                err.reason = "the table refused to add its columns " + ", ".join(
-                    repr(c) for c in [*missing, *(_dotted(p) for p, _ in grow), *(_dotted(p) for p in widen)])
-                raise err from e
+            except TableError as e:  # only the rows bringing new columns or fields evolve it: theirs (unless
+                # every row fails so: then flush takes it as the table's fault)
+                added = [*missing, *(_dotted(p) for p, _ in grow), *(_dotted(p) for p in widen)]
+                raise DataError(str(e), "the table refused to add its columns " + ", ".join(map(repr, added))) from e
             if missing:
                 log.info("table %s: added columns %s", spec.identifier,
                          ", ".join(f"{c} {t}" for c, t in missing.items()))

@@ -122,9 +122,8 @@ def test_rows_of_which_none_commits_for_a_reason_not_proven_theirs_stay_spooled(
     def refusing(bad: Callable[[str], bool]) -> FakeSink:
         def commit(fake: FakeSink, spec: object, batch: Any, *args: object) -> Any:
             if any(bad(k) for k in batch.keys):
-                err = DataError("cannot convert rows: a value does not fit its column's type in the table")
-                err.reason = "a value does not fit its column's type in the table"
-                raise err
+                raise DataError("cannot convert rows: a value does not fit its column's type in the table",
+                                "a value does not fit its column's type in the table")
             return fake.inner.commit(spec, batch, *args)
         return FakeSink(Sink(config), commit=commit)
 
