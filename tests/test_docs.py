@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.paths import REPO
 
@@ -196,7 +197,7 @@ def test_the_spelled_out_pyiceberg_recipe_runs_on_the_embedded_defaults(tmp_path
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     rows = b"".join(b'{"part_id": "a:%d", "text": "hello %d"}\n' % (i, i) for i in range(3))
     for args, given in ((("append", "chat.parts"), rows), (("flush",), None)):
-        r = subprocess.run([sys.executable, "-m", "spoold", *args], input=given, capture_output=True, env=env,
+        r = zygote.run([sys.executable, "-m", "spoold", *args], input=given, capture_output=True, env=env,
                            cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr
     assert (home / ".local" / "state" / "spoold" / "catalog.db").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.fakesink import FakeSink
 from support.paths import FIXTURES, REPO
@@ -240,7 +241,7 @@ def test_legacy_spooled_rows_suppress_matching_transcript_rows(tmp_path: Path) -
 
 
 def _start(cfg: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "spoold", "--config", str(cfg), *args],
+    return zygote.popen([sys.executable, "-m", "spoold", "--config", str(cfg), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 

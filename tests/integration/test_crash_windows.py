@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.daemonproc import DaemonProc, wait_for
 from support.tables import committed_counts, load_table, validated_keys
@@ -74,7 +75,7 @@ def flush_json(cfg: Path) -> dict[str, int]:
 
 
 def start_flush(cfg: Path, hooks: Hooks) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--config", str(cfg)],
+    return zygote.popen([sys.executable, "-m", "spoold", "flush", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
 
 
@@ -245,7 +246,7 @@ def test_replay_killed_between_respool_and_record_removal(tmp_path: Path) -> Non
     assert json.loads(run_spoold("flush", "--json", "--config", str(cfg)).stdout)["tables"]["ev.q"]["quarantined"] == 50
     cfg = write_config(tmp_path, declared.format("long"))  # widened: the records pass now
     hooks = Hooks(tmp_path / "hooks", pause_at="replay.respooled@1")
-    proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "replay", "ev.q", "--config", str(cfg)],
+    proc = zygote.popen([sys.executable, "-m", "spoold", "quarantine", "replay", "ev.q", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
     hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
     kill(proc)
@@ -275,7 +276,7 @@ def test_backfill_killed_between_its_commit_and_its_cursor_save(tmp_path: Path) 
     src.write_bytes(b"".join(orjson.dumps({"part_id": f"h{i}", "n": i}) + b"\n" for i in range(300)))
     args = ("backfill", "app.rows", "--source", str(src), "--limit", "100", "--json", "--config", str(cfg))
     hooks = Hooks(tmp_path / "hooks", pause_at="backfill.committed@1")
-    proc = subprocess.Popen([sys.executable, "-m", "spoold", *args], stdout=subprocess.DEVNULL,
+    proc = zygote.popen([sys.executable, "-m", "spoold", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
     hooks.wait_paused(proc.pid, alive=lambda: proc.poll() is None)
     kill(proc)

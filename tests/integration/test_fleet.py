@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.daemonproc import wait_for
 from support.paths import REPO
@@ -81,7 +82,7 @@ class Proc:
         tag = uuid.uuid4().hex[:6]
         self.out_path, self.err_path = where / f"out-{tag}", where / f"err-{tag}"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
+            self.proc = zygote.popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:

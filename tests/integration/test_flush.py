@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.daemonproc import wait_for
 from support.fakesink import FakeSink, fail_at
@@ -249,7 +250,7 @@ def test_sigkill_at_random_points_of_large_flushes_loses_and_doubles_nothing(tmp
         print(f"round {rnd}: kill {delay:.2f}s after {'the first commit' if anchor == 'in commits' else 'start'}")
         snaps_before = len(table_of(cfg).snapshots()) if table_of(cfg) is not None else 0
         started, started_at = time.monotonic(), time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--config", str(cfg)],
+        proc = zygote.popen([sys.executable, "-m", "spoold", "flush", "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
         if anchor == "in commits":
             wait_for(lambda p=proc: p.poll() is not None or any(m.point == "commit.staged" for m in hooks.marks(p.pid)),
@@ -307,7 +308,7 @@ def test_two_processes_flushing_overlapping_keys_to_one_table(tmp_path: Path) ->
         # A barrier: each stops once its first commit is staged; both are let go together, so they race
         # (their imports and reads take unequal times, and would let one finish before the other began).
         hooks = Hooks(tmp_path / f"hooks{rnd}", pause_at="commit.staged@1")
-        procs = [subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--config", str(c), "--json"],
+        procs = [zygote.popen([sys.executable, "-m", "spoold", "flush", "--config", str(c), "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **hooks.env()})
                  for c in (cfg_a, cfg_b)]
         for p in procs:
@@ -335,7 +336,7 @@ def test_a_commit_overtaken_by_another_committer_is_resettled_not_doubled(tmp_pa
     spool_of(cfg_a).append("app.events", rows("y", 0, 4000))
     spool_of(cfg_b).append("app.events", rows("y", 2000, 6000))
     hooks = Hooks(tmp_path / "hooks", pause_at="commit.staged@1")
-    a = subprocess.Popen([sys.executable, "-m", "spoold", "flush", "--json", "--config", str(cfg_a)],
+    a = zygote.popen([sys.executable, "-m", "spoold", "flush", "--json", "--config", str(cfg_a)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **hooks.env()})
     hooks.wait_paused(a.pid, alive=lambda: a.poll() is None)
     assert flush(cfg_b) == {"app.events": {"committed": 4000, "deduplicated": 0, "quarantined": 0}}

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.paths import REPO
 from support.tables import read_table
@@ -169,7 +170,7 @@ def test_a_daemon_looks_at_what_it_holds_by_itself_and_commits_a_lost_commit_aga
              extra="debounce_s = 0.2\nmax_delay_s = 2\n\n[daemon]\nrescan_s = 1\n")
     log = tmp_path / "daemon.log"
     with open(log, "wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(a)], stdout=out,
+        daemon = zygote.popen([sys.executable, "-m", "spoold", "run", "--config", str(a)], stdout=out,
                                   stderr=subprocess.STDOUT, env={**os.environ, **ENV})
     try:
         append(a, rows("a", 40))  # committed once, then the late create replaces the table

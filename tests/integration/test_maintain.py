@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
+from support import zygote
 from support.cli import run_spoold
 from support.maintkit import TABLE, commit, duckdb_scan, files_under, key_counts, local, make_config, rows, table
 
@@ -170,7 +171,7 @@ def test_sigkill_at_random_points_of_maintain_loses_and_doubles_nothing(tmp_path
             keys = [f"r{round_}-{i}-{j}" for j in range(10)]
             commit(sink, keys, day=i % 2)
             expected.update(keys)
-        proc = subprocess.Popen([sys.executable, "-m", "spoold", "maintain", "--config", str(path),
+        proc = zygote.popen([sys.executable, "-m", "spoold", "maintain", "--config", str(path),
                                  "--older-than", "0s", "--keep", "2"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=os.environ.copy())
         time.sleep(rng.uniform(0.2, span))  # start-up, planning, rewriting, committing, expiring, sweeping
@@ -228,7 +229,7 @@ def test_spoold_maintain_prints_each_tables_line_once(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     assert run_spoold("append", "t.m", "--config", str(cfg), input=b'{"part_id": "a"}\n').returncode == 0
     assert run_spoold("flush", "--config", str(cfg)).returncode == 0
-    proc = subprocess.run([sys.executable, "-m", "spoold", "maintain", "--config", str(cfg)],
+    proc = zygote.run([sys.executable, "-m", "spoold", "maintain", "--config", str(cfg)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.count(b"t.m: ") == 1, proc.stdout

@@ -133,7 +133,10 @@ def test_a_config_file_deleted_alone_stops_nothing_but_deleted_with_the_spool_ro
     assert proc.poll() is None, log.read_text()
     assert log.read_text().count("is missing") == 1  # logged once, not at every turn
 
-    shutil.rmtree(config.spool_root)
+    # The daemon may still be writing in the tree (its last commit's clean-up) while rmtree empties it: again
+    # until the root is gone, as a user's second `rm -rf` would.
+    wait_for(lambda: not (shutil.rmtree(config.spool_root, ignore_errors=True) or config.spool_root.exists()),
+             "the spool root removed")
     assert stopped(proc) == 0, log.read_text()
     text = log.read_text()
     assert f"config file {cfg} is gone with the spool root: stopping" in text and "stopped" in text, text

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.tables import committed_keys
 from support.testhooks import Hooks
@@ -167,7 +168,7 @@ def test_replay_killed_anywhere_and_run_again_loses_nothing_and_doubles_nothing(
     plan: list[tuple[str, int] | None] = [*HOOKED, *[None] * RANDOM_KILLS]
     for attempt, where in enumerate(plan):
         hooks = Hooks(tmp_path / f"hooks-{attempt}", pause_at=f"{where[0]}@{where[1]}" if where else None)
-        proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "replay", T, "--config", str(cfg)],
+        proc = zygote.popen([sys.executable, "-m", "spoold", "quarantine", "replay", T, "--config", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **hooks.env()})
         if where:
             hooks.wait_paused(proc.pid, alive=lambda p=proc: p.poll() is None)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.testhooks import Hooks
 
@@ -87,7 +88,7 @@ def test_drop_asks_on_a_terminal(tmp_path: Path) -> None:
     for answer, rc, left in ((b"n\n", 1, 3), (b"y\n", 0, 0)):
         master, slave = os.openpty()
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "drop", T, "--config", str(cfg)],
+            proc = zygote.popen([sys.executable, "-m", "spoold", "quarantine", "drop", T, "--config", str(cfg)],
                                     stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             os.close(slave)
             os.write(master, answer)
@@ -105,7 +106,7 @@ def test_a_drop_killed_between_two_files_leaves_every_record_whole(tmp_path: Pat
     quarantine_some(cfg, "b")  # a second flush: a second quarantine file
     assert len(records(cfg)) == 6
     hooks = Hooks(tmp_path / "hooks", pause_at="drop.rewritten@1")
-    proc = subprocess.Popen([sys.executable, "-m", "spoold", "quarantine", "drop", T, "--reason", "not valid",
+    proc = zygote.popen([sys.executable, "-m", "spoold", "quarantine", "drop", T, "--reason", "not valid",
                              "--yes", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, **hooks.env()})
     try:

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
+from support import zygote
 from support.cli import write_config
 from support.daemonproc import DaemonProc, wait_for
 from support.tables import committed_counts, load_table, spooled_keys
@@ -171,7 +172,7 @@ def test_while_a_table_is_rebuilt_the_daemon_holds_its_rows_flushes_the_others_t
     spoold("flush", "--config", str(old))
 
     hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.committed")
-    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+    rb = zygote.popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
                           env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     daemon = DaemonProc(new)
     try:
@@ -204,7 +205,7 @@ def test_a_table_compacted_during_its_rebuild_is_copied_again_without_doubles(tm
         land(old, table, batch[at:at + 100])
         spoold("flush", "--config", str(old))
     hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.committed@2")
-    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+    rb = zygote.popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
                           env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
@@ -224,7 +225,7 @@ def test_rows_another_writer_commits_to_the_old_table_just_before_the_swap_are_c
     table = "app.events"
     old, new, good, bad = committed_old(tmp_path, table, 100)
     hooks = Hooks(tmp_path / "hooks", pause_at="rebuild.copied")  # the copy took its last look
-    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+    rb = zygote.popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
                           env={**os.environ, **hooks.env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
@@ -245,7 +246,7 @@ def moved_on_before_the_swap(tmp_path: Path, table: str, old: Path, new: Path) -
     """A rebuild killed once it copied everything, before its renames; then another writer commits to the old
     table (a backfill already running, another host). The keys it committed."""
     hooks = Hooks(tmp_path / f"hooks-{table}-copied", pause_at="rebuild.copied")
-    rb = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
+    rb = zygote.popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(new)],
                           env={**os.environ, **hooks.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         hooks.wait_paused(rb.pid, alive=lambda: rb.poll() is None)
@@ -343,7 +344,7 @@ class Killed:
 
     def __init__(self, hooks_dir: Path, point: str | None, table: str, cfg: Path) -> None:
         self.hooks, self.point = Hooks(hooks_dir, pause_at=point), point
-        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(cfg)],
+        self.proc = zygote.popen([sys.executable, "-m", "spoold", "rebuild", table, "--config", str(cfg)],
                                      env={**os.environ, **self.hooks.env()}, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
 

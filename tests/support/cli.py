@@ -1,4 +1,5 @@
-"""The real CLI as a subprocess, and the config file every test starts from."""
+"""The real CLI as a process of its own (forked by the worker's zygote), and the config file every test starts
+from."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from support import zygote
 
 
 def write_config(tmp_path: Path, body: str = "", *, name: str = "spoold.toml", catalog: str | None = None,
@@ -25,6 +28,6 @@ def write_config(tmp_path: Path, body: str = "", *, name: str = "spoold.toml", c
 
 def run_spoold(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
                timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    """Run the real CLI as a subprocess (``python -m spoold``) with the test's environment."""
-    return subprocess.run([sys.executable, "-m", "spoold", *args], input=input, capture_output=True,
+    """Run the real CLI as a process of its own (``python -m spoold``) with the test's environment."""
+    return zygote.run([sys.executable, "-m", "spoold", *args], input=input, capture_output=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spoold.testing.daemon import NotifySocket
+from support import zygote
 
 DEADLINE_S = 90.0
 
@@ -37,7 +38,7 @@ class DaemonProc:
         self.log_path = cfg.parent / f"daemon-{uuid.uuid4().hex[:8]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.notify = NotifySocket()
-        self.proc = subprocess.Popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg), *args],
+        self.proc = zygote.popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg), *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True,  # no controlling terminal: SIGHUP reloads
                                      env={**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify.address})

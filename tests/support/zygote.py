@@ -1,0 +1,413 @@
+"""Real ``spoold`` processes without paying for their imports each time: a per-worker zygote that forks them.
+
+Every ``spoold`` a test starts is a process of its own: its own pid, signals,
+exit status, file descriptors, session, environment and working directory. What
+a subprocess pays first is importing pyarrow, pyiceberg, SQLAlchemy and spoold
+(about 1 s of CPU), and the suite starts over a thousand of them. The zygote is
+one process per pytest worker that has imported them once; for each command it
+forks a child that takes the caller's argv, environment, working directory,
+umask and standard streams, then runs ``python -m spoold ...`` (or a script) in
+it. The caller gets a :class:`Proc`, which behaves as the ``subprocess.Popen``
+it replaces (pid, poll, wait, send_signal, kill, pipes).
+
+The only state a child has that a freshly started interpreter would not is what
+those modules read when imported. spoold's own such modules (``RELOAD``) run
+again in the child. pyiceberg reads its configuration then (``PYICEBERG_*``,
+``.pyiceberg.yaml`` in ``PYICEBERG_HOME``, home or the working directory): a
+command whose environment or directories hold any of it, or whose environment
+differs in a ``PYTHON*`` or locale variable, runs as a plain subprocess instead.
+``SPOOLD_TEST_ZYGOTE=0`` in the suite's environment runs every command as a
+plain subprocess, to compare; in one command's environment, that command (a
+test measuring its own child, as ``RUSAGE_CHILDREN`` does, needs it to be one).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+PRELOAD = ("pyarrow", "pyarrow.parquet", "pyarrow.compute", "pyarrow.fs", "numpy", "orjson", "sqlalchemy",
+           "pydantic", "h11", "prometheus_client", "watchfiles", "pyiceberg.table", "pyiceberg.catalog.sql",
+           "pyiceberg.catalog.rest", "pyiceberg.io.pyarrow", "pyiceberg.expressions.parser")
+# spoold's modules that read the environment when imported (tests/testing/test_zygote.py keeps this list true):
+# a child runs them again with its own. keys.index reads the interpreter's hash flag, which a fork keeps.
+RELOAD = ("spoold._testhooks",)
+NO_ZYGOTE = "SPOOLD_TEST_ZYGOTE"  # "0" (in the suite's or a command's environment): a plain subprocess
+_HEADER = struct.Struct("!I")
+_SAME_ENV = ("PYTHON", "LANG", "LC_")  # read by the interpreter at start-up: a child of the zygote keeps its own
+
+
+# -- the zygote ------------------------------------------------------------------------------------------
+def _serve(path: str) -> dict[str, Any] | None:
+    """Accept requests until the worker goes (EOF on stdin); in a forked child, return its request."""
+    for name in (*PRELOAD, *_spoold_modules()):
+        importlib.import_module(name)
+    import gc
+
+    gc.freeze()  # what is here now is never collected: a child's collections touch (copy) none of it
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    while True:
+        readable, _, _ = select.select([listener, wake_r, sys.stdin], [], [])
+        if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
+            return None  # the worker has gone
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+            _reap(waiting)
+        if listener in readable:
+            conn, _ = listener.accept()
+            request, fds = _receive(conn)
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for s in (listener, *waiting.values()):
+                    s.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                conn.close()
+                _become(request, fds)
+                return request
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(b"%d\n" % pid)
+            waiting[pid] = conn
+            _reap(waiting)  # it may be gone already, its SIGCHLD before we listened for it
+
+
+def _spoold_modules() -> list[str]:
+    """spoold's modules, but its pytest plugin (it imports pytest) and ``__main__`` (run, never imported)."""
+    import pkgutil
+
+    import spoold
+
+    return [m.name for m in pkgutil.walk_packages(spoold.__path__, "spoold.")
+            if not m.name.startswith(("spoold.testing", "spoold.__main__"))]
+
+
+def _reap(waiting: dict[int, socket.socket]) -> None:
+    while waiting:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = waiting.pop(pid, None)
+        if conn is not None:
+            try:
+                conn.sendall(b"%d\n" % os.waitstatus_to_exitcode(status))
+            except OSError:
+                pass  # the caller stopped waiting
+            conn.close()
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    while len(data) < _HEADER.size or len(data) < _HEADER.size + _HEADER.unpack_from(data)[0]:
+        more = conn.recv(1 << 16)
+        if not more:
+            raise EOFError("request cut short")
+        data += more
+    return json.loads(data[_HEADER.size:]), list(fds)
+
+
+def _become(request: dict[str, Any], fds: list[int]) -> None:
+    """In the child: the caller's process state, as a new interpreter started by it would have."""
+    if request["setsid"]:
+        os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.umask(request["umask"])
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    import time
+
+    time.tzset()
+    argv = request["argv"]
+    sys.argv = list(argv)
+    sys.orig_argv = list(request["orig_argv"])  # what a re-exec of itself runs (the daemon's lean restart)
+    sys.path[0] = os.getcwd() if request["module"] else os.path.dirname(os.path.abspath(argv[0]))
+    for name in RELOAD:
+        importlib.reload(sys.modules[name])
+
+
+def _run_child(request: dict[str, Any]) -> int:
+    """Run the child's program; its exit status, after what an interpreter does at exit that others can see:
+    wait for its non-daemon threads, run its ``atexit`` functions, flush its streams. Not the rest (freeing
+    every object), which would touch, and so copy, every page it shares with the zygote."""
+    import runpy
+    import threading
+
+    try:
+        if request["module"]:
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(request["argv"][0], run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    return code
+
+
+# -- the caller's side -----------------------------------------------------------------------------------
+class _Zygote:
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="spoold-zygote-")
+        self.path = os.path.join(self.dir, "sock")
+        home = os.path.join(self.dir, "home")
+        os.mkdir(home)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYICEBERG_")}
+        env |= {"HOME": home, "PYICEBERG_HOME": home}
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.path], cwd=home, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line != b"ready\n":
+            raise RuntimeError(f"the test zygote did not start: {line!r}")
+        self.env = env
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_zygote: _Zygote | None = None
+_lock = threading.Lock()
+
+
+def _get() -> _Zygote:
+    global _zygote
+    with _lock:
+        if _zygote is None or _zygote.proc.poll() is not None:
+            _zygote = _Zygote()
+        return _zygote
+
+
+def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | None:
+    """The module (or "" for a script) a zygote's child can run for ``argv``, or None for a plain subprocess."""
+    if "0" in (os.environ.get(NO_ZYGOTE), env.get(NO_ZYGOTE)) or len(argv) < 2 or argv[0] != sys.executable:
+        return None
+    if any(k.startswith("PYICEBERG_") and k != "PYICEBERG_HOME" for k in env):
+        return None
+    homes = (env.get("PYICEBERG_HOME"), env.get("HOME"), cwd)
+    if any(h and os.path.exists(os.path.join(h, ".pyiceberg.yaml")) for h in homes):
+        return None
+    theirs = _get().env
+    if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV)):
+        return None
+    if argv[1] == "-m" and len(argv) >= 3:
+        return argv[2] if argv[2] == "spoold" else None
+    return "" if argv[1].endswith(".py") and not argv[1].startswith("-") else None
+
+
+class Proc:
+    """A child of the zygote, used as a ``subprocess.Popen``."""
+
+    def __init__(self, argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
+                 env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                 start_new_session: bool = False, module: str = "spoold") -> None:
+        self.args = list(argv)
+        self.returncode: int | None = None
+        self.stdin: IO[bytes] | None = None
+        self.stdout: IO[bytes] | None = None
+        self.stderr: IO[bytes] | None = None
+        env = dict(os.environ if env is None else env)
+        cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
+        theirs: list[int] = []  # the child's ends, closed here once sent
+        try:
+            fd0, self.stdin = self._end(stdin, 0, theirs, write=False)
+            fd1, self.stdout = self._end(stdout, 1, theirs, write=True)
+            fd2, self.stderr = (fd1, None) if stderr == subprocess.STDOUT else self._end(stderr, 2, theirs,
+                                                                                         write=True)
+            umask = os.umask(0o22)
+            os.umask(umask)
+            argv = [_main_path(module), *self.args[3:]] if module else self.args[1:]  # the child's sys.argv
+            request = json.dumps({"argv": argv, "orig_argv": self.args, "env": env, "cwd": cwd, "umask": umask,
+                                  "setsid": start_new_session, "module": module}).encode()
+            self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._conn.connect(_get().path)
+            socket.send_fds(self._conn, [_HEADER.pack(len(request)) + request], [fd0, fd1, fd2])
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self._reply = self._conn.makefile("rb")
+        line = self._reply.readline()
+        if not line:
+            raise RuntimeError("the test zygote did not fork")
+        self.pid = int(line)
+
+    @staticmethod
+    def _end(spec: Any, std: int, theirs: list[int], *, write: bool) -> tuple[int, IO[bytes] | None]:
+        """The fd the child gets for its stream ``std``, and the caller's end of a pipe (PIPE) if any."""
+        if spec is None:
+            return std, None
+        if spec == subprocess.DEVNULL:
+            fd = os.open(os.devnull, os.O_RDWR)
+            theirs.append(fd)
+            return fd, None
+        if spec == subprocess.PIPE:
+            r, w = os.pipe()
+            theirs.append(w if write else r)
+            return (w, open(r, "rb")) if write else (r, open(w, "wb"))  # noqa: SIM115 - the caller's
+        return (spec if isinstance(spec, int) else spec.fileno()), None
+
+    def _ended(self, timeout: float | None) -> bool:
+        """Whether the zygote has sent the exit status (poll(2): the caller may hold fds past select's 1024)."""
+        p = select.poll()
+        p.register(self._reply, select.POLLIN)
+        return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._ended(0):
+            self._finish()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not self._ended(timeout):
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._finish()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _finish(self) -> None:
+        line = self._reply.readline()
+        if not line:
+            raise RuntimeError(f"the test zygote went away before pid {self.pid} ended")
+        self.returncode = int(line)
+        self._reply.close()
+        self._conn.close()
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """Feed ``input``, read both pipes to their end, wait: ``subprocess.Popen.communicate``'s contract."""
+        out: dict[str, bytes] = {}
+
+        def drain(name: str, f: IO[bytes]) -> None:
+            out[name] = f.read()
+            f.close()
+
+        readers = [threading.Thread(target=drain, args=(n, f), daemon=True)
+                   for n, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f is not None and not f.closed]
+        for t in readers:
+            t.start()
+        if self.stdin is not None and not self.stdin.closed:
+            try:
+                if input:
+                    self.stdin.write(input)
+                self.stdin.close()
+            except BrokenPipeError:
+                pass
+        self.wait(timeout)
+        for t in readers:
+            t.join(timeout)
+            if t.is_alive():  # a grandchild holds the pipe open
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        return out.get("stdout"), out.get("stderr")
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+        self.wait()
+
+
+def _main_path(module: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"{module}.__main__")
+    assert spec is not None and spec.origin is not None
+    return spec.origin
+
+
+def popen(argv: Sequence[str], **kw: Any) -> Proc | subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **kw)``, forked by the zygote where that is the same (see the module doc)."""
+    env = dict(os.environ if kw.get("env") is None else kw["env"])
+    cwd = os.path.abspath(kw.get("cwd") or os.getcwd())
+    module = _forkable(argv, env, cwd)
+    if module is None or set(kw) - {"stdin", "stdout", "stderr", "env", "cwd", "start_new_session"}:
+        return subprocess.Popen(argv, **kw)
+    return Proc(argv, module=module, **kw)
+
+
+def run(argv: Sequence[str], *, input: bytes | None = None, capture_output: bool = False,
+        env: Mapping[str, str] | None = None, timeout: float | None = None, cwd: str | os.PathLike[str] | None = None,
+        check: bool = False, stdout: Any = None, stderr: Any = None, **kw: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run``, forked by the zygote where that is the same (see the module doc)."""
+    if kw:  # text=, preexec_fn=...: left to subprocess
+        return subprocess.run(argv, input=input, capture_output=capture_output, env=env, timeout=timeout, cwd=cwd,
+                              check=check, stdout=stdout, stderr=stderr, **kw)
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    with popen(argv, stdin=subprocess.PIPE if input is not None else None, stdout=stdout, stderr=stderr,
+               env=env, cwd=cwd) as proc:
+        try:
+            out, err = proc.communicate(input, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    done = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done
+
+
+if __name__ == "__main__":
+    job = _serve(sys.argv[1])
+    if job is None:
+        sys.exit(0)
+    os._exit(_run_child(job))

@@ -1,0 +1,92 @@
+"""The suite's zygote (tests/support/zygote.py): its children are the processes plain subprocesses would be."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import zygote
+from support.paths import REPO
+
+SCRIPT = """import os, sys, time
+print(repr((sys.argv, sys.orig_argv, os.getcwd(), os.environ.get("SPOOLD_TEST_MARK"), sys.path[0])))
+print(oct(os.umask(0)), os.getsid(0) == os.getpid(), time.tzname[0], file=sys.stderr)
+sys.stdout.flush()
+code = sys.stdin.read()
+if code == "sleep":
+    time.sleep(60)
+sys.exit(int(code) if code else None)
+"""
+
+
+def both(tmp_path: Path, *args: str, stdin: bytes = b"", **kw: object) -> list[subprocess.CompletedProcess[bytes]]:
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    argv = [sys.executable, str(script), *args]
+    env = {**os.environ, "SPOOLD_TEST_MARK": "m", "TZ": "CET-1"}
+    with zygote.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                      cwd=tmp_path, **kw) as forked:  # type: ignore[arg-type]
+        assert isinstance(forked, zygote.Proc)
+        out, err = forked.communicate(stdin, 60)
+    plain = subprocess.run(argv, input=stdin, capture_output=True, env=env, cwd=tmp_path, timeout=60, **kw)
+    return [subprocess.CompletedProcess(argv, forked.returncode, out, err), plain]
+
+
+@pytest.mark.parametrize("stdin", [b"", b"3"])
+def test_a_forked_child_sees_what_a_subprocess_sees(tmp_path: Path, stdin: bytes) -> None:
+    zygote.run([sys.executable, "-m", "spoold", "--help"])  # the zygote runs (umask 022) before the umask changes
+    old = os.umask(0o027)
+    try:
+        forked, plain = both(tmp_path, "a b", "--x", stdin=stdin, start_new_session=True)
+    finally:
+        os.umask(old)
+    assert forked.returncode == plain.returncode == (3 if stdin else 0)
+    assert forked.stdout == plain.stdout and forked.stderr == plain.stderr, (forked, plain)
+    assert b"'m'" in forked.stdout and forked.stderr == b"0o27 True CET\n"
+
+
+def test_a_killed_child_reports_the_signal_and_wait_times_out_before(tmp_path: Path) -> None:
+    (tmp_path / "probe.py").write_text(SCRIPT)
+    proc = zygote.popen([sys.executable, str(tmp_path / "probe.py")], stdin=subprocess.PIPE,
+                        stdout=subprocess.DEVNULL)
+    assert isinstance(proc, zygote.Proc)
+    assert proc.stdin is not None
+    proc.stdin.write(b"sleep")
+    proc.stdin.close()
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.2)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+
+
+def test_pyiceberg_configuration_sends_a_command_to_a_plain_subprocess(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "spoold", "--help"]
+    assert isinstance(zygote.popen(argv, stdout=subprocess.DEVNULL), zygote.Proc)
+    home = Path(os.environ["HOME"])
+    (home / ".pyiceberg.yaml").write_text("catalog: {}\n")
+    assert isinstance(zygote.popen(argv, stdout=subprocess.DEVNULL), subprocess.Popen)
+    (home / ".pyiceberg.yaml").unlink()
+    env = {**os.environ, "PYICEBERG_CATALOG__X__URI": "sqlite://"}
+    assert isinstance(zygote.popen(argv, stdout=subprocess.DEVNULL, env=env), subprocess.Popen)
+
+
+def reads_environment_at_import(path: Path) -> bool:
+    """Whether a module's top-level statements (not its functions' bodies) name ``os.environ`` or getenv."""
+    body = [n for n in ast.parse(path.read_text()).body
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    return any(isinstance(n, ast.Attribute) and n.attr in ("environ", "getenv", "environb")
+               for stmt in body for n in ast.walk(stmt))
+
+
+def test_the_modules_a_child_imports_again_are_those_that_read_the_environment_when_imported() -> None:
+    package = REPO / "spoold"
+    found = {".".join(p.relative_to(REPO).with_suffix("").parts) for p in package.rglob("*.py")
+             if "testing" not in p.parts and reads_environment_at_import(p)}
+    # keys.index reads whether hashes are randomized: a fork keeps its zygote's interpreter, so the same answer.
+    assert found - {"spoold.keys.index"} == set(zygote.RELOAD)
