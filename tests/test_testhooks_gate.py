@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import zygote
 from support.cli import write_config
 from support.testhooks import Hooks
 
@@ -22,9 +23,9 @@ ROW = b'{"part_id": "a"}\n'
 def flush(cfg: Path, hooks_env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     """Append a row and flush it (a flush passes ``commit.staged``), with ``hooks_env`` on the flush."""
     base = [sys.executable, "-m", "spoold"]
-    assert subprocess.run([*base, "append", "t.x", "--config", str(cfg)], input=ROW, timeout=120).returncode == 0
+    assert zygote.run([*base, "append", "t.x", "--config", str(cfg)], input=ROW, timeout=120).returncode == 0
     try:
-        return subprocess.run([*base, "flush", "--config", str(cfg)], capture_output=True, timeout=60,
+        return zygote.run([*base, "flush", "--config", str(cfg)], capture_output=True, timeout=60,
                               env={**os.environ, **hooks_env})
     except subprocess.TimeoutExpired:
         raise AssertionError("spoold flush paused at a test hook it should have ignored") from None

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import orjson
+from support import zygote
 from support.members import NEEDS_ROOT, as_member
 
 pytestmark = NEEDS_ROOT
@@ -21,8 +22,8 @@ T = "chat.parts"
 
 
 def spoold(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spoold", *args, "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=300)
+    return zygote.run([sys.executable, "-m", "spoold", *args, "--config", str(cfg)],
+                      capture_output=True, text=True, timeout=300)
 
 
 def test_a_member_reads_status_and_quarantine_after_every_kind_of_run(base: Path, group: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from support import zygote
+
 NEEDS_ROOT = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the daemon runs as root, the member as nobody"),
     pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which("groupadd") is None,
@@ -113,8 +115,7 @@ def base() -> Iterator[Path]:
 
 def as_member(gname: str, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``args`` as nobody with ``gname`` as its only group."""
-    return subprocess.run(["setpriv", f"--reuid={pwd.getpwnam('nobody').pw_uid}",
-                           f"--regid={grp.getgrnam(gname).gr_gid}", "--clear-groups", "--", *args],
-                          input=input, capture_output=True, timeout=120, env={**os.environ, "HOME": "/nonexistent"})
+    return zygote.run(list(args), user=(pwd.getpwnam("nobody").pw_uid, grp.getgrnam(gname).gr_gid), input=input,
+                      capture_output=True, timeout=120, env={**os.environ, "HOME": "/nonexistent"})
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import json
+import locale
 import os
 import select
 import signal
@@ -47,6 +48,14 @@ RELOAD = ("spoold._testhooks",)
 NO_ZYGOTE = "SPOOLD_TEST_ZYGOTE"  # "0" (in the suite's or a command's environment): a plain subprocess
 _HEADER = struct.Struct("!I")
 _SAME_ENV = ("PYTHON", "LANG", "LC_")  # read by the interpreter at start-up: a child of the zygote keeps its own
+# ... but PYTHONPATH, which only adds to sys.path: a child puts its own there instead of the zygote's.
+_OWN_ENV = ("PYTHONPATH",)
+
+
+def _pythonpath(env: Mapping[str, str], cwd: str) -> list[str]:
+    """The entries ``PYTHONPATH`` puts on sys.path, as the interpreter does (relative ones, and "", by cwd)."""
+    value = env.get("PYTHONPATH", "")
+    return [os.path.join(cwd, e) if e else cwd for e in value.split(os.pathsep)] if value else []
 
 
 # -- the zygote ------------------------------------------------------------------------------------------
@@ -54,6 +63,9 @@ def _serve(path: str) -> dict[str, Any] | None:
     """Accept requests until the worker goes (EOF on stdin); in a forked child, return its request."""
     for name in (*PRELOAD, *_spoold_modules()):
         importlib.import_module(name)
+    ours = _pythonpath(os.environ, os.getcwd())
+    if sys.path[1:1 + len(ours)] != ours:
+        raise RuntimeError(f"PYTHONPATH is not where the interpreter puts it: {sys.path}")
     import gc
 
     gc.freeze()  # what is here now is never collected: a child's collections touch (copy) none of it
@@ -79,6 +91,7 @@ def _serve(path: str) -> dict[str, Any] | None:
             request, fds = _receive(conn)
             pid = os.fork()
             if pid == 0:
+                request["pythonpath_slots"] = len(ours)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 for s in (listener, *waiting.values()):
@@ -138,11 +151,14 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
         os.setsid()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # as subprocess does (close_fds): the zygote's, the fds sent
     os.umask(request["umask"])
     os.chdir(request["cwd"])
+    if request["user"] is not None:  # as setpriv --reuid --regid --clear-groups would
+        uid, gid = request["user"]
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
     os.environ.clear()
     os.environ.update(request["env"])
     import time
@@ -152,6 +168,7 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     sys.argv = list(argv)
     sys.orig_argv = list(request["orig_argv"])  # what a re-exec of itself runs (the daemon's lean restart)
     sys.path[0] = os.getcwd() if request["module"] else os.path.dirname(os.path.abspath(argv[0]))
+    sys.path[1:1 + request["pythonpath_slots"]] = _pythonpath(request["env"], request["cwd"])
     for name in RELOAD:
         importlib.reload(sys.modules[name])
 
@@ -167,7 +184,13 @@ def _run_child(request: dict[str, Any]) -> int:
         if request["module"]:
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(request["argv"][0], run_name="__main__")
+            script = request["argv"][0]
+            try:
+                open(script, "rb").close()
+            except OSError as e:  # as the interpreter says it, and its status
+                print(f"{sys.executable}: can't open file {script!r}: [Errno {e.errno}] {e.strerror}", file=sys.stderr)
+                return 2
+            runpy.run_path(script, run_name="__main__")
         code = 0
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
@@ -234,8 +257,11 @@ def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | No
     if any(h and os.path.exists(os.path.join(h, ".pyiceberg.yaml")) for h in homes):
         return None
     theirs = _get().env
-    if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV)):
+    if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV) and k not in _OWN_ENV):
         return None
+    if any(os.path.exists(os.path.join(p, f"{m}.py")) for p in _pythonpath(env, cwd)
+           for m in ("sitecustomize", "usercustomize")):
+        return None  # a new interpreter would run it at start-up
     if argv[1] == "-m" and len(argv) >= 3:
         return argv[2] if argv[2] == "spoold" else None
     return "" if argv[1].endswith(".py") and not argv[1].startswith("-") else None
@@ -246,7 +272,8 @@ class Proc:
 
     def __init__(self, argv: Sequence[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
                  env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-                 start_new_session: bool = False, module: str = "spoold") -> None:
+                 start_new_session: bool = False, module: str = "spoold",
+                 user: tuple[int, int] | None = None) -> None:
         self.args = list(argv)
         self.returncode: int | None = None
         self.stdin: IO[bytes] | None = None
@@ -264,7 +291,7 @@ class Proc:
             os.umask(umask)
             argv = [_main_path(module), *self.args[3:]] if module else self.args[1:]  # the child's sys.argv
             request = json.dumps({"argv": argv, "orig_argv": self.args, "env": env, "cwd": cwd, "umask": umask,
-                                  "setsid": start_new_session, "module": module}).encode()
+                                  "setsid": start_new_session, "module": module, "user": user}).encode()
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._conn.connect(_get().path)
             socket.send_fds(self._conn, [_HEADER.pack(len(request)) + request], [fd0, fd1, fd2])
@@ -378,22 +405,38 @@ def popen(argv: Sequence[str], **kw: Any) -> Proc | subprocess.Popen[bytes]:
     env = dict(os.environ if kw.get("env") is None else kw["env"])
     cwd = os.path.abspath(kw.get("cwd") or os.getcwd())
     module = _forkable(argv, env, cwd)
-    if module is None or set(kw) - {"stdin", "stdout", "stderr", "env", "cwd", "start_new_session"}:
+    if module is None or set(kw) - {"stdin", "stdout", "stderr", "env", "cwd", "start_new_session", "user"}:
+        if "user" in kw:
+            uid, gid = kw.pop("user")
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
         return subprocess.Popen(argv, **kw)
     return Proc(argv, module=module, **kw)
 
 
 def run(argv: Sequence[str], *, input: bytes | None = None, capture_output: bool = False,
         env: Mapping[str, str] | None = None, timeout: float | None = None, cwd: str | os.PathLike[str] | None = None,
-        check: bool = False, stdout: Any = None, stderr: Any = None, **kw: Any) -> subprocess.CompletedProcess[Any]:
-    """``subprocess.run``, forked by the zygote where that is the same (see the module doc)."""
-    if kw:  # text=, preexec_fn=...: left to subprocess
+        check: bool = False, stdout: Any = None, stderr: Any = None, user: tuple[int, int] | None = None,
+        **kw: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run``, forked by the zygote where that is the same (see the module doc). ``user``: (uid,
+    gid) to run as, with no other group."""
+    text = kw.pop("text", False)
+    if kw:  # preexec_fn=...: left to subprocess
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups", "--", *argv]
         return subprocess.run(argv, input=input, capture_output=capture_output, env=env, timeout=timeout, cwd=cwd,
-                              check=check, stdout=stdout, stderr=stderr, **kw)
+                              check=check, stdout=stdout, stderr=stderr, text=text, **kw)
+    if text:  # as subprocess's text mode: the locale's encoding, universal newlines
+        encoding = locale.getpreferredencoding(False)
+        done = run(argv, input=None if input is None else input.encode(encoding), capture_output=capture_output,
+                   env=env, timeout=timeout, cwd=cwd, check=check, stdout=stdout, stderr=stderr, user=user)
+        done.stdout, done.stderr = (None if b is None else b.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+                                    for b in (done.stdout, done.stderr))
+        return done
     if capture_output:
         stdout = stderr = subprocess.PIPE
+    extra = {} if user is None else {"user": user}
     with popen(argv, stdin=subprocess.PIPE if input is not None else None, stdout=stdout, stderr=stderr,
-               env=env, cwd=cwd) as proc:
+               env=env, cwd=cwd, **extra) as proc:
         try:
             out, err = proc.communicate(input, timeout)
         except subprocess.TimeoutExpired:

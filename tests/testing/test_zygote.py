@@ -90,3 +90,18 @@ def test_the_modules_a_child_imports_again_are_those_that_read_the_environment_w
              if "testing" not in p.parts and reads_environment_at_import(p)}
     # keys.index reads whether hashes are randomized: a fork keeps its zygote's interpreter, so the same answer.
     assert found - {"spoold.keys.index"} == set(zygote.RELOAD)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
+def test_a_child_run_as_another_user_is_that_user_as_setpriv_makes_it(tmp_path: Path, base: Path) -> None:
+    hidden, script = tmp_path / "ids.py", base / "ids.py"  # in pytest's root-only tree, and where all can read
+    for p in (hidden, script):
+        p.write_text("import os\nprint(os.getresuid(), os.getresgid(), os.getgroups(), os.listdir('/proc/self/fd'))\n")
+        p.chmod(0o644)
+    for p, code in ((script, 0), (hidden, 2)):
+        argv = [sys.executable, str(p)]
+        forked = zygote.run(argv, user=(65534, 65533), capture_output=True, timeout=60)
+        plain = subprocess.run(["setpriv", "--reuid=65534", "--regid=65533", "--clear-groups", "--", *argv],
+                               capture_output=True, timeout=60)
+        assert forked.returncode == plain.returncode == code, (forked.stderr, plain.stderr)
+        assert (forked.stdout, forked.stderr) == (plain.stdout, plain.stderr)
