@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import zygote
 from support.cli import run_spoold, write_config
 from support.daemonproc import DaemonProc
 
@@ -20,6 +22,15 @@ TEST_VARS = "SPOOLD_TEST_"
 for _k in [k for k in os.environ if k.startswith(("PYICEBERG_", "SPOOLD_")) and not k.startswith(TEST_VARS)]:
     del os.environ[_k]
 os.environ["PYICEBERG_HOME"] = tempfile.mkdtemp(prefix="spoold-test-pyiceberg-")
+
+# Bytecode caches, even under PYTHONDONTWRITEBYTECODE: the suite starts a worker a core and a thousand
+# interpreters, and without them each compiles spoold again and pytest rewrites every test module again
+# (~3 s of CPU a worker). They go under .pytest_cache/ (PYTHONPYCACHEPREFIX), not beside the sources.
+if sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE"):
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = str(Path(__file__).resolve().parents[1] / ".pytest_cache"
+                                                                  / "pycache")
+    sys.dont_write_bytecode = False
 
 pytest_plugins = ["support.servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests
 
@@ -82,9 +93,12 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, slow tests first: a minute-long test started last would leave the other workers idle."""
+    """Under xdist, the long tests first: a minute-long test started last would leave the other workers idle.
+    Slow tests, then the integration tests (each starts processes, many wait on their deadlines), then the
+    rest, many and short, which fill the end evenly. Stable: otherwise as collected."""
     if getattr(config.option, "dist", "no") != "no":
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
+        items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                     "integration" not in item.path.relative_to(config.rootpath).parts))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,6 +107,12 @@ def pytest_configure(config: pytest.Config) -> None:
         from hypothesis import core
 
         core.global_force_seed = SEED
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput") and getattr(session.config.option, "numprocesses", None):
+        return  # xdist's controller runs no test: its workers start their own zygotes
+    zygote.start()  # it imports what the spoold processes need while this process collects the tests
 
 
 def pytest_report_header() -> str:

@@ -182,6 +182,12 @@ class SeaweedFS:
         _stop(self.proc)
         self.proc = None
 
+    def kill(self) -> None:
+        """Stop at once (SIGKILL), for a server whose data nobody reads again: a graceful stop waits seconds
+        on its clients' connections."""
+        _stop(self.proc, signal.SIGKILL)
+        self.proc = None
+
     def catalog_toml(self, *, credentials: bool = True) -> str:
         """``[catalog]`` for spoold; ``credentials=False``: they come from :meth:`env` instead."""
         toml = (f'[catalog]\ntype = "rest"\nuri = "{self.catalog_uri}"\nwarehouse = "s3://{BUCKET}/"\n'

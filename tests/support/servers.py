@@ -69,7 +69,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """One SeaweedFS for the session (tests use their own table names)."""
     server = _seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     yield server
-    server.stop()
+    server.kill()
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ def seaweedfs_server(tmp_path: Path) -> Iterator[SeaweedFS]:
     """A SeaweedFS of this test's own, which it may stop and restart."""
     server = _seaweedfs(tmp_path / "seaweedfs")
     yield server
-    server.stop()
+    server.kill()
 
 
 @pytest.fixture

@@ -222,12 +222,18 @@ class _Zygote:
         env |= {"HOME": home, "PYICEBERG_HOME": home}
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), self.path], cwd=home, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line != b"ready\n":
-            raise RuntimeError(f"the test zygote did not start: {line!r}")
         self.env = env
+        self.ready = False
         atexit.register(self.close)
+
+    def wait_ready(self) -> None:
+        """Until it has imported what it preloads (it started with the worker: meanwhile, the worker collected)."""
+        if not self.ready:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            if line != b"ready\n":
+                raise RuntimeError(f"the test zygote did not start: {line!r}")
+            self.ready = True
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -239,12 +245,20 @@ _zygote: _Zygote | None = None
 _lock = threading.Lock()
 
 
-def _get() -> _Zygote:
+def start() -> None:
+    """Start this process's zygote now (a worker does at its start), so that it is ready when a test needs it."""
     global _zygote
     with _lock:
         if _zygote is None or _zygote.proc.poll() is not None:
             _zygote = _Zygote()
-        return _zygote
+
+
+def _get() -> _Zygote:
+    start()
+    assert _zygote is not None
+    with _lock:
+        _zygote.wait_ready()
+    return _zygote
 
 
 def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | None:
