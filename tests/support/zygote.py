@@ -216,7 +216,7 @@ class _Zygote:
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="spoold-zygote-")
         self.path = os.path.join(self.dir, "sock")
-        home = os.path.join(self.dir, "home")
+        self.home = home = os.path.join(self.dir, "home")  # also its working directory
         os.mkdir(home)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYICEBERG_")}
         env |= {"HOME": home, "PYICEBERG_HOME": home}
@@ -273,9 +273,12 @@ def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | No
     theirs = _get().env
     if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV) and k not in _OWN_ENV):
         return None
-    if any(os.path.exists(os.path.join(p, f"{m}.py")) for p in _pythonpath(env, cwd)
-           for m in ("sitecustomize", "usercustomize")):
+    added = [p for p in _pythonpath(env, cwd) if p not in _pythonpath(theirs, _get().home)]
+    if any(os.path.exists(os.path.join(p, f"{m}.py")) for p in added for m in ("sitecustomize", "usercustomize")):
         return None  # a new interpreter would run it at start-up
+    if any(os.path.exists(os.path.join(p, name)) or os.path.exists(os.path.join(p, f"{name}.py"))
+           for p in added for name in {m.split(".")[0] for m in (*PRELOAD, "spoold")}):
+        return None  # another copy of what the zygote has imported (a mutated spoold, say) comes first there
     if argv[1] == "-m" and len(argv) >= 3:
         return argv[2] if argv[2] == "spoold" else None
     return "" if argv[1].endswith(".py") and not argv[1].startswith("-") else None

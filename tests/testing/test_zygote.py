@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,15 +66,27 @@ def test_a_killed_child_reports_the_signal_and_wait_times_out_before(tmp_path: P
     assert proc.wait(30) == -signal.SIGKILL
 
 
-def test_pyiceberg_configuration_sends_a_command_to_a_plain_subprocess(tmp_path: Path) -> None:
+def test_what_a_new_interpreter_would_read_differently_sends_a_command_to_a_plain_subprocess(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "spoold", "--help"]
-    assert isinstance(zygote.popen(argv, stdout=subprocess.DEVNULL), zygote.Proc)
+
+    def forked(env: dict[str, str] | None = None) -> bool:
+        proc = zygote.popen(argv, stdout=subprocess.DEVNULL, env=env)
+        assert proc.wait(60) == 0
+        return isinstance(proc, zygote.Proc)
+
+    assert forked()
     home = Path(os.environ["HOME"])
     (home / ".pyiceberg.yaml").write_text("catalog: {}\n")
-    assert isinstance(zygote.popen(argv, stdout=subprocess.DEVNULL), subprocess.Popen)
+    assert not forked()  # pyiceberg's configuration file
     (home / ".pyiceberg.yaml").unlink()
-    env = {**os.environ, "PYICEBERG_CATALOG__X__URI": "sqlite://"}
-    assert isinstance(zygote.popen(argv, stdout=subprocess.DEVNULL, env=env), subprocess.Popen)
+    assert not forked({**os.environ, "PYICEBERG_CATALOG__X__URI": "sqlite://"})  # ... or its variables
+    assert not forked({**os.environ, "PYTHONHASHSEED": "7"})  # the interpreter's own
+    (tmp_path / "tools").mkdir()
+    assert forked({**os.environ, "PYTHONPATH": str(tmp_path / "tools")})  # a path of its own is put in its place
+    (tmp_path / "tools" / "sitecustomize.py").write_text("")
+    assert not forked({**os.environ, "PYTHONPATH": str(tmp_path / "tools")})  # ... unless it runs code at start
+    shutil.copytree(REPO / "spoold", tmp_path / "copy" / "spoold", ignore=shutil.ignore_patterns("__pycache__"))
+    assert not forked({**os.environ, "PYTHONPATH": str(tmp_path / "copy")})  # ... or has another spoold
 
 
 def reads_environment_at_import(path: Path) -> bool:
