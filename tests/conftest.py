@@ -70,8 +70,8 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """The suite runs on every core unless told otherwise: two workers a core (``--dist worksteal``) when no
-    ``-n`` was given. Two, because most tests spend most of their time waiting on the processes they start
+    """The suite runs on every core unless told otherwise: three workers a core (``--dist worksteal``) when no
+    ``-n`` was given. Three, because most tests spend most of their time waiting on the processes they start
     (daemons, servers, ``spoold`` commands) and on deadlines; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides.
 
     Not an ``addopts`` entry, so that ``-p no:xdist`` (and ``-n 0``, ``--pdb``) still run it in one process
@@ -86,7 +86,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
             config.getoption("usepdb", False) or hasattr(config, "workerinput"):
         return
     option.numprocesses = "auto" if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else \
-        2 * len(os.sched_getaffinity(0))
+        3 * len(os.sched_getaffinity(0))
     if option.dist == "no":
         option.dist = "worksteal"  # the slow tests vary from 5 s to a minute: idle workers take from busy ones
 
