@@ -72,21 +72,6 @@ class Inflater:
             raise BadBody("body is not valid gzip: truncated")
 
 
-def gunzip(body: bytes, limit: int) -> bytes:
-    """``Content-Encoding: gzip``, bounded: a body that inflates past ``limit`` is TooLarge (a gzip bomb costs
-    ``limit`` bytes at most), a corrupt one BadBody."""
-    inflater = Inflater()
-    parts: list[bytes] = []
-    size = 0
-    for piece in inflater.feed(body):
-        size += len(piece)
-        if size > limit:
-            raise TooLarge(f"body larger than max_body_bytes ({limit}) once gunzipped")
-        parts.append(piece)
-    inflater.end()
-    return b"".join(parts)
-
-
 def parse_rows(body: bytes, array: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """Row objects and how each is named in an error ("line 3", "row 3"); BadBody for the first bad one."""
     if array:

@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from spoold.ingest.ndjson import BadBody, TooLarge, gunzip, parse_rows
+from spoold.ingest.ndjson import INFLATE_STEP, BadBody, Inflater, parse_rows
 from spoold.sources import SourceLineError
 from spoold.sources.jsonl import parse_object
 
@@ -39,16 +39,22 @@ def test_every_pair_of_lines_reads_as_the_jsonl_rule_reads_it(i: int, j: int) ->
     assert got == want
 
 
-def test_gzip_is_bounded_and_checked() -> None:
-    assert gunzip(gzip.compress(b"x" * 100), 100) == b"x" * 100
-    assert gunzip(gzip.compress(b"x" * 50) + gzip.compress(b"y" * 50), 100) == b"x" * 50 + b"y" * 50
-    with pytest.raises(TooLarge):  # every member counts toward the limit
-        gunzip(gzip.compress(b"x" * 60) * 2, 100)
-    with pytest.raises(TooLarge):
-        gunzip(gzip.compress(b"x" * 101), 100)
-    with pytest.raises(TooLarge):  # a bomb: 64 MiB of zeros in ~64 KiB, refused after 1 KiB of output
-        gunzip(gzip.compress(bytes(64 << 20)), 1024)
+def inflate(body: bytes, chunk: int = 7) -> bytes:
+    """``body`` fed to an Inflater a few bytes at a time, as it arrives over a socket."""
+    inflater = Inflater()
+    out = b"".join(piece for i in range(0, len(body), chunk) for piece in inflater.feed(body[i:i + chunk]))
+    inflater.end()
+    return out
+
+
+def test_gzip_is_inflated_as_it_arrives_in_bounded_pieces_and_checked() -> None:
+    assert inflate(gzip.compress(b"x" * 100)) == b"x" * 100
+    assert inflate(gzip.compress(b"x" * 50) + gzip.compress(b"y" * 50)) == b"x" * 50 + b"y" * 50  # every member
+    bomb = Inflater().feed(gzip.compress(bytes(64 << 20)))  # 64 MiB of zeros in ~64 KiB
+    assert len(next(bomb)) <= INFLATE_STEP  # a piece at a time: the caller counts and stops before the rest
     with pytest.raises(BadBody, match="truncated"):
-        gunzip(gzip.compress(b"x" * 100)[:-10], 1000)
+        inflate(gzip.compress(b"x" * 100)[:-10])
+    with pytest.raises(BadBody, match="truncated"):
+        inflate(b"")
     with pytest.raises(BadBody, match="not valid gzip"):
-        gunzip(b"plain text", 1000)
+        inflate(b"plain text")
