@@ -94,11 +94,15 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist, the long tests first: a minute-long test started last would leave the other workers idle.
-    Slow tests, then the integration tests (each starts processes, many wait on their deadlines), then the
-    rest, many and short, which fill the end evenly. Stable: otherwise as collected."""
+    Slow tests, then the integration tests (each starts processes, many wait on their deadlines) and the
+    Hypothesis ones (a hundred examples each), then the rest, many and short, which fill the end evenly.
+    Stable: otherwise as collected."""
+    def long(item: pytest.Item) -> bool:
+        return "integration" in item.path.relative_to(config.rootpath).parts or \
+            getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+
     if getattr(config.option, "dist", "no") != "no":
-        items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
-                                     "integration" not in item.path.relative_to(config.rootpath).parts))
+        items.sort(key=lambda item: (item.get_closest_marker("slow") is None, not long(item)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
