@@ -172,9 +172,11 @@ def spoold() -> Callable[..., subprocess.CompletedProcess[bytes]]:
 def daemons() -> Iterator[Callable[..., DaemonProc]]:
     started: list[DaemonProc] = []
 
-    def start(cfg: Path, env: dict[str, str] | None = None, *args: str, ready: bool = True) -> DaemonProc:
-        """``spoold run --config cfg *args``, returned once it has sent READY=1 (unless ``ready=False``)."""
-        d = DaemonProc(cfg, env, *args, ready=ready)
+    def start(cfg: Path, env: dict[str, str] | None = None, *args: str, ready: bool = True,
+              fresh: bool = False) -> DaemonProc:
+        """``spoold run --config cfg *args``, returned once it has sent READY=1 (unless ``ready=False``);
+        ``fresh``: see DaemonProc."""
+        d = DaemonProc(cfg, env, *args, ready=ready, fresh=fresh)
         started.append(d)
         return d
 

@@ -92,7 +92,7 @@ def status(cfg: Path) -> dict[str, Any]:
 def test_rows_commit_after_the_debounce_of_quiet(tmp_path: Path, daemons: Callable[..., DaemonProc]) -> None:
     debounce, max_delay = 1.0, 30.0
     cfg = config(tmp_path, debounce=debounce, max_delay=max_delay, rescan=NO_RESCAN)
-    d = daemons(cfg)
+    d = daemons(cfg, fresh=True)  # the first commit's time includes loading the flush stack, as in production
     first_look_done(d)
     t0 = time.time()
     append(cfg, ["a1", "a2", "a3"])
@@ -422,7 +422,7 @@ def test_an_idle_daemon_restarts_itself_lean_and_keeps_working(tmp_path: Path, d
     """After idle_restart_s with nothing to do, the daemon re-executes itself (same pid) and
     hands back the flush stack's memory; rows appended afterwards still land, once."""
     cfg = config(tmp_path, extra="idle_restart_s = 2\n")
-    d = daemons(cfg)
+    d = daemons(cfg, fresh=True)  # it measures what the daemon imports and holds
     append(cfg, ["a1", "a2"])
     wait_for(has_all(cfg, {"a1", "a2"}), "first rows committed")
     assert _rss_mb(d.proc.pid) > 80  # the flush stack is loaded

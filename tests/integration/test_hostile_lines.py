@@ -138,7 +138,7 @@ def test_a_huge_unterminated_line_is_quarantined_by_offset_in_bounded_memory(
     # Bound: the daemon's own peak RSS stays under 200 MB (the old reader held the line whole, >= 1 GB).
     cfg, f = config(tmp_path, "")
     f.write_bytes(good("before"))
-    d = daemons(cfg)
+    d = daemons(cfg, fresh=True)  # its peak memory is measured
     wait_for(lambda: committed(cfg) == Counter(["before"]), "the first line committed")
     with open(f, "ab") as out:
         out.write(b'{"part_id":"huge","x":"')

@@ -67,7 +67,7 @@ def peak_rss_mb(d: DaemonProc) -> float:
 
 def test_every_gzip_member_rows_per_request_and_tiny_chunks(tmp_path: Path) -> None:
     cfg = ingest_config(tmp_path, TABLE)
-    d = DaemonProc(cfg)
+    d = DaemonProc(cfg, fresh=True)  # its peak memory is measured
     try:
         addr = ingest_address(d)
         # A million log records in 2 KB of gzip: refused before they are decoded (~130 bytes each), let alone rows.

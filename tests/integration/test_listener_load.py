@@ -250,7 +250,7 @@ def test_a_thousand_slow_clients_under_a_task_limit(
     tmp_path: Path, daemons: Callable[..., DaemonProc], pids_cgroup: Path
 ) -> None:
     cfg = write_cfg(tmp_path)
-    d = daemons(cfg)
+    d = daemons(cfg, fresh=True)  # its threads are counted
     (pids_cgroup / "cgroup.procs").write_text(str(d.proc.pid))  # its threads follow it
     addr = address(cfg)
     append(cfg, ["seed"])

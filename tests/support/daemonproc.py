@@ -31,9 +31,12 @@ class DaemonProc:
     """A ``spoold run`` subprocess; its stdout and stderr go to a file the test can read.
 
     Ready (``ready=True``) once it has sent READY=1; a daemon meant to fail at start-up takes ``ready=False``.
+    ``fresh=True``: a new interpreter, not a child of the worker's zygote (tests/support/zygote.py), for a test
+    that measures what the daemon imports, holds in memory or runs as threads.
     """
 
-    def __init__(self, cfg: Path, env: dict[str, str] | None = None, *args: str, ready: bool = True) -> None:
+    def __init__(self, cfg: Path, env: dict[str, str] | None = None, *args: str, ready: bool = True,
+                 fresh: bool = False) -> None:
         self.cfg = cfg
         self.log_path = cfg.parent / f"daemon-{uuid.uuid4().hex[:8]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
@@ -41,7 +44,8 @@ class DaemonProc:
         self.proc = zygote.popen([sys.executable, "-m", "spoold", "run", "--config", str(cfg), *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True,  # no controlling terminal: SIGHUP reloads
-                                     env={**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify.address})
+                                     env={**os.environ, **(env or {}), "NOTIFY_SOCKET": self.notify.address,
+                                          **({zygote.NO_ZYGOTE: "0"} if fresh else {})})
         if ready:
             self.wait_ready()
 

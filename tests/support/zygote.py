@@ -10,15 +10,31 @@ umask and standard streams, then runs ``python -m spoold ...`` (or a script) in
 it. The caller gets a :class:`Proc`, which behaves as the ``subprocess.Popen``
 it replaces (pid, poll, wait, send_signal, kill, pipes).
 
-The only state a child has that a freshly started interpreter would not is what
-those modules read when imported. spoold's own such modules (``RELOAD``) run
-again in the child. pyiceberg reads its configuration then (``PYICEBERG_*``,
-``.pyiceberg.yaml`` in ``PYICEBERG_HOME``, home or the working directory): a
-command whose environment or directories hold any of it, or whose environment
-differs in a ``PYTHON*`` or locale variable, runs as a plain subprocess instead.
+A child also keeps what an exec'd child keeps of its caller: resource limits,
+ignored signals, signal mask, CPU affinity, and (``user=``) runs as another user
+as ``setpriv`` makes it. What it has that a freshly started interpreter would
+not is what those modules did when imported. spoold's own modules that read the
+environment then (``RELOAD``) run again in the child. pyiceberg reads its
+configuration then (``PYICEBERG_*``, ``.pyiceberg.yaml`` in ``PYICEBERG_HOME``,
+home or the working directory): a command whose environment or directories hold
+any of it, whose environment differs in a ``PYTHON*`` or locale variable, or
+whose ``sys.path`` puts another copy of a preloaded package (or a
+``sitecustomize``) first, runs as a plain subprocess instead.
+
+Known differences that remain, and what a test that depends on them does:
+- memory, threads and imports: the child holds all the zygote imported (its RSS
+  starts near 100 MB, numpy's BLAS threads never start, ``pyiceberg`` is in
+  ``sys.modules`` from the start): a test measuring them takes a new
+  interpreter (``SPOOLD_TEST_ZYGOTE=0`` in the command's environment,
+  ``DaemonProc(fresh=True)``); tests/integration/test_fresh_commands.py runs
+  every command once that way;
+- the hash secret is the zygote's, shared by its children (set and dict order
+  alike across them);
+- at exit the child waits for its threads, runs ``atexit`` and flushes its
+  streams, but does not free its objects (no destructors at shutdown);
+- ``/proc/<pid>/cmdline`` and ``environ`` show the zygote's.
 ``SPOOLD_TEST_ZYGOTE=0`` in the suite's environment runs every command as a
-plain subprocess, to compare; in one command's environment, that command (a
-test measuring its own child, as ``RUSAGE_CHILDREN`` does, needs it to be one).
+plain subprocess, to compare.
 """
 
 from __future__ import annotations
@@ -28,7 +44,9 @@ import importlib
 import json
 import locale
 import os
+import resource
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -36,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
@@ -76,6 +95,7 @@ def _serve(path: str) -> dict[str, Any] | None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends the worker, whose going ends this (EOF below)
     waiting: dict[int, socket.socket] = {}  # child pid -> the connection that asked for it
     sys.stdout.write("ready\n")
     sys.stdout.flush()
@@ -88,23 +108,41 @@ def _serve(path: str) -> dict[str, Any] | None:
             _reap(waiting)
         if listener in readable:
             conn, _ = listener.accept()
-            request, fds = _receive(conn)
-            pid = os.fork()
+            fds: list[int] = []
+            try:  # a caller gone mid-request (a timeout), or a failed fork, costs that request only
+                request, fds = _receive(conn)
+                pid = os.fork()
+            except (OSError, EOFError, ValueError, struct.error) as e:
+                print(f"test zygote: a request failed: {e!r}", file=sys.stderr)
+                pid = -1
             if pid == 0:
-                request["pythonpath_slots"] = len(ours)
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                for s in (listener, *waiting.values()):
-                    s.close()
-                os.close(wake_r)
-                os.close(wake_w)
-                conn.close()
-                _become(request, fds)
+                try:
+                    request["pythonpath_slots"] = len(ours)
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    for s in (listener, *waiting.values()):
+                        s.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
+                    conn.close()
+                    _become(request, fds)
+                except BaseException:  # never back into the loop above: this is not the zygote
+                    import traceback
+
+                    traceback.print_exc()
+                    os._exit(127)
                 return request
             for fd in fds:
                 os.close(fd)
-            conn.sendall(b"%d\n" % pid)
+            if pid < 0:
+                conn.close()
+                continue
             waiting[pid] = conn
+            try:
+                conn.sendall(b"%d\n" % pid)
+            except OSError:
+                pass  # the caller is gone; its child runs on and is reaped as usual
             _reap(waiting)  # it may be gone already, its SIGCHLD before we listened for it
 
 
@@ -154,15 +192,22 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # as subprocess does (close_fds): the zygote's, the fds sent
     os.umask(request["umask"])
     os.chdir(request["cwd"])
+    for name, limits in request["rlimits"].items():  # what an exec'd child inherits from its caller:
+        resource.setrlimit(getattr(resource, name), tuple(limits))
+    for signum in request["ignored"]:  # ... its ignored signals (handled ones are reset by exec)
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, request["sigmask"])  # ... its blocked ones
+    os.sched_setaffinity(0, request["affinity"])
     if request["user"] is not None:  # as setpriv --reuid --regid --clear-groups would
         uid, gid = request["user"]
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE: an exec after setuid makes a process dumpable again
     os.environ.clear()
     os.environ.update(request["env"])
-    import time
-
     time.tzset()
     argv = request["argv"]
     sys.argv = list(argv)
@@ -198,16 +243,25 @@ def _run_child(request: dict[str, Any]) -> int:
         else:
             print(e.code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:
+        sys.excepthook(*sys.exc_info())
+        code = -signal.SIGINT  # as the interpreter ends on an uncaught one: killed by SIGINT
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        code = 120  # as the interpreter's own exit when its last flush fails
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
     return code
 
 
@@ -239,6 +293,7 @@ class _Zygote:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 _zygote: _Zygote | None = None
@@ -273,15 +328,21 @@ def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | No
     theirs = _get().env
     if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV) and k not in _OWN_ENV):
         return None
-    added = [p for p in _pythonpath(env, cwd) if p not in _pythonpath(theirs, _get().home)]
-    if any(os.path.exists(os.path.join(p, f"{m}.py")) for p in added for m in ("sitecustomize", "usercustomize")):
+    if argv[1] == "-m" and len(argv) >= 3 and argv[2] == "spoold":
+        module, first = "spoold", cwd  # sys.path[0]: the working directory
+    elif argv[1].endswith(".py") and not argv[1].startswith("-"):
+        module, first = "", os.path.dirname(os.path.join(cwd, argv[1]))  # ... the script's directory
+    else:
+        return None
+    ours, zygotes = _pythonpath(env, cwd), _pythonpath(theirs, _get().home)
+    added = [first, *(p for p in ours if p not in zygotes)]
+    if any(os.path.exists(os.path.join(p, f"{m}.py")) for p in added[1:] for m in ("sitecustomize", "usercustomize")):
         return None  # a new interpreter would run it at start-up
+    names = {m.split(".")[0] for m in (*PRELOAD, "spoold")}
     if any(os.path.exists(os.path.join(p, name)) or os.path.exists(os.path.join(p, f"{name}.py"))
-           for p in added for name in {m.split(".")[0] for m in (*PRELOAD, "spoold")}):
-        return None  # another copy of what the zygote has imported (a mutated spoold, say) comes first there
-    if argv[1] == "-m" and len(argv) >= 3:
-        return argv[2] if argv[2] == "spoold" else None
-    return "" if argv[1].endswith(".py") and not argv[1].startswith("-") else None
+           for p in (*added, *(p for p in zygotes if p not in ours)) for name in names):
+        return None  # another copy of what the zygote imported (a mutated spoold, say) is, or is no more, first
+    return module
 
 
 class Proc:
@@ -304,11 +365,11 @@ class Proc:
             fd1, self.stdout = self._end(stdout, 1, theirs, write=True)
             fd2, self.stderr = (fd1, None) if stderr == subprocess.STDOUT else self._end(stderr, 2, theirs,
                                                                                          write=True)
-            umask = os.umask(0o22)
-            os.umask(umask)
+            umask = _umask()
             argv = [_main_path(module), *self.args[3:]] if module else self.args[1:]  # the child's sys.argv
             request = json.dumps({"argv": argv, "orig_argv": self.args, "env": env, "cwd": cwd, "umask": umask,
-                                  "setsid": start_new_session, "module": module, "user": user}).encode()
+                                  "setsid": start_new_session, "module": module, "user": user,
+                                  **_inherited()}).encode()
             self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._conn.connect(_get().path)
             socket.send_fds(self._conn, [_HEADER.pack(len(request)) + request], [fd0, fd1, fd2])
@@ -364,8 +425,15 @@ class Proc:
         self._conn.close()
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, sig)
+        try:
+            running = self.poll() is None
+        except RuntimeError:  # the zygote went away: its child may run on, and must still be stoppable
+            running = True
+        if running:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -374,29 +442,34 @@ class Proc:
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, input: bytes | None = None, timeout: float | None = None) -> tuple[Any, Any]:
-        """Feed ``input``, read both pipes to their end, wait: ``subprocess.Popen.communicate``'s contract."""
+        """Feed ``input``, read both pipes to their end, wait: ``subprocess.Popen.communicate``'s contract,
+        ``timeout`` over all of it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         out: dict[str, bytes] = {}
 
         def drain(name: str, f: IO[bytes]) -> None:
             out[name] = f.read()
             f.close()
 
-        readers = [threading.Thread(target=drain, args=(n, f), daemon=True)
-                   for n, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f is not None and not f.closed]
-        for t in readers:
-            t.start()
-        if self.stdin is not None and not self.stdin.closed:
+        def feed(f: IO[bytes]) -> None:
             try:
                 if input:
-                    self.stdin.write(input)
-                self.stdin.close()
+                    f.write(input)
+                f.close()
             except BrokenPipeError:
                 pass
-        self.wait(timeout)
-        for t in readers:
-            t.join(timeout)
-            if t.is_alive():  # a grandchild holds the pipe open
+
+        threads = [threading.Thread(target=drain, args=(n, f), daemon=True)
+                   for n, f in (("stdout", self.stdout), ("stderr", self.stderr)) if f is not None and not f.closed]
+        if self.stdin is not None and not self.stdin.closed:
+            threads.append(threading.Thread(target=feed, args=(self.stdin,), daemon=True))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if t.is_alive():  # the child (or a grandchild holding a pipe) is not done
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return out.get("stdout"), out.get("stderr")
 
     def __enter__(self) -> Proc:
@@ -407,6 +480,23 @@ class Proc:
             if f is not None:
                 f.close()
         self.wait()
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (another thread may be making files)."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+
+
+def _inherited() -> dict[str, Any]:
+    """What a child exec'd from here would keep: resource limits, ignored signals, signal mask, CPU affinity."""
+    rlimits = {name: resource.getrlimit(getattr(resource, name)) for name in dir(resource)
+               if name.startswith("RLIMIT_")}
+    ignored = [int(s) for s in signal.valid_signals()
+               if s not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(s) == signal.SIG_IGN]
+    return {"rlimits": rlimits, "ignored": ignored, "sigmask": sorted(int(s) for s in
+                                                                      signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+            "affinity": sorted(os.sched_getaffinity(0))}
 
 
 def _main_path(module: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -14,9 +15,10 @@ import pytest
 from support import zygote
 from support.paths import REPO
 
-SCRIPT = """import os, sys, time
+SCRIPT = """import os, resource, signal, sys, time
 print(repr((sys.argv, sys.orig_argv, os.getcwd(), os.environ.get("SPOOLD_TEST_MARK"), sys.path[0])))
-print(oct(os.umask(0)), os.getsid(0) == os.getpid(), time.tzname[0], file=sys.stderr)
+print(oct(os.umask(0)), os.getsid(0) == os.getpid(), time.tzname[0], resource.getrlimit(resource.RLIMIT_NOFILE),
+      signal.getsignal(signal.SIGHUP), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), file=sys.stderr)
 sys.stdout.flush()
 code = sys.stdin.read()
 if code == "sleep":
@@ -40,15 +42,34 @@ def both(tmp_path: Path, *args: str, stdin: bytes = b"", **kw: object) -> list[s
 
 @pytest.mark.parametrize("stdin", [b"", b"3"])
 def test_a_forked_child_sees_what_a_subprocess_sees(tmp_path: Path, stdin: bytes) -> None:
-    zygote.run([sys.executable, "-m", "spoold", "--help"])  # the zygote runs (umask 022) before the umask changes
+    zygote.run([sys.executable, "-m", "spoold", "--help"])  # the zygote runs before what follows changes
     old = os.umask(0o027)
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, limits[1]))
+    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
     try:
         forked, plain = both(tmp_path, "a b", "--x", stdin=stdin, start_new_session=True)
     finally:
         os.umask(old)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        signal.signal(signal.SIGHUP, hup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR2])
     assert forked.returncode == plain.returncode == (3 if stdin else 0)
     assert forked.stdout == plain.stdout and forked.stderr == plain.stderr, (forked, plain)
-    assert b"'m'" in forked.stdout and forked.stderr == b"0o27 True CET\n"
+    assert b"'m'" in forked.stdout
+    assert forked.stderr.startswith(b"0o27 True CET (512, ")
+    assert b") 1 [<Signals.SIGUSR2: 12>]" in forked.stderr  # SIGHUP: 1 (SIG_IGN)
+
+
+def test_an_uncaught_interrupt_ends_a_child_as_sigint_and_input_is_within_the_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "interrupted.py"
+    script.write_text("import time\ntime.sleep(0.5)\nraise KeyboardInterrupt\n")
+    argv = [sys.executable, str(script)]
+    assert zygote.run(argv, capture_output=True, timeout=60).returncode == subprocess.run(
+        argv, capture_output=True, timeout=60).returncode == -signal.SIGINT
+    with pytest.raises(subprocess.TimeoutExpired):  # 4 MiB nobody reads: the write itself must time out
+        zygote.run(argv, input=bytes(4 << 20), capture_output=True, timeout=0.2)
 
 
 def test_a_killed_child_reports_the_signal_and_wait_times_out_before(tmp_path: Path) -> None:
