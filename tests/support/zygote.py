@@ -223,7 +223,6 @@ def _run_child(request: dict[str, Any]) -> int:
     wait for its non-daemon threads, run its ``atexit`` functions, flush its streams. Not the rest (freeing
     every object), which would touch, and so copy, every page it shares with the zygote."""
     import runpy
-    import threading
 
     try:
         if request["module"]:
@@ -325,7 +324,8 @@ def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | No
     homes = (env.get("PYICEBERG_HOME"), env.get("HOME"), cwd)
     if any(h and os.path.exists(os.path.join(h, ".pyiceberg.yaml")) for h in homes):
         return None
-    theirs = _get().env
+    zygote = _get()
+    theirs = zygote.env
     if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV) and k not in _OWN_ENV):
         return None
     if argv[1] == "-m" and len(argv) >= 3 and argv[2] == "spoold":
@@ -334,7 +334,7 @@ def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | No
         module, first = "", os.path.dirname(os.path.join(cwd, argv[1]))  # ... the script's directory
     else:
         return None
-    ours, zygotes = _pythonpath(env, cwd), _pythonpath(theirs, _get().home)
+    ours, zygotes = _pythonpath(env, cwd), _pythonpath(theirs, zygote.home)
     added = [first, *(p for p in ours if p not in zygotes)]
     if any(os.path.exists(os.path.join(p, f"{m}.py")) for p in added[1:] for m in ("sitecustomize", "usercustomize")):
         return None  # a new interpreter would run it at start-up
@@ -507,16 +507,20 @@ def _main_path(module: str) -> str:
     return spec.origin
 
 
+def _as_user(argv: Sequence[str], user: tuple[int, int] | None) -> list[str]:
+    """``argv`` run as ``user`` (uid, gid) with no other group, by ``setpriv``, for a plain subprocess."""
+    if user is None:
+        return list(argv)
+    return ["setpriv", f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups", "--", *argv]
+
+
 def popen(argv: Sequence[str], **kw: Any) -> Proc | subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, **kw)``, forked by the zygote where that is the same (see the module doc)."""
     env = dict(os.environ if kw.get("env") is None else kw["env"])
     cwd = os.path.abspath(kw.get("cwd") or os.getcwd())
     module = _forkable(argv, env, cwd)
     if module is None or set(kw) - {"stdin", "stdout", "stderr", "env", "cwd", "start_new_session", "user"}:
-        if "user" in kw:
-            uid, gid = kw.pop("user")
-            argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
-        return subprocess.Popen(argv, **kw)
+        return subprocess.Popen(_as_user(argv, kw.pop("user", None)), **kw)
     return Proc(argv, module=module, **kw)
 
 
@@ -528,10 +532,8 @@ def run(argv: Sequence[str], *, input: bytes | None = None, capture_output: bool
     gid) to run as, with no other group."""
     text = kw.pop("text", False)
     if kw:  # preexec_fn=...: left to subprocess
-        if user is not None:
-            argv = ["setpriv", f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups", "--", *argv]
-        return subprocess.run(argv, input=input, capture_output=capture_output, env=env, timeout=timeout, cwd=cwd,
-                              check=check, stdout=stdout, stderr=stderr, text=text, **kw)
+        return subprocess.run(_as_user(argv, user), input=input, capture_output=capture_output, env=env,
+                              timeout=timeout, cwd=cwd, check=check, stdout=stdout, stderr=stderr, text=text, **kw)
     if text:  # as subprocess's text mode: the locale's encoding, universal newlines
         encoding = locale.getpreferredencoding(False)
         done = run(argv, input=None if input is None else input.encode(encoding), capture_output=capture_output,
