@@ -14,6 +14,7 @@ import pytest
 from support import zygote
 from support.cli import run_spoold, write_config
 from support.daemonproc import DaemonProc
+from support.paths import REPO
 
 # pyiceberg reads ~/.pyiceberg.yaml and PYICEBERG_* once, at import: point it at
 # an empty home before anything imports it. SPOOLD_TEST_* are the suite's own knobs
@@ -28,8 +29,7 @@ os.environ["PYICEBERG_HOME"] = tempfile.mkdtemp(prefix="spoold-test-pyiceberg-")
 # (~3 s of CPU a worker). They go under .pytest_cache/ (PYTHONPYCACHEPREFIX), not beside the sources.
 if sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE"):
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = str(Path(__file__).resolve().parents[1] / ".pytest_cache"
-                                                                  / "pycache")
+    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = str(REPO / ".pytest_cache" / "pycache")
     sys.dont_write_bytecode = False
 
 pytest_plugins = ["support.servers"]  # real SeaweedFS and PostgreSQL for the many-hosts tests
