@@ -49,13 +49,16 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 PRELOAD = ("pyarrow", "pyarrow.parquet", "pyarrow.compute", "pyarrow.fs", "numpy", "orjson", "sqlalchemy",
@@ -315,7 +318,17 @@ def _get() -> _Zygote:
     return _zygote
 
 
-def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | None:
+def _others_can_read(path: str) -> bool:
+    """Whether a user with no claim on ``path`` (``other``) can reach and read it."""
+    p = Path(path).resolve()
+    try:
+        return all(d.stat().st_mode & stat.S_IXOTH for d in p.parents) and bool(p.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str,
+              user: tuple[int, int] | None = None) -> str | None:
     """The module (or "" for a script) a zygote's child can run for ``argv``, or None for a plain subprocess."""
     if "0" in (os.environ.get(NO_ZYGOTE), env.get(NO_ZYGOTE)) or len(argv) < 2 or argv[0] != sys.executable:
         return None
@@ -328,6 +341,10 @@ def _forkable(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str | No
     theirs = zygote.env
     if any(env.get(k) != theirs.get(k) for k in {*env, *theirs} if k.startswith(_SAME_ENV) and k not in _OWN_ENV):
         return None
+    if user is not None and not all(_others_can_read(p) for p in (
+            os.path.dirname(_main_path("spoold")), sysconfig.get_paths()["purelib"],
+            *(os.path.join(cwd, a) for a in argv[1:2] if a.endswith(".py")))):
+        return None  # the zygote read these as its own user: another would not have loaded them
     if argv[1] == "-m" and len(argv) >= 3 and argv[2] == "spoold":
         module, first = "spoold", cwd  # sys.path[0]: the working directory
     elif argv[1].endswith(".py") and not argv[1].startswith("-"):
@@ -518,7 +535,7 @@ def popen(argv: Sequence[str], **kw: Any) -> Proc | subprocess.Popen[bytes]:
     """``subprocess.Popen(argv, **kw)``, forked by the zygote where that is the same (see the module doc)."""
     env = dict(os.environ if kw.get("env") is None else kw["env"])
     cwd = os.path.abspath(kw.get("cwd") or os.getcwd())
-    module = _forkable(argv, env, cwd)
+    module = _forkable(argv, env, cwd, kw.get("user"))
     if module is None or set(kw) - {"stdin", "stdout", "stderr", "env", "cwd", "start_new_session", "user"}:
         return subprocess.Popen(_as_user(argv, kw.pop("user", None)), **kw)
     return Proc(argv, module=module, **kw)
